@@ -1,0 +1,5 @@
+"""`python -m lipsync ...`"""
+
+from .cli import _entry
+
+_entry()

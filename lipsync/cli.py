@@ -1,0 +1,150 @@
+"""`python -m lipsync`: PaddleGAN's tools/wav2lip.py options (same spellings, dashed aliases too) → lipsync.run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from .errors import LipSyncError
+from .options import BLEND_MODES, DEVICES, LipSyncOptions
+
+EXIT_USAGE = 2  # bad input, like argparse's own usage errors
+EXIT_INTERRUPTED = 130
+NO_BOX = [-1, -1, -1, -1]  # the seed's "no box" value
+SEED_DETECTORS = ("sfd", "haar", "blazeface")  # blazeface: the seed's second choice, served by haar here
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _flag_value(text: str) -> bool:
+    """Value of an optional-argument flag, so old `--static False` scripts keep meaning False."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add --snake_name with its --dashed-name alias."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, dest=name, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = LipSyncOptions()
+    p = argparse.ArgumentParser(
+        prog="python -m lipsync",
+        description="Make the face in a picture or video speak an audio file, with Wav2Lip on PaddlePaddle.",
+        epilog="Errors print one line and exit with code 2. Weights are looked up in $LIPSYNC_MODELS first.",
+    )
+    # fmt: off
+    _add(p, "face", required=True, metavar="FACE", help="picture (jpg/png/webp/bmp) or video with the face to animate")
+    _add(p, "audio", required=True, metavar="AUDIO", help="speech to lip-sync: any audio file, or a video's audio track")
+    _add(p, "outfile", required=True, metavar="OUT.mp4", help="where to write the result (H.264 + AAC mp4)")
+    _add(p, "checkpoint_path", default=d.checkpoint, metavar="NAME|FILE",
+         help="generator weights: wav2lip_hq (default), wav2lip_gan, wav2lip, or a .pdparams/.pth file")
+    _add(p, "static", nargs="?", const=True, default=False, type=_flag_value, metavar="BOOL",
+         help="use only the first frame of a video as a still face (bare flag = true)")
+    _add(p, "fps", type=float, default=d.fps, help="output frame rate when the face is a picture (default 25)")
+    _add(p, "pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+         help="pixels added around the detected face; raise BOTTOM to include the chin (default 0 10 0 0)")
+    _add(p, "face_det_batch_size", type=int, default=d.face_det_batch_size, help="frames per face-detection batch")
+    _add(p, "wav2lip_batch_size", type=int, default=d.wav2lip_batch_size, help="faces per generator batch")
+    _add(p, "resize_factor", type=int, default=d.resize_factor,
+         help="divide the video's resolution by this first (faster; 720p often looks as good)")
+    _add(p, "crop", type=int, nargs=4, default=list(d.crop), metavar=("Y1", "Y2", "X1", "X2"),
+         help="keep only this part of each frame; -1 means the frame edge (default 0 -1 0 -1)")
+    _add(p, "box", type=int, nargs=4, default=NO_BOX, metavar=("Y1", "Y2", "X1", "X2"),
+         help="fixed face box, skipping detection: a last resort when no face is found (-1 -1 -1 -1 = detect)")
+    _add(p, "rotate", action="store_true", help="rotate frames 90° clockwise first (phone videos without metadata)")
+    _add(p, "nosmooth", action="store_true", help="do not average face boxes over neighbouring frames")
+    _add(p, "cpu", action="store_true", help="run on the CPU (same as --device cpu)")
+    _add(p, "face_detector", default=d.face_detector, choices=SEED_DETECTORS,
+         help="sfd: S3FD (weights downloaded once, best); haar: OpenCV's cascade, no download "
+              "(blazeface is accepted and uses haar)")
+    _add(p, "detector_weights", default=d.detector_weights, metavar="NAME|FILE",
+         help="S3FD weights: s3fd (default) or a .pth/.pdparams file")
+    _add(p, "detect_max_side", type=int, default=d.detect_max_side, metavar="PX",
+         help="detect faces on a copy whose longest side is at most this (0 = full size; default 640)")
+    _add(p, "device", default=d.device, choices=DEVICES, help="auto (GPU if usable), cpu or gpu")
+    _add(p, "blend", default=d.blend, choices=BLEND_MODES,
+         help="feather: soft paste of the lower face (default); box: the seed's hard rectangle")
+    _add(p, "quiet", action="store_true", help="no progress bars")
+    # fmt: on
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
+    """The options a parsed command line asks for (raises LipSyncError on contradictions)."""
+    detector = "haar" if args.face_detector == "blazeface" else args.face_detector
+    return LipSyncOptions(
+        checkpoint=args.checkpoint_path,
+        static=args.static,
+        fps=args.fps,
+        pads=tuple(args.pads),
+        face_det_batch_size=args.face_det_batch_size,
+        wav2lip_batch_size=args.wav2lip_batch_size,
+        resize_factor=args.resize_factor,
+        crop=tuple(args.crop),
+        box=None if list(args.box) == NO_BOX else tuple(args.box),
+        rotate=args.rotate,
+        smooth=not args.nosmooth,
+        face_detector=detector,
+        detector_weights=args.detector_weights,
+        detect_max_side=args.detect_max_side,
+        device="cpu" if args.cpu else args.device,
+        blend=args.blend,
+    )
+
+
+class _Bars:
+    """tqdm bars, one per pipeline stage, fed by the pipeline's progress callback."""
+
+    def __init__(self, enabled: bool):
+        self._enabled = enabled
+        self._bars: Dict[str, object] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, unit="frame", leave=True, dynamic_ncols=True)
+        bar.total = max(total, 1)
+        bar.n = done
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        from .pipeline import run
+
+        result = run(args.face, args.audio, args.outfile, options_from_args(args), progress=bars)
+    except LipSyncError as exc:
+        bars.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        bars.close()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bars.close()
+    print(f"{result.outfile}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s on {result.device}")
+    return 0
+
+
+def _entry(argv: Optional[List[str]] = None) -> None:
+    sys.exit(main(argv))

@@ -1,0 +1,136 @@
+"""The Wav2Lip generator in paddle, layer for layer as published, so its weights load unchanged."""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import paddle
+from paddle import nn
+
+FACE_SIZE = 96  # generator input/output side, px
+FACE_CHANNELS = 6  # masked face (BGR) + reference face (BGR)
+OUTPUT_CHANNELS = 3  # BGR in [0, 1]
+EMBEDDING = 512  # channels of the audio embedding and of the deepest face feature
+
+Stride = Union[int, Tuple[int, int]]
+
+# Down-sampling stages after the 7x7 stem, as (in, out, residual blocks): 96 -> 48 -> 24 -> 12 -> 6 -> 3.
+FACE_STEM = (FACE_CHANNELS, 16, 7)  # in, out, kernel
+FACE_STAGES = ((16, 32, 2), (32, 64, 3), (64, 128, 2), (128, 256, 2), (256, 512, 1))
+# Audio stages on the (80, 16) mel window, as (in, out, stride, residual blocks): -> 80x16, 27x16, 9x6, 3x3.
+AUDIO_STAGES = ((1, 32, 1, 2), (32, 64, (3, 1), 2), (64, 128, 3, 2), (128, 256, (3, 2), 1))
+# Up-sampling stages as (in, out, residual blocks); `in` counts the skip features concatenated to the input.
+DECODER_FIRST = (1024, 512, 1)  # 1 -> 3, transposed conv without padding
+DECODER_STAGES = ((1024, 512, 2), (768, 384, 2), (512, 256, 2), (320, 128, 2), (160, 64, 2))  # each doubles the side
+OUTPUT_HIDDEN = (80, 32)  # last decoder output + first face feature -> hidden channels
+
+
+class ConvBNReLU(nn.Layer):
+    """Conv, BatchNorm, optional identity shortcut, ReLU (the reference's `Conv2d` block)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: Stride, padding: int, residual: bool = False):
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2D(cin, cout, kernel, stride, padding), nn.BatchNorm2D(cout))
+        self.act = nn.ReLU()
+        self.residual = residual
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return self.act(out)
+
+
+class ConvTransposeBNReLU(nn.Layer):
+    """Transposed conv, BatchNorm, ReLU (the reference's `Conv2dTranspose` block)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, output_padding: int = 0):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.Conv2DTranspose(cin, cout, kernel, stride, padding, output_padding), nn.BatchNorm2D(cout)
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.act(self.conv_block(x))
+
+
+def _residuals(channels: int, count: int) -> List[nn.Layer]:
+    return [ConvBNReLU(channels, channels, 3, 1, 1, residual=True) for _ in range(count)]
+
+
+def _down(cin: int, cout: int, stride: Stride, residuals: int) -> List[nn.Layer]:
+    return [ConvBNReLU(cin, cout, 3, stride, 1), *_residuals(cout, residuals)]
+
+
+def _squeeze(channels: int) -> List[nn.Layer]:
+    """3x3 valid conv then 1x1: the last 3x3 map becomes the 1x1 embedding."""
+    return [ConvBNReLU(channels, EMBEDDING, 3, 1, 0), ConvBNReLU(EMBEDDING, EMBEDDING, 1, 1, 0)]
+
+
+def _face_encoder() -> nn.LayerList:
+    cin, cout, kernel = FACE_STEM
+    blocks = [nn.Sequential(ConvBNReLU(cin, cout, kernel, 1, kernel // 2))]
+    blocks += [nn.Sequential(*_down(i, o, 2, n)) for i, o, n in FACE_STAGES]
+    blocks.append(nn.Sequential(*_squeeze(EMBEDDING)))
+    return nn.LayerList(blocks)
+
+
+def _audio_encoder() -> nn.Sequential:
+    layers: List[nn.Layer] = []
+    for cin, cout, stride, residuals in AUDIO_STAGES:
+        layers += _down(cin, cout, stride, residuals)
+    return nn.Sequential(*layers, *_squeeze(AUDIO_STAGES[-1][1]))
+
+
+def _face_decoder() -> nn.LayerList:
+    cin, cout, residuals = DECODER_FIRST
+    blocks = [
+        nn.Sequential(ConvBNReLU(EMBEDDING, EMBEDDING, 1, 1, 0)),
+        nn.Sequential(ConvTransposeBNReLU(cin, cout, 3, 1, 0), *_residuals(cout, residuals)),
+    ]
+    for cin, cout, residuals in DECODER_STAGES:
+        up = ConvTransposeBNReLU(cin, cout, 3, 2, 1, output_padding=1)
+        blocks.append(nn.Sequential(up, *_residuals(cout, residuals)))
+    return nn.LayerList(blocks)
+
+
+def _output_block() -> nn.Sequential:
+    cin, hidden = OUTPUT_HIDDEN
+    return nn.Sequential(ConvBNReLU(cin, hidden, 3, 1, 1), nn.Conv2D(hidden, OUTPUT_CHANNELS, 1, 1, 0), nn.Sigmoid())
+
+
+class Wav2Lip(nn.Layer):
+    """The 96x96 Wav2Lip generator; parameter names match the PyTorch module's (BatchNorm stats aside).
+
+    Only the inference path: 4-D batches. The reference also accepts 5-D (B, C, T, H, W) training
+    batches, which we do not need.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Registration order matches the reference, so state_dict() lists keys in the same order.
+        self.face_encoder_blocks = _face_encoder()
+        self.audio_encoder = _audio_encoder()
+        self.face_decoder_blocks = _face_decoder()
+        self.output_block = _output_block()
+
+    def forward(self, audio_sequences: paddle.Tensor, face_sequences: paddle.Tensor) -> paddle.Tensor:
+        """audio [B, 1, 80, 16] mel windows, face [B, 6, 96, 96] in [0, 1] -> [B, 3, 96, 96] in [0, 1]."""
+        return self.decode(audio_sequences, self.encode_face(face_sequences))
+
+    def encode_face(self, face_sequences: paddle.Tensor) -> List[paddle.Tensor]:
+        """Skip features of each encoder stage, shallow to deep (96x96 ... 1x1); reusable for a still face."""
+        features = []
+        x = face_sequences
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+    def decode(self, audio_sequences: paddle.Tensor, face_features: Sequence[paddle.Tensor]) -> paddle.Tensor:
+        """Encode the audio and decode it with the face's skip features (same batch size) into faces."""
+        x = self.audio_encoder(audio_sequences)
+        for block, skip in zip(self.face_decoder_blocks, reversed(face_features)):
+            x = paddle.concat([block(x), skip], axis=1)
+        return self.output_block(x)

@@ -1,0 +1,322 @@
+"""Orchestrates one run: audio → faces → generator → blend → video, with progress and a private temp dir."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+
+from . import audio, blend, faces, runtime, video, weights
+from .errors import LipSyncError
+from .options import LipSyncOptions
+from .types import Frame, Progress
+
+log = logging.getLogger(__name__)
+
+FACE_SIZE = 96  # generator input/output side, px
+WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
+S3FD_SPECS = [((None, 3, None, None), "float32")]
+LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
+OUTPUT_SUFFIX = ".mp4"
+
+STAGE_AUDIO = "reading audio"
+STAGE_FACES = "detecting faces"
+STAGE_SYNC = "lip-syncing"
+STAGE_ENCODE = "encoding"
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced, for the CLI's and the app's status line."""
+
+    outfile: Path
+    frames: int
+    fps: float
+    seconds: float
+    device: str
+    model: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The facts one run works from, gathered before any frame is touched."""
+
+    face: Path
+    audio: Path
+    outfile: Path
+    info: video.MediaInfo
+    mel: np.ndarray
+    fps: float
+    frames: int  # output frames = mel windows
+    still: bool  # one source frame for every output frame
+
+
+class Engine:
+    """The loaded networks, built once per process and shared by every run (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._cache: Dict[Tuple[str, ...], object] = {}
+        self._lock = threading.Lock()
+
+    def generator(self, checkpoint: str, device: runtime.Device) -> runtime.Predictor:
+        path = weights.resolve_weights(checkpoint, "wav2lip")
+        return self._predictor(path, "wav2lip", lambda: weights.load_wav2lip(str(path)), WAV2LIP_SPECS, device)
+
+    def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
+        if options.face_detector == "haar":
+            return self._cached(("haar",), lambda: faces.HaarDetector(options.detect_max_side))
+        from . import s3fd
+
+        path = weights.resolve_weights(options.detector_weights, "s3fd")
+        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device)
+        return faces.S3FDDetector(predictor.run, options.detect_max_side)
+
+    def _predictor(self, path: Path, arch: str, build, specs, device: runtime.Device) -> runtime.Predictor:
+        key = runtime.export_key(path, arch)
+
+        def make() -> runtime.Predictor:
+            prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
+            return runtime.Predictor(prefix, device)
+
+        return self._cached((arch, key, device.kind), make)  # type: ignore[return-value]
+
+    def _cached(self, key: Tuple[str, ...], make: Callable[[], object]) -> object:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+
+_default_engine = Engine()
+
+
+def run(
+    face: PathLike,
+    audio_path: PathLike,
+    outfile: PathLike,
+    options: Optional[LipSyncOptions] = None,
+    progress: Optional[Progress] = None,
+    engine: Optional[Engine] = None,
+) -> RunResult:
+    """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`."""
+    options = options or LipSyncOptions()
+    report = progress or _no_progress
+    engine = engine or _default_engine
+    started = time.perf_counter()
+    face_p, audio_p, out_p = _check_paths(face, audio_path, outfile)
+    device = runtime.choose_device(options.device)
+    with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
+        job = _prepare(face_p, audio_p, out_p, options, report)
+        generator = engine.generator(options.checkpoint, device)
+        found = _locate_faces(job, options, engine, device, Path(tmp), report)
+        try:
+            _synthesize(job, options, generator, found, Path(tmp), report)
+        finally:
+            if found.cache is not None:
+                found.cache.close()
+    return RunResult(out_p, job.frames, job.fps, time.perf_counter() - started, _describe(device), options.checkpoint)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def _describe(device: runtime.Device) -> str:
+    return device.kind if device.reason == "requested" else f"{device.kind} ({device.reason})"
+
+
+def _check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tuple[Path, Path, Path]:
+    """Inputs must be files; the output must be an .mp4 whose folder we can create."""
+    face_p, audio_p, out_p = Path(face).expanduser(), Path(audio_path).expanduser(), Path(outfile).expanduser()
+    for what, path in (("face", face_p), ("audio", audio_p)):
+        if not path.is_file():
+            raise LipSyncError(f"{what} file not found: {path}")
+    if out_p.suffix.lower() != OUTPUT_SUFFIX:
+        raise LipSyncError(f"the output must be an .mp4 file (got {out_p.name})")
+    if out_p.is_dir():
+        raise LipSyncError(f"the output {out_p} is a folder; give a file name ending in .mp4")
+    try:
+        out_p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LipSyncError(f"cannot create the output folder {out_p.parent}: {exc.strerror}") from exc
+    return face_p, audio_p, out_p.resolve()
+
+
+def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, report: Progress) -> _Job:
+    """Decode the audio to mel windows and probe the face input."""
+    report(STAGE_AUDIO, 0, 1)
+    wav = audio.load_audio(audio_path)
+    if len(wav) == 0:
+        raise LipSyncError(f"{audio_path.name} holds no sound")
+    mel = audio.melspectrogram(wav)
+    info = video.probe(face)
+    still = info.is_image or options.static
+    fps = options.fps if info.is_image else info.fps
+    report(STAGE_AUDIO, 1, 1)
+    frames = audio.frame_count(mel.shape[1], fps)
+    return _Job(face, audio_path, outfile, info, mel, fps, frames, still)
+
+
+def _source_frames(job: _Job, options: LipSyncOptions) -> Iterator[Frame]:
+    """The face input's frames after the seed's resize/rotate/crop edits (one for a still)."""
+    stream = video.read_frames(job.face, job.info)
+    try:
+        for frame in stream:
+            yield video.transform(frame, options.resize_factor, options.rotate, options.crop)
+            if job.still:
+                return
+    finally:
+        stream.close()
+
+
+@dataclass
+class _Faces:
+    """Face boxes per source frame, and the frames themselves when the output must loop over them."""
+
+    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2; one row serves every frame of a still or a fixed --box
+    cache: Optional[video.FrameCache] = None
+
+    def box(self, index: int) -> Tuple[int, int, int, int]:
+        x1, y1, x2, y2 = self.boxes[min(index, len(self.boxes) - 1)]
+        return int(x1), int(y1), int(x2), int(y2)
+
+
+def _needs_loop(job: _Job) -> bool:
+    """Whether the audio may outlast the video, so frames must be replayed forward and back."""
+    known = job.info.frame_count
+    return not job.still and (known is None or known < job.frames + LOOP_MARGIN_FRAMES)
+
+
+def _locate_faces(
+    job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path, report: Progress
+) -> _Faces:
+    """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
+    loop = _needs_loop(job)
+    if options.box is not None and not loop:
+        first = next(_source_frames(job, options))
+        return _Faces(np.array([faces.fixed_box(options.box, first.shape)]))
+    detect = None if options.box is not None else engine.detector(options, device)
+    cache = video.FrameCache(tmp) if loop else None
+    found: faces.Detections = []
+    batch: List[Frame] = []
+    total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
+    shape: Tuple[int, ...] = ()
+    for frame in _limit(_source_frames(job, options), job.frames):
+        shape = frame.shape
+        if cache is not None:
+            cache.append(frame)
+        batch.append(frame)
+        if len(batch) == options.face_det_batch_size:
+            found += _detect(detect, batch, options)
+            batch = []
+            report(STAGE_FACES, len(found), total)
+    found += _detect(detect, batch, options) if batch else []
+    report(STAGE_FACES, len(found), len(found))
+    return _Faces(_finish_boxes(found, shape, job, options), cache)
+
+
+def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
+    for index, frame in enumerate(frames):
+        if index >= count:
+            return
+        yield frame
+
+
+def _detect(detect: Optional[faces.DetectFn], batch: List[Frame], options: LipSyncOptions) -> faces.Detections:
+    if detect is None:
+        return [faces.fixed_box(options.box, batch[0].shape) for _ in batch]  # type: ignore[arg-type]
+    return detect(batch)
+
+
+def _finish_boxes(found: faces.Detections, shape: Tuple[int, ...], job: _Job, options: LipSyncOptions) -> np.ndarray:
+    """Fill frames without a face, add the pads, smooth over time (boxes only: frames are gone)."""
+    if not found:
+        raise LipSyncError(f"no frame could be read from {job.face.name}")
+    boxes = faces.fill_gaps(found, job.face.name)
+    if options.box is None:
+        boxes = faces.apply_pads(boxes, options.pads, shape)
+    if options.smooth and not job.still:
+        boxes = faces.smooth(boxes)
+    return boxes
+
+
+def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterator[Tuple[Frame, Tuple[int, ...]]]:
+    """Pass 2: (frame, box) for each output frame; video loops forward and back when the audio is longer."""
+    if found.cache is not None:
+        for i in range(job.frames):
+            src = video.pingpong_index(i, len(found.cache))
+            yield found.cache[src], found.box(src)
+        return
+    frame = None
+    stream = _source_frames(job, options)
+    for i in range(job.frames):
+        frame = next(stream, frame)  # a video shorter than its probed length repeats its last frame
+        if frame is None:
+            raise LipSyncError(f"no frame could be read from {job.face.name}")
+        yield frame, found.box(0 if job.still else i)
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _face_inputs(frames: List[Frame], boxes: List[Tuple[int, ...]]) -> np.ndarray:
+    """Generator face input: [lower-half-masked crop, crop] on channels, /255, NCHW float32."""
+    crops = np.stack([cv2.resize(f[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)) for f, (x1, y1, x2, y2) in zip(frames, boxes)])
+    masked = crops.copy()
+    masked[:, FACE_SIZE // 2 :] = 0
+    stacked = np.concatenate([masked, crops], axis=3).astype(np.float32) / 255.0
+    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+
+
+def _mouths(predicted: np.ndarray) -> np.ndarray:
+    """Generator output [B,3,96,96] in [0,1] → B×96×96×3 uint8 BGR, truncated like the reference."""
+    return (predicted.transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+
+
+def _synthesize(
+    job: _Job,
+    options: LipSyncOptions,
+    generator: runtime.Predictor,
+    found: _Faces,
+    tmp: Path,
+    report: Progress,
+) -> None:
+    """Run the generator batch by batch, paste the mouths back, and stream frames into the encoder."""
+    runner = runtime.BatchRunner(generator.run, options.wav2lip_batch_size)
+    pairs = _output_frames(job, options, found)
+    first = next(pairs)
+    height, width = first[0].shape[:2]
+    done = 0
+    with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp) as writer:
+        for batch in _batches(_chain_first(first, pairs), options.wav2lip_batch_size):
+            frames, boxes = [p[0] for p in batch], [p[1] for p in batch]
+            mels = audio.mel_batch(job.mel, done, done + len(batch), job.fps)[:, None]
+            mouths = _mouths(runner(mels, _face_inputs(frames, boxes))[0])
+            for frame, box, mouth in zip(frames, boxes, mouths):
+                writer.write(blend.paste(frame, box, mouth, options.blend, inplace=not job.still))
+            done += len(batch)
+            report(STAGE_SYNC, done, job.frames)
+        report(STAGE_ENCODE, 0, 1)
+    report(STAGE_ENCODE, 1, 1)
+
+
+def _chain_first(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest

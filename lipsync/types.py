@@ -1,0 +1,19 @@
+"""Domain type aliases shared by the stages, so signatures read as what they carry."""
+
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import numpy as np
+
+Frame = np.ndarray
+"""One video frame: H×W×3 uint8, BGR channel order (what Wav2Lip was trained on)."""
+
+Box = Tuple[int, int, int, int]
+"""A face box in frame pixels: (x1, y1, x2, y2), x2/y2 exclusive."""
+
+MelWindow = np.ndarray
+"""One generator audio input: (80, 16) float32 mel columns."""
+
+Progress = Callable[[str, int, int], None]
+"""Progress callback: (stage, done, total)."""

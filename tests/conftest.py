@@ -1,0 +1,147 @@
+"""Shared test media and weights: all made at test time, nothing downloaded.
+
+Weights are randomly initialised networks of the real architectures, saved in the real formats and
+found through $LIPSYNC_MODELS exactly as a user's files would be.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+SPEECH_TEXT = "Hello there. This face is speaking words it never said."
+VIDEO_FPS = 25
+VIDEO_SECONDS = 2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers such as torchfile_writer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_weights(tmp_path_factory) -> Path:
+    """$LIPSYNC_MODELS with a random wav2lip_hq; a planted S3FD beside it; cache and hub offline in tmp.
+
+    The S3FD file is not named s3fd.pth: that name has a published sha256, which random weights fail.
+    """
+    base = tmp_path_factory.mktemp("weights")
+    models = base / "models"
+    models.mkdir()
+    os.environ["LIPSYNC_MODELS"] = str(models)
+    os.environ["LIPSYNC_CACHE"] = str(base / "cache")
+    os.environ["HF_HOME"] = str(base / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    _save_random_wav2lip(models / "wav2lip_hq.pdparams")
+    _save_planted_s3fd(base / "planted_s3fd.pth")
+    return models
+
+
+@pytest.fixture(scope="session")
+def s3fd_weights(isolated_weights) -> Path:
+    return isolated_weights.parent / "planted_s3fd.pth"
+
+
+def _save_random_wav2lip(path: Path) -> None:
+    import paddle
+
+    from lipsync.model import Wav2Lip
+
+    paddle.seed(7)
+    model = Wav2Lip()
+    paddle.save(model.state_dict(), str(path))
+
+
+def planted_s3fd_state() -> dict:
+    """Random S3FD whose classifier heads call every anchor a face, so detection is deterministic."""
+    import paddle
+
+    from lipsync.s3fd import S3FD
+
+    paddle.seed(11)
+    state = {k: v.numpy() for k, v in S3FD().state_dict().items()}
+    for name in state:
+        if "mbox_conf" in name:
+            state[name] = np.zeros_like(state[name])
+            if name.endswith(".bias"):
+                state[name][:] = -8.0
+                state[name][-1] = 8.0  # the last class channel is "face"
+        if "mbox_loc" in name:
+            state[name] = np.zeros_like(state[name])
+    return state
+
+
+def _save_planted_s3fd(path: Path) -> None:
+    """As the published s3fd .pth: a bare state_dict in torch's legacy (pre-1.6) format."""
+    from torchfile_writer import save_torch, torch_names
+
+    save_torch(torch_names(planted_s3fd_state()), path, legacy=True)
+
+
+@pytest.fixture(scope="session")
+def astronaut_bgr() -> np.ndarray:
+    """scikit-image's public-domain astronaut photo (Eileen Collins), 512×512, as a BGR frame."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[..., ::-1])
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory, astronaut_bgr) -> dict:
+    """A photo, espeak-ng speech, and a short video of the photo drifting sideways."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("media")
+    photo = folder / "astronaut.png"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    speech = folder / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(speech), SPEECH_TEXT], check=True, capture_output=True)
+    clip = folder / "clip.mp4"
+    _write_drifting_clip(astronaut_bgr, clip)
+    return {"photo": photo, "speech": speech, "video": clip}
+
+
+def _write_drifting_clip(image: np.ndarray, path: Path) -> None:
+    """An H.264 clip of the photo moving a few pixels per frame (a face that moves), no audio."""
+    h, w = image.shape[:2]
+    ffmpeg = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+              "-s", f"{w}x{h}", "-r", str(VIDEO_FPS), "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+              "-y", f"file:{path}"]  # fmt: skip
+    proc = subprocess.Popen(ffmpeg, stdin=subprocess.PIPE)
+    for i in range(VIDEO_FPS * VIDEO_SECONDS):
+        shift = np.float32([[1, 0, (i % 10) - 5], [0, 1, 0]])
+        proc.stdin.write(cv2_warp(image, shift).tobytes())
+    proc.stdin.close()
+    assert proc.wait() == 0
+
+
+def cv2_warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.warpAffine(image, matrix, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+
+
+def ffprobe(path: Path) -> dict:
+    import json
+
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", f"file:{path}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def read_video_frames(path: Path) -> np.ndarray:
+    """All frames of a (short) video as N×H×W×3 BGR, for checking results."""
+    info = ffprobe(path)
+    video = next(s for s in info["streams"] if s["codec_type"] == "video")
+    w, h = int(video["width"]), int(video["height"])
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", f"file:{path}", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)

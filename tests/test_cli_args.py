@@ -1,0 +1,67 @@
+"""The command line speaks PaddleGAN's option spellings (and dashed aliases) and maps them onto options."""
+
+from __future__ import annotations
+
+import pytest
+
+from lipsync.cli import build_parser, options_from_args
+from lipsync.errors import LipSyncError
+from lipsync.options import LipSyncOptions
+
+BASE = ["--face", "f.jpg", "--audio", "a.wav", "--outfile", "/tmp/o.mp4"]
+
+
+def parse(*extra: str) -> LipSyncOptions:
+    return options_from_args(build_parser().parse_args(BASE + list(extra)))
+
+
+def test_defaults_equal_the_options_defaults():
+    assert parse() == LipSyncOptions()
+
+
+def test_every_seed_option_is_accepted():
+    opts = parse(
+        "--checkpoint_path", "/m/w.pth", "--static", "--fps", "30", "--pads", "1", "2", "3", "4",
+        "--face_det_batch_size", "4", "--wav2lip_batch_size", "64", "--resize_factor", "2",
+        "--crop", "0", "100", "5", "-1", "--box", "10", "90", "20", "80", "--rotate", "--nosmooth",
+        "--cpu", "--face_detector", "sfd",
+    )  # fmt: skip
+    assert opts.checkpoint == "/m/w.pth" and opts.static and opts.fps == 30
+    assert opts.pads == (1, 2, 3, 4) and opts.crop == (0, 100, 5, -1) and opts.box == (10, 90, 20, 80)
+    assert opts.face_det_batch_size == 4 and opts.wav2lip_batch_size == 64 and opts.resize_factor == 2
+    assert opts.rotate and not opts.smooth and opts.device == "cpu" and opts.face_detector == "sfd"
+
+
+def test_dashed_aliases():
+    opts = parse("--checkpoint-path", "wav2lip_gan", "--face-det-batch-size", "2", "--resize-factor", "3")
+    assert (opts.checkpoint, opts.face_det_batch_size, opts.resize_factor) == ("wav2lip_gan", 2, 3)
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [([], False), (["--static"], True), (["--static", "True"], True), (["--static", "False"], False),
+     (["--static", "0"], False), (["--static", "yes"], True)],
+)  # fmt: skip
+def test_static_is_a_real_flag(words, expected):
+    assert parse(*words).static is expected
+
+
+def test_seed_no_box_value_means_detect():
+    assert parse("--box", "-1", "-1", "-1", "-1").box is None
+
+
+def test_blazeface_uses_the_bundled_detector():
+    assert parse("--face_detector", "blazeface").face_detector == "haar"
+
+
+def test_bad_values_are_our_error():
+    with pytest.raises(LipSyncError, match="box"):
+        parse("--box", "50", "10", "0", "20")
+    with pytest.raises(LipSyncError, match="resize_factor"):
+        parse("--resize_factor", "0")
+
+
+def test_unknown_detector_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(BASE + ["--face_detector", "retina"])
+    assert exc.value.code == 2

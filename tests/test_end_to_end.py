@@ -1,0 +1,174 @@
+"""Whole runs on real media: a photo and a moving video with espeak-ng speech, through the API and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, ffprobe, read_video_frames
+
+import lipsync
+from lipsync import audio
+from lipsync.options import LipSyncOptions
+
+HAAR = LipSyncOptions(face_detector="haar", device="cpu")
+FRAME_TOLERANCE_S = 1 / 25 + 0.03  # one frame, plus AAC's block granularity
+
+
+def _streams(path: Path) -> dict:
+    info = ffprobe(path)
+    return {s["codec_type"]: s for s in info["streams"]} | {"format": info["format"]}
+
+
+def _audio_seconds(path: Path) -> float:
+    return len(audio.load_audio(path)) / audio.SAMPLE_RATE
+
+
+def _check_output(out: Path, speech: Path, size: tuple) -> dict:
+    """H.264 yuv420p + AAC, the input's size, as long as the speech, moov atom first."""
+    s = _streams(out)
+    assert s["video"]["codec_name"] == "h264" and s["video"]["pix_fmt"] == "yuv420p"
+    assert s["audio"]["codec_name"] == "aac"
+    assert (int(s["video"]["width"]), int(s["video"]["height"])) == size
+    assert abs(float(s["format"]["duration"]) - _audio_seconds(speech)) <= FRAME_TOLERANCE_S
+    head = out.read_bytes()[:4096]
+    assert head.find(b"moov") != -1 and (head.find(b"mdat") == -1 or head.find(b"moov") < head.find(b"mdat"))
+    return s
+
+
+def _face_changed_background_kept(result: np.ndarray, original: np.ndarray) -> None:
+    """The lower face (astronaut: x 170–270, y 140–230) changed; far corners did not (beyond codec noise)."""
+    diff = np.abs(result.astype(np.int16) - original.astype(np.int16))
+    assert diff[150:220, 185:255].mean() > 15, f"the mouth region should be regenerated: {diff[150:220, 185:255].mean()}"
+    far = np.concatenate([diff[380:, :120].ravel(), diff[:60, 400:].ravel()])
+    assert far.mean() < 5 and diff[150:220, 185:255].mean() > 4 * far.mean(), "far pixels: codec noise only"
+
+
+def test_photo_with_speech_through_the_api(media, astronaut_bgr, tmp_path):
+    seen = []
+    out = tmp_path / "out" / "talking.mp4"
+    result = lipsync.run(media["photo"], media["speech"], out, HAAR, progress=lambda *a: seen.append(a))
+    _check_output(out, media["speech"], (512, 512))
+    frames = read_video_frames(out)
+    assert result.frames == audio.frame_count(audio.melspectrogram(audio.load_audio(media["speech"])).shape[1], 25)
+    # one frame per mel window, then the last frame held until the speech ends
+    assert result.frames <= len(frames) and abs(len(frames) - _audio_seconds(media["speech"]) * 25) <= 1
+    _face_changed_background_kept(frames[len(frames) // 2], astronaut_bgr)
+    stages = [stage for stage, _, _ in seen]
+    assert stages[0] == "reading audio" and "lip-syncing" in stages and stages[-1] == "encoding"
+    done, total = max(((d, t) for s, d, t in seen if s == "lip-syncing"), key=lambda x: x[0])
+    assert done == total == result.frames
+
+
+def test_video_shorter_than_speech_plays_forward_and_back(media, astronaut_bgr, tmp_path):
+    """The 2 s clip under ~3.5 s of speech: output lasts as long as the speech, and the motion reverses."""
+    out = tmp_path / "video.mp4"
+    lipsync.run(media["video"], media["speech"], out, replace(HAAR, blend="box"))
+    s = _check_output(out, media["speech"], (512, 512))
+    assert abs(float(s["video"]["r_frame_rate"].split("/")[0]) / float(s["video"]["r_frame_rate"].split("/")[1]) - 25) < 0.01
+    frames = read_video_frames(out)
+    assert len(frames) > 50  # beyond the clip's 50 frames: it looped instead of stopping
+    # frame 50 is source frame 48 (ping-pong, no repeated turn frame): the far edge must match it
+    source = read_video_frames(media["video"])
+    assert np.abs(frames[50, 380:, :100].astype(int) - source[48, 380:, :100]).mean() < 3
+    assert np.abs(frames[50, 380:, :100].astype(int) - source[49, 380:, :100]).mean() > 3
+
+
+def test_static_flag_uses_the_first_frame_only(media, tmp_path):
+    out = tmp_path / "static.mp4"
+    lipsync.run(media["video"], media["speech"], out, replace(HAAR, static=True))
+    frames = read_video_frames(out)
+    corner = frames[:, 380:, :100].astype(int)
+    assert np.abs(corner - corner[0]).max() < 12, "a still face must not move"
+
+
+def test_s3fd_path_through_paddle_inference(media, s3fd_weights, tmp_path):
+    """The default detector, with planted weights (every anchor is a face): plumbing and output checks."""
+    out = tmp_path / "sfd.mp4"
+    opts = LipSyncOptions(detector_weights=str(s3fd_weights), device="cpu")
+    lipsync.run(media["photo"], media["speech"], out, opts)
+    _check_output(out, media["speech"], (512, 512))
+
+
+def test_torch_checkpoint_end_to_end(media, tmp_path, isolated_weights):
+    """A Rudrabha-style legacy .pth (module. prefix, optimizer state) drives a run like the .pdparams does."""
+    import paddle
+    from torchfile_writer import save_torch, torch_names, training_checkpoint
+
+    state = paddle.load(str(isolated_weights / "wav2lip_hq.pdparams"))
+    pth = tmp_path / "my checkpoint.v1.pth"
+    save_torch(training_checkpoint(torch_names(state)), pth, legacy=True)
+    out_pth, out_pd = tmp_path / "pth.mp4", tmp_path / "pd.mp4"
+    lipsync.run(media["photo"], media["speech"], out_pth, replace(HAAR, checkpoint=str(pth)))
+    lipsync.run(media["photo"], media["speech"], out_pd, HAAR)
+    a, b = read_video_frames(out_pth), read_video_frames(out_pd)
+    assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 2, "same weights, same video"
+
+
+def run_cli(*args: str, tmpdir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "lipsync", *args], capture_output=True, text=True, env=env, cwd=str(tmpdir)
+    )
+
+
+def test_cli_run_writes_the_video_and_leaves_no_temp(media, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "cli out.mp4"
+    proc = run_cli("--face", str(media["video"]), "--audio", str(media["speech"]), "--outfile", str(out),
+                   "--face_detector", "haar", "--resize_factor", "2", "--cpu", tmpdir=scratch)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _check_output(out, media["speech"], (256, 256))
+    assert list(scratch.iterdir()) == [], "no temp files left, nothing written in the working directory"
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing_face", "face file not found"),
+        ("text_as_video", "no video stream"),
+        ("no_face", "No face found"),
+        ("silent_video_as_audio", "no audio track"),
+        ("not_mp4", ".mp4"),
+        ("bad_box", "box"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2_no_traceback(case, expect, media, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    face, speech, out, extra = str(media["photo"]), str(media["speech"]), str(tmp_path / "o.mp4"), []
+    if case == "missing_face":
+        face = str(tmp_path / "nope.jpg")
+    elif case == "text_as_video":
+        face = str(tmp_path / "notes.mp4")
+        Path(face).write_text("not a video\n")
+    elif case == "no_face":
+        import cv2
+
+        face = str(tmp_path / "wall.png")
+        cv2.imwrite(face, np.full((240, 320, 3), 90, np.uint8))
+    elif case == "silent_video_as_audio":
+        speech = str(media["video"])
+    elif case == "not_mp4":
+        out = str(tmp_path / "o.avi")
+    elif case == "bad_box":
+        extra = ["--box", "100", "50", "0", "10"]
+    proc = run_cli("--face", face, "--audio", speech, "--outfile", out, "--face_detector", "haar", *extra,
+                   tmpdir=scratch)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not Path(out).exists()
+    assert list(scratch.iterdir()) == []
+
+
+def test_package_has_no_shell_true():
+    for path in (ROOT / "lipsync").rglob("*.py"):
+        assert "shell=True" not in path.read_text(), path

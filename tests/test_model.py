@@ -1,0 +1,127 @@
+"""The Wav2Lip generator: published architecture (names, shapes, count), output contract, split encode/decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+from lipsync.model import Wav2Lip
+
+# Trainable parameters of Rudrabha/Wav2Lip models/wav2lip.py (counted on the PyTorch module).
+PUBLISHED_PARAMETERS = 36_298_035
+PUBLISHED_CONV_TENSORS = 202  # weight/bias tensors in the PyTorch state_dict, BatchNorm stats excluded
+BATCHNORM_LAYERS = 50
+FEATURE_SHAPES = [(16, 96), (32, 48), (64, 24), (128, 12), (256, 6), (512, 3), (512, 1)]  # (channels, side)
+
+
+def _randomise(model: Wav2Lip, seed: int) -> None:
+    """Random BatchNorm statistics and affine terms, so buffers matter to the output."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        shape = tuple(tensor.shape)
+        value = tensor.numpy()
+        if name.endswith("._variance"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith("._mean") or (".conv_block.1." in name and name.endswith(".bias")):
+            value = rng.normal(0.0, 0.1, shape)
+        elif ".conv_block.1." in name and name.endswith(".weight"):
+            value = rng.uniform(0.8, 1.2, shape)
+        state[name] = value.astype(np.float32)
+    model.set_state_dict(state)
+
+
+@pytest.fixture(scope="module")
+def model() -> Wav2Lip:
+    paddle.seed(0)
+    net = Wav2Lip()
+    _randomise(net, seed=1)
+    net.eval()
+    return net
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    """Three samples: (audio 0, face 0), (audio 1, face 0), (audio 0, face 1)."""
+    rng = np.random.default_rng(2)
+    audio = rng.normal(0.0, 2.0, (2, 1, 80, 16)).astype(np.float32)
+    face = rng.random((2, 6, 96, 96)).astype(np.float32)
+    return paddle.to_tensor(audio[[0, 1, 0]]), paddle.to_tensor(face[[0, 0, 1]])
+
+
+def _run(model: Wav2Lip, audio, face) -> np.ndarray:
+    with paddle.no_grad():
+        return model(audio, face).numpy()
+
+
+@pytest.fixture(scope="module")
+def batched(model, inputs) -> np.ndarray:
+    return _run(model, *inputs)
+
+
+@pytest.fixture(scope="module")
+def last_alone(model, inputs) -> np.ndarray:
+    audio, face = inputs
+    return _run(model, audio[2:], face[2:])
+
+
+def test_parameter_count_matches_published_model(model):
+    trainable = [p for p in model.parameters() if not p.stop_gradient]
+    assert sum(int(np.prod(p.shape)) for p in trainable) == PUBLISHED_PARAMETERS
+    assert len(trainable) == PUBLISHED_CONV_TENSORS
+
+
+def test_state_dict_uses_torch_names_with_paddle_batchnorm_stats(model):
+    state = model.state_dict()
+    assert len(state) == PUBLISHED_CONV_TENSORS + 2 * BATCHNORM_LAYERS
+    names = list(state)
+    assert names[0] == "face_encoder_blocks.0.0.conv_block.0.weight"
+    assert names[-1] == "output_block.1.bias"
+    assert not [n for n in names if "running_" in n or "num_batches" in n]
+    expected = {
+        "face_encoder_blocks.0.0.conv_block.0.weight": [16, 6, 7, 7],
+        "face_encoder_blocks.6.1.conv_block.0.weight": [512, 512, 1, 1],
+        "audio_encoder.3.conv_block.0.weight": [64, 32, 3, 3],
+        "audio_encoder.12.conv_block.1._variance": [512],
+        "face_decoder_blocks.1.0.conv_block.0.weight": [1024, 512, 3, 3],  # transposed conv: [in, out, kh, kw]
+        "face_decoder_blocks.3.0.conv_block.0.weight": [768, 384, 3, 3],
+        "face_decoder_blocks.6.2.conv_block.1._mean": [64],
+        "output_block.0.conv_block.0.weight": [32, 80, 3, 3],
+        "output_block.1.weight": [3, 32, 1, 1],
+    }
+    assert {name: list(state[name].shape) for name in expected} == expected
+
+
+def test_forward_gives_faces_in_unit_range_that_depend_on_audio_and_face(batched):
+    assert batched.shape == (3, 3, 96, 96) and batched.dtype == np.float32
+    assert batched.min() >= 0.0 and batched.max() <= 1.0
+    assert np.abs(batched[1] - batched[0]).max() > 1e-4  # other audio, same face
+    assert np.abs(batched[2] - batched[0]).max() > 1e-4  # same audio, other face
+
+
+def test_eval_mode_uses_running_stats_so_samples_are_independent(batched, last_alone):
+    np.testing.assert_allclose(last_alone[0], batched[2], atol=1e-5)
+
+
+def test_encode_then_decode_equals_forward_and_features_are_reusable(model, inputs, last_alone):
+    audio, face = inputs
+    with paddle.no_grad():
+        features = model.encode_face(face[2:])
+        assert [tuple(f.shape) for f in features] == [(1, c, s, s) for c, s in FEATURE_SHAPES]
+        first = model.decode(audio[2:], features).numpy()
+        again = model.decode(audio[2:], features).numpy()
+    assert len(features) == len(FEATURE_SHAPES)  # decode must not consume the list
+    np.testing.assert_array_equal(first, last_alone)
+    np.testing.assert_array_equal(again, first)
+
+
+def test_saved_state_dict_reloads_to_identical_outputs(model, inputs, last_alone, tmp_path):
+    path = tmp_path / "wav2lip.pdparams"
+    paddle.save(model.state_dict(), str(path))
+    paddle.seed(99)
+    other = Wav2Lip()
+    other.set_state_dict(paddle.load(str(path)))
+    other.eval()
+    audio, face = inputs
+    np.testing.assert_array_equal(_run(other, audio[2:], face[2:]), last_alone)

@@ -1,0 +1,106 @@
+"""Paddle Inference runtime: static export equals dygraph, exports are reused, OOM halves the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+from lipsync import runtime
+from lipsync.errors import LipSyncError
+
+
+class Tiny(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(6, 4, 3, padding=1)
+        self.bn = paddle.nn.BatchNorm2D(4)
+
+    def forward(self, audio, face):
+        return paddle.nn.functional.sigmoid(self.bn(self.conv(face)) + audio.mean(axis=[1, 2, 3], keepdim=True))
+
+
+SPECS = [((None, 1, 8, 4), "float32"), ((None, 6, 12, 12), "float32")]
+
+
+def _tiny() -> Tiny:
+    paddle.seed(3)
+    layer = Tiny()
+    layer.bn._mean.set_value(paddle.rand([4]))
+    layer.bn._variance.set_value(paddle.rand([4]) + 0.5)
+    layer.eval()
+    return layer
+
+
+def test_static_predictor_matches_dygraph_and_export_is_reused(tmp_path):
+    layer = _tiny()
+    calls = []
+
+    def build():
+        calls.append(1)
+        return layer
+
+    prefix = runtime.export_static(build, SPECS, tmp_path / "export")
+    again = runtime.export_static(build, SPECS, tmp_path / "export")
+    assert prefix == again and len(calls) == 1, "a finished export must be reused, not traced again"
+
+    predictor = runtime.Predictor(prefix, runtime.Device("cpu", "requested"), threads=1)
+    rng = np.random.default_rng(0)
+    for batch in (3, 1, 5):  # varying batch sizes reuse one predictor
+        a = rng.standard_normal((batch, 1, 8, 4)).astype(np.float32)
+        f = rng.standard_normal((batch, 6, 12, 12)).astype(np.float32)
+        expected = layer(paddle.to_tensor(a), paddle.to_tensor(f)).numpy()
+        (got,) = predictor.run(a, f)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_export_key_changes_with_the_weights_file(tmp_path):
+    weights = tmp_path / "w.pdparams"
+    weights.write_bytes(b"one")
+    first = runtime.export_key(weights, "wav2lip")
+    weights.write_bytes(b"other contents")
+    assert runtime.export_key(weights, "wav2lip") != first
+    assert runtime.export_key(weights, "s3fd") != runtime.export_key(weights, "wav2lip")
+
+
+def test_batch_runner_halves_on_out_of_memory_and_keeps_order():
+    seen = []
+
+    def run(x):
+        seen.append(len(x))
+        if len(x) > 3:
+            raise MemoryError("Out of memory error on GPU 0")
+        return [x * 2]
+
+    runner = runtime.BatchRunner(run, 16)
+    (out,) = runner(np.arange(10.0))
+    np.testing.assert_array_equal(out, np.arange(10.0) * 2)
+    assert runner.batch == 2 and seen[:3] == [10, 8, 4]
+    (out,) = runner(np.arange(5.0))  # the smaller batch sticks for later calls
+    np.testing.assert_array_equal(out, np.arange(5.0) * 2)
+
+
+def test_batch_runner_reraises_other_errors():
+    def run(x):
+        raise ValueError("shape mismatch")
+
+    with pytest.raises(ValueError):
+        runtime.BatchRunner(run, 8)(np.zeros(4))
+
+
+def test_device_choice_on_a_machine_without_gpu(monkeypatch):
+    monkeypatch.setattr(runtime, "_gpu_problem", lambda: "no CUDA device is visible")
+    assert runtime.choose_device("cpu") == runtime.Device("cpu", "requested")
+    auto = runtime.choose_device("auto")
+    assert auto.kind == "cpu" and "no CUDA device" in auto.reason
+    with pytest.raises(LipSyncError, match="--device gpu"):
+        runtime.choose_device("gpu")
+
+
+def test_real_gpu_probe_answers_on_this_machine():
+    """On CPU paddle this must say why the GPU can't be used rather than crash."""
+    problem = runtime._gpu_problem()
+    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        assert problem is None
+    else:
+        assert isinstance(problem, str) and problem

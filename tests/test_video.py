@@ -1,0 +1,459 @@
+"""Tests for lipsync.video: ffmpeg argument builders, probing, frame streaming, caching and writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lipsync.errors import LipSyncError
+from lipsync.video import (
+    FrameCache,
+    VideoWriter,
+    pingpong_index,
+    probe,
+    probe_args,
+    rate_arg,
+    read_args,
+    read_frames,
+    read_image,
+    transform,
+    write_args,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+
+AUDIO_SECONDS = 1.0
+ODD_SIZE = (321, 241)  # width, height
+
+
+def ffmpeg(*args: str | Path) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *map(str, args)], check=True)
+
+
+def ffprobe_json(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", "-show_streams", "-show_format",
+                          f"file:{path}"], capture_output=True, check=True).stdout
+    return json.loads(out)
+
+
+def ffmpeg_children() -> list[str]:
+    """ffmpeg processes (running or zombie) whose parent is this test process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        if parent == os.getpid() and name.startswith("ffmpeg"):
+            found.append(f"{entry.name} {name}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small clips made once per module."""
+    root = tmp_path_factory.mktemp("media")
+    paths = {name: root / file for name, file in [
+        ("odd", "odd.mp4"), ("plain", "plain.mp4"), ("audio", "tone.m4a"), ("with_audio", "talk.mp4")]}
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=321x241:rate=25", "-t", "2",
+           "-c:v", "libx264", "-pix_fmt", "yuv444p", "-crf", "10", paths["odd"])
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", paths["plain"])
+    ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={AUDIO_SECONDS}",
+           "-c:a", "aac", paths["audio"])
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-f", "lavfi", "-i",
+           "sine=sample_rate=48000", "-t", "1.5", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-c:a", "aac", paths["with_audio"])
+    return paths
+
+
+# ---------------------------------------------------------------- builders
+
+
+def test_builders_are_argument_lists_with_file_prefix() -> None:
+    name = "-my clip.ü.v2.final.mp4"
+    for args in (probe_args(name), read_args(name, 25.0), write_args(name, width=64, height=48, fps=25,
+                                                                      audio="-a b.wav", audio_duration=1.0)):
+        assert isinstance(args, list) and all(isinstance(arg, str) for arg in args)
+        assert args[0] in ("ffmpeg", "ffprobe")
+        assert not any(arg.startswith(("-my", "-a b")) for arg in args), "a dash-leading name became an option"
+    assert probe_args(name)[-1] == f"file:{name}"
+    assert "file:-a b.wav" in write_args("o.mp4", width=64, height=48, fps=25, audio="-a b.wav")
+
+
+def test_rate_arg_is_exact() -> None:
+    assert rate_arg(25.0) == "25"
+    assert rate_arg(30000 / 1001) == "30000/1001"
+
+
+def test_read_args_stream_bgr_at_constant_rate() -> None:
+    args = read_args("clip.mp4", 30000 / 1001)
+    joined = " ".join(args)
+    assert "-nostdin" in args and "-map 0:v:0" in joined
+    assert "fps=30000/1001" in args
+    assert "-f rawvideo -pix_fmt bgr24 pipe:1" in joined
+
+
+def test_write_args_even_size_audio_and_duration() -> None:
+    args = write_args("out.mp4", width=321, height=241, fps=25, audio="voice.wav",
+                      audio_duration=2.5, audio_sample_rate=96000)
+    joined = " ".join(args)
+    assert "-map 1:a:0" in joined and "-t 2.500000" in joined and "-ar 48000" in joined
+    assert "pad=322:242" in args[args.index("-vf") + 1] and "tpad" in args[args.index("-vf") + 1]
+    assert "libx264" in args and "yuv420p" in args and "+faststart" in args
+    assert args[-1] == "file:out.mp4"
+    even = write_args("out.mp4", width=320, height=240, fps=25, audio="voice.wav", audio_sample_rate=44100)
+    assert "pad=" not in " ".join(even) and "-ar" not in even and "-t" not in even and "tpad" not in " ".join(even)
+    silent = " ".join(write_args("out.mp4", width=320, height=240, fps=25))
+    assert "1:a:0" not in silent and "-c:a" not in silent
+
+
+# ---------------------------------------------------------------- probing and reading videos
+
+
+def test_probe_and_read_odd_size_video(media: dict[str, Path]) -> None:
+    info = probe(media["odd"])
+    assert (info.width, info.height) == ODD_SIZE and not info.is_image
+    assert info.fps == 25.0 and info.frame_count == 50 and info.duration == pytest.approx(2.0)
+    assert info.has_video and not info.has_audio and info.rotation == 0
+    frames = list(read_frames(media["odd"], info))
+    assert len(frames) == 50
+    assert all(frame.shape == (241, 321, 3) and frame.dtype == np.uint8 for frame in frames)
+    assert not np.array_equal(frames[0], frames[25]), "testsrc moves; frames must differ"
+
+
+def test_awkward_file_names(media: dict[str, Path], tmp_path: Path) -> None:
+    awkward = tmp_path / "-my clip.ü.v2.final.mp4"
+    shutil.copy(media["plain"], awkward)
+    info = probe(awkward)
+    frames = read_frames(awkward, info)
+    assert next(frames).shape == (48, 64, 3)
+    frames.close()
+
+
+def test_rotated_phone_video(media: dict[str, Path], tmp_path: Path) -> None:
+    rotated = tmp_path / "portrait.mp4"
+    try:  # ffmpeg >= 6
+        ffmpeg("-display_rotation", "90", "-i", media["plain"], "-c", "copy", rotated)
+    except subprocess.CalledProcessError:  # ffmpeg 5.x
+        ffmpeg("-i", media["plain"], "-c", "copy", "-metadata:s:v", "rotate=90", rotated)
+    info = probe(rotated)
+    assert info.rotation in (90, 270)
+    assert (info.width, info.height) == (48, 64)
+    upright = list(read_frames(media["plain"], probe(media["plain"])))
+    turned = list(read_frames(rotated, info))
+    assert len(turned) == len(upright) == 25
+    np.testing.assert_array_equal(turned[3], np.rot90(upright[3], info.rotation // 90))
+
+
+def test_variable_frame_rate_is_resampled_by_time(tmp_path: Path) -> None:
+    vfr = tmp_path / "vfr.mp4"
+    # brightness encodes each frame's time; 50 fps for 0.4 s, then only every 4th frame (12.5 fps)
+    ffmpeg("-f", "lavfi", "-i", "color=black:s=64x48:r=50,format=gray,geq=lum='T*100'", "-t", "2",
+           "-vf", "select='lt(n,20)+not(mod(n,4))'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-crf", "0", "-pix_fmt", "yuv420p", vfr)
+    info = probe(vfr)
+    assert 15 < info.fps < 25, "fps must be the average rate, not the 50 fps timebase"
+    frames = list(read_frames(vfr, info))
+    assert abs(len(frames) - info.duration * info.fps) <= 1
+    seconds = np.array([frame.mean() for frame in frames]) / 100  # brightness -> source frame's time
+    expected = np.arange(len(frames)) / info.fps
+    assert np.abs(seconds - expected).max() < 0.08 + 1 / info.fps, "frame i must show time i/fps"
+
+
+def test_early_close_leaves_no_ffmpeg_process(media: dict[str, Path]) -> None:
+    info = probe(media["odd"])
+    frames = read_frames(media["odd"], info)
+    next(frames)
+    next(frames)
+    assert ffmpeg_children(), "ffmpeg should be running mid-stream"
+    frames.close()
+    assert ffmpeg_children() == []
+
+
+def test_audio_files(media: dict[str, Path]) -> None:
+    with pytest.raises(LipSyncError, match="no video stream — --face needs a picture or a video"):
+        probe(media["audio"])
+    info = probe(media["audio"], require_video=False)
+    assert not info.has_video and info.has_audio
+    assert info.audio_duration == pytest.approx(AUDIO_SECONDS, abs=0.05) and info.audio_sample_rate == 44100
+    talk = probe(media["with_audio"])
+    assert talk.has_video and talk.has_audio and talk.audio_sample_rate == 48000
+
+
+def test_unusable_inputs(tmp_path: Path) -> None:
+    with pytest.raises(LipSyncError, match="does not exist"):
+        probe(tmp_path / "missing.mp4")
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video at all\n" * 20)
+    with pytest.raises(LipSyncError, match="no video stream"):
+        probe(notes)
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def pattern(height: int = 48, width: int = 64) -> np.ndarray:
+    """BGR picture with distinct quadrants, so orientation and channel order errors show."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[: height // 2, : width // 2] = (255, 0, 0)
+    image[: height // 2, width // 2:] = (0, 255, 0)
+    image[height // 2:, : width // 2] = (0, 0, 255)
+    image[height // 2:, width // 2:] = (200, 200, 200)
+    return image
+
+
+def read_one(path: Path) -> np.ndarray:
+    info = probe(path)
+    assert info.is_image and info.frame_count == 1
+    frames = list(read_frames(path, info))
+    assert len(frames) == 1 and frames[0].dtype == np.uint8 and frames[0].ndim == 3
+    assert (info.width, info.height) == (frames[0].shape[1], frames[0].shape[0])
+    return frames[0]
+
+
+@pytest.mark.parametrize("name", ["face.png", "face.PNG", "face.bmp", "face.webp", "face.jpg", "face.JPEG"])
+def test_picture_formats(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    image = pattern()
+    data = cv2.imencode(Path(name.lower()).suffix, image, [cv2.IMWRITE_WEBP_QUALITY, 101])[1]
+    data.tofile(path)
+    error = np.abs(read_one(path).astype(int) - image)
+    if "jp" in name.lower():  # lossy, chroma-subsampled at the quadrant edges
+        assert error.mean() < 4
+    else:
+        assert error.max() == 0
+
+
+def test_picture_detected_by_content_not_extension(tmp_path: Path) -> None:
+    png_named_mp4 = tmp_path / "face.mp4"
+    cv2.imencode(".png", pattern())[1].tofile(png_named_mp4)
+    np.testing.assert_array_equal(read_one(png_named_mp4), pattern())
+
+
+def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
+    image = np.zeros((10, 30, 4), np.uint8)
+    image[..., :3] = (0, 0, 255)
+    image[:, :10, 3], image[:, 10:20, 3], image[:, 20:, 3] = 0, 128, 255
+    path = tmp_path / "cutout.png"
+    cv2.imwrite(str(path), image)
+    frame = read_one(path)
+    np.testing.assert_array_equal(frame[0, 0], (255, 255, 255))
+    np.testing.assert_array_equal(frame[0, 15], (127, 127, 255))
+    np.testing.assert_array_equal(frame[0, 25], (0, 0, 255))
+
+
+def test_greyscale_and_16_bit(tmp_path: Path) -> None:
+    grey = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (4, 1))
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    frame = read_one(tmp_path / "grey.png")
+    assert frame.shape == (4, 50, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(frame[..., channel], grey)
+    deep = np.tile(np.array([0, 257 * 100, 65535], np.uint16), (4, 1))
+    cv2.imwrite(str(tmp_path / "deep.png"), np.dstack([deep] * 3))
+    np.testing.assert_array_equal(read_one(tmp_path / "deep.png")[0, :, 0], [0, 100, 255])
+
+
+def test_exif_orientation_and_cmyk(tmp_path: Path) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    stored = pattern()
+    picture = pil.fromarray(stored[..., ::-1].copy())
+    exif = picture.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    picture.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    frame = read_one(tmp_path / "phone.jpg")
+    assert frame.shape == (64, 48, 3)
+    assert np.abs(frame.astype(int) - cv2.rotate(stored, cv2.ROTATE_90_CLOCKWISE)).mean() < 4
+    picture.convert("CMYK").save(tmp_path / "print.jpg", quality=95)
+    assert np.abs(read_one(tmp_path / "print.jpg").astype(int) - stored).mean() < 4
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_exif_orientation_of_transparent_pictures(tmp_path: Path, suffix: str) -> None:
+    """OpenCV ignores EXIF when it keeps alpha; all eight orientations must still match PIL's reading."""
+    pil = pytest.importorskip("PIL.Image")
+    ops = pytest.importorskip("PIL.ImageOps")
+    rgba = np.random.default_rng(2).integers(0, 256, (6, 9, 4), np.uint8)
+    rgba[:, :4, 3] = 255  # opaque left part, transparent right part: a turned alpha shows
+    rgba[:, 4:, 3] = 0
+    for orientation in range(1, 9):
+        picture = pil.fromarray(rgba, "RGBA")
+        exif = picture.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}{suffix}"
+        picture.save(path, exif=exif, lossless=True)
+        upright = np.asarray(ops.exif_transpose(pil.open(path))).astype(np.float32)
+        on_white = upright[..., :3] * upright[..., 3:] / 255 + 255 * (1 - upright[..., 3:] / 255)
+        np.testing.assert_array_equal(read_one(path), np.rint(on_white[..., ::-1]).astype(np.uint8),
+                                      err_msg=f"orientation {orientation}")
+
+
+def test_picture_opencv_cannot_read_falls_back_to_ffmpeg(tmp_path: Path) -> None:
+    for name in ("face.tga", "face.png"):
+        ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", "1", tmp_path / name)
+    assert cv2.imread(str(tmp_path / "face.tga")) is None
+    np.testing.assert_array_equal(read_one(tmp_path / "face.tga"), read_image(tmp_path / "face.png"))
+
+
+def test_huge_picture(tmp_path: Path) -> None:
+    path = tmp_path / "poster.jpg"
+    cv2.imwrite(str(path), np.full((8000, 8000, 3), 90, np.uint8))
+    assert read_one(path).shape == (8000, 8000, 3)
+
+
+# ---------------------------------------------------------------- per-frame edits, cache, ping-pong
+
+
+def test_transform_order_resize_rotate_crop() -> None:
+    frame = np.random.default_rng(0).integers(0, 256, (60, 100, 3), np.uint8)
+    assert transform(frame) is frame
+    small = cv2.resize(frame, (50, 30))
+    np.testing.assert_array_equal(transform(frame, resize_factor=2), small)
+    turned = cv2.rotate(small, cv2.ROTATE_90_CLOCKWISE)  # 50 high, 30 wide
+    np.testing.assert_array_equal(transform(frame, 2, True), turned)
+    np.testing.assert_array_equal(transform(frame, 2, True, (5, -1, 10, 20)), turned[5:, 10:20])
+    with pytest.raises(LipSyncError, match="crop"):
+        transform(frame, crop=(70, -1, 0, -1))
+
+
+def test_frame_cache_round_trip(tmp_path: Path) -> None:
+    frames = np.random.default_rng(1).integers(0, 256, (6, 8, 10, 3), np.uint8)
+    with FrameCache(tmp_path) as cache:
+        for frame in frames[:4]:
+            cache.append(frame)
+        np.testing.assert_array_equal(cache[3], frames[3])
+        for frame in frames[4:]:
+            cache.append(frame[:, ::-1][:, ::-1])  # non-contiguous views are fine
+        assert len(cache) == 6 and cache.nbytes == frames.nbytes
+        for index in (5, 0, 2, -1):
+            np.testing.assert_array_equal(cache[index], frames[index])
+        cache[0][:] = 0  # a copy: the cache is not changed through it
+        np.testing.assert_array_equal(cache[0], frames[0])
+        with pytest.raises(IndexError):
+            cache[6]
+        with pytest.raises(ValueError):
+            cache.append(frames[0][:4])
+        stored = cache.path
+        assert stored.parent == tmp_path
+    assert not stored.exists()
+
+
+def test_pingpong_index() -> None:
+    assert [pingpong_index(i, 4) for i in range(11)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]
+    assert [pingpong_index(i, 2) for i in range(5)] == [0, 1, 0, 1, 0]
+    assert [pingpong_index(i, 1) for i in range(3)] == [0, 0, 0]
+    sequence = [pingpong_index(i, 7) for i in range(50)]
+    assert all(a != b for a, b in zip(sequence, sequence[1:])), "no frame repeats at the turn"
+    with pytest.raises(ValueError):
+        pingpong_index(0, 0)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """Top-level mp4 box types in file order."""
+    names, data, offset = [], path.read_bytes(), 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        names.append(data[offset + 4:offset + 8].decode("latin-1"))
+        if size == 1:
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        if size < 8:
+            break
+        offset += size
+    return names
+
+
+def colour_frame(index: int) -> np.ndarray:
+    frame = np.zeros((241, 321, 3), np.uint8)
+    frame[:, :100] = (0, 0, 255)
+    frame[:, 100:200] = (0, 255, 0)
+    frame[:, 200:] = (255, 0, 0)
+    frame[:20] = index * 10  # a changing strip
+    return frame
+
+
+def test_writer_output(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work, scratch = tmp_path / "cwd", tmp_path / "scratch"
+    work.mkdir(), scratch.mkdir()
+    monkeypatch.chdir(work)
+    out = tmp_path / "result.mp4"
+    with VideoWriter(out, size=ODD_SIZE, fps=25, audio=media["audio"], temp_dir=scratch) as writer:
+        for index in range(20):  # 0.8 s of video for 1.0 s of audio
+            writer.write(colour_frame(index))
+    streams = {s["codec_type"]: s for s in ffprobe_json(out)["streams"]}
+    video, audio = streams["video"], streams["audio"]
+    assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 322, 242)
+    assert audio["codec_name"] == "aac" and audio["sample_rate"] == "44100"
+    assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
+    assert float(video["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25), "last frame held to the end"
+    boxes = top_level_boxes(out)
+    assert boxes.index("moov") < boxes.index("mdat"), "faststart: moov first"
+    back = next(read_frames(out, probe(out)))
+    for column, colour in ((50, (0, 0, 255)), (150, (0, 255, 0)), (250, (255, 0, 0))):
+        assert np.abs(back[100:200, column].astype(int) - colour).max() <= 6, "colours survive encode + decode"
+    assert np.abs(back[100:200, 321].astype(int) - back[100:200, 320]).max() <= 6, "padding smears the edge"
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "result.mp4",
+                                                                                          "scratch"]
+
+
+def test_writer_cuts_frames_past_the_audio(media: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "long.mp4"
+    with VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
+        for _ in range(150):  # 6 s of frames for 1 s of audio
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
+
+
+def test_writer_output_may_replace_its_audio_source(media: dict[str, Path], tmp_path: Path) -> None:
+    talk = tmp_path / "talk.mp4"
+    shutil.copy(media["with_audio"], talk)
+    with VideoWriter(talk, size=(96, 64), fps=25, audio=talk, temp_dir=tmp_path) as writer:
+        for _ in range(30):
+            writer.write(np.full((64, 96, 3), 128, np.uint8))
+    info = probe(talk)
+    assert (info.width, info.height) == (96, 64) and info.has_audio
+    assert info.duration == pytest.approx(1.5, abs=1 / 25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4"]
+
+
+def test_failed_ffmpeg_leaves_no_file(media: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out" / "result.mp4"
+    writer = VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path,
+                         preset="no-such-preset")
+    for _ in range(10):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(LipSyncError, match="(?i)preset"):
+        writer.close()
+    assert list(out.parent.iterdir()) == [] and ffmpeg_children() == []
+
+
+def test_exception_aborts_writer(media: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "result.mp4"
+    with pytest.raises(RuntimeError), VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"],
+                                                  temp_dir=tmp_path) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+        raise RuntimeError("model crashed")
+    assert list(tmp_path.iterdir()) == [] and ffmpeg_children() == []
+
+
+def test_writer_rejects_bad_input(media: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(LipSyncError, match="no audio track"):
+        VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=media["plain"], temp_dir=tmp_path)
+    with VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
+        with pytest.raises(ValueError):
+            writer.write(np.zeros((48, 64, 4), np.uint8))
+        writer.write(np.zeros((48, 64, 3), np.uint8))
