@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 import cv2
 import numpy as np
 
+from lipsync.options import BLEND_MODES, BlendMode
 from lipsync.types import Box, Frame
-
-BlendMode = Literal["feather", "box"]
-BLEND_MODES: tuple[BlendMode, ...] = ("feather", "box")
 
 # Feather mask geometry, as fractions of the box (0 = top/left edge, 1 = bottom/right edge).
 # The generator redraws the lower half of its 96x96 crop; its upper half is a blurry copy of the input,

@@ -44,6 +44,7 @@ class RunResult:
     seconds: float
     device: str
     model: str
+    paddle: str  # paddle version, for status lines and bug reports
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def run(
         finally:
             if found.cache is not None:
                 found.cache.close()
-    return RunResult(out_p, job.frames, job.fps, time.perf_counter() - started, _describe(device), options.checkpoint)
+    seconds = time.perf_counter() - started
+    return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint, runtime.paddle_version())
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:

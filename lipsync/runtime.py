@@ -59,6 +59,12 @@ def _gpu_problem() -> Optional[str]:
     return None
 
 
+def paddle_version() -> str:
+    import paddle
+
+    return paddle.__version__
+
+
 def export_key(weights: Path, arch: str) -> str:
     """A cache key for one weights file's static export: changes when the file or paddle changes."""
     import paddle

@@ -520,7 +520,8 @@ def pingpong_index(i: int, n: int) -> int:
 class FrameCache:
     """Frames kept on disk (raw, in the run's temp dir) and read back by index, so RAM stays bounded.
 
-    Pass 1 appends every frame; pass 2 reads frames in any order (ping-pong playback).
+    Pass 1 appends every frame; pass 2 reads frames in any order (ping-pong playback). Reads use pread,
+    not a memory map, so cached frames never count towards the process's resident memory.
     Disk use is frames x height x width x 3 bytes.
     """
 
@@ -530,7 +531,7 @@ class FrameCache:
         self._file: IO[bytes] | None = os.fdopen(handle, "wb")
         self._shape: tuple[int, ...] | None = None
         self._count = 0
-        self._frames: np.memmap | None = None
+        self._flushed = True
 
     def append(self, frame: Frame) -> None:
         """Store the next frame; all frames must share one shape."""
@@ -542,6 +543,7 @@ class FrameCache:
             raise ValueError(f"frame {frame.shape} {frame.dtype} does not match cached {self._shape} uint8")
         try:
             self._file.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+            self._flushed = False
         except OSError as error:
             raise LipSyncError(f"could not cache frames in {self.path.parent} ({error.strerror}); "
                                "free disk space or point TMPDIR at a larger disk") from error
@@ -555,21 +557,19 @@ class FrameCache:
         return self._count * int(np.prod(self._shape or (0,)))
 
     def __getitem__(self, index: int) -> Frame:
-        """A writable copy of frame `index` (negative counts from the end)."""
+        """A writable copy of frame `index` (negative counts from the end), read with pread so RSS stays flat."""
         if not -self._count <= index < self._count:
             raise IndexError(f"frame {index} of {self._count}")
-        return np.array(self._mapped()[index])
-
-    def _mapped(self) -> np.memmap:
-        if self._frames is None or len(self._frames) != self._count:
-            assert self._file is not None and self._shape is not None
+        assert self._file is not None and self._shape is not None
+        if not self._flushed:
             self._file.flush()
-            self._frames = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self._count, *self._shape))
-        return self._frames
+            self._flushed = True
+        size = int(np.prod(self._shape))
+        data = os.pread(self._file.fileno(), size, (index % self._count) * size)
+        return np.frombuffer(bytearray(data), np.uint8).reshape(self._shape)
 
     def close(self) -> None:
-        """Drop the mapping and delete the file."""
-        self._frames = None
+        """Delete the file."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -172,3 +172,18 @@ def test_cli_errors_are_one_line_exit_2_no_traceback(case, expect, media, tmp_pa
 def test_package_has_no_shell_true():
     for path in (ROOT / "lipsync").rglob("*.py"):
         assert "shell=True" not in path.read_text(), path
+
+
+def test_concurrent_runs_in_one_process_do_not_mix(media, tmp_path):
+    """Two threads share the engine; each output has its own input's length (no crossed temp files)."""
+    import subprocess as sp
+    from concurrent.futures import ThreadPoolExecutor
+
+    short = tmp_path / "short.wav"
+    sp.run(["espeak-ng", "-w", str(short), "Hi."], check=True, capture_output=True)
+    jobs = [(media["speech"], tmp_path / "a.mp4"), (short, tmp_path / "b.mp4")]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda job: lipsync.run(media["photo"], job[0], job[1], HAAR), jobs))
+    for (speech, out), result in zip(jobs, results):
+        assert result.outfile == out.resolve()
+        _check_output(out, speech, (512, 512))

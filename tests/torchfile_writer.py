@@ -227,4 +227,6 @@ def training_checkpoint(state: Mapping[str, np.ndarray], *, prefix: str = "modul
         "param_groups": [{"lr": 1e-4, "betas": (0.5, 0.999), "params": list(range(len(state)))}],
     }
     wrapped = collections.OrderedDict((prefix + name, value) for name, value in state.items())
+    modules = sorted({prefix.rstrip(".")} | {(prefix + name).rsplit(".", 1)[0] for name in state})
+    wrapped._metadata = collections.OrderedDict((m, {"version": 1}) for m in modules)  # as module.state_dict() has
     return {"state_dict": wrapped, "optimizer": optimizer, "global_step": step, "global_epoch": 4}
