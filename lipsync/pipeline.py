@@ -70,23 +70,27 @@ class Engine:
 
     def generator(self, checkpoint: str, device: runtime.Device) -> runtime.Predictor:
         path = weights.resolve_weights(checkpoint, "wav2lip")
-        return self._predictor(path, "wav2lip", lambda: weights.load_wav2lip(str(path)), WAV2LIP_SPECS, device)
+        build = lambda: weights.load_wav2lip(str(path))  # noqa: E731
+        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, probe=_generator_probe())
 
     def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
         if options.face_detector == "haar":
-            return self._cached(("haar",), lambda: faces.HaarDetector(options.detect_max_side))
+            side = options.detect_max_side
+            return self._cached(("haar", str(side)), lambda: faces.HaarDetector(side))
         from . import s3fd
 
         path = weights.resolve_weights(options.detector_weights, "s3fd")
         predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device)
         return faces.S3FDDetector(predictor.run, options.detect_max_side)
 
-    def _predictor(self, path: Path, arch: str, build, specs, device: runtime.Device) -> runtime.Predictor:
+    def _predictor(self, path: Path, arch: str, build, specs, device: runtime.Device, probe=None) -> runtime.Predictor:
         key = runtime.export_key(path, arch)
 
         def make() -> runtime.Predictor:
             prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
-            return runtime.Predictor(prefix, device)
+            if probe is None:
+                return runtime.Predictor(prefix, device)
+            return runtime.fastest_predictor(prefix, device, probe)
 
         return self._cached((arch, key, device.kind), make)  # type: ignore[return-value]
 
@@ -98,6 +102,15 @@ class Engine:
 
 
 _default_engine = Engine()
+
+
+def _generator_probe(batch: int = 4, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Fixed generator inputs (speech-range mel, face-like pixel values) to compare precisions on."""
+    rng = np.random.default_rng(seed)
+    mel = rng.uniform(-audio.MAX_ABS, 0.0, (batch, 1, audio.N_MELS, audio.MEL_STEP)).astype(np.float32)
+    faces_in = rng.uniform(0.2, 0.8, (batch, 6, FACE_SIZE, FACE_SIZE)).astype(np.float32)
+    faces_in[:, :3, FACE_SIZE // 2 :] = 0.0
+    return mel, faces_in
 
 
 def run(

@@ -22,6 +22,10 @@ EXPORT_FORMAT_VERSION = 1  # bump when the export recipe changes, so stale expor
 GPU_MEMORY_POOL_MB = 512  # initial GPU pool; paddle grows it on demand
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
 MIN_BATCH = 1
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs where oneDNN runs bf16 convolutions natively
+BF16_MAX_DIFF = 4 / 255  # bf16 is kept only if no output value moves more than this from fp32 …
+BF16_MEAN_DIFF = 1 / 255  # … and the average moves less than one 8-bit level
+CPUINFO = Path("/proc/cpuinfo")
 
 InputSpec = Tuple[Tuple[Optional[int], ...], str]  # shape with None for free dims, dtype
 
@@ -120,7 +124,7 @@ def _model_file(prefix: Path) -> Optional[Path]:
 class Predictor:
     """One Paddle Inference predictor; run() is serialised so concurrent callers can share it."""
 
-    def __init__(self, prefix: Path, device: Device, threads: Optional[int] = None):
+    def __init__(self, prefix: Path, device: Device, threads: Optional[int] = None, precision: str = "fp32"):
         from paddle import inference
 
         model_file = _model_file(prefix)
@@ -128,7 +132,10 @@ class Predictor:
             raise LipSyncError(f"static model missing under {prefix.parent}; delete that folder and run again")
         config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
         _configure(config, device, threads or os.cpu_count() or 1)
+        if precision == "bf16":
+            config.enable_mkldnn_bfloat16()
         self.device = device
+        self.precision = precision
         self._predictor = inference.create_predictor(config)
         self._inputs = self._predictor.get_input_names()
         self._lock = threading.Lock()
@@ -187,3 +194,43 @@ class BatchRunner:
                 continue
             start = stop
         return [np.concatenate(outs) for outs in zip(*parts)]
+
+
+def cpu_flags() -> frozenset:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_capable(flags: Optional[frozenset] = None) -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AMX or AVX-512 BF16)."""
+    return bool(set(CPU_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def close_to_fp32(reference: np.ndarray, candidate: np.ndarray) -> bool:
+    """Whether a low-precision output stays within the tolerances that keep 8-bit pixels the same."""
+    diff = np.abs(reference.astype(np.float32) - candidate.astype(np.float32))
+    return bool(np.isfinite(candidate).all() and diff.max() <= BF16_MAX_DIFF and diff.mean() <= BF16_MEAN_DIFF)
+
+
+def fastest_predictor(prefix: Path, device: Device, probe: Sequence[np.ndarray]) -> Predictor:
+    """fp32, or bf16 on CPUs that run it natively when its output on `probe` stays close to fp32's."""
+    exact = Predictor(prefix, device)
+    if device.kind != "cpu" or not bf16_capable():
+        return exact
+    try:
+        fast = Predictor(prefix, device, precision="bf16")
+        close = close_to_fp32(exact.run(*probe)[0], fast.run(*probe)[0])
+    except Exception as exc:  # an older oneDNN may refuse bf16 for some op: fp32 still works
+        log.info("bf16 unavailable (%s); staying with fp32", exc)
+        return exact
+    if close:
+        log.info("using bf16 on this CPU: outputs within %.3f of fp32", BF16_MAX_DIFF)
+        return fast
+    log.info("bf16 output drifted from fp32 on this CPU; staying with fp32")
+    return exact

@@ -104,3 +104,27 @@ def test_real_gpu_probe_answers_on_this_machine():
         assert problem is None
     else:
         assert isinstance(problem, str) and problem
+
+
+def test_bf16_only_on_cpus_that_run_it_natively():
+    assert runtime.bf16_capable(frozenset({"avx2", "amx_bf16", "amx_tile"}))
+    assert runtime.bf16_capable(frozenset({"avx512f", "avx512_bf16"}))
+    assert not runtime.bf16_capable(frozenset({"avx2", "avx512f", "fma"}))
+
+
+def test_low_precision_kept_only_when_close_to_fp32():
+    ref = np.linspace(0, 1, 1000, dtype=np.float32)
+    assert runtime.close_to_fp32(ref, ref + 0.5 / 255)
+    assert not runtime.close_to_fp32(ref, ref + 2 / 255), "a shift of two levels everywhere is visible"
+    spiky = ref.copy()
+    spiky[10] += 10 / 255
+    assert not runtime.close_to_fp32(ref, spiky)
+    assert not runtime.close_to_fp32(ref, np.full_like(ref, np.nan))
+
+
+def test_fastest_predictor_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+    probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
+    chosen = runtime.fastest_predictor(prefix, runtime.Device("cpu", "requested"), probe)
+    assert chosen.precision == "fp32"
