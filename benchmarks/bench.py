@@ -425,7 +425,7 @@ def run_child(face: Path, speech: Path, outfile: Path, options: Dict[str, Any],
     spec = json.dumps({"face": str(face), "speech": str(speech), "outfile": str(outfile), "options": options})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", spec]
     if profile is not None:
-        cmd = [_py_spy(), "record", "--rate", "25", "--format", "raw", "--output", str(profile), "--", *cmd]
+        cmd = [_py_spy(), "record", "--rate", "25", "--idle", "--format", "raw", "--output", str(profile), "--", *cmd]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -487,6 +487,21 @@ def end_to_end(case: Case, options: Dict[str, Any], folder: Path, profile: Optio
     child["fps"] = child["frames"] / child["seconds"]
     child["rtf"] = child["seconds"] / case.seconds
     return child
+
+
+def profile_summary(raw: Path, top: int = 15) -> List[Tuple[str, float]]:
+    """Share of py-spy's samples (idle included) spent inside each lipsync function, largest first."""
+    inclusive: Dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        names = {frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+                 for frame in stack.split(";") if "/lipsync/" in frame}
+        for name in names:
+            inclusive[name] = inclusive.get(name, 0) + int(count)
+    ranked = sorted(inclusive.items(), key=lambda item: -item[1])[:top]
+    return [(name, count / max(total, 1)) for name, count in ranked]
 
 
 # ---------------------------------------------------------------- memory check
@@ -588,6 +603,9 @@ def print_report(results: Dict[str, Any]) -> None:
     print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats: runtime "
           f"{', '.join(map(_num, spread['runtime']))}; dygraph {', '.join(map(_num, spread['dygraph']))}")
     print("\n".join(["targets:", *target_lines(results)]))
+    if results.get("profile"):
+        print("\nvideo case, share of wall time inside lipsync functions (py-spy, idle included):")
+        print("\n".join(f"- {100 * share:5.1f}%  {name}" for name, share in results["profile"]))
 
 
 def _yes(flag: bool) -> str:
@@ -652,6 +670,8 @@ def measure(args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
         e2e = end_to_end(case, child_options, folder, profile)
         note(f"{case.label}: end to end {e2e['fps']:.2f} frames/s, peak RSS {e2e['peak_rss_mb']:.0f} MB")
         results["cases"][case.key] = {"label": case.label, "frames": case.frames, "stages": stages, "e2e": e2e}
+    if args.profile is not None and args.profile.exists():
+        results["profile"] = profile_summary(args.profile)
     if args.memory_check:
         memory_options = {**child_options, "face_detector": args.memory_detector}
         results["memory"] = memory_check(photo, folder, memory_options, args.minutes)

@@ -70,12 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
          help="S3FD weights: s3fd (default) or a .pth/.pdparams file")
     _add(p, "detect_max_side", type=int, default=d.detect_max_side, metavar="PX",
          help="detect faces on a copy whose longest side is at most this (0 = full size; default 640)")
+    _add(p, "detect_every", type=int, default=d.detect_every, metavar="N",
+         help="run the detector on every N-th frame and where the face moved in between (1 = every frame)")
     _add(p, "device", default=d.device, choices=DEVICES, help="auto (GPU if usable), cpu or gpu")
     _add(p, "blend", default=d.blend, choices=BLEND_MODES,
          help="feather: soft paste of the lower face (default); box: the seed's hard rectangle")
     _add(p, "quiet", action="store_true", help="no progress bars")
+    p.add_argument("--doctor", action=_DoctorAction,
+                   help="check this machine (paddle, CUDA libraries, GPU, ffmpeg, weights) and exit: 0 = a job can run")
     # fmt: on
     return p
+
+
+class _DoctorAction(argparse.Action):
+    """--doctor runs while parsing, like --version, so --face/--audio/--outfile are not asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
+        from .doctor import main as doctor
+
+        parser.exit(doctor())
 
 
 def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
@@ -96,6 +112,7 @@ def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
         face_detector=detector,
         detector_weights=args.detector_weights,
         detect_max_side=args.detect_max_side,
+        detect_every=args.detect_every,
         device="cpu" if args.cpu else args.device,
         blend=args.blend,
     )
@@ -147,4 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _entry(argv: Optional[List[str]] = None) -> None:
+    from .cuda import bootstrap
+
+    bootstrap()  # before paddle loads: may restart this process once, with pip's CUDA libraries on LD_LIBRARY_PATH
     sys.exit(main(argv))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -18,6 +19,7 @@ HAAR_MIN_NEIGHBOURS = 5
 HAAR_MIN_FACE = 24  # px on the detection copy
 # Haar boxes run from the brows to the lower lip; S3FD's (what Wav2Lip was trained on) reach the chin.
 HAAR_TO_S3FD = (0.0, 0.08, 0.0, 0.18)  # grow (left, top, right, bottom) by these fractions of the box size
+KEYFRAME_DRIFT = 0.08  # keyframe boxes further apart than this fraction of the face size: detect the frames between
 
 Detections = List[Optional[Box]]
 DetectFn = Callable[[Sequence[Frame]], Detections]
@@ -40,53 +42,51 @@ def downscale(frames: Sequence[Frame], scale: float) -> List[Frame]:
     return [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
 
 
-def map_back(box: Box, scale: float, shape: Tuple[int, ...]) -> Box:
+def map_back(box: Optional[Box], scale: float, shape: Tuple[int, ...]) -> Optional[Box]:
     """A box found on a downscaled copy, in full-frame pixels, clipped to the frame."""
+    if box is None:
+        return None
     h, w = shape[:2]
     x1, y1, x2, y2 = (int(round(v / scale)) for v in box)
     return (max(0, x1), max(0, y1), min(w, x2), min(h, y2))
 
 
 class S3FDDetector:
-    """S3FD through a predictor: the highest-scoring face per frame, on a downscaled copy."""
+    """S3FD through a predictor: the highest-scoring face per frame (boxes in the given frames' pixels)."""
 
-    def __init__(self, run: Callable[[np.ndarray], List[np.ndarray]], max_side: int):
+    def __init__(self, run: Callable[[np.ndarray], List[np.ndarray]]):
         self._run = run
-        self._max_side = max_side
 
     def __call__(self, frames: Sequence[Frame]) -> Detections:
         from . import s3fd
 
-        scale = detection_scale(frames[0].shape, self._max_side)
-        small = downscale(frames, scale)
-        outputs = self._run(s3fd.preprocess(small))
-        found = s3fd.decode(outputs)
-        return [_best(dets, scale, frames[0].shape) for dets in found]
+        found = s3fd.decode(self._run(s3fd.preprocess(frames)))
+        return [_best(dets) for dets in found]
 
 
-def _best(dets: np.ndarray, scale: float, shape: Tuple[int, ...]) -> Optional[Box]:
+def _best(dets: np.ndarray) -> Optional[Box]:
     if len(dets) == 0:
         return None
     x1, y1, x2, y2 = (int(v) for v in np.maximum(dets[0, :4], 0))
-    return map_back((x1, y1, x2, y2), scale, shape)
+    return (x1, y1, x2, y2)
 
 
 class HaarDetector:
     """OpenCV's Haar cascade (ships with opencv): no download; the largest face, box stretched to the chin."""
 
-    def __init__(self, max_side: int):
+    def __init__(self) -> None:
         path = Path(cv2.data.haarcascades) / HAAR_CASCADE
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
             raise LipSyncError(f"OpenCV's face cascade is missing ({path}); reinstall opencv-python-headless")
-        self._max_side = max_side
+        self._lock = threading.Lock()  # one cascade object is not safe to share between threads
 
     def __call__(self, frames: Sequence[Frame]) -> Detections:
-        scale = detection_scale(frames[0].shape, self._max_side)
-        return [self._detect(f, scale) for f in downscale(frames, scale)]
+        with self._lock:
+            return [self._detect(f) for f in frames]
 
-    def _detect(self, small: Frame, scale: float) -> Optional[Box]:
-        grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+    def _detect(self, frame: Frame) -> Optional[Box]:
+        grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
         found = self._cascade.detectMultiScale(
             grey, HAAR_SCALE_STEP, HAAR_MIN_NEIGHBOURS, minSize=(HAAR_MIN_FACE, HAAR_MIN_FACE)
         )
@@ -95,8 +95,35 @@ class HaarDetector:
         x, y, w, h = max(found, key=lambda r: r[2] * r[3])
         left, top, right, bottom = HAAR_TO_S3FD
         box = (x - left * w, y - top * h, x + w + right * w, y + h + bottom * h)
-        full_shape = (round(small.shape[0] / scale), round(small.shape[1] / scale))
-        return map_back(tuple(int(round(v)) for v in box), scale, full_shape)  # type: ignore[arg-type]
+        height, width = frame.shape[:2]
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        return (max(0, x1), max(0, y1), min(width, x2), min(height, y2))
+
+
+def detect_sparse(frames: Sequence[Frame], detect: DetectFn, every: int, batch: int) -> Detections:
+    """Detect every `every`-th frame (and the last); frames between keyframes whose boxes moved or vanished
+    are detected too. Skipped frames are None, for fill_gaps to interpolate."""
+    found: Detections = [None] * len(frames)
+    keys = sorted(set(range(0, len(frames), max(1, every))) | {len(frames) - 1})
+    _detect_into(found, frames, keys, detect, batch)
+    between = [i for a, b in zip(keys, keys[1:]) if _moved(found[a], found[b]) for i in range(a + 1, b)]
+    _detect_into(found, frames, between, detect, batch)
+    return found
+
+
+def _detect_into(found: Detections, frames: Sequence[Frame], indices: List[int], detect: DetectFn, batch: int) -> None:
+    for start in range(0, len(indices), batch):
+        chunk = indices[start : start + batch]
+        for index, box in zip(chunk, detect([frames[i] for i in chunk])):
+            found[index] = box
+
+
+def _moved(a: Optional[Box], b: Optional[Box]) -> bool:
+    """Whether two keyframe boxes differ enough that interpolating between them could miss the face."""
+    if a is None or b is None:
+        return True
+    size = max(a[2] - a[0], a[3] - a[1], 1)
+    return max(abs(p - q) for p, q in zip(a, b)) > KEYFRAME_DRIFT * size
 
 
 def fill_gaps(boxes: Detections, source: str) -> np.ndarray:

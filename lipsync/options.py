@@ -37,6 +37,7 @@ class LipSyncOptions:
     face_detector: FaceDetector = "sfd"  # sfd (S3FD weights) or haar (OpenCV, no download)
     detector_weights: str = "s3fd"  # known S3FD weights name or a .pth/.pdparams path
     detect_max_side: int = 640  # downscale frames to this longest side for detection; 0 = full size
+    detect_every: int = 8  # detect every n-th frame, plus the frames between where the face moved; 1 = all
     device: Device = "auto"  # where the networks run
     blend: BlendMode = "feather"  # feathered lower-face paste, or the seed's hard box paste
 
@@ -48,6 +49,7 @@ class LipSyncOptions:
         _check_positive("face_det_batch_size", self.face_det_batch_size)
         _check_positive("wav2lip_batch_size", self.wav2lip_batch_size)
         _check_positive("resize_factor", self.resize_factor)
+        _check_positive("detect_every", self.detect_every)
         if self.detect_max_side < 0:
             raise LipSyncError("detect_max_side must be 0 (full size) or a positive number of pixels")
         _check_quad("pads", self.pads)

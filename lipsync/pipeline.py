@@ -75,13 +75,12 @@ class Engine:
 
     def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
         if options.face_detector == "haar":
-            side = options.detect_max_side
-            return self._cached(("haar", str(side)), lambda: faces.HaarDetector(side))
+            return self._cached(("haar",), faces.HaarDetector)
         from . import s3fd
 
         path = weights.resolve_weights(options.detector_weights, "s3fd")
         predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device)
-        return faces.S3FDDetector(predictor.run, options.detect_max_side)
+        return faces.S3FDDetector(predictor.run)
 
     def _predictor(self, path: Path, arch: str, build, specs, device: runtime.Device, probe=None) -> runtime.Predictor:
         key = runtime.export_key(path, arch)
@@ -215,28 +214,39 @@ def _locate_faces(
     job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path, report: Progress
 ) -> _Faces:
     """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
-    loop = _needs_loop(job)
-    if options.box is not None and not loop:
-        first = next(_source_frames(job, options))
-        return _Faces(np.array([faces.fixed_box(options.box, first.shape)]))
+    cache = video.FrameCache(tmp) if _needs_loop(job) else None
     detect = None if options.box is not None else engine.detector(options, device)
-    cache = video.FrameCache(tmp) if loop else None
-    found: faces.Detections = []
-    batch: List[Frame] = []
+    if detect is None and cache is None:
+        return _Faces(np.array([faces.fixed_box(options.box, _first_frame(job, options).shape)]))
+    every = 1 if job.still else options.detect_every
+    chunk = options.face_det_batch_size * every  # downscaled frames held at once
     total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
+    found: faces.Detections = []
+    small: List[Frame] = []
     shape: Tuple[int, ...] = ()
     for frame in _limit(_source_frames(job, options), job.frames):
         shape = frame.shape
         if cache is not None:
             cache.append(frame)
-        batch.append(frame)
-        if len(batch) == options.face_det_batch_size:
-            found += _detect(detect, batch, options)
-            batch = []
+        if detect is not None:
+            small += faces.downscale([frame], faces.detection_scale(shape, options.detect_max_side))
+        if len(small) == chunk:
+            found += _detect_chunk(small, detect, every, options, shape)
+            small = []
             report(STAGE_FACES, len(found), total)
-    found += _detect(detect, batch, options) if batch else []
-    report(STAGE_FACES, len(found), len(found))
+    if small:
+        found += _detect_chunk(small, detect, every, options, shape)
+    report(STAGE_FACES, total, total)
+    if detect is None:
+        return _Faces(np.array([faces.fixed_box(options.box, shape)]), cache)  # type: ignore[arg-type]
     return _Faces(_finish_boxes(found, shape, job, options), cache)
+
+
+def _first_frame(job: _Job, options: LipSyncOptions) -> Frame:
+    frame = next(_source_frames(job, options), None)
+    if frame is None:
+        raise LipSyncError(f"no frame could be read from {job.face.name}")
+    return frame
 
 
 def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
@@ -246,10 +256,13 @@ def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
         yield frame
 
 
-def _detect(detect: Optional[faces.DetectFn], batch: List[Frame], options: LipSyncOptions) -> faces.Detections:
-    if detect is None:
-        return [faces.fixed_box(options.box, batch[0].shape) for _ in batch]  # type: ignore[arg-type]
-    return detect(batch)
+def _detect_chunk(
+    small: List[Frame], detect: faces.DetectFn, every: int, options: LipSyncOptions, shape: Tuple[int, ...]
+) -> faces.Detections:
+    """Boxes for a run of downscaled frames, in full-frame pixels."""
+    scale = faces.detection_scale(shape, options.detect_max_side)
+    found = faces.detect_sparse(small, detect, every, options.face_det_batch_size)
+    return [faces.map_back(box, scale, shape) for box in found]
 
 
 def _finish_boxes(found: faces.Detections, shape: Tuple[int, ...], job: _Job, options: LipSyncOptions) -> np.ndarray:

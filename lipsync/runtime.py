@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -19,7 +21,14 @@ from .errors import LipSyncError
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT_VERSION = 1  # bump when the export recipe changes, so stale exports are rebuilt
-GPU_MEMORY_POOL_MB = 512  # initial GPU pool; paddle grows it on demand
+GPU_MEMORY_POOL_MB = 512  # initial GPU pool when the caller does not size one; paddle grows it on demand
+GPU_POOL_HEADROOM_MB = 256  # cuDNN workspaces and paddle's own buffers, beyond weights and activations
+GPU_POOL_MAX_MB = 4096  # reserved up front at most: the generator and S3FD share one 16 GB T4
+GPU_DEVICE_ID = 0
+FP16_MAX_DIFF = 1 / 255  # fp16 on GPU is kept only if no output moves more than one 8-bit level from fp32
+PROBE_SHAPE = (1, 1, 4, 4)  # the test convolution: ones * a 3x3 kernel of ones = 9 everywhere
+REASON_CHARS = 160  # of a paddle error quoted in ours
+NO_CUDA_BUILD = "this paddle build has no CUDA; the GPU needs paddlepaddle-gpu from requirements.txt"
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
 MIN_BATCH = 1
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs where oneDNN runs bf16 convolutions natively
@@ -38,29 +47,78 @@ class Device:
     reason: str
 
 
-def choose_device(requested: str) -> Device:
-    """Resolve auto/cpu/gpu to a usable device; 'gpu' that cannot run is the user's error."""
+def choose_device(requested: str, announce: bool = True) -> Device:
+    """Resolve auto/cpu/gpu to a usable device; 'gpu' that cannot run is the user's error.
+
+    When `auto` falls back to the CPU, the reason is logged once per process (unless `announce` is False).
+    """
     if requested == "cpu":
         return Device("cpu", "requested")
     problem = _gpu_problem()
     if problem is None:
-        return Device("gpu", "paddle has CUDA and a GPU is visible")
+        return Device("gpu", _gpu_name())
     if requested == "gpu":
         raise LipSyncError(f"--device gpu was asked for but no GPU can be used: {problem}. Use --device cpu or auto.")
-    return Device("cpu", f"GPU not used: {problem}")
+    reason = f"GPU not used: {problem}"
+    if announce:
+        _announce(reason, logging.INFO if problem == NO_CUDA_BUILD else logging.WARNING)
+    return Device("cpu", reason)
+
+
+_ANNOUNCED: set = set()
+
+
+def _announce(reason: str, level: int) -> None:
+    if reason not in _ANNOUNCED:
+        _ANNOUNCED.add(reason)
+        log.log(level, reason)
 
 
 def _gpu_problem() -> Optional[str]:
+    """Why our networks cannot run on GPU 0, or None: needs a CUDA build, a visible GPU, cuDNN/cuBLAS, a working kernel."""
     import paddle
 
+    from . import cuda
+
     if not paddle.is_compiled_with_cuda():
-        return "this paddle build has no CUDA (install paddlepaddle-gpu)"
+        return NO_CUDA_BUILD
     try:
         if paddle.device.cuda.device_count() < 1:
             return "no CUDA device is visible"
     except Exception as exc:  # paddle raises assorted errors when the driver or libraries are missing
-        return f"CUDA is not usable ({exc})"
+        return f"CUDA is not usable ({_first_line(exc)})"
+    missing = cuda.missing_libraries()
+    if missing:
+        return f"{', '.join(missing)} not found (install requirements.txt; start through `python -m lipsync` or app.py)"
+    return _probe_kernel()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_kernel() -> Optional[str]:
+    """Run one small convolution on the GPU and check it: catches GPUs this paddle has no kernels for (sm_90+)."""
+    import paddle
+
+    try:
+        place = paddle.CUDAPlace(GPU_DEVICE_ID)
+        x = paddle.to_tensor(np.ones(PROBE_SHAPE, np.float32), place=place)
+        kernel = paddle.to_tensor(np.ones((1, 1, 3, 3), np.float32), place=place)
+        result = paddle.nn.functional.conv2d(x, kernel).numpy()
+    except Exception as exc:  # no kernel image for this GPU, cuDNN errors, driver too old: all mean "not usable"
+        return f"a test convolution failed on the GPU ({_first_line(exc)})"
+    if not np.allclose(result, 9.0):
+        return "a test convolution gave wrong numbers on the GPU"
     return None
+
+
+def _gpu_name() -> str:
+    import paddle
+
+    return paddle.device.cuda.get_device_name(GPU_DEVICE_ID)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:REASON_CHARS]
 
 
 def paddle_version() -> str:
@@ -124,14 +182,21 @@ def _model_file(prefix: Path) -> Optional[Path]:
 class Predictor:
     """One Paddle Inference predictor; run() is serialised so concurrent callers can share it."""
 
-    def __init__(self, prefix: Path, device: Device, threads: Optional[int] = None, precision: str = "fp32"):
+    def __init__(
+        self,
+        prefix: Path,
+        device: Device,
+        threads: Optional[int] = None,
+        precision: str = "fp32",
+        pool_mb: int = GPU_MEMORY_POOL_MB,
+    ):
         from paddle import inference
 
         model_file = _model_file(prefix)
         if model_file is None:
             raise LipSyncError(f"static model missing under {prefix.parent}; delete that folder and run again")
         config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
-        _configure(config, device, threads or os.cpu_count() or 1)
+        _configure(config, device, threads or os.cpu_count() or 1, precision, pool_mb)
         if precision == "bf16":
             config.enable_mkldnn_bfloat16()
         self.device = device
@@ -151,18 +216,34 @@ class Predictor:
             return [self._predictor.get_output_handle(n).copy_to_cpu() for n in self._predictor.get_output_names()]
 
 
-def _configure(config: "object", device: Device, threads: int) -> None:
+def _configure(
+    config: "object", device: Device, threads: int, precision: str = "fp32", pool_mb: int = GPU_MEMORY_POOL_MB
+) -> None:
     config.disable_glog_info()
     config.switch_ir_optim(True)
     config.enable_memory_optim()
     if device.kind == "gpu":
-        config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0)
+        _configure_gpu(config, precision, pool_mb)
         return
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(threads)
     enable = getattr(config, "enable_onednn", None) or config.enable_mkldnn
     enable()
     config.set_mkldnn_cache_capacity(MKLDNN_SHAPE_CACHE)
+
+
+def _configure_gpu(config: "object", precision: str, pool_mb: int) -> None:
+    """GPU 0 with an initial pool of `pool_mb`; fp16 is Paddle Inference's GPU mixed precision (fp32 in and out)."""
+    from paddle.inference import PrecisionType
+
+    mode = PrecisionType.Half if precision == "fp16" else PrecisionType.Float32
+    config.enable_use_gpu(pool_mb, GPU_DEVICE_ID, mode)
+
+
+def gpu_pool_mb(prefix: Path, batch: int, item_mb: float) -> int:
+    """Initial GPU pool for a predictor: its weights, `batch` items of `item_mb` activations each, and headroom."""
+    weights_mb = prefix.with_suffix(".pdiparams").stat().st_size / (1 << 20)
+    return int(min(GPU_POOL_MAX_MB, math.ceil(weights_mb + batch * item_mb + GPU_POOL_HEADROOM_MB)))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -212,25 +293,39 @@ def bf16_capable(flags: Optional[frozenset] = None) -> bool:
     return bool(set(CPU_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
 
 
-def close_to_fp32(reference: np.ndarray, candidate: np.ndarray) -> bool:
+def close_to_fp32(
+    reference: np.ndarray, candidate: np.ndarray, max_diff: float = BF16_MAX_DIFF, mean_diff: float = BF16_MEAN_DIFF
+) -> bool:
     """Whether a low-precision output stays within the tolerances that keep 8-bit pixels the same."""
     diff = np.abs(reference.astype(np.float32) - candidate.astype(np.float32))
-    return bool(np.isfinite(candidate).all() and diff.max() <= BF16_MAX_DIFF and diff.mean() <= BF16_MEAN_DIFF)
+    return bool(np.isfinite(candidate).all() and diff.max() <= max_diff and diff.mean() <= mean_diff)
 
 
-def fastest_predictor(prefix: Path, device: Device, probe: Sequence[np.ndarray]) -> Predictor:
-    """fp32, or bf16 on CPUs that run it natively when its output on `probe` stays close to fp32's."""
-    exact = Predictor(prefix, device)
-    if device.kind != "cpu" or not bf16_capable():
+def fastest_predictor(
+    prefix: Path, device: Device, probe: Sequence[np.ndarray], pool_mb: int = GPU_MEMORY_POOL_MB
+) -> Predictor:
+    """fp32, or the faster precision of the device (fp16 on GPU, bf16 on CPUs that run it natively)
+    when its output on `probe` stays close to fp32's."""
+    exact = Predictor(prefix, device, pool_mb=pool_mb)
+    faster = _faster_precision(device)
+    if faster is None:
         return exact
+    precision, max_diff, mean_diff = faster
     try:
-        fast = Predictor(prefix, device, precision="bf16")
-        close = close_to_fp32(exact.run(*probe)[0], fast.run(*probe)[0])
-    except Exception as exc:  # an older oneDNN may refuse bf16 for some op: fp32 still works
-        log.info("bf16 unavailable (%s); staying with fp32", exc)
+        fast = Predictor(prefix, device, precision=precision, pool_mb=pool_mb)
+        close = close_to_fp32(exact.run(*probe)[0], fast.run(*probe)[0], max_diff, mean_diff)
+    except Exception as exc:  # an older oneDNN may refuse bf16 for some op, a GPU fp16: fp32 still works
+        log.info("%s unavailable (%s); staying with fp32", precision, exc)
         return exact
     if close:
-        log.info("using bf16 on this CPU: outputs within %.3f of fp32", BF16_MAX_DIFF)
+        log.info("using %s on this %s: outputs within %.4f of fp32", precision, device.kind.upper(), max_diff)
         return fast
-    log.info("bf16 output drifted from fp32 on this CPU; staying with fp32")
+    log.info("%s output drifted from fp32 on this %s; staying with fp32", precision, device.kind.upper())
     return exact
+
+
+def _faster_precision(device: Device) -> Optional[Tuple[str, float, float]]:
+    """(precision, max diff, mean diff) worth trying on this device, or None."""
+    if device.kind == "gpu":
+        return "fp16", FP16_MAX_DIFF, FP16_MAX_DIFF
+    return ("bf16", BF16_MAX_DIFF, BF16_MEAN_DIFF) if bf16_capable() else None

@@ -31,6 +31,7 @@ ESPEAK_FALLBACK_VOICE = "en-us"
 ESPEAK_ALIASES = {"en": "en-us", "zh": "cmn", "zh-hk": "yue", "es-mx": "es-419", "es-us": "es-419", "fr": "fr-fr"}
 VOICE_PATTERN = re.compile(r"^[a-z]{2,3}(-[A-Za-z]+)+-[A-Za-z]+Neural$")
 REASON_CHARS = 160
+OBJECT_REPR = re.compile(r"\S*<[^<>]* object at 0x[0-9a-f]+>")  # noise in aiohttp's messages ("ssl:<SSLContext …>")
 
 ENGINE_EDGE = "edge-tts"
 ENGINE_ESPEAK = "espeak-ng"
@@ -210,7 +211,7 @@ def espeak_voice(locale: str, installed: Sequence[str] = ()) -> str:
 
 def reason(problem: BaseException | str) -> str:
     """A short, one-line account of an exception (or error text), for messages."""
-    text = " ".join(str(problem).split())
+    text = " ".join(OBJECT_REPR.sub("", str(problem)).split())
     return (text or type(problem).__name__)[:REASON_CHARS]
 
 

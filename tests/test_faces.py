@@ -71,7 +71,7 @@ def test_detection_scale_and_map_back():
 
 def test_haar_finds_the_astronaut_face(astronaut_bgr):
     """A real photo: the box must cover her face (eyes to chin), not the badge or the flag."""
-    box = faces.HaarDetector(max_side=640)([astronaut_bgr])[0]
+    box = faces.HaarDetector()([astronaut_bgr])[0]
     assert box is not None
     x1, y1, x2, y2 = box
     # the face in skimage's astronaut (512×512) spans roughly x 170–270, y 60–200
@@ -83,12 +83,56 @@ def test_haar_detection_on_a_downscaled_copy_maps_back(astronaut_bgr):
     import cv2
 
     big = cv2.resize(astronaut_bgr, (1536, 1536))
-    small_box = faces.HaarDetector(max_side=640)([astronaut_bgr])[0]
-    big_box = faces.HaarDetector(max_side=512)([big])[0]
+    scale = faces.detection_scale(big.shape, 512)
+    small = faces.downscale([big], scale)
+    big_box = faces.map_back(faces.HaarDetector()(small)[0], scale, big.shape)
+    small_box = faces.HaarDetector()([astronaut_bgr])[0]
     assert big_box is not None and small_box is not None
     np.testing.assert_allclose(np.array(big_box) / 3, small_box, atol=6)
 
 
 def test_haar_returns_none_without_a_face():
     blank = np.full((240, 320, 3), 127, np.uint8)
-    assert faces.HaarDetector(max_side=640)([blank, blank]) == [None, None]
+    assert faces.HaarDetector()([blank, blank]) == [None, None]
+
+
+class FakeDetector:
+    """Answers from a known box track; counts which frames it was asked about."""
+
+    def __init__(self, track):
+        self.track = track
+        self.asked = []
+
+    def __call__(self, frames):
+        indices = [int(f[0, 0, 0]) for f in frames]
+        self.asked += indices
+        return [self.track[i] for i in indices]
+
+
+def _numbered_frames(n):
+    return [np.full((4, 4, 3), i, np.uint8) for i in range(n)]
+
+
+def test_sparse_detection_on_a_steady_face_only_asks_keyframes():
+    track = [(100 + i // 4, 50, 200 + i // 4, 170) for i in range(40)]  # drifts a pixel every 4 frames
+    detector = FakeDetector(track)
+    found = faces.detect_sparse(_numbered_frames(40), detector, every=8, batch=3)
+    assert sorted(detector.asked) == [0, 8, 16, 24, 32, 39]
+    filled = faces.fill_gaps(found, "clip")
+    assert np.abs(filled - np.array(track)).max() <= 1, "interpolation between keyframes tracks a slow drift"
+
+
+def test_sparse_detection_refines_where_the_face_jumps_or_vanishes():
+    track = [(100, 50, 200, 170)] * 20 + [(400, 50, 500, 170)] * 10 + [None] * 10
+    detector = FakeDetector(track)
+    found = faces.detect_sparse(_numbered_frames(40), detector, every=8, batch=4)
+    assert found[16:25] == track[16:25], "frames between keyframes that moved are detected, not interpolated"
+    assert found[1:8] == [None] * 7, "frames between steady keyframes are left for interpolation"
+    assert set(range(17, 24)) <= set(detector.asked) and set(range(33, 39)) <= set(detector.asked)
+    assert set(range(1, 8)).isdisjoint(detector.asked), "steady stretches stay sparse"
+
+
+def test_every_one_detects_every_frame():
+    detector = FakeDetector([(0, 0, 10, 10)] * 7)
+    faces.detect_sparse(_numbered_frames(7), detector, every=1, batch=16)
+    assert sorted(detector.asked) == list(range(7))

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# CI: install the Space's requirements.txt (paddlepaddle-gpu + the nvidia-*-cu11 CUDA wheels) into a SECOND venv
+# on this CPU machine and smoke-test it, so a broken Space build shows here first:
+#   1. the install resolves, and paddle is the GPU build (never alongside CPU paddlepaddle);
+#   2. the CUDA bootstrap links the wheels' libraries and `python -m lipsync --doctor` finds them (exit 0);
+#   3. tests/test_cuda.py, with the real-wheel dlopen tests required to run (not skipped);
+#   4. a 1-second job on CPU through lipsync.run, with random weights, checked with ffprobe.
+# Re-runs are quick: the venv is kept ($SPACE_VENV) and pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+
+venv="${SPACE_VENV:-${TMPDIR:-/tmp}/lipsync-space-venv}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/lipsync-space-smoke.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+py="$venv/bin/python"
+export PYTHONPATH="$repo" LIPSYNC_MODELS="$work/models" LIPSYNC_CACHE="$work/cache" HF_HUB_OFFLINE=1
+unset LD_LIBRARY_PATH LIPSYNC_CUDA_REEXEC
+step() { printf '\n== %s\n' "$*"; }
+
+step "1. install requirements.txt into $venv"
+[ -x "$py" ] || python3 -m venv "$venv"
+"$py" -m pip install -q --upgrade pip
+hub_pin="$(grep -i '^huggingface_hub' requirements-cpu.txt)"  # Spaces preinstall it; this venv must too
+"$py" -m pip install -q -r requirements.txt "$hub_pin" 'pytest>=8,<10'
+if "$py" -m pip show -q paddlepaddle 2>/dev/null; then
+    echo "FAIL: CPU paddlepaddle is installed next to paddlepaddle-gpu"; exit 1
+fi
+"$py" - <<'EOF'
+import platform, sys
+import paddle
+assert paddle.is_compiled_with_cuda(), "requirements.txt must bring paddle's GPU build"
+print(f"ok: python {platform.python_version()}, paddle {paddle.__version__} built for CUDA {paddle.version.cuda()} "
+      f"/ cuDNN {paddle.version.cudnn()}")
+EOF
+site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+du -sh "$site/paddle" "$site/nvidia" | sed 's/^/installed: /'
+
+step "2. CUDA bootstrap + python -m lipsync --doctor"
+"$py" -m lipsync --doctor | tee "$work/doctor.txt"
+grep -q 'on LD_LIBRARY_PATH' "$work/doctor.txt" || { echo "FAIL: the CUDA link folder is not on LD_LIBRARY_PATH"; exit 1; }
+for lib in libcudnn.so libcublas.so libcublasLt.so; do
+    grep -E "^$lib +/" "$work/doctor.txt" > /dev/null || { echo "FAIL: $lib not found through the bootstrap"; exit 1; }
+done
+echo "ok: doctor exit 0; cuDNN and cuBLAS found through the bootstrap folder"
+
+step "3. tests/test_cuda.py with the real wheels (dlopen through the links)"
+LIPSYNC_REQUIRE_NVIDIA=1 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+
+step "4. a 1-second job on CPU through lipsync.run (random weights)"
+mkdir -p "$work/models"
+ffmpeg -nostdin -loglevel error -f lavfi -i "sine=frequency=220:duration=1" -ar 16000 "$work/tone.wav"
+ffmpeg -nostdin -loglevel error -f lavfi -i "testsrc=size=256x256:rate=1" -frames:v 1 "$work/face.png"
+"$py" - "$work" <<'EOF'
+import sys
+from pathlib import Path
+
+from lipsync import cuda
+
+cuda.bootstrap()  # as app.py does: may restart this script once, with the CUDA links on LD_LIBRARY_PATH
+import paddle
+
+import lipsync
+from lipsync.model import Wav2Lip
+
+work = Path(sys.argv[1])
+paddle.seed(0)
+paddle.save(Wav2Lip().state_dict(), str(work / "models" / "wav2lip_hq.pdparams"))
+options = lipsync.LipSyncOptions(box=(64, 192, 64, 192), device="auto")  # fixed box: no detector weights needed
+result = lipsync.run(work / "face.png", work / "tone.wav", work / "out.mp4", options)
+print(f"ok: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s on {result.device}, paddle {result.paddle}")
+EOF
+streams="$(ffprobe -v error -show_entries stream=codec_name -of csv=p=0 "$work/out.mp4" | tr '\n' ' ')"
+duration="$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$work/out.mp4")"
+[ "$streams" = "h264 aac " ] || { echo "FAIL: expected h264 + aac streams, got: $streams"; exit 1; }
+echo "ok: out.mp4 has $streams, ${duration} s"
+
+printf '\nspace smoke: OK in %d s\n' "$SECONDS"

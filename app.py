@@ -1,0 +1,433 @@
+"""The Gradio app (the Hugging Face Space): a face picture or video plus speech or typed text → a talking video."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Tuple
+
+import gradio as gr
+
+import lipsync
+from lipsync import tts
+from lipsync.errors import LipSyncError
+from lipsync.options import BLEND_MODES, DEFAULT_PADS, DEVICES, FACE_DETECTORS, LipSyncOptions
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE / "examples"
+APP_TMP = Path(tempfile.gettempdir()) / "lipsync-app"  # under gettempdir(): gradio may serve files from here
+REQUEST_PREFIX = "request-"
+REQUEST_TTL_S = 3600  # request dirs older than this are removed; gradio copied their results long before
+GRADIO_CACHE_CLEANUP = (3600, 6 * 3600)  # hourly, delete gradio's cached uploads/results older than 6 h
+OUTPUT_NAME = "lipsync.mp4"
+QUEUE_SIZE = 16  # waiting jobs beyond this are turned away ("queue full") instead of waiting for ages
+CONCURRENCY_ENV = "LIPSYNC_CONCURRENCY"  # jobs run at once; 1 suits one GPU (the networks serialise anyway)
+GPU_GROUP = "lipsync"  # concurrency group shared by every event that runs the networks
+DEFAULTS = LipSyncOptions()
+MODEL_NOTES = {
+    "wav2lip_hq": "PaddleGAN's HQ model (default)",
+    "wav2lip_gan": "sharper faces",
+    "wav2lip": "most accurate lip shapes, blurrier",
+}
+STAGES = {  # engine stage → share of the progress bar (start, end)
+    "speech": (0.0, 0.05),
+    "reading audio": (0.05, 0.1),
+    "detecting faces": (0.1, 0.3),
+    "lip-syncing": (0.3, 0.95),
+    "encoding": (0.95, 1.0),
+}
+EXAMPLE_TEXT = "Hi! I'm a cartoon, and now I can talk. Type anything, and I will say it."
+DESCRIPTION = """\
+# lipsync: make a face speak
+Give a **face** (a picture or a video) and a **voice** (an audio file, a recording, or text to speak).
+Wav2Lip on PaddlePaddle redraws the mouth to match the speech. Try an example below.
+<small>The Wav2Lip weights are for personal, research and non-commercial use only. Don't use this to deceive.</small>
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, from environment variables; 0 means no limit."""
+
+    max_seconds: float = 60.0  # LIPSYNC_MAX_SECONDS: longest speech or face video
+    max_upload_mb: float = 100.0  # LIPSYNC_MAX_UPLOAD_MB: largest uploaded file
+    max_text_chars: int = 1000  # LIPSYNC_MAX_TEXT_CHARS: longest text to speak
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Limits":
+        return cls(
+            _env_number(env, "LIPSYNC_MAX_SECONDS", cls.max_seconds),
+            _env_number(env, "LIPSYNC_MAX_UPLOAD_MB", cls.max_upload_mb),
+            int(_env_number(env, "LIPSYNC_MAX_TEXT_CHARS", cls.max_text_chars)),
+        )
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"{name} must be a number ≥ 0 (0 = no limit); got {text!r}")
+    return value
+
+
+def media_seconds(path: str | Path) -> float:
+    """Duration of an audio or video file (decoding it when the header does not say); 0 for a picture."""
+    from lipsync import audio, video
+
+    info = video.probe(path, require_video=False)
+    if info.is_image:
+        return 0.0
+    seconds = info.duration or info.audio_duration
+    if not seconds and not info.has_video:
+        seconds = audio.duration(audio.load_audio(path))
+    return seconds
+
+
+def check_seconds(path: str | Path, what: str, limits: Limits) -> None:
+    """gr.Error when the file lasts longer than the app accepts."""
+    if limits.max_seconds <= 0:
+        return
+    seconds = media_seconds(path)
+    if seconds > limits.max_seconds:
+        raise gr.Error(
+            f"The {what} lasts {seconds:.1f} s; this app accepts up to {limits.max_seconds:g} s. "
+            "Trim it, or run lipsync on your own machine (its command line has no limit)."
+        )
+
+
+def check_text(text: str, limits: Limits) -> None:
+    if limits.max_text_chars and len(text) > limits.max_text_chars:
+        raise gr.Error(f"The text has {len(text)} characters; this app speaks up to {limits.max_text_chars}.")
+
+
+def request_dir(root: Path = APP_TMP, ttl_s: float = REQUEST_TTL_S) -> Path:
+    """A fresh folder for one request; folders of requests older than ttl_s are removed first."""
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - ttl_s
+    for old in root.glob(f"{REQUEST_PREFIX}*"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another request removed it first
+            pass
+    return Path(tempfile.mkdtemp(prefix=REQUEST_PREFIX, dir=root))
+
+
+def parse_box(text: str) -> Optional[Tuple[int, int, int, int]]:
+    """'y1 y2 x1 x2' (spaces or commas) → a box; empty → None (detect the face)."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return None
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 4:
+        raise LipSyncError(f"The face box takes four whole numbers, y1 y2 x1 x2 (top bottom left right), got {text!r}.")
+    return numbers  # type: ignore[return-value]
+
+
+def usable_detector(options: LipSyncOptions) -> Tuple[LipSyncOptions, Optional[str]]:
+    """S3FD needs weights; when they cannot be had (offline, no file), detect with Haar and say so."""
+    if options.face_detector != "sfd" or options.box is not None:
+        return options, None
+    from lipsync import weights
+
+    try:
+        weights.resolve_weights(options.detector_weights, "s3fd")
+    except LipSyncError as exc:
+        note = f"S3FD face-detector weights are not available ({tts.reason(exc)}); faces were found with OpenCV's Haar detector instead."
+        return replace(options, face_detector="haar"), note
+    return options, None
+
+
+def progress_reporter(progress: Callable[..., object]) -> Callable[[str, int, int], None]:
+    """The engine's (stage, done, total) callback drawn as one bar across all stages."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        start, end = STAGES.get(stage, (0.0, 1.0))
+        share = min(done / total, 1.0) if total > 0 else 0.0
+        counts = f" {done}/{total}" if total > 1 else ""
+        progress(start + (end - start) * share, desc=f"{stage}{counts}")
+
+    return report
+
+
+def _no_progress(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _one_face(face_image: Optional[str], face_video: Optional[str], limits: Limits) -> str:
+    if face_image and face_video:
+        raise LipSyncError("Give one face: a picture or a video, not both.")
+    if not (face_image or face_video):
+        raise LipSyncError("Give a face: upload a picture or a video (or use the webcam).")
+    if face_video:
+        check_seconds(face_video, "face video", limits)
+    return face_image or face_video  # type: ignore[return-value]
+
+
+def _speech(
+    audio: Optional[str], text: Optional[str], voice: str, rate: float, workdir: Path, limits: Limits, report
+) -> Tuple[str, Optional[tts.Speech]]:
+    """The speech to lip-sync: the audio given, or the text spoken by edge-tts (espeak-ng offline)."""
+    text = text or ""
+    if audio and text.strip():
+        raise LipSyncError("Give the voice as an audio file or as text, not both.")
+    if audio:
+        check_seconds(audio, "audio", limits)
+        return audio, None
+    if not text.strip():
+        raise LipSyncError("Give a voice: upload or record audio, or type a text to speak.")
+    check_text(text, limits)
+    report("speech", 0, 1)
+    speech = tts.speak(text, workdir, voice or tts.DEFAULT_VOICE, int(rate or 0))
+    report("speech", 1, 1)
+    if speech.fallback_reason:
+        gr.Warning(f"Spoken offline by espeak-ng: {speech.fallback_reason}.")
+    check_seconds(speech.path, "speech made from your text", limits)
+    return str(speech.path), speech
+
+
+def _options(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device) -> LipSyncOptions:
+    return LipSyncOptions(
+        checkpoint=model or DEFAULTS.checkpoint,
+        pads=tuple(int(p or 0) for p in pads),  # type: ignore[arg-type]
+        resize_factor=int(resize_factor or 1),
+        smooth=bool(smooth),
+        static=bool(static),
+        fps=float(fps or DEFAULTS.fps),
+        box=parse_box(box or ""),
+        blend=blend or DEFAULTS.blend,
+        face_detector=detector or DEFAULTS.face_detector,
+        device=device or DEFAULTS.device,
+    )
+
+
+def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Optional[tts.Speech]) -> str:
+    """What ran, in one line: model, device, paddle, frames, time, detector, voice."""
+    line = (
+        f"{result.model} on {result.device} · paddle {result.paddle} · {result.frames} frames at "
+        f"{result.fps:g} fps · {result.seconds:.1f} s · faces: {'fixed box' if options.box else options.face_detector}"
+    )
+    if speech is not None:
+        line += f" · voice: {speech.engine} {speech.voice}"
+    return line
+
+
+def make_video(
+    limits: Limits,
+    face_image: Optional[str] = None,
+    face_video: Optional[str] = None,
+    audio: Optional[str] = None,
+    text: Optional[str] = None,
+    voice: str = tts.DEFAULT_VOICE,
+    rate: float = 0,
+    model: str = DEFAULTS.checkpoint,
+    pad_top: float = DEFAULT_PADS[0],
+    pad_bottom: float = DEFAULT_PADS[1],
+    pad_left: float = DEFAULT_PADS[2],
+    pad_right: float = DEFAULT_PADS[3],
+    resize_factor: float = DEFAULTS.resize_factor,
+    smooth: bool = DEFAULTS.smooth,
+    static: bool = DEFAULTS.static,
+    fps: float = DEFAULTS.fps,
+    box: Optional[str] = None,
+    blend: str = DEFAULTS.blend,
+    detector: str = DEFAULTS.face_detector,
+    device: str = DEFAULTS.device,
+    progress=gr.Progress(),
+) -> Tuple[str, Optional[str], str]:
+    """Make the face speak: returns the video, the speech made from the text (if any) and a status line."""
+    report = progress_reporter(progress)
+    workdir = request_dir()
+    try:
+        options = _options(model, (pad_top, pad_bottom, pad_left, pad_right), resize_factor, smooth, static, fps,
+                           box, blend, detector, device)  # fmt: skip
+        face = _one_face(face_image, face_video, limits)
+        speech_path, speech = _speech(audio, text, voice, rate, workdir, limits, report)
+        options, note = usable_detector(options)
+        if note:
+            gr.Warning(note)
+        result = lipsync.run(face, speech_path, workdir / OUTPUT_NAME, options, progress=report)
+    except BaseException as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if isinstance(exc, LipSyncError):
+            raise gr.Error(str(exc)) from exc
+        raise
+    return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
+
+
+def preview_speech(
+    limits: Limits, text: Optional[str] = None, voice: str = tts.DEFAULT_VOICE, rate: float = 0
+) -> Tuple[str, str]:
+    """Speak the text only, to hear the voice before making the video."""
+    workdir = request_dir()
+    try:
+        path, speech = _speech(None, text, voice, rate, workdir, limits, _no_progress)
+    except LipSyncError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise gr.Error(str(exc)) from exc
+    assert speech is not None
+    return path, f"voice: {speech.engine} {speech.voice}"
+
+
+def run_example(generate: Callable, face_image, face_video, audio, text, language, voice, detector):
+    """An example row through make_video, every other option at its default (language only filters voices)."""
+    return generate(face_image, face_video, audio, text, voice, detector=detector, progress=_no_progress)
+
+
+# ---------------------------------------------------------------- voice picker
+
+
+def language_choices() -> list:
+    return tts.catalog().languages()
+
+
+def voice_choices(locale: str) -> list:
+    return [(v.label, v.name) for v in tts.catalog().voices(locale)]
+
+
+def voices_for_language(locale: str, voice: str):
+    """The voice list of a language; the current voice stays if it speaks that language."""
+    choices = voice_choices(locale)
+    keep = voice if voice and tts.locale_of(voice) == locale else (choices[0][1] if choices else None)
+    return gr.Dropdown(choices=choices, value=keep)
+
+
+def refresh_voice_picker(locale: str, voice: str):
+    """On page load: the service's voice list when it can be fetched (at most daily), else the curated one."""
+    tts.catalog().refresh()
+    return gr.Dropdown(choices=language_choices()), voices_for_language(locale, voice)
+
+
+def keep_one(new, tab: str):
+    """When one of two alternative inputs gets a value, clear the other and show its tab."""
+    if not new or (isinstance(new, str) and not new.strip()):
+        return gr.update(), gr.update()
+    return None, gr.Tabs(selected=tab)
+
+
+# ---------------------------------------------------------------- layout
+
+
+def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
+    with gr.Tabs(selected="picture") as tabs:
+        with gr.Tab("Picture", id="picture"):
+            image = gr.Image(label="Face picture", type="filepath", sources=["upload", "webcam", "clipboard"],
+                             image_mode="RGB", format="png", height=320)  # fmt: skip
+        with gr.Tab("Video", id="video"):
+            video = gr.Video(label="Face video", sources=["upload", "webcam"], height=320)
+    return tabs, image, video
+
+
+def _voice_inputs():
+    with gr.Tabs(selected="text") as tabs:
+        with gr.Tab("Type text", id="text"):
+            text = gr.Textbox(label="Text to speak", lines=3, placeholder="Type what the face should say…")
+            with gr.Row():
+                language = gr.Dropdown(language_choices(), value=tts.DEFAULT_LOCALE, label="Language", filterable=True)
+                voice = gr.Dropdown(voice_choices(tts.DEFAULT_LOCALE), value=tts.DEFAULT_VOICE, label="Voice",
+                                    allow_custom_value=True, filterable=True)  # fmt: skip
+            rate = gr.Slider(tts.MIN_RATE, tts.MAX_RATE, value=0, step=5, label="Speaking rate (%)")
+            preview = gr.Button("▶ Hear the voice", size="sm")
+        with gr.Tab("Audio file", id="audio"):
+            audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"])
+    return tabs, text, language, voice, rate, preview, audio
+
+
+def _advanced_inputs() -> list:
+    with gr.Accordion("Advanced", open=False):
+        with gr.Row():
+            pads = [gr.Number(value=v, precision=0, label=name, minimum=0)
+                    for v, name in zip(DEFAULT_PADS, ("Pad top", "Pad bottom (chin)", "Pad left", "Pad right"))]  # fmt: skip
+        with gr.Row():
+            detector = gr.Radio(list(FACE_DETECTORS), value=DEFAULTS.face_detector, label="Face detector",
+                                info="sfd: S3FD, best (Haar stands in if its weights can't be fetched); haar: OpenCV")  # fmt: skip
+            blend = gr.Radio(list(BLEND_MODES), value=DEFAULTS.blend, label="Blending",
+                             info="feather: soft paste of the lower face; box: the original hard rectangle")  # fmt: skip
+        with gr.Row():
+            resize = gr.Slider(1, 4, value=DEFAULTS.resize_factor, step=1, label="Resize factor",
+                               info="divide the resolution first: faster on large videos")  # fmt: skip
+            fps = gr.Slider(10, 60, value=DEFAULTS.fps, step=1, label="Frame rate for pictures")
+        with gr.Row():
+            smooth = gr.Checkbox(value=DEFAULTS.smooth, label="Smooth face boxes over time")
+            static = gr.Checkbox(value=DEFAULTS.static, label="Video: use only its first frame")
+            device = gr.Radio(list(DEVICES), value=DEFAULTS.device, label="Device")
+        box = gr.Textbox(label="Face box (last resort)", placeholder="y1 y2 x1 x2 in pixels; empty = detect the face")
+    return [*pads, resize, smooth, static, fps, box, blend, detector, device]
+
+
+def _examples(generate: Callable, inputs: list, outputs: list) -> gr.Examples:
+    rows = [
+        [str(EXAMPLES / "cartoon.png"), None, None, EXAMPLE_TEXT, "en-US", "en-US-AndrewMultilingualNeural", "haar"],
+        [str(EXAMPLES / "astronaut.jpg"), None, str(EXAMPLES / "astronaut.mp3"), "", "en-US", tts.DEFAULT_VOICE, "sfd"],
+        [None, str(EXAMPLES / "clip.mp4"), str(EXAMPLES / "clip.mp3"), "", "en-US", tts.DEFAULT_VOICE, "sfd"],
+    ]
+    return gr.Examples(
+        rows, inputs, outputs, fn=functools.partial(run_example, generate), cache_examples=True, cache_mode="lazy",
+        example_labels=["Cartoon + typed text", "Photo + speech", "Video + speech"], label="Examples",
+    )  # fmt: skip
+
+
+def _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs) -> None:
+    light = dict(queue=False, show_progress="hidden", api_visibility="private")
+    image.change(functools.partial(keep_one, tab="picture"), image, [video, face_tabs], **light)
+    video.change(functools.partial(keep_one, tab="video"), video, [image, face_tabs], **light)
+    audio.change(functools.partial(keep_one, tab="audio"), audio, [text, voice_tabs], **light)
+    text.input(functools.partial(keep_one, tab="text"), text, [audio, voice_tabs], **light)
+
+
+def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
+    """The whole UI; nothing is loaded until the first request (networks load once per process)."""
+    limits = limits or Limits.from_env()
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(APP_TMP / f"examples-{os.getpid()}"))  # not in the cwd
+    generate = functools.partial(make_video, limits)
+    with gr.Blocks(title="lipsync: make a face speak", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
+        gr.Markdown(DESCRIPTION)
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                face_tabs, image, video = _face_inputs()
+                voice_tabs, text, language, voice, rate, preview, audio = _voice_inputs()
+                model = gr.Dropdown([(f"{m}: {MODEL_NOTES.get(m, '')}", m) for m in lipsync.available_models("wav2lip")],
+                                    value=DEFAULTS.checkpoint, label="Model")  # fmt: skip
+                advanced = _advanced_inputs()
+                run = gr.Button("Make it speak", variant="primary")
+            with gr.Column():
+                result = gr.Video(label="Result", buttons=["download"], interactive=False, autoplay=True)
+                speech = gr.Audio(label="Speech made from the text", type="filepath", interactive=False)
+                status = gr.Textbox(label="Status", interactive=False, lines=1)
+        inputs = [image, video, audio, text, voice, rate, model, *advanced]
+        run.click(generate, inputs, [result, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
+        preview.click(functools.partial(preview_speech, limits), [text, voice, rate], [speech, status],
+                      api_name="speak", concurrency_limit=None)  # fmt: skip
+        _examples(generate, [image, video, audio, text, language, voice, advanced[-2]], [result, speech, status])
+        language.change(voices_for_language, [language, voice], voice, queue=False, api_visibility="private")
+        _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs)
+        demo.load(refresh_voice_picker, [language, voice], [language, voice], queue=False, api_visibility="private")
+    return demo
+
+
+def launch_options(limits: Limits) -> dict:
+    """demo.launch() arguments: the upload limit (gradio enforces it server-side)."""
+    return {"max_file_size": f"{limits.max_upload_mb:g}mb" if limits.max_upload_mb else None}
+
+
+def queue(demo: gr.Blocks) -> gr.Blocks:
+    """One job at a time per GPU by default; a bounded waiting line."""
+    concurrency = int(os.environ.get(CONCURRENCY_ENV, "1") or 1)
+    return demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
+
+
+demo = queue(build_demo())
+
+if __name__ == "__main__":
+    demo.launch(**launch_options(Limits.from_env()))

@@ -1,0 +1,197 @@
+"""`python -m lipsync --doctor`: one line per thing a job depends on, to paste into a bug report."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, List, Optional, TextIO
+
+from . import cuda
+
+if TYPE_CHECKING:
+    from .weights import WeightsStatus
+
+LABEL_WIDTH = 15
+TOOL_TIMEOUT_S = 10  # for `ffmpeg -version` and friends
+EDGE_TTS_HOST = "speech.platform.bing.com"  # edge-tts's service (its constants.WSS_URL)
+EDGE_TTS_PORT = 443
+EDGE_TTS_TIMEOUT_S = 3.0  # a connection attempt, name lookup included; offline must not hang the doctor
+EXIT_OK = 0
+EXIT_BLOCKED = 1
+
+
+@dataclass(frozen=True)
+class Line:
+    """One finding; `blocking` ones mean no job can run on this machine as it is."""
+
+    label: str
+    text: str
+    blocking: bool = False
+
+
+def main(out: Optional[TextIO] = None) -> int:
+    """Print every finding; exit code 0 when a job could run (on any device), 1 otherwise."""
+    out = out or sys.stdout
+    lines: List[Line] = []
+    for check in CHECKS:
+        found = _safely(check)
+        lines += found
+        for line in found:
+            print(f"{line.label:<{LABEL_WIDTH}} {line.text}", file=out, flush=True)
+    blockers = [line.label for line in lines if line.blocking]
+    verdict = f"cannot run: fix {', '.join(blockers)}" if blockers else "ok: a job can run"
+    print(f"{'verdict':<{LABEL_WIDTH}} {verdict}", file=out)
+    return EXIT_BLOCKED if blockers else EXIT_OK
+
+
+def _safely(check: Callable[[], List[Line]]) -> List[Line]:
+    """A check that crashes becomes a line saying so; the doctor itself must never fail."""
+    try:
+        return check()
+    except Exception as exc:  # any failure here is a finding, not a reason to stop
+        return [Line(check.__name__.strip("_").replace("_", " "), f"check failed: {exc!r}")]
+
+
+def _python() -> List[Line]:
+    return [Line("python", f"{platform.python_version()} ({sys.executable})")]
+
+
+def _paddle() -> List[Line]:
+    try:
+        import paddle
+    except Exception as exc:  # ImportError, or a broken wheel's OSError
+        return [Line("paddle", f"cannot import: {exc} (pip install -r requirements.txt or requirements-cpu.txt)", True)]
+    if not paddle.is_compiled_with_cuda():
+        return [Line("paddle", f"{paddle.__version__}, CPU-only build (paddlepaddle)")]
+    built = f"CUDA {paddle.version.cuda()} / cuDNN {paddle.version.cudnn()}"
+    return [Line("paddle", f"{paddle.__version__}, GPU build (paddlepaddle-gpu) for {built}")]
+
+
+def _cuda_libraries() -> List[Line]:
+    folder = cuda.prepare()
+    if folder is None:
+        links = "none: no nvidia-* CUDA wheels installed (fine on a CPU set-up)"
+    else:
+        state = "on" if cuda.on_library_path(folder) else "NOT on"
+        links = f"{folder} ({state} {cuda.LIBRARY_PATH_ENV}; start through `python -m lipsync` or app.py)"
+    lines = [Line("cuda links", links)]
+    for name in (*cuda.REQUIRED, *cuda.OPTIONAL):
+        lines.append(Line(name, _library_text(cuda.check_library(name), optional=name in cuda.OPTIONAL)))
+    return lines
+
+
+def _library_text(library: cuda.Library, optional: bool) -> str:
+    if library.path is None:
+        return "missing" + (" (optional)" if optional else "")
+    if library.error is not None:
+        return f"{library.path} does not load: {library.error}"
+    return str(library.path)
+
+
+def _gpus() -> List[Line]:
+    import paddle
+
+    if not paddle.is_compiled_with_cuda():
+        return [Line("gpus", "not checked: CPU-only paddle")]
+    count = paddle.device.cuda.device_count()
+    names = ", ".join(paddle.device.cuda.get_device_name(i) for i in range(count))
+    return [Line("gpus", f"{count}" + (f": {names}" if names else ""))]
+
+
+def _device() -> List[Line]:
+    from .runtime import choose_device
+
+    device = choose_device("auto", announce=False)
+    return [Line("device auto", f"{device.kind}: {device.reason}")]
+
+
+def _tools() -> List[Line]:
+    lines = []
+    for tool, needed_for in (("ffmpeg", ""), ("ffprobe", ""), ("espeak-ng", "the app's offline text-to-speech")):
+        version = tool_version(tool)
+        if version is not None:
+            lines.append(Line(tool, version))
+        elif needed_for:
+            lines.append(Line(tool, f"missing (only {needed_for} needs it)"))
+        else:
+            lines.append(Line(tool, "missing: install it (apt-get install ffmpeg)", blocking=True))
+    return lines
+
+
+def tool_version(tool: str) -> Optional[str]:
+    """The version a command-line tool reports, or None when it is not installed or does not answer."""
+    path = shutil.which(tool)
+    if path is None:
+        return None
+    try:
+        done = subprocess.run([path, "--version" if tool == "espeak-ng" else "-version"],
+                              capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = (done.stdout or done.stderr).strip().splitlines()[:1]
+    return _version_word(first[0]) if first else None
+
+
+def _version_word(banner: str) -> str:
+    """'ffmpeg version 5.1.9-0+deb12u1 Copyright …' -> '5.1.9-0+deb12u1'; 'eSpeak NG text-to-speech: 1.51 …' -> '1.51'."""
+    words = banner.replace(":", " ").split()
+    for index, word in enumerate(words):
+        if word in ("version", "text-to-speech") and index + 1 < len(words):
+            return words[index + 1]
+    return banner
+
+
+def _weights() -> List[Line]:
+    from . import weights
+
+    own = weights.models_dir()
+    where = f"${weights.MODELS_ENV}={own}" if own else f"${weights.MODELS_ENV} not set"
+    lines = [Line("models dir", f"{where}; cache {weights.cache_dir()}")]
+    for status in weights.cached_status():
+        lines.append(Line(f"  {status.name}", _weights_text(status, weights.WEIGHTS[status.name].size_mb)))
+    return lines
+
+
+def _weights_text(status: WeightsStatus, size_mb: int) -> str:
+    if status.path is None:
+        return f"not on this machine (downloaded on first use, ~{size_mb} MB)"
+    check = {True: "sha256 verified", False: "sha256 MISMATCH: delete it", None: "no published sha256"}
+    return f"{status.where} {status.path} ({check[status.verified]})"
+
+
+def _edge_tts() -> List[Line]:
+    try:
+        version = importlib.metadata.version("edge-tts")
+    except importlib.metadata.PackageNotFoundError:
+        return [Line("edge-tts", "not installed (the app then speaks with espeak-ng)")]
+    problem = connection_problem(EDGE_TTS_HOST, EDGE_TTS_PORT, EDGE_TTS_TIMEOUT_S)
+    state = "service reachable" if problem is None else f"service unreachable ({problem})"
+    return [Line("edge-tts", f"{version}, {state}")]
+
+
+def connection_problem(host: str, port: int, timeout: float) -> Optional[str]:
+    """None when a TCP connection to host:port opens within `timeout` (name lookup included), else why not."""
+    outcome: List[Optional[str]] = [f"no answer within {timeout:g} s"]
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome[0] = None
+        except OSError as exc:
+            outcome[0] = exc.strerror or str(exc) or type(exc).__name__
+
+    worker = threading.Thread(target=attempt, daemon=True)  # getaddrinfo has no timeout of its own
+    worker.start()
+    worker.join(timeout)
+    return outcome[0]
+
+
+CHECKS: List[Callable[[], List[Line]]] = [
+    _python, _paddle, _cuda_libraries, _gpus, _device, _tools, _weights, _edge_tts,
+]  # fmt: skip

@@ -1,0 +1,299 @@
+"""The Gradio app: limits and helpers, then `python app.py` on localhost driven end to end with gradio_client."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ROOT, ffprobe
+
+sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
+import app  # noqa: E402
+from lipsync import tts  # noqa: E402
+from lipsync.options import LipSyncOptions  # noqa: E402
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+STARTUP_TIMEOUT_S = 180
+MAX_SECONDS = 5  # the test server's LIPSYNC_MAX_SECONDS
+MAX_UPLOAD_MB = 1  # the test server's LIPSYNC_MAX_UPLOAD_MB
+AV_TOLERANCE_S = 0.12  # output vs speech duration: a frame plus AAC padding
+
+
+# ---------------------------------------------------------------- a server like `python app.py`
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    """`python app.py` in a subprocess with its own cwd and temp dir; edge-tts can only reach a refused proxy."""
+
+    url: str
+    process: subprocess.Popen
+    cwd: Path
+    tmp: Path
+    log: Path
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def server_env(base: Path, **extra: str) -> dict:
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there: edge-tts fails at once, as offline
+    env = dict(os.environ, TMPDIR=str(base / "tmp"), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_SERVER_PORT=str(free_port()), GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_EXAMPLES_CACHE=str(base / "examples-cache"), HTTPS_PROXY=refused, WSS_PROXY=refused,
+               https_proxy=refused, wss_proxy=refused, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def launch_app(base: Path, **extra_env: str) -> AppServer:
+    """Start app.py as a user would and wait until its page answers."""
+    for sub in ("cwd", "tmp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    env = server_env(base, **extra_env)
+    log = base / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=base / "cwd", env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    server = AppServer(f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/", process, base / "cwd", base / "tmp", log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(server.url, timeout=5) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"app.py did not answer within {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(isolated_weights, tmp_path_factory):
+    running = launch_app(tmp_path_factory.mktemp("app"), LIPSYNC_MAX_SECONDS=str(MAX_SECONDS),
+                         LIPSYNC_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB))  # fmt: skip
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    return Client(server.url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")),
+                  analytics_enabled=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def voice_files(tmp_path_factory) -> dict:
+    """A short espeak-ng sentence, a tone longer than the server accepts, a faceless picture, a big file."""
+    folder = tmp_path_factory.mktemp("voice")
+    files = {"hello": folder / "hello.wav", "long": folder / "long.wav", "blank": folder / "blank.png",
+             "big": folder / "big.wav"}  # fmt: skip
+    subprocess.run(["espeak-ng", "-w", str(files["hello"]), "Hello there."], check=True, capture_output=True)
+    _tone(files["long"], MAX_SECONDS + 2, rate=8000)
+    _tone(files["big"], 40, rate=16000)  # 1.28 MB of PCM: over the 1 MB upload limit
+    cv2.imwrite(str(files["blank"]), np.full((256, 256, 3), 128, np.uint8))
+    return files
+
+
+def _tone(path: Path, seconds: float, rate: int) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"sine=frequency=220:duration={seconds}:sample_rate={rate}", "-ac", "1", f"file:{path}"],
+                   check=True)  # fmt: skip
+
+
+def _seconds(path: Path) -> float:
+    return float(ffprobe(path)["format"]["duration"])
+
+
+def _check_video(path: str, speech: Path, size: tuple) -> None:
+    """Browser-playable H.264 + AAC of the face's size, as long as the speech."""
+    info = ffprobe(Path(path))
+    streams = {s["codec_type"]: s for s in info["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["video"]["pix_fmt"] == "yuv420p"
+    assert streams["audio"]["codec_name"] == "aac"
+    assert (streams["video"]["width"], streams["video"]["height"]) == size
+    assert abs(float(info["format"]["duration"]) - _seconds(speech)) <= AV_TOLERANCE_S
+
+
+# ---------------------------------------------------------------- end to end through gradio_client
+
+
+def test_photo_and_audio_make_a_talking_video(client, media, voice_files):
+    video, speech, status = client.predict(face_image=handle_file(str(media["photo"])),
+                                           audio=handle_file(str(voice_files["hello"])), api_name="/lipsync")  # fmt: skip
+    _check_video(video, voice_files["hello"], (512, 512))
+    assert speech is None  # the voice was a file: nothing was synthesized
+    # S3FD weights are not published offline: the app detected with Haar instead, and says what ran
+    assert status.startswith("wav2lip_hq on cpu") and "paddle 2.6.2" in status and "faces: haar" in status
+    frames = int(re.search(r"(\d+) frames at 25 fps", status).group(1))
+    assert abs(frames - _seconds(voice_files["hello"]) * 25) <= 2
+
+
+def test_typed_text_is_spoken_offline_and_returned(client):
+    cartoon = ROOT / "examples" / "cartoon.png"
+    video, speech, status = client.predict(face_image=handle_file(str(cartoon)), text="Hello, I can talk now.",
+                                           voice="en-GB-RyanNeural", detector="haar", api_name="/lipsync")  # fmt: skip
+    assert Path(speech).suffix == ".wav" and "voice: espeak-ng en-gb" in status
+    _check_video(video, Path(speech), (512, 512))
+
+
+def test_preview_endpoint_speaks_the_text(client):
+    speech, status = client.predict(text="Testing the voice.", voice="de-DE-KatjaNeural", rate=-20, api_name="/speak")
+    assert status == "voice: espeak-ng de" and _seconds(Path(speech)) > 0.5
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"audio": "hello"}, "Give a face"),
+        ({"face_image": "blank", "audio": "hello"}, "No face found"),
+        ({"face_image": "blank", "audio": "long"}, f"lasts {MAX_SECONDS + 2}.0 s; this app accepts up to {MAX_SECONDS} s"),
+        ({"face_image": "blank", "text": "x" * 1001}, "speaks up to 1000"),
+        ({"face_image": "blank", "audio": "hello", "box": "1 2 3"}, "four whole numbers"),
+    ],
+)
+def test_mistakes_reach_the_user_as_their_message(client, voice_files, inputs, message):
+    args = {k: handle_file(str(voice_files[v])) if k in ("face_image", "audio") else v for k, v in inputs.items()}
+    with pytest.raises(AppError, match=message):
+        client.predict(**args, api_name="/lipsync")
+
+
+def test_uploads_over_the_size_limit_are_refused(client, media, voice_files):
+    assert voice_files["big"].stat().st_size > MAX_UPLOAD_MB * 1024 * 1024
+    with pytest.raises(Exception, match="(?i)file size|too large|413"):
+        client.predict(face_image=handle_file(str(media["photo"])), audio=handle_file(str(voice_files["big"])),
+                       api_name="/lipsync")  # fmt: skip
+
+
+def test_nothing_is_written_to_the_working_directory(client, server):
+    client.predict(text="One more.", api_name="/speak")
+    assert not list(server.cwd.iterdir())
+    requests = list((server.tmp / "lipsync-app").glob(f"{app.REQUEST_PREFIX}*"))
+    assert requests, "each request works in its own folder under the temp dir"
+
+
+# ---------------------------------------------------------------- limits and helpers
+
+
+def test_limits_come_from_the_environment():
+    assert app.Limits.from_env({}) == app.Limits(60.0, 100.0, 1000)
+    env = {"LIPSYNC_MAX_SECONDS": "0", "LIPSYNC_MAX_UPLOAD_MB": "12.5", "LIPSYNC_MAX_TEXT_CHARS": "200"}
+    assert app.Limits.from_env(env) == app.Limits(0.0, 12.5, 200)
+    for bad in ("ten", "-1"):
+        with pytest.raises(ValueError, match="LIPSYNC_MAX_SECONDS must be a number"):
+            app.Limits.from_env({"LIPSYNC_MAX_SECONDS": bad})
+    assert app.launch_options(app.Limits(max_upload_mb=12.5)) == {"max_file_size": "12.5mb"}
+    assert app.launch_options(app.Limits(max_upload_mb=0)) == {"max_file_size": None}
+
+
+def test_duration_limit_covers_audio_and_video(media):
+    speech = _seconds(media["speech"])
+    app.check_seconds(media["speech"], "audio", app.Limits(max_seconds=speech + 1))
+    app.check_seconds(media["speech"], "audio", app.Limits(max_seconds=0))  # 0 = no limit
+    app.check_seconds(media["photo"], "face video", app.Limits(max_seconds=0.5))  # a picture has no duration
+    with pytest.raises(gr.Error, match=rf"audio lasts {speech:.1f} s; this app accepts up to 1 s"):
+        app.check_seconds(media["speech"], "audio", app.Limits(max_seconds=1))
+    with pytest.raises(gr.Error, match="face video lasts 2.0 s"):
+        app.check_seconds(media["video"], "face video", app.Limits(max_seconds=1.5))
+    with pytest.raises(gr.Error, match="speaks up to 10"):
+        app.check_text("x" * 11, app.Limits(max_text_chars=10))
+
+
+def test_old_request_folders_are_removed(tmp_path):
+    old = app.request_dir(tmp_path)
+    (old / "lipsync.mp4").write_bytes(b"done")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    recent = app.request_dir(tmp_path, ttl_s=3600)
+    newest = app.request_dir(tmp_path, ttl_s=3600)
+    assert not old.exists() and recent.is_dir() and newest.is_dir() and recent != newest
+
+
+def test_box_text_is_parsed():
+    assert app.parse_box("") is None and app.parse_box("  ") is None
+    assert app.parse_box("10, 200 30 220") == (10, 200, 30, 220)
+    for bad in ("1 2 3", "a b c d", "1 2 3 4 5"):
+        with pytest.raises(app.LipSyncError, match="four whole numbers"):
+            app.parse_box(bad)
+
+
+def test_progress_is_one_bar_across_the_stages():
+    seen = []
+    report = app.progress_reporter(lambda value, desc: seen.append((value, desc)))
+    for stage, done, total in [("speech", 0, 1), ("speech", 1, 1), ("reading audio", 1, 1),
+                               ("detecting faces", 16, 40), ("detecting faces", 40, 40), ("lip-syncing", 64, 87),
+                               ("lip-syncing", 87, 87), ("encoding", 0, 1), ("encoding", 1, 1)]:  # fmt: skip
+        report(stage, done, total)
+    values = [v for v, _ in seen]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    assert seen[3][1] == "detecting faces 16/40" and seen[-1][1] == "encoding"
+
+
+def test_detector_falls_back_to_haar_only_when_s3fd_is_missing(s3fd_weights):
+    options, note = app.usable_detector(LipSyncOptions())
+    assert options.face_detector == "haar" and "S3FD face-detector weights are not available" in note
+    for kept in (LipSyncOptions(face_detector="haar"), LipSyncOptions(box=(0, 10, 0, 10)),
+                 LipSyncOptions(detector_weights=str(s3fd_weights))):  # fmt: skip
+        assert app.usable_detector(kept) == (kept, None)
+
+
+def test_one_face_and_one_voice_at_a_time(tmp_path):
+    limits = app.Limits()
+    with pytest.raises(app.LipSyncError, match="not both"):
+        app._one_face("a.png", "b.mp4", limits)
+    with pytest.raises(app.LipSyncError, match="not both"):
+        app._speech("a.wav", "hello", tts.DEFAULT_VOICE, 0, tmp_path, limits, app._no_progress)
+    assert app.keep_one("", "text") == (app.gr.update(), app.gr.update())
+    cleared, tabs = app.keep_one("/tmp/face.png", "picture")
+    assert cleared is None and tabs.selected == "picture"
+
+
+def test_voice_picker_keeps_a_matching_voice():
+    assert app.voices_for_language("en-GB", "en-GB-RyanNeural").value == "en-GB-RyanNeural"
+    switched = app.voices_for_language("fr-FR", "en-GB-RyanNeural")
+    assert switched.value == "fr-FR-VivienneMultilingualNeural"
+    assert ("Denise (female)", "fr-FR-DeniseNeural") in switched.choices
+
+
+def test_importing_the_app_loads_no_model():
+    code = "import sys, app; print(sorted(m for m in ('paddle', 'lipsync.pipeline', 'cv2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert app.demo.config["dependencies"] and {"lipsync", "speak"} <= {
+        d.get("api_name") for d in app.demo.config["dependencies"]
+    }
+
+
+def test_examples_are_small_and_shipped():
+    names = {"cartoon.png", "astronaut.jpg", "astronaut.mp3", "clip.mp4", "clip.mp3"}
+    files = {p.name: p for p in (ROOT / "examples").iterdir()}
+    assert names <= set(files)
+    assert sum(p.stat().st_size for p in files.values()) < 3 * 1024 * 1024
+    assert shutil.which("ffprobe") and ffprobe(files["clip.mp4"])["streams"][0]["codec_name"] == "h264"
