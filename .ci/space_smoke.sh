@@ -38,7 +38,7 @@ du -sh "$site/paddle" "$site/nvidia" | sed 's/^/installed: /'
 
 step "2. CUDA bootstrap + python -m lipsync --doctor"
 "$py" -m lipsync --doctor | tee "$work/doctor.txt"
-grep -q 'on LD_LIBRARY_PATH' "$work/doctor.txt" || { echo "FAIL: the CUDA link folder is not on LD_LIBRARY_PATH"; exit 1; }
+grep -q 'on LD_LIBRARY_PATH' "$work/doctor.txt" || { echo "FAIL: the CUDA links are not on LD_LIBRARY_PATH"; exit 1; }
 for lib in libcudnn.so libcublas.so libcublasLt.so; do
     grep -E "^$lib +/" "$work/doctor.txt" > /dev/null || { echo "FAIL: $lib not found through the bootstrap"; exit 1; }
 done
@@ -51,7 +51,7 @@ step "4. a 1-second job on CPU through lipsync.run (random weights)"
 mkdir -p "$work/models"
 ffmpeg -nostdin -loglevel error -f lavfi -i "sine=frequency=220:duration=1" -ar 16000 "$work/tone.wav"
 ffmpeg -nostdin -loglevel error -f lavfi -i "testsrc=size=256x256:rate=1" -frames:v 1 "$work/face.png"
-"$py" - "$work" <<'EOF'
+cat > "$work/job.py" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -68,8 +68,10 @@ paddle.seed(0)
 paddle.save(Wav2Lip().state_dict(), str(work / "models" / "wav2lip_hq.pdparams"))
 options = lipsync.LipSyncOptions(box=(64, 192, 64, 192), device="auto")  # fixed box: no detector weights needed
 result = lipsync.run(work / "face.png", work / "tone.wav", work / "out.mp4", options)
-print(f"ok: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s on {result.device}, paddle {result.paddle}")
+print(f"ok: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s on {result.device}, "
+      f"paddle {result.paddle}")
 EOF
+"$py" "$work/job.py" "$work"  # a file, not stdin: the bootstrap's restart reads the script again
 streams="$(ffprobe -v error -show_entries stream=codec_name -of csv=p=0 "$work/out.mp4" | tr '\n' ' ')"
 duration="$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$work/out.mp4")"
 [ "$streams" = "h264 aac " ] || { echo "FAIL: expected h264 + aac streams, got: $streams"; exit 1; }

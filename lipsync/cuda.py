@@ -70,6 +70,8 @@ def bootstrap() -> Optional[Path]:
         log.warning("%s is still not on %s after a restart; CUDA libraries may not load", folder, LIBRARY_PATH_ENV)
     elif "paddle" in sys.modules:
         log.warning("paddle was imported before lipsync.cuda.bootstrap(); the GPU may not find cuDNN/cuBLAS")
+    elif sys.argv[0] in ("", "-"):
+        log.warning("an interactive or stdin session cannot restart itself; set %s=%s first", LIBRARY_PATH_ENV, folder)
     elif sys.executable:
         _reexec(folder)
     return folder
@@ -134,7 +136,7 @@ def sync_links(folder: Path, wanted: Mapping[str, Path]) -> Path:
         os.symlink(target, staging)
         os.replace(staging, link)  # atomic: a concurrent process sees the old link or the new one
     for stale in folder.iterdir():
-        if stale.is_symlink() and stale.name not in wanted:
+        if stale.is_symlink() and stale.name not in wanted and not stale.name.startswith("."):  # "." = staging
             stale.unlink(missing_ok=True)
     return folder
 

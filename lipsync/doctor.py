@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, List, Optional, TextIO
 
@@ -64,7 +65,9 @@ def _python() -> List[Line]:
 
 def _paddle() -> List[Line]:
     try:
-        import paddle
+        with warnings.catch_warnings():  # the GPU build warns when no GPU is set up: the gpus line says so
+            warnings.simplefilter("ignore")
+            import paddle
     except Exception as exc:  # ImportError, or a broken wheel's OSError
         return [Line("paddle", f"cannot import: {exc} (pip install -r requirements.txt or requirements-cpu.txt)", True)]
     if not paddle.is_compiled_with_cuda():
@@ -139,7 +142,7 @@ def tool_version(tool: str) -> Optional[str]:
 
 
 def _version_word(banner: str) -> str:
-    """'ffmpeg version 5.1.9-0+deb12u1 Copyright …' -> '5.1.9-0+deb12u1'; 'eSpeak NG text-to-speech: 1.51 …' -> '1.51'."""
+    """The word after 'version' (ffmpeg: '5.1.9-0+deb12u1') or 'text-to-speech:' (espeak-ng: '1.51')."""
     words = banner.replace(":", " ").split()
     for index, word in enumerate(words):
         if word in ("version", "text-to-speech") and index + 1 < len(words):

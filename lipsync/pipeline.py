@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 FACE_SIZE = 96  # generator input/output side, px
 WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
 S3FD_SPECS = [((None, 3, None, None), "float32")]
+WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32)
+S3FD_GPU_ITEM_MB = 130  # GPU activations per 640×360 frame in a detection batch
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 OUTPUT_SUFFIX = ".mp4"
 
@@ -68,10 +70,11 @@ class Engine:
         self._cache: Dict[Tuple[str, ...], object] = {}
         self._lock = threading.Lock()
 
-    def generator(self, checkpoint: str, device: runtime.Device) -> runtime.Predictor:
-        path = weights.resolve_weights(checkpoint, "wav2lip")
+    def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
+        path = weights.resolve_weights(options.checkpoint, "wav2lip")
         build = lambda: weights.load_wav2lip(str(path))  # noqa: E731
-        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, probe=_generator_probe())
+        pool = (options.wav2lip_batch_size, WAV2LIP_GPU_ITEM_MB)
+        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, probe=_generator_probe())
 
     def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
         if options.face_detector == "haar":
@@ -79,17 +82,22 @@ class Engine:
         from . import s3fd
 
         path = weights.resolve_weights(options.detector_weights, "s3fd")
-        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device)
+        pool = (options.face_det_batch_size, S3FD_GPU_ITEM_MB)
+        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device, pool)
         return faces.S3FDDetector(predictor.run)
 
-    def _predictor(self, path: Path, arch: str, build, specs, device: runtime.Device, probe=None) -> runtime.Predictor:
+    def _predictor(
+        self, path: Path, arch: str, build, specs, device: runtime.Device, pool: Tuple[int, float], probe=None
+    ) -> runtime.Predictor:
+        """A predictor per (weights, device); pool = (batch, MB per item) sizes the GPU memory pool."""
         key = runtime.export_key(path, arch)
 
         def make() -> runtime.Predictor:
             prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
+            pool_mb = runtime.gpu_pool_mb(prefix, *pool)
             if probe is None:
-                return runtime.Predictor(prefix, device)
-            return runtime.fastest_predictor(prefix, device, probe)
+                return runtime.Predictor(prefix, device, pool_mb=pool_mb)
+            return runtime.fastest_predictor(prefix, device, probe, pool_mb=pool_mb)
 
         return self._cached((arch, key, device.kind), make)  # type: ignore[return-value]
 
@@ -129,7 +137,7 @@ def run(
     device = runtime.choose_device(options.device)
     with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
         job = _prepare(face_p, audio_p, out_p, options, report)
-        generator = engine.generator(options.checkpoint, device)
+        generator = engine.generator(options, device)
         found = _locate_faces(job, options, engine, device, Path(tmp), report)
         try:
             _synthesize(job, options, generator, found, Path(tmp), report)

@@ -75,7 +75,7 @@ def _announce(reason: str, level: int) -> None:
 
 
 def _gpu_problem() -> Optional[str]:
-    """Why our networks cannot run on GPU 0, or None: needs a CUDA build, a visible GPU, cuDNN/cuBLAS, a working kernel."""
+    """Why our networks cannot run on GPU 0, or None: a CUDA build, a visible GPU, cuDNN/cuBLAS and a working kernel."""
     import paddle
 
     from . import cuda
@@ -95,7 +95,10 @@ def _gpu_problem() -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def _probe_kernel() -> Optional[str]:
-    """Run one small convolution on the GPU and check it: catches GPUs this paddle has no kernels for (sm_90+)."""
+    """Run one small convolution on the GPU and check it: catches GPUs this paddle has no kernels for (sm_90+).
+
+    Only call it once a GPU is visible: without one, paddle.CUDAPlace ends the process.
+    """
     import paddle
 
     try:

@@ -121,6 +121,17 @@ def test_bootstrap_does_not_restart_once_paddle_is_loaded(tmp_path, monkeypatch)
     assert cuda.bootstrap() is not None
 
 
+@pytest.mark.parametrize("script", ["-", ""], ids=["stdin", "interactive"])
+def test_bootstrap_never_restarts_a_session_it_could_not_replay(tmp_path, monkeypatch, script):
+    monkeypatch.setattr(cuda, "site_roots", lambda: [_fake_site(tmp_path / "site")])
+    monkeypatch.setattr(os, "execve", _must_not_exec)
+    monkeypatch.delenv(cuda.REEXEC_ENV, raising=False)
+    monkeypatch.setenv(cuda.LIBRARY_PATH_ENV, "")
+    monkeypatch.delitem(sys.modules, "paddle")
+    monkeypatch.setattr(sys, "argv", [script])
+    assert cuda.bootstrap() is not None
+
+
 def test_a_real_process_restarts_exactly_once(tmp_path):
     """The whole path in a child: bootstrap, exec, guard; the marker prints once per process image."""
     site = _fake_site(tmp_path / "site")
@@ -129,7 +140,8 @@ def test_a_real_process_restarts_exactly_once(tmp_path):
     env.pop(cuda.REEXEC_ENV, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.count("start") == 2, out
-    assert out.strip().endswith(str(cuda.prepare([site])))
+    folder = Path(out.split("folder ", 1)[1].strip())
+    assert Path(os.readlink(folder / "libcudnn.so")) == site / "nvidia" / "cudnn" / "lib" / "libcudnn.so.8"
 
 
 def _real_wheel_site() -> Path:
@@ -158,7 +170,8 @@ def test_real_wheels_dlopen_by_unversioned_name_through_the_links():
 
 def test_real_wheels_load_after_bootstrap_in_a_fresh_process():
     site = _real_wheel_site()
-    code = "from lipsync import cuda\ncuda.bootstrap()\nimport ctypes\nctypes.CDLL('libcudnn.so')\nctypes.CDLL('libcublas.so')"
+    code = "\n".join(["from lipsync import cuda", "cuda.bootstrap()", "import ctypes",
+                      "ctypes.CDLL('libcudnn.so')", "ctypes.CDLL('libcublas.so')"])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]), cuda.LIBRARY_PATH_ENV: ""}
     env.pop(cuda.REEXEC_ENV, None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -271,10 +284,3 @@ def test_auto_takes_a_working_gpu(monkeypatch):
     assert runtime.choose_device("gpu").kind == "gpu"
     assert runtime.choose_device("cpu").kind == "cpu"
 
-
-def test_probe_kernel_turns_a_missing_gpu_into_a_reason():
-    """On this CPU machine the real probe must fail softly (a reason), never raise."""
-    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-        pytest.skip("a GPU is present")
-    reason = runtime._probe_kernel.__wrapped__()
-    assert isinstance(reason, str) and "test convolution" in reason
