@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, Iterator, Mapping, Optional, Tuple
 
 import gradio as gr
 
@@ -17,11 +19,15 @@ import lipsync
 from lipsync import tts
 from lipsync.errors import LipSyncError
 from lipsync.options import BLEND_MODES, DEFAULT_PADS, DEVICES, FACE_DETECTORS, LipSyncOptions
+from lipsync.tts import DEFAULT_VOICE
+
+log = logging.getLogger("lipsync.app")
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE / "examples"
 APP_TMP = Path(tempfile.gettempdir()) / "lipsync-app"  # under gettempdir(): gradio may serve files from here
 REQUEST_PREFIX = "request-"
+EXAMPLES_PREFIX = "examples-"  # + pid: cached example results, kept while that process runs
 REQUEST_TTL_S = 3600  # request dirs older than this are removed; gradio copied their results long before
 GRADIO_CACHE_CLEANUP = (3600, 6 * 3600)  # hourly, delete gradio's cached uploads/results older than 6 h
 OUTPUT_NAME = "lipsync.mp4"
@@ -41,6 +47,7 @@ STAGES = {  # engine stage → share of the progress bar (start, end)
     "lip-syncing": (0.3, 0.95),
     "encoding": (0.95, 1.0),
 }
+HAAR_STOOD_IN = "The S3FD face detector's weights are not available here, so OpenCV's Haar detector found the faces."
 EXAMPLE_TEXT = "Hi! I'm a cartoon, and now I can talk. Type anything, and I will say it."
 DESCRIPTION = """\
 # lipsync: make a face speak
@@ -121,6 +128,25 @@ def request_dir(root: Path = APP_TMP, ttl_s: float = REQUEST_TTL_S) -> Path:
     return Path(tempfile.mkdtemp(prefix=REQUEST_PREFIX, dir=root))
 
 
+def examples_cache(root: Path = APP_TMP) -> Path:
+    """This process's folder for cached example results; those of processes that have ended are removed."""
+    for folder in root.glob(f"{EXAMPLES_PREFIX}*"):
+        pid = folder.name.removeprefix(EXAMPLES_PREFIX)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return root / f"{EXAMPLES_PREFIX}{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def parse_box(text: str) -> Optional[Tuple[int, int, int, int]]:
     """'y1 y2 x1 x2' (spaces or commas) → a box; empty → None (detect the face)."""
     parts = text.replace(",", " ").split()
@@ -131,7 +157,7 @@ def parse_box(text: str) -> Optional[Tuple[int, int, int, int]]:
     except ValueError:
         numbers = ()
     if len(numbers) != 4:
-        raise LipSyncError(f"The face box takes four whole numbers, y1 y2 x1 x2 (top bottom left right), got {text!r}.")
+        raise LipSyncError(f"The face box takes four whole numbers, y1 y2 x1 x2 (top bottom left right): {text!r}")
     return numbers  # type: ignore[return-value]
 
 
@@ -144,8 +170,8 @@ def usable_detector(options: LipSyncOptions) -> Tuple[LipSyncOptions, Optional[s
     try:
         weights.resolve_weights(options.detector_weights, "s3fd")
     except LipSyncError as exc:
-        note = f"S3FD face-detector weights are not available ({tts.reason(exc)}); faces were found with OpenCV's Haar detector instead."
-        return replace(options, face_detector="haar"), note
+        log.warning("S3FD unavailable, using Haar: %s", exc)
+        return replace(options, face_detector="haar"), HAAR_STOOD_IN
     return options, None
 
 
@@ -214,9 +240,10 @@ def _options(model, pads, resize_factor, smooth, static, fps, box, blend, detect
 
 def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Optional[tts.Speech]) -> str:
     """What ran, in one line: model, device, paddle, frames, time, detector, voice."""
+    faces = "fixed box" if options.box else options.face_detector
     line = (
         f"{result.model} on {result.device} · paddle {result.paddle} · {result.frames} frames at "
-        f"{result.fps:g} fps · {result.seconds:.1f} s · faces: {'fixed box' if options.box else options.face_detector}"
+        f"{result.fps:g} fps · {result.seconds:.1f} s · faces: {faces}"
     )
     if speech is not None:
         line += f" · voice: {speech.engine} {speech.voice}"
@@ -244,12 +271,11 @@ def make_video(
     blend: str = DEFAULTS.blend,
     detector: str = DEFAULTS.face_detector,
     device: str = DEFAULTS.device,
-    progress=gr.Progress(),
+    progress=gr.Progress(track_tqdm=True),  # tqdm too: a first run's weights download shows its bar
 ) -> Tuple[str, Optional[str], str]:
     """Make the face speak: returns the video, the speech made from the text (if any) and a status line."""
     report = progress_reporter(progress)
-    workdir = request_dir()
-    try:
+    with _request_folder() as workdir:
         options = _options(model, (pad_top, pad_bottom, pad_left, pad_right), resize_factor, smooth, static, fps,
                            box, blend, detector, device)  # fmt: skip
         face = _one_face(face_image, face_video, limits)
@@ -258,25 +284,40 @@ def make_video(
         if note:
             gr.Warning(note)
         result = lipsync.run(face, speech_path, workdir / OUTPUT_NAME, options, progress=report)
+    return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
+
+
+@contextlib.contextmanager
+def _request_folder() -> Iterator[Path]:
+    """A request's folder; when the request fails it is removed and the error put in the visitor's words."""
+    workdir = request_dir()
+    try:
+        yield workdir
     except BaseException as exc:
         shutil.rmtree(workdir, ignore_errors=True)
-        if isinstance(exc, LipSyncError):
-            raise gr.Error(str(exc)) from exc
-        raise
-    return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
+        shown = _for_visitor(exc)
+        if shown is None:
+            raise
+        raise shown from exc
+
+
+def _for_visitor(exc: BaseException) -> Optional[gr.Error]:
+    """The page's message: the engine's for a user error, a short account of anything unexpected (None: as is)."""
+    if isinstance(exc, LipSyncError):
+        return gr.Error(str(exc))
+    if not isinstance(exc, Exception) or isinstance(exc, gr.Error):
+        return None
+    log.exception("lipsync failed")
+    return gr.Error(f"Something went wrong inside lipsync ({type(exc).__name__}: {tts.reason(exc)}); please report it")
 
 
 def preview_speech(
     limits: Limits, text: Optional[str] = None, voice: str = tts.DEFAULT_VOICE, rate: float = 0
 ) -> Tuple[str, str]:
     """Speak the text only, to hear the voice before making the video."""
-    workdir = request_dir()
-    try:
+    with _request_folder() as workdir:
         path, speech = _speech(None, text, voice, rate, workdir, limits, _no_progress)
-    except LipSyncError as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise gr.Error(str(exc)) from exc
-    assert speech is not None
+    assert speech is not None  # text was given
     return path, f"voice: {speech.engine} {speech.voice}"
 
 
@@ -323,37 +364,39 @@ def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
     with gr.Tabs(selected="picture") as tabs:
         with gr.Tab("Picture", id="picture"):
             image = gr.Image(label="Face picture", type="filepath", sources=["upload", "webcam", "clipboard"],
-                             image_mode="RGB", format="png", height=320)  # fmt: skip
+                             image_mode="RGB", format="png", height=320, elem_id="face-image")  # fmt: skip
         with gr.Tab("Video", id="video"):
-            video = gr.Video(label="Face video", sources=["upload", "webcam"], height=320)
+            video = gr.Video(label="Face video", sources=["upload", "webcam"], height=320, elem_id="face-video")
     return tabs, image, video
 
 
 def _voice_inputs():
     with gr.Tabs(selected="text") as tabs:
         with gr.Tab("Type text", id="text"):
-            text = gr.Textbox(label="Text to speak", lines=3, placeholder="Type what the face should say…")
+            text = gr.Textbox(label="Text to speak", lines=3, placeholder="Type what the face should say…",
+                              elem_id="text")  # fmt: skip
             with gr.Row():
-                language = gr.Dropdown(language_choices(), value=tts.DEFAULT_LOCALE, label="Language", filterable=True)
+                language = gr.Dropdown(language_choices(), value=tts.DEFAULT_LOCALE, label="Language")
                 voice = gr.Dropdown(voice_choices(tts.DEFAULT_LOCALE), value=tts.DEFAULT_VOICE, label="Voice",
                                     allow_custom_value=True, filterable=True)  # fmt: skip
             rate = gr.Slider(tts.MIN_RATE, tts.MAX_RATE, value=0, step=5, label="Speaking rate (%)")
-            preview = gr.Button("▶ Hear the voice", size="sm")
+            preview = gr.Button("▶ Hear the voice", size="sm", elem_id="preview")
         with gr.Tab("Audio file", id="audio"):
-            audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"])
+            audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"], elem_id="audio")
     return tabs, text, language, voice, rate, preview, audio
 
 
-def _advanced_inputs() -> list:
+def _advanced_inputs() -> Tuple[list, gr.Radio]:
+    """The engine options that matter to users, in make_video's order; also the detector (examples set it)."""
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            pads = [gr.Number(value=v, precision=0, label=name, minimum=0)
-                    for v, name in zip(DEFAULT_PADS, ("Pad top", "Pad bottom (chin)", "Pad left", "Pad right"))]  # fmt: skip
+            names = ("Pad top", "Pad bottom (chin)", "Pad left", "Pad right")
+            pads = [gr.Number(value=v, precision=0, label=name, minimum=0) for v, name in zip(DEFAULT_PADS, names)]
         with gr.Row():
             detector = gr.Radio(list(FACE_DETECTORS), value=DEFAULTS.face_detector, label="Face detector",
-                                info="sfd: S3FD, best (Haar stands in if its weights can't be fetched); haar: OpenCV")  # fmt: skip
+                                info="sfd: S3FD, best (Haar stands in without its weights); haar: OpenCV")  # fmt: skip
             blend = gr.Radio(list(BLEND_MODES), value=DEFAULTS.blend, label="Blending",
-                             info="feather: soft paste of the lower face; box: the original hard rectangle")  # fmt: skip
+                             info="feather: soft paste of the lower face; box: the seed's hard rectangle")  # fmt: skip
         with gr.Row():
             resize = gr.Slider(1, 4, value=DEFAULTS.resize_factor, step=1, label="Resize factor",
                                info="divide the resolution first: faster on large videos")  # fmt: skip
@@ -363,14 +406,14 @@ def _advanced_inputs() -> list:
             static = gr.Checkbox(value=DEFAULTS.static, label="Video: use only its first frame")
             device = gr.Radio(list(DEVICES), value=DEFAULTS.device, label="Device")
         box = gr.Textbox(label="Face box (last resort)", placeholder="y1 y2 x1 x2 in pixels; empty = detect the face")
-    return [*pads, resize, smooth, static, fps, box, blend, detector, device]
+    return [*pads, resize, smooth, static, fps, box, blend, detector, device], detector
 
 
 def _examples(generate: Callable, inputs: list, outputs: list) -> gr.Examples:
     rows = [
         [str(EXAMPLES / "cartoon.png"), None, None, EXAMPLE_TEXT, "en-US", "en-US-AndrewMultilingualNeural", "haar"],
-        [str(EXAMPLES / "astronaut.jpg"), None, str(EXAMPLES / "astronaut.mp3"), "", "en-US", tts.DEFAULT_VOICE, "sfd"],
-        [None, str(EXAMPLES / "clip.mp4"), str(EXAMPLES / "clip.mp3"), "", "en-US", tts.DEFAULT_VOICE, "sfd"],
+        [str(EXAMPLES / "astronaut.jpg"), None, str(EXAMPLES / "astronaut.mp3"), "", "en-US", DEFAULT_VOICE, "sfd"],
+        [None, str(EXAMPLES / "clip.mp4"), str(EXAMPLES / "clip.mp3"), "", "en-US", DEFAULT_VOICE, "sfd"],
     ]
     return gr.Examples(
         rows, inputs, outputs, fn=functools.partial(run_example, generate), cache_examples=True, cache_mode="lazy",
@@ -389,7 +432,7 @@ def _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs) -> None
 def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
     """The whole UI; nothing is loaded until the first request (networks load once per process)."""
     limits = limits or Limits.from_env()
-    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(APP_TMP / f"examples-{os.getpid()}"))  # not in the cwd
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(examples_cache()))  # gradio's default is the cwd
     generate = functools.partial(make_video, limits)
     with gr.Blocks(title="lipsync: make a face speak", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         gr.Markdown(DESCRIPTION)
@@ -397,19 +440,21 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
             with gr.Column():
                 face_tabs, image, video = _face_inputs()
                 voice_tabs, text, language, voice, rate, preview, audio = _voice_inputs()
-                model = gr.Dropdown([(f"{m}: {MODEL_NOTES.get(m, '')}", m) for m in lipsync.available_models("wav2lip")],
-                                    value=DEFAULTS.checkpoint, label="Model")  # fmt: skip
-                advanced = _advanced_inputs()
-                run = gr.Button("Make it speak", variant="primary")
+                models = [(f"{m}: {MODEL_NOTES.get(m, '')}", m) for m in lipsync.available_models("wav2lip")]
+                model = gr.Dropdown(models, value=DEFAULTS.checkpoint, label="Model")
+                advanced, detector = _advanced_inputs()
+                run = gr.Button("Make it speak", variant="primary", elem_id="run")
             with gr.Column():
-                result = gr.Video(label="Result", buttons=["download"], interactive=False, autoplay=True)
-                speech = gr.Audio(label="Speech made from the text", type="filepath", interactive=False)
-                status = gr.Textbox(label="Status", interactive=False, lines=1)
+                result = gr.Video(label="Result", buttons=["download"], interactive=False, autoplay=True,
+                                  elem_id="result")  # fmt: skip
+                speech = gr.Audio(label="Speech made from the text", type="filepath", interactive=False,
+                                  elem_id="speech")  # fmt: skip
+                status = gr.Textbox(label="Status", interactive=False, lines=1, elem_id="status")
         inputs = [image, video, audio, text, voice, rate, model, *advanced]
         run.click(generate, inputs, [result, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
         preview.click(functools.partial(preview_speech, limits), [text, voice, rate], [speech, status],
                       api_name="speak", concurrency_limit=None)  # fmt: skip
-        _examples(generate, [image, video, audio, text, language, voice, advanced[-2]], [result, speech, status])
+        _examples(generate, [image, video, audio, text, language, voice, detector], [result, speech, status])
         language.change(voices_for_language, [language, voice], voice, queue=False, api_visibility="private")
         _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs)
         demo.load(refresh_voice_picker, [language, voice], [language, voice], queue=False, api_visibility="private")
@@ -423,11 +468,14 @@ def launch_options(limits: Limits) -> dict:
 
 def queue(demo: gr.Blocks) -> gr.Blocks:
     """One job at a time per GPU by default; a bounded waiting line."""
-    concurrency = int(os.environ.get(CONCURRENCY_ENV, "1") or 1)
+    concurrency = max(1, int(_env_number(os.environ, CONCURRENCY_ENV, 1)))
     return demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
 
 
 demo = queue(build_demo())
 
 if __name__ == "__main__":
+    from lipsync import cuda
+
+    cuda.bootstrap()  # before paddle loads: on a GPU set-up this may restart the script once (see lipsync/cuda.py)
     demo.launch(**launch_options(Limits.from_env()))

@@ -114,7 +114,8 @@ def write_clip(image: np.ndarray, target: Path) -> None:
     small = cv2.resize(image, (CLIP_SIDE, CLIP_SIDE), interpolation=cv2.INTER_AREA)
     ffmpeg = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
               "-s", f"{CLIP_SIDE}x{CLIP_SIDE}", "-r", str(CLIP_FPS), "-i", "-", "-c:v", "libx264",
-              "-preset", "slow", "-crf", "28", "-pix_fmt", "yuv420p", "-movflags", "+faststart", f"file:{target}"]  # fmt: skip
+              "-preset", "slow", "-crf", "28", "-pix_fmt", "yuv420p", "-movflags", "+faststart",
+              f"file:{target}"]  # fmt: skip
     proc = subprocess.Popen(ffmpeg, stdin=subprocess.PIPE)
     assert proc.stdin is not None
     frames = CLIP_FPS * CLIP_SECONDS

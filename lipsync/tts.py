@@ -27,6 +27,7 @@ LIST_TIMEOUT_S = 5  # fetching the voice list
 REFRESH_EVERY_S = 24 * 3600  # the service's voice list changes rarely
 RETRY_AFTER_S = 10 * 60  # after a failed refresh, keep the list we have this long
 ESPEAK_WPM = 175  # espeak-ng's normal speed, words per minute
+ESPEAK_MIN_WPM = 80  # espeak-ng's slowest
 ESPEAK_FALLBACK_VOICE = "en-us"
 ESPEAK_ALIASES = {"en": "en-us", "zh": "cmn", "zh-hk": "yue", "es-mx": "es-419", "es-us": "es-419", "fr": "fr-fr"}
 VOICE_PATTERN = re.compile(r"^[a-z]{2,3}(-[A-Za-z]+)+-[A-Za-z]+Neural$")
@@ -81,8 +82,9 @@ class Voice:
     def label(self) -> str:
         """'Emma (female, multilingual)' for a picker."""
         given = self.name[len(self.locale) + 1 :].removesuffix("Neural")
-        notes = [self.gender.lower()] + (["multilingual"] if given.endswith("Multilingual") else [])
-        return f"{given.removesuffix('Multilingual')} ({', '.join(notes)})"
+        notes = [self.gender.lower()] * bool(self.gender) + ["multilingual"] * given.endswith("Multilingual")
+        name = given.removesuffix("Multilingual")
+        return f"{name} ({', '.join(notes)})" if notes else name
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ def edge_rate(percent: int) -> str:
 
 def espeak_speed(percent: int) -> int:
     """espeak-ng words per minute for the same rate change."""
-    return max(80, round(ESPEAK_WPM * (1 + percent / 100)))
+    return max(ESPEAK_MIN_WPM, round(ESPEAK_WPM * (1 + percent / 100)))
 
 
 @lru_cache(maxsize=1)
@@ -277,5 +279,6 @@ def espeak_speak(text: str, voice: str, rate: int, out_dir: Path, problem: Optio
                            "(apt-get install espeak-ng).") from exc  # fmt: skip
     except subprocess.CalledProcessError as exc:
         target.unlink(missing_ok=True)
-        raise LipSyncError(f"espeak-ng could not speak the text: {reason(exc.stderr.decode(errors='replace'))}") from exc
+        detail = reason(exc.stderr.decode(errors="replace"))
+        raise LipSyncError(f"espeak-ng could not speak the text: {detail}") from exc
     return Speech(target, ENGINE_ESPEAK, stand_in, problem)

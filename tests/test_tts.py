@@ -40,6 +40,7 @@ def test_curated_voices_are_edge_names_and_cover_the_default():
 def test_voice_labels_read_well():
     assert tts.Voice("en-US-EmmaMultilingualNeural", "en-US", "Female").label == "Emma (female, multilingual)"
     assert tts.Voice("zh-CN-liaoning-XiaobeiNeural", "zh-CN-liaoning", "Female").label == "Xiaobei (female)"
+    assert tts.Voice("cy-GB-AledNeural", "cy-GB", "").label == "Aled"
 
 
 def test_rates_map_to_both_engines():
