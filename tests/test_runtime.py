@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import paddle
 import pytest
 
 from lipsync import runtime
 from lipsync.errors import LipSyncError
+
+from conftest import ROOT
 
 
 class Tiny(paddle.nn.Layer):
@@ -128,3 +134,30 @@ def test_fastest_predictor_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
     probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
     chosen = runtime.fastest_predictor(prefix, runtime.Device("cpu", "requested"), probe)
     assert chosen.precision == "fp32"
+
+
+def test_paddle_pass_statistics_never_reach_stderr(capfd, caplog):
+    """oneDNN's bf16 passes write '---  squashed …' lines from C++ to fd 2; our one-line errors must stay alone."""
+    with caplog.at_level("DEBUG", logger="lipsync.runtime"):
+        with runtime._pass_stats_held_back():
+            os.write(2, b"\x1b[37m---    squashed 6 quantize op\x1b[0m\n")
+            os.write(2, b"W1201 something paddle warns about\n")
+    err = capfd.readouterr().err
+    assert "squashed" not in err, err
+    assert "W1201 something paddle warns about" in err, "other native output still reaches the user"
+    assert "paddle: ---    squashed 6 quantize op" in caplog.text
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n", "file descriptor 2 is the terminal again afterwards"
+
+
+def test_bf16_predictor_prints_nothing(tmp_path):
+    """A bf16 predictor (tried on CPUs with native bf16) is created without paddle's pass chatter on stderr."""
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+    code = (
+        "import sys; from pathlib import Path; from lipsync import runtime\n"
+        f"runtime.Predictor(Path({str(prefix)!r}), runtime.Device('cpu', 'requested'), precision='bf16')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "---" not in done.stderr, done.stderr
