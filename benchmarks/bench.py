@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,6 @@ PLANTED_HEAD = "conv6_2"  # S3FD's stride-64 head: a few face-sized candidates p
 PLANTED_LOGIT = 8.0  # face vs background logit in the planted heads
 PLANTED_LOC = (2.5, 2.5, -3.47, -3.47)  # box centre +64 px, size 256 * exp(-3.47 * 0.2) = 128 px
 MEMORY_SHORT_MINUTES = 1
-MB = 1 << 20
 STAGES = ("decode", "detection", "generator", "blend", "encode")
 TARGETS = {"runtime_vs_dygraph": 6.0, "still_vs_generator": 0.85, "video_vs_generator": 0.40,
            "memory_growth": 1.1, "memory_mb": 2048.0}
@@ -58,14 +58,14 @@ class Sizes:
     still_seconds: float
     video_seconds: float
     video_size: Tuple[int, int]
-    detect_frames: int  # frames through S3FD for the detection figure
+    detect_frames: int  # consecutive frames for the detection figure (one default chunk: 16 x every 8)
     stage_frames: int  # frames for the generator, blend and encode figures
     sample_frames: int  # decoded frames kept in memory for blend and encode
     repeats: int  # interleaved runtime/dygraph repetitions
 
 
-FULL = Sizes(15.0, 30.0, (1280, 720), detect_frames=16, stage_frames=128, sample_frames=48, repeats=3)
-QUICK = Sizes(0.6, 0.4, (256, 144), detect_frames=2, stage_frames=8, sample_frames=4, repeats=1)
+FULL = Sizes(15.0, 30.0, (1280, 720), detect_frames=128, stage_frames=128, sample_frames=128, repeats=3)
+QUICK = Sizes(0.6, 0.4, (256, 144), detect_frames=10, stage_frames=8, sample_frames=10, repeats=1)
 
 
 @dataclass(frozen=True)
@@ -279,13 +279,22 @@ def decode_stage(case: Case, sizes: Sizes) -> Tuple[List[np.ndarray], float]:
     return kept, (case.frames if case.still else count) / seconds
 
 
-def detection_stage(detect: Callable, frames: List[np.ndarray], case: Case, sizes: Sizes, batch: int) -> Tuple[Any, float]:
-    """The first face box, and detection throughput on `detect_frames` frames (a still is detected once)."""
-    chosen = frames[:1] if case.still else list(_cycle(frames, sizes.detect_frames))
+def detection_stage(detect: Callable, frames: List[np.ndarray], case: Case, sizes: Sizes,
+                    options: Any) -> Tuple[Any, float]:
+    """The first face box, and detection throughput as the pipeline detects: downscaled to detect_max_side,
+    keyframes every detect_every frames (a still is detected once)."""
+    from lipsync import faces
+
+    chosen = frames[:1] if case.still else frames[: sizes.detect_frames]
+    scale = faces.detection_scale(chosen[0].shape, options.detect_max_side)
+    every = 1 if case.still else options.detect_every
 
     def detect_all() -> list:
-        return [box for start in range(0, len(chosen), batch) for box in detect(chosen[start : start + batch])]
+        small = faces.downscale(chosen, scale)
+        found = faces.detect_sparse(small, detect, every, options.face_det_batch_size)
+        return [faces.map_back(box, scale, chosen[0].shape) for box in found]
 
+    detect(faces.downscale(chosen[:1], scale))  # builds the predictor's kernels for this frame size
     boxes, seconds = timed(detect_all)
     found = [b for b in boxes if b is not None]
     if not found:
@@ -337,8 +346,7 @@ def stage_figures(case: Case, options: Any, engine: Any, device: Any, sizes: Siz
 
     frames, decode_fps = decode_stage(case, sizes)
     detect = engine.detector(options, device)
-    detect(frames[:1])  # builds the predictor's kernels for this frame size
-    box, detect_fps = detection_stage(detect, frames, case, sizes, options.face_det_batch_size)
+    box, detect_fps = detection_stage(detect, frames, case, sizes, options)
     padded = tuple(int(v) for v in faces.apply_pads(np.array([box]), options.pads, frames[0].shape)[0])
     return {
         "decode": decode_fps, "detection": detect_fps,
@@ -395,42 +403,43 @@ def dygraph_fps(model: Any, mels: np.ndarray, faces: np.ndarray, batch: int) -> 
     return len(mels) / timed(run_all)[1]
 
 
-def compare_generators(engine: Any, options: Any, device: Any, inputs: Tuple[np.ndarray, np.ndarray],
-                       repeats: int) -> Dict[str, List[float]]:
-    """Runtime and dygraph frames/s, interleaved `repeats` times in this process after one warm-up each."""
+def compare_generators(options: Any, inputs: Tuple[np.ndarray, np.ndarray], repeats: int) -> Dict[str, Any]:
+    """Runtime and dygraph frames/s, interleaved `repeats` times after one warm-up each, and each one's peak RSS.
+
+    The runtime goes first, so the high-water mark after its warm-up is its own; dygraph's includes it.
+    """
     import paddle
 
-    from lipsync import weights
+    from lipsync import Engine, runtime, weights
 
+    device = runtime.choose_device(options.device)
     paddle.set_device("gpu" if device.kind == "gpu" else "cpu")
-    predictor = engine.generator(options.checkpoint, device)
-    model = weights.load_wav2lip(options.checkpoint)
     batch = options.wav2lip_batch_size
     warm = tuple(a[:batch] for a in inputs)
+    predictor = Engine().generator(options, device)
     runtime_fps(predictor, *warm, batch)
+    runtime_rss = _peak_rss_mb()
+    model = weights.load_wav2lip(options.checkpoint)
     dygraph_fps(model, *warm, batch)
-    samples: Dict[str, List[float]] = {"runtime": [], "dygraph": []}
+    samples: Dict[str, Any] = {"runtime": [], "dygraph": []}
     for _ in range(repeats):
         samples["runtime"].append(runtime_fps(predictor, *inputs, batch))
         samples["dygraph"].append(dygraph_fps(model, *inputs, batch))
-    return samples
+    return {**samples, "runtime_peak_rss_mb": runtime_rss, "dygraph_peak_rss_mb": _peak_rss_mb()}
 
 
-# ---------------------------------------------------------------- end to end, one fresh process per case
+# ---------------------------------------------------------------- child processes: each measurement starts fresh
 
 
-def run_child(face: Path, speech: Path, outfile: Path, options: Dict[str, Any],
-              profile: Optional[Path] = None) -> Dict[str, Any]:
-    """lipsync.run in a fresh Python process (optionally under py-spy); its timings and peak RSS."""
-    spec = json.dumps({"face": str(face), "speech": str(speech), "outfile": str(outfile), "options": options})
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", spec]
+def run_child(task: str, spec: Dict[str, Any], profile: Optional[Path] = None) -> Dict[str, Any]:
+    """One measurement in a fresh Python process (optionally under py-spy), so no case inherits another's memory."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps({"task": task, **spec})]
     if profile is not None:
         cmd = [_py_spy(), "record", "--rate", "25", "--idle", "--format", "raw", "--output", str(profile), "--", *cmd]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"end-to-end run failed ({face.name}):\n{done.stderr[-3000:]}")
-    outfile.unlink(missing_ok=True)
+        raise RuntimeError(f"the {task} measurement failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
@@ -442,16 +451,50 @@ def _py_spy() -> str:
 
 
 def child_main(spec_json: str) -> None:
-    """Child process: load the networks, then time one lipsync.run; print one JSON line."""
+    """Child process: run the task the spec names and print its figures and peak RSS as one JSON line."""
+    import lipsync
+
+    spec = json.loads(spec_json)
+    options = lipsync.LipSyncOptions(**spec["options"])
+    tasks = {"generator": _generator_task, "stages": _stages_task, "e2e": _e2e_task}
+    result = tasks[spec["task"]](spec, options)
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb(), **result}))
+
+
+def _case_from(spec: Dict[str, Any]) -> Case:
+    fields = spec["case"]
+    return Case(**{**fields, "face": Path(fields["face"]), "speech": Path(fields["speech"])})
+
+
+def _sizes_from(spec: Dict[str, Any]) -> Sizes:
+    return Sizes(**{**spec["sizes"], "video_size": tuple(spec["sizes"]["video_size"])})
+
+
+def _generator_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
+    sizes = _sizes_from(spec)
+    return compare_generators(options, generator_inputs(_case_from(spec), sizes.stage_frames), sizes.repeats)
+
+
+def _stages_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
+    from lipsync import Engine, runtime
+
+    device = runtime.choose_device(options.device)
+    return stage_figures(_case_from(spec), options, Engine(), device, _sizes_from(spec), Path(spec["folder"]))
+
+
+def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
+    """Load the networks (as the app keeps them loaded), time one lipsync.run, then the generator alone.
+
+    The generator-only figure is taken in the same process right after the run, so the e2e/generator
+    share compares two figures measured under the same load.
+    """
     started = time.perf_counter()
     import lipsync
     from lipsync import runtime
 
-    spec = json.loads(spec_json)
-    options = lipsync.LipSyncOptions(**spec["options"])
     engine = lipsync.Engine()
     device = runtime.choose_device(options.device)
-    engine.generator(options.checkpoint, device)
+    predictor = engine.generator(options, device)
     if options.box is None:
         engine.detector(options, device)
     loaded = time.perf_counter()
@@ -461,13 +504,20 @@ def child_main(spec_json: str) -> None:
         now = time.perf_counter() - loaded
         phases.setdefault(stage, [now, now])[1] = now
 
-    result = lipsync.run(spec["face"], spec["speech"], spec["outfile"], options, progress=progress, engine=engine)
+    case = _case_from(spec)
+    result = lipsync.run(case.face, case.speech, spec["outfile"], options, progress=progress, engine=engine)
     finished = time.perf_counter()
-    print(json.dumps({
-        "frames": result.frames, "seconds": finished - loaded, "load_seconds": loaded - started,
-        "cold_seconds": finished - started, "device": result.device, "phases": phases,
-        "peak_rss_mb": _peak_rss_mb(),
-    }))  # fmt: skip
+    peak = _peak_rss_mb()
+    Path(spec["outfile"]).unlink(missing_ok=True)
+    return {"frames": result.frames, "seconds": finished - loaded, "load_seconds": loaded - started,
+            "device": result.device, "phases": phases, "peak_rss_mb": peak,
+            "generator_fps": _generator_after(predictor, case, spec, options)}  # fmt: skip
+
+
+def _generator_after(predictor: Any, case: Case, spec: Dict[str, Any], options: Any) -> float:
+    """Generator-only frames/s on the case's inputs, in the process that just ran the case."""
+    count = spec.get("sizes", asdict(FULL))["stage_frames"]
+    return runtime_fps(predictor, *generator_inputs(case, count), options.wav2lip_batch_size)
 
 
 def _peak_rss_mb() -> float:
@@ -481,9 +531,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def end_to_end(case: Case, options: Dict[str, Any], folder: Path, profile: Optional[Path] = None) -> Dict[str, Any]:
+def _spec(case: Case, options: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    return {"case": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(case).items()}, "options": options,
+            **extra}
+
+
+def end_to_end(case: Case, options: Dict[str, Any], sizes: Sizes, folder: Path,
+               profile: Optional[Path] = None) -> Dict[str, Any]:
     """One case's whole run: frames/s and real-time factor with the networks already loaded, and peak RSS."""
-    child = run_child(case.face, case.speech, folder / f"{case.key}-out.mp4", options, profile)
+    spec = _spec(case, options, sizes=asdict(sizes), outfile=str(folder / f"{case.key}-out.mp4"))
+    child = run_child("e2e", spec, profile)
     child["fps"] = child["frames"] / child["seconds"]
     child["rtf"] = child["seconds"] / case.seconds
     return child
@@ -497,7 +554,7 @@ def profile_summary(raw: Path, top: int = 15) -> List[Tuple[str, float]]:
         stack, _, count = line.rpartition(" ")
         total += int(count)
         names = {frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
-                 for frame in stack.split(";") if "/lipsync/" in frame}
+                 for frame in stack.split(";") if "lipsync/" in frame.split(" (")[-1]}
         for name in names:
             inclusive[name] = inclusive.get(name, 0) + int(count)
     ranked = sorted(inclusive.items(), key=lambda item: -item[1])[:top]
@@ -517,7 +574,7 @@ def memory_check(photo: Path, folder: Path, options: Dict[str, Any], minutes: fl
         case = Case(f"memory_{length:g}min", f"video 1280x720, {length:g} min (memory)", clip, speech, seconds,
                     output_frames(speech), False)
         note(f"{case.label}: {case.frames} frames")
-        found[case.key] = {"label": case.label, "minutes": length, **end_to_end(case, options, folder)}
+        found[case.key] = {"label": case.label, "minutes": length, **end_to_end(case, options, FULL, folder)}
         note(f"{case.label}: peak RSS {found[case.key]['peak_rss_mb']:.0f} MB, {found[case.key]['fps']:.2f} frames/s")
         clip.unlink()
         speech.unlink()
@@ -543,20 +600,29 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
     """One row per case: stage frames/s, end-to-end frames/s, share of generator-only speed, RTF, peak RSS."""
     gen = results["generator"]
     rows = []
-    for key, case in results["cases"].items():
-        stages = [case["stages"].get(s) if s != "generator" else gen["runtime_fps"] for s in STAGES]
+    for case in results["cases"].values():
         e2e = case["e2e"]
-        rows.append([case["label"], *map(_num, stages), _num(e2e["fps"]), f"{100 * e2e['fps'] / gen['runtime_fps']:.0f}%",
-                     _num(e2e["rtf"]), _num(e2e["peak_rss_mb"])])
+        stages = [_generator_fps(e2e, gen) if s == "generator" else case["stages"][s] for s in STAGES]
+        rows.append([case["label"], *map(_num, stages), _num(e2e["fps"]), _share(e2e, gen), _num(e2e["rtf"]),
+                     _num(e2e["peak_rss_mb"])])
     for kind, label in (("runtime", "generator alone, runtime (Paddle Inference)"),
                         ("dygraph", "generator alone, dygraph (PaddleGAN's path)")):
         fps = gen[f"{kind}_fps"]
         rows.append([label, "–", "–", _num(fps), "–", "–", _num(fps), f"{100 * fps / gen['runtime_fps']:.0f}%",
-                     _num(FPS / fps), "–"])
+                     _num(FPS / fps), _num(gen[f"{kind}_peak_rss_mb"])])
     for case in results.get("memory", {}).values():
-        rows.append([case["label"], "–", "–", "–", "–", "–", _num(case["fps"]),
-                     f"{100 * case['fps'] / gen['runtime_fps']:.0f}%", _num(case["rtf"]), _num(case["peak_rss_mb"])])
+        rows.append([case["label"], "–", "–", _num(_generator_fps(case, gen)), "–", "–", _num(case["fps"]),
+                     _share(case, gen), _num(case["rtf"]), _num(case["peak_rss_mb"])])
     return rows
+
+
+def _generator_fps(e2e: Dict[str, Any], gen: Dict[str, Any]) -> float:
+    """Generator-only frames/s measured in the end-to-end run's process (older results: the comparison's)."""
+    return e2e.get("generator_fps", gen["runtime_fps"])
+
+
+def _share(e2e: Dict[str, Any], gen: Dict[str, Any]) -> str:
+    return f"{100 * e2e['fps'] / _generator_fps(e2e, gen):.0f}%"
 
 
 def markdown_table(rows: List[List[str]]) -> str:
@@ -571,7 +637,7 @@ def target_lines(results: Dict[str, Any]) -> List[str]:
     lines = [_target("generator runtime / dygraph", gen["ratio"], TARGETS["runtime_vs_dygraph"], "x")]
     for key, name in (("still", "still e2e / generator"), ("video", "video e2e / generator")):
         if key in cases:
-            share = cases[key]["e2e"]["fps"] / gen["runtime_fps"]
+            share = cases[key]["e2e"]["fps"] / _generator_fps(cases[key]["e2e"], gen)
             lines.append(_target(name, share, TARGETS[f"{key}_vs_generator"], "%"))
     if len(memory) == 2:
         short, long = memory.values()
@@ -590,6 +656,7 @@ def _target(name: str, value: float, goal: float, unit: str, at_most: bool = Fal
 
 
 def print_report(results: Dict[str, Any]) -> None:
+    results = {**results, "generator": _generator_summary(results["generator"])}
     box = results["machine"]
     print(f"machine: {box['cpu']}, {box['cores']} cores, avx2 {_yes(box['avx2'])}, avx512 {_yes(box['avx512'])}, "
           f"amx {_yes(box['amx'])}; paddle {box['paddle']} ({box['paddle_commit']}), numpy {box['numpy']}, "
@@ -597,11 +664,13 @@ def print_report(results: Dict[str, Any]) -> None:
     print(f"date: {box['date']}; device: {results['device']}; load average at start {box['load_average']}, "
           f"at end {results['load_average_end']}")
     print("stage columns: output frames/s each stage sustains alone (a still is decoded and detected once); "
-          "e2e: lipsync.run with networks loaded, fresh process; RTF = run time / speech length\n")
+          "a case's generator figure is taken in its e2e process right after the run; e2e: lipsync.run with the "
+          "networks loaded, in a fresh process; e2e/gen = e2e / generator; RTF = run time / speech length\n")
     print(markdown_table(table_rows(results)))
     spread = results["generator"]
-    print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats: runtime "
-          f"{', '.join(map(_num, spread['runtime']))}; dygraph {', '.join(map(_num, spread['dygraph']))}")
+    print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats (the table shows the best): runtime "
+          f"{_nums(spread['runtime'])}; dygraph {_nums(spread['dygraph'])}; runtime/dygraph per repeat "
+          f"{_nums(spread['pair_ratios'])}")
     print("\n".join(["targets:", *target_lines(results)]))
     if results.get("profile"):
         print("\nvideo case, share of wall time inside lipsync functions (py-spy, idle included):")
@@ -629,6 +698,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="face detector for --memory-check (haar keeps a 10-minute run short on CPU)")
     parser.add_argument("--profile", type=Path, help="record the video case's run with py-spy into this raw file")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--report", type=Path, help="print the table of a saved --json file and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -645,43 +715,48 @@ def chosen_sizes(args: argparse.Namespace) -> Sizes:
 
 
 def measure(args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
-    """Every figure of the table, with inputs and weights made under `folder`."""
-    import lipsync
-    from lipsync import runtime
-
+    """Every figure of the table, with inputs and weights made under `folder`; each measurement in its own process."""
     sizes = chosen_sizes(args)
     detector_weights = make_weights(Path(os.environ["LIPSYNC_MODELS"]))
-    options = lipsync.LipSyncOptions(device=args.device, detector_weights=str(detector_weights))
-    child_options = {"device": args.device, "detector_weights": str(detector_weights)}
-    device = runtime.choose_device(args.device)
-    engine = lipsync.Engine()
+    options = {"device": args.device, "detector_weights": str(detector_weights)}
     photo = make_photo(folder)
     cases = make_cases(folder, photo, sizes, args.cases.split(","))
     note(f"inputs and weights ready; generator runtime vs dygraph, {sizes.repeats} x {sizes.stage_frames} frames")
-    inputs = generator_inputs(cases[0], sizes.stage_frames)
-    samples = compare_generators(engine, options, device, inputs, sizes.repeats)
-    results: Dict[str, Any] = {"device": device.kind, "sizes": asdict(sizes), "generator": _generator_summary(samples)}
-    note(f"generator: runtime {samples['runtime']} frames/s, dygraph {samples['dygraph']} frames/s")
-    results["cases"] = {}
+    samples = run_child("generator", _spec(cases[0], options, sizes=asdict(sizes)))
+    results: Dict[str, Any] = {"device": _device_kind(args.device), "sizes": asdict(sizes),
+                               "generator": _generator_summary(samples), "cases": {}}
+    note(f"generator: runtime {_nums(samples['runtime'])} frames/s, dygraph {_nums(samples['dygraph'])} frames/s")
     for case in cases:
-        stages = stage_figures(case, options, engine, device, sizes, folder)
-        note(f"{case.label}: stages {stages}; end to end, {case.frames} frames")
-        profile = args.profile if case.key == "video" else None
-        e2e = end_to_end(case, child_options, folder, profile)
+        stages = run_child("stages", _spec(case, options, sizes=asdict(sizes), folder=str(folder)))
+        stages.pop("peak_rss_mb")
+        note(f"{case.label}: stages {_nums(stages.values())} frames/s; end to end, {case.frames} frames")
+        e2e = end_to_end(case, options, sizes, folder, args.profile if case.key == "video" else None)
         note(f"{case.label}: end to end {e2e['fps']:.2f} frames/s, peak RSS {e2e['peak_rss_mb']:.0f} MB")
         results["cases"][case.key] = {"label": case.label, "frames": case.frames, "stages": stages, "e2e": e2e}
     if args.profile is not None and args.profile.exists():
         results["profile"] = profile_summary(args.profile)
     if args.memory_check:
-        memory_options = {**child_options, "face_detector": args.memory_detector}
+        memory_options = {**options, "face_detector": args.memory_detector}
         results["memory"] = memory_check(photo, folder, memory_options, args.minutes)
     return results
 
 
-def _generator_summary(samples: Dict[str, List[float]]) -> Dict[str, Any]:
-    runtime_fps_ = statistics.median(samples["runtime"])
-    dygraph_fps_ = statistics.median(samples["dygraph"])
-    return {**samples, "runtime_fps": runtime_fps_, "dygraph_fps": dygraph_fps_, "ratio": runtime_fps_ / dygraph_fps_}
+def _device_kind(requested: str) -> str:
+    from lipsync import runtime
+
+    return runtime.choose_device(requested).kind
+
+
+def _nums(values: Any) -> str:
+    return ", ".join(_num(v) for v in values if isinstance(v, (int, float)))
+
+
+def _generator_summary(samples: Dict[str, Any]) -> Dict[str, Any]:
+    """Best of the repeats for each (as timeit does: slower repeats measure the other processes on the machine)."""
+    runtime_fps_, dygraph_fps_ = max(samples["runtime"]), max(samples["dygraph"])
+    pairs = [r / d for r, d in zip(samples["runtime"], samples["dygraph"])]
+    return {**samples, "runtime_fps": runtime_fps_, "dygraph_fps": dygraph_fps_, "ratio": runtime_fps_ / dygraph_fps_,
+            "pair_ratios": pairs, "median_pair_ratio": statistics.median(pairs)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -691,7 +766,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.child:
         child_main(args.child)
         return
-    box = machine()
+    if args.report:
+        print_report(json.loads(args.report.read_text()))
+        return
+    box = machine()  # imports paddle, which installs its own SIGTERM handler: ours must come after
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so children stop and the temp dir is removed
     with tempfile.TemporaryDirectory(prefix="lipsync-bench-") as tmp:
         folder = Path(tmp)
         os.environ.update({"LIPSYNC_MODELS": str(folder / "models"), "LIPSYNC_CACHE": str(folder / "cache"),

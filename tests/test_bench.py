@@ -15,7 +15,7 @@ BENCH = ROOT / "benchmarks" / "bench.py"
 COLUMNS = ["case", "decode", "detection", "generator", "blend", "encode", "e2e fps", "e2e/gen", "RTF", "peak RSS MB"]
 CASE_ROWS = ("still 512x512", "video 256x144")
 GENERATOR_ROWS = ("generator alone, runtime", "generator alone, dygraph")
-GENERATOR_COLUMNS = ("generator", "e2e fps", "e2e/gen", "RTF")
+GENERATOR_COLUMNS = ("generator", "e2e fps", "e2e/gen", "RTF", "peak RSS MB")
 NOT_APPLICABLE = "–"
 TIMEOUT_S = 900  # a quick run takes about a minute; allow for a busy 2-core machine
 
@@ -70,5 +70,6 @@ def test_quick_run_prints_one_full_table_and_matching_json(tmp_path):
         assert 100 < case["e2e"]["peak_rss_mb"] < 100_000, "peak RSS in MB of a process that loaded paddle"
     generator = results["generator"]
     assert abs(generator["ratio"] - generator["runtime_fps"] / generator["dygraph_fps"]) < 1e-9
+    assert 100 < generator["runtime_peak_rss_mb"] <= generator["dygraph_peak_rss_mb"], "runtime measured first"
     assert f"generator runtime / dygraph: {generator['ratio']:.2f}x" in stdout
     assert f"paddle {results['machine']['paddle']}" in stdout and f"{results['machine']['cores']} cores" in stdout
