@@ -16,7 +16,7 @@ import numpy as np
 from . import audio, blend, faces, runtime, video, weights
 from .errors import LipSyncError
 from .options import LipSyncOptions
-from .types import Frame, Progress
+from .types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame, Progress
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,6 @@ WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32
 S3FD_GPU_ITEM_MB = 130  # GPU activations per 640×360 frame in a detection batch
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 OUTPUT_SUFFIX = ".mp4"
-
-STAGE_AUDIO = "reading audio"
-STAGE_FACES = "detecting faces"
-STAGE_SYNC = "lip-syncing"
-STAGE_ENCODE = "encoding"
 
 PathLike = Union[str, Path]
 
@@ -137,8 +132,11 @@ def run(
     device = runtime.choose_device(options.device)
     with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
         job = _prepare(face_p, audio_p, out_p, options, report)
+        report(STAGE_LOAD, 0, 1)
         generator = engine.generator(options, device)
-        found = _locate_faces(job, options, engine, device, Path(tmp), report)
+        detect = None if options.box is not None else engine.detector(options, device)
+        report(STAGE_LOAD, 1, 1)
+        found = _locate_faces(job, options, detect, Path(tmp), report)
         try:
             _synthesize(job, options, generator, found, Path(tmp), report)
         finally:
@@ -219,11 +217,10 @@ def _needs_loop(job: _Job) -> bool:
 
 
 def _locate_faces(
-    job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path, report: Progress
+    job: _Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], tmp: Path, report: Progress
 ) -> _Faces:
     """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
     cache = video.FrameCache(tmp) if _needs_loop(job) else None
-    detect = None if options.box is not None else engine.detector(options, device)
     if detect is None and cache is None:
         return _Faces(np.array([faces.fixed_box(options.box, _first_frame(job, options).shape)]))
     every = 1 if job.still else options.detect_every

@@ -17,3 +17,12 @@ MelWindow = np.ndarray
 
 Progress = Callable[[str, int, int], None]
 """Progress callback: (stage, done, total)."""
+
+# The stages a run reports through Progress, in order (the app's text-to-speech comes first).
+STAGE_SPEECH = "speech"
+STAGE_AUDIO = "reading audio"
+STAGE_LOAD = "loading the model"
+STAGE_FACES = "detecting faces"
+STAGE_SYNC = "lip-syncing"
+STAGE_ENCODE = "encoding"
+STAGES = (STAGE_SPEECH, STAGE_AUDIO, STAGE_LOAD, STAGE_FACES, STAGE_SYNC, STAGE_ENCODE)
