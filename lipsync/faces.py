@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -20,6 +21,9 @@ HAAR_MIN_FACE = 24  # px on the detection copy
 # Haar boxes run from the brows to the lower lip; S3FD's (what Wav2Lip was trained on) reach the chin.
 HAAR_TO_S3FD = (0.0, 0.08, 0.0, 0.18)  # grow (left, top, right, bottom) by these fractions of the box size
 KEYFRAME_DRIFT = 0.08  # keyframe boxes further apart than this fraction of the face size: detect the frames between
+ROI_SIDE = 192  # px: the square the detector looks at while it follows a face (a 640x360 frame is 6x the pixels)
+ROI_CONTEXT = 2.5  # that square spans this many face sizes: room for the face to move between keyframes
+RETRY_SIDE_FACTOR = 2  # a still without a face found is searched again on a copy this much larger (small faces)
 
 Detections = List[Optional[Box]]
 DetectFn = Callable[[Sequence[Frame]], Detections]
@@ -100,22 +104,130 @@ class HaarDetector:
         return (max(0, x1), max(0, y1), min(width, x2), min(height, y2))
 
 
-def detect_sparse(frames: Sequence[Frame], detect: DetectFn, every: int, batch: int) -> Detections:
-    """Detect every `every`-th frame (and the last); frames between keyframes whose boxes moved or vanished
-    are detected too. Skipped frames are None, for fill_gaps to interpolate."""
-    found: Detections = [None] * len(frames)
-    keys = sorted(set(range(0, len(frames), max(1, every))) | {len(frames) - 1})
-    _detect_into(found, frames, keys, detect, batch)
-    between = [i for a, b in zip(keys, keys[1:]) if _moved(found[a], found[b]) for i in range(a + 1, b)]
-    _detect_into(found, frames, between, detect, batch)
-    return found
+@dataclass(frozen=True)
+class Crop:
+    """Where a detector's input came from: its top-left corner in frame pixels and its px per frame px."""
+
+    left: float
+    top: float
+    scale: float
+
+    def to_frame(self, box: Optional[Box], shape: Tuple[int, ...]) -> Optional[Box]:
+        """A box found in the crop, in frame pixels, clipped to the frame."""
+        if box is None:
+            return None
+        h, w = shape[:2]
+        x1, y1, x2, y2 = box
+        mapped = (self.left + x1 / self.scale, self.top + y1 / self.scale,
+                  self.left + x2 / self.scale, self.top + y2 / self.scale)  # fmt: skip
+        x1, y1, x2, y2 = (int(round(v)) for v in mapped)
+        return (max(0, x1), max(0, y1), min(w, x2), min(h, y2))
 
 
-def _detect_into(found: Detections, frames: Sequence[Frame], indices: List[int], detect: DetectFn, batch: int) -> None:
-    for start in range(0, len(indices), batch):
-        chunk = indices[start : start + batch]
-        for index, box in zip(chunk, detect([frames[i] for i in chunk])):
-            found[index] = box
+def roi_crop(frame: Frame, box: Box) -> Tuple[Frame, Crop]:
+    """A ROI_SIDE² patch centred on `box`, ROI_CONTEXT face sizes wide; black where it runs past the frame."""
+    x1, y1, x2, y2 = box
+    side = int(np.ceil(max(x2 - x1, y2 - y1, 1) * ROI_CONTEXT))
+    left, top = (x1 + x2 - side) // 2, (y1 + y2 - side) // 2
+    crop = Crop(left, top, ROI_SIDE / side)
+    h, w = frame.shape[:2]
+    fx1, fy1, fx2, fy2 = max(0, left), max(0, top), min(w, left + side), min(h, top + side)
+    px1, py1, px2, py2 = (int(round(v * crop.scale)) for v in (fx1 - left, fy1 - top, fx2 - left, fy2 - top))
+    patch = np.zeros((ROI_SIDE, ROI_SIDE, 3), np.uint8)
+    if px2 > px1 and py2 > py1:
+        shrink = cv2.INTER_AREA if crop.scale < 1 else cv2.INTER_LINEAR
+        patch[py1:py2, px1:px2] = cv2.resize(frame[fy1:fy2, fx1:fx2], (px2 - px1, py2 - py1), interpolation=shrink)
+    return patch, crop
+
+
+class FaceTracker:
+    """Face boxes for a stream of frames, detecting as little as the motion allows.
+
+    Every `every`-th frame (and the last) is a keyframe: the detector looks at a small crop around the face it
+    found last (the whole frame, downscaled to `max_side`, when it has none or the crop misses). Frames between
+    two keyframes whose boxes moved or lost the face are detected too; the others stay None for fill_gaps.
+    The crop keeps one face across frames even when the picture holds several.
+    """
+
+    def __init__(self, detect: DetectFn, every: int, max_side: int, batch: int, retry_larger: bool = False):
+        self.boxes: Detections = []
+        self._detect, self._every, self._max_side, self._batch = detect, max(1, every), max_side, max(1, batch)
+        self._retry_larger = retry_larger  # a still: look again, larger, if no face was found
+        self._between: List[Tuple[int, Frame]] = []  # frames since the last keyframe
+        self._last_key: Optional[int] = None
+        self._track: Optional[Box] = None
+
+    def push(self, frame: Frame) -> None:
+        """Take the next frame (it is kept until the next keyframe only if it lies between two)."""
+        index = len(self.boxes)
+        self.boxes.append(None)
+        if index % self._every == 0:
+            self._keyframe(index, frame)
+        else:
+            self._between.append((index, frame))
+
+    def finish(self) -> Detections:
+        """Every frame's box (None: not detected or no face); the last frame is always a keyframe."""
+        if self._between:
+            self._keyframe(*self._between.pop())
+        return self.boxes
+
+    def _keyframe(self, index: int, frame: Frame) -> None:
+        box = self._find(frame)
+        before = self.boxes[self._last_key] if self._last_key is not None else None
+        if self._between and (before or box) and _moved(before, box):  # no face on either side: a gap, not a move
+            self._refine((before, box))
+        self._between = []
+        self.boxes[index], self._last_key = box, index
+        self._track = box or self._track
+
+    def _find(self, frame: Frame) -> Optional[Box]:
+        near = self._in_crops([frame], self._track)[0] if self._track is not None else None
+        return near or self._in_whole([frame])[0]
+
+    def _refine(self, near: Sequence[Optional[Box]]) -> None:
+        """Detect the frames between two keyframes: near either keyframe's face, else in the whole frame."""
+        frames = [frame for _, frame in self._between]
+        found: Detections = [None] * len(frames)
+        for around in [box for box in near if box is not None]:
+            self._fill(found, frames, lambda chosen, around=around: self._in_crops(chosen, around))
+        self._fill(found, frames, self._in_whole)
+        for (index, _), box in zip(self._between, found):
+            self.boxes[index] = box
+
+    @staticmethod
+    def _fill(found: Detections, frames: Sequence[Frame], detect: DetectFn) -> None:
+        """Detect the frames whose box is still None."""
+        missing = [i for i, box in enumerate(found) if box is None]
+        for i, box in zip(missing, detect([frames[i] for i in missing])):
+            found[i] = box
+
+    def _in_crops(self, frames: Sequence[Frame], around: Box) -> Detections:
+        if not frames:
+            return []
+        crops = [roi_crop(frame, around) for frame in frames]
+        found = self._batched([patch for patch, _ in crops])
+        return [crop.to_frame(box, frame.shape) for (_, crop), box, frame in zip(crops, found, frames)]
+
+    def _in_whole(self, frames: Sequence[Frame]) -> Detections:
+        if not frames:
+            return []
+        found = self._downscaled(frames, self._max_side)
+        if self._retry_larger and all(box is None for box in found):
+            larger = RETRY_SIDE_FACTOR * self._max_side
+            if detection_scale(frames[0].shape, self._max_side) < detection_scale(frames[0].shape, larger):
+                found = self._downscaled(frames, larger)
+        return found
+
+    def _downscaled(self, frames: Sequence[Frame], max_side: int) -> Detections:
+        scale = detection_scale(frames[0].shape, max_side)
+        return [map_back(box, scale, frames[0].shape) for box in self._batched(downscale(frames, scale))]
+
+    def _batched(self, frames: Sequence[Frame]) -> Detections:
+        found: Detections = []
+        for start in range(0, len(frames), self._batch):
+            found += self._detect(frames[start : start + self._batch])
+        return found
 
 
 def _moved(a: Optional[Box], b: Optional[Box]) -> bool:

@@ -25,6 +25,9 @@ WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6
 S3FD_SPECS = [((None, 3, None, None), "float32")]
 WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32)
 S3FD_GPU_ITEM_MB = 130  # GPU activations per 640×360 frame in a detection batch
+CPU_GENERATOR_BATCH = 32  # faces per generator call on CPU: within 3 % of 128's speed, for half the memory
+CPU_DETECTOR_BATCH = 2  # frames per S3FD call on CPU: its speed is flat in the batch, its memory is not
+FACES_REPORT_EVERY = 25  # frames between progress reports while reading and detecting
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 OUTPUT_SUFFIX = ".mp4"
 
@@ -68,18 +71,20 @@ class Engine:
     def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
         build = lambda: weights.load_wav2lip(str(path))  # noqa: E731
-        pool = (options.wav2lip_batch_size, WAV2LIP_GPU_ITEM_MB)
+        pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
         return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, probe=_generator_probe())
 
     def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
+        """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar."""
         if options.face_detector == "haar":
-            return self._cached(("haar",), faces.HaarDetector)
+            return self._cached(("haar",), faces.HaarDetector)  # type: ignore[return-value]
         from . import s3fd
 
         path = weights.resolve_weights(options.detector_weights, "s3fd")
-        pool = (options.face_det_batch_size, S3FD_GPU_ITEM_MB)
-        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device, pool)
-        return faces.S3FDDetector(predictor.run)
+        batch = detection_batch(options, device)
+        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
+                                    (batch, S3FD_GPU_ITEM_MB))  # fmt: skip
+        return faces.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
 
     def _predictor(
         self, path: Path, arch: str, build, specs, device: runtime.Device, pool: Tuple[int, float], probe=None
@@ -104,6 +109,16 @@ class Engine:
 
 
 _default_engine = Engine()
+
+
+def generator_batch(options: LipSyncOptions, device: runtime.Device) -> int:
+    """Faces per generator call: the option on a GPU, at most CPU_GENERATOR_BATCH on a CPU."""
+    return options.wav2lip_batch_size if device.kind == "gpu" else min(options.wav2lip_batch_size, CPU_GENERATOR_BATCH)
+
+
+def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
+    """Frames per detector call: the option on a GPU, at most CPU_DETECTOR_BATCH on a CPU."""
+    return options.face_det_batch_size if device.kind == "gpu" else min(options.face_det_batch_size, CPU_DETECTOR_BATCH)
 
 
 def _generator_probe(batch: int = 4, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
@@ -136,9 +151,9 @@ def run(
         generator = engine.generator(options, device)
         detect = None if options.box is not None else engine.detector(options, device)
         report(STAGE_LOAD, 1, 1)
-        found = _locate_faces(job, options, detect, Path(tmp), report)
+        found = _locate_faces(job, options, detect, detection_batch(options, device), Path(tmp), report)
         try:
-            _synthesize(job, options, generator, found, Path(tmp), report)
+            _synthesize(job, options, generator, generator_batch(options, device), found, Path(tmp), report)
         finally:
             if found.cache is not None:
                 found.cache.close()
@@ -217,34 +232,30 @@ def _needs_loop(job: _Job) -> bool:
 
 
 def _locate_faces(
-    job: _Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], tmp: Path, report: Progress
+    job: _Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], batch: int, tmp: Path, report: Progress
 ) -> _Faces:
     """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
     cache = video.FrameCache(tmp) if _needs_loop(job) else None
     if detect is None and cache is None:
         return _Faces(np.array([faces.fixed_box(options.box, _first_frame(job, options).shape)]))
-    every = 1 if job.still else options.detect_every
-    chunk = options.face_det_batch_size * every  # downscaled frames held at once
+    tracker = None
+    if detect is not None:
+        every = 1 if job.still else options.detect_every
+        tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still)
     total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
-    found: faces.Detections = []
-    small: List[Frame] = []
     shape: Tuple[int, ...] = ()
-    for frame in _limit(_source_frames(job, options), job.frames):
+    for index, frame in enumerate(_limit(_source_frames(job, options), job.frames)):
         shape = frame.shape
         if cache is not None:
             cache.append(frame)
-        if detect is not None:
-            small += faces.downscale([frame], faces.detection_scale(shape, options.detect_max_side))
-        if len(small) == chunk:
-            found += _detect_chunk(small, detect, every, options, shape)
-            small = []
-            report(STAGE_FACES, len(found), total)
-    if small:
-        found += _detect_chunk(small, detect, every, options, shape)
+        if tracker is not None:
+            tracker.push(frame)
+        if index % FACES_REPORT_EVERY == 0:
+            report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
-    if detect is None:
+    if tracker is None:
         return _Faces(np.array([faces.fixed_box(options.box, shape)]), cache)  # type: ignore[arg-type]
-    return _Faces(_finish_boxes(found, shape, job, options), cache)
+    return _Faces(_finish_boxes(tracker.finish(), shape, job, options), cache)
 
 
 def _first_frame(job: _Job, options: LipSyncOptions) -> Frame:
@@ -259,15 +270,6 @@ def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
         if index >= count:
             return
         yield frame
-
-
-def _detect_chunk(
-    small: List[Frame], detect: faces.DetectFn, every: int, options: LipSyncOptions, shape: Tuple[int, ...]
-) -> faces.Detections:
-    """Boxes for a run of downscaled frames, in full-frame pixels."""
-    scale = faces.detection_scale(shape, options.detect_max_side)
-    found = faces.detect_sparse(small, detect, every, options.face_det_batch_size)
-    return [faces.map_back(box, scale, shape) for box in found]
 
 
 def _finish_boxes(found: faces.Detections, shape: Tuple[int, ...], job: _Job, options: LipSyncOptions) -> np.ndarray:
@@ -327,27 +329,38 @@ def _synthesize(
     job: _Job,
     options: LipSyncOptions,
     generator: runtime.Predictor,
+    batch: int,
     found: _Faces,
     tmp: Path,
     report: Progress,
 ) -> None:
     """Run the generator batch by batch, paste the mouths back, and stream frames into the encoder."""
-    runner = runtime.BatchRunner(generator.run, options.wav2lip_batch_size)
+    runner = runtime.BatchRunner(generator.run, batch)
     pairs = _output_frames(job, options, found)
     first = next(pairs)
     height, width = first[0].shape[:2]
     done = 0
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp) as writer:
-        for batch in _batches(_chain_first(first, pairs), options.wav2lip_batch_size):
-            frames, boxes = [p[0] for p in batch], [p[1] for p in batch]
-            mels = audio.mel_batch(job.mel, done, done + len(batch), job.fps)[:, None]
-            mouths = _mouths(runner(mels, _face_inputs(frames, boxes))[0])
+        for chunk in _batches(_chain_first(first, pairs), batch):
+            frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
+            mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
+            mouths = _mouths(_generate(runner, mels, _face_inputs(frames, boxes)))
             for frame, box, mouth in zip(frames, boxes, mouths):
                 writer.write(blend.paste(frame, box, mouth, options.blend, inplace=not job.still))
-            done += len(batch)
+            done += len(chunk)
             report(STAGE_SYNC, done, job.frames)
         report(STAGE_ENCODE, 0, 1)
     report(STAGE_ENCODE, 1, 1)
+
+
+def _generate(runner: runtime.BatchRunner, mels: np.ndarray, face_in: np.ndarray) -> np.ndarray:
+    """Generator output for one batch; a short batch is padded to a power of two, so few input shapes
+    ever reach the predictor (each new shape costs oneDNN/cuDNN set-up time and memory)."""
+    count = len(mels)
+    size = min(runner.batch, 1 << (count - 1).bit_length())
+    if size > count:
+        mels, face_in = (np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in (mels, face_in))
+    return runner(mels, face_in)[0][:count]
 
 
 def _chain_first(first, rest: Iterator) -> Iterator:

@@ -1,4 +1,4 @@
-"""Face boxes: smoothing as the reference does it, gap filling, pads, downscaled detection, Haar on a real photo."""
+"""Face boxes: smoothing as the reference does it, gap filling, pads, tracking detection, Haar on a real photo."""
 
 from __future__ import annotations
 
@@ -96,43 +96,104 @@ def test_haar_returns_none_without_a_face():
     assert faces.HaarDetector()([blank, blank]) == [None, None]
 
 
-class FakeDetector:
-    """Answers from a known box track; counts which frames it was asked about."""
+class SquareFinder:
+    """A real (if simple) detector: the largest bright square in each image it is shown, in that image's pixels.
 
-    def __init__(self, track):
-        self.track = track
-        self.asked = []
+    Faces are bright squares on a dark frame, so the tracker's crops and downscaled copies are detected
+    exactly as the frames are; it records the size of every image it was asked about.
+    """
+
+    def __init__(self, min_side: int = 6):
+        self.min_side = min_side
+        self.shapes: list = []
 
     def __call__(self, frames):
-        indices = [int(f[0, 0, 0]) for f in frames]
-        self.asked += indices
-        return [self.track[i] for i in indices]
+        import cv2
+
+        found = []
+        for frame in frames:
+            self.shapes.append(frame.shape[:2])
+            count, _, stats, _ = cv2.connectedComponentsWithStats((frame[..., 0] > 128).astype(np.uint8))
+            blobs = [stats[i] for i in range(1, count) if min(stats[i][2], stats[i][3]) >= self.min_side]
+            if not blobs:
+                found.append(None)
+                continue
+            x, y, w, h, _ = max(blobs, key=lambda b: b[4])
+            found.append((int(x), int(y), int(x + w), int(y + h)))
+        return found
 
 
-def _numbered_frames(n):
-    return [np.full((4, 4, 3), i, np.uint8) for i in range(n)]
+def _frame(boxes, shape=(720, 1280)):
+    frame = np.zeros((*shape, 3), np.uint8)
+    for x1, y1, x2, y2 in boxes:
+        frame[y1:y2, x1:x2] = 255
+    return frame
 
 
-def test_sparse_detection_on_a_steady_face_only_asks_keyframes():
-    track = [(100 + i // 4, 50, 200 + i // 4, 170) for i in range(40)]  # drifts a pixel every 4 frames
-    detector = FakeDetector(track)
-    found = faces.detect_sparse(_numbered_frames(40), detector, every=8, batch=3)
-    assert sorted(detector.asked) == [0, 8, 16, 24, 32, 39]
+def _track(tracker, frames):
+    for frame in frames:
+        tracker.push(frame)
+    return tracker.finish()
+
+
+def test_tracking_a_steady_face_detects_keyframes_in_small_crops():
+    truth = [(300 + 2 * i, 200, 500 + 2 * i, 420) for i in range(40)]  # drifts 2 px a frame
+    finder = SquareFinder()
+    found = _track(faces.FaceTracker(finder, every=8, max_side=640, batch=4), [_frame([b]) for b in truth])
+    assert [i for i, b in enumerate(found) if b is not None] == [0, 8, 16, 24, 32, 39]
+    assert finder.shapes[0] == (360, 640), "the first face is searched in the whole, downscaled frame"
+    assert finder.shapes[1:] == [(faces.ROI_SIDE, faces.ROI_SIDE)] * 5, "then only near where it was"
     filled = faces.fill_gaps(found, "clip")
-    assert np.abs(filled - np.array(track)).max() <= 1, "interpolation between keyframes tracks a slow drift"
+    assert np.abs(filled - np.array(truth)).max() <= 3, "crop boxes map back to frame pixels"
 
 
-def test_sparse_detection_refines_where_the_face_jumps_or_vanishes():
-    track = [(100, 50, 200, 170)] * 20 + [(400, 50, 500, 170)] * 10 + [None] * 10
-    detector = FakeDetector(track)
-    found = faces.detect_sparse(_numbered_frames(40), detector, every=8, batch=4)
-    assert found[16:25] == track[16:25], "frames between keyframes that moved are detected, not interpolated"
-    assert found[1:8] == [None] * 7, "frames between steady keyframes are left for interpolation"
-    assert set(range(17, 24)) <= set(detector.asked) and set(range(33, 39)) <= set(detector.asked)
-    assert set(range(1, 8)).isdisjoint(detector.asked), "steady stretches stay sparse"
+def test_frames_between_keyframes_are_detected_where_the_face_jumped():
+    truth = [(300, 200, 500, 420)] * 20 + [(900, 300, 1100, 520)] * 20  # jumps out of the crop at frame 20
+    found = _track(faces.FaceTracker(SquareFinder(), every=8, max_side=640, batch=4), [_frame([b]) for b in truth])
+    assert all(found[i] is None for i in range(1, 8)), "steady stretches stay sparse"
+    for i in range(17, 24):
+        assert found[i] is not None and np.abs(np.array(found[i]) - truth[i]).max() <= 3, (i, found[i])
+    assert np.abs(np.array(found[39]) - truth[39]).max() <= 3, "the lost face is found again in the whole frame"
+
+
+def test_a_face_that_leaves_is_none_and_filled_from_its_neighbours():
+    truth = [(300, 200, 500, 420)] * 24
+    frames = [_frame([b]) for b in truth] + [_frame([])] * 16
+    found = _track(faces.FaceTracker(SquareFinder(), every=8, max_side=640, batch=4), frames)
+    assert found[24] is None and found[39] is None and found[16] is not None
+    last = max(i for i, b in enumerate(found) if b is not None)
+    assert last == 23, "the frames before the keyframe that lost it were looked at"
+    assert faces.fill_gaps(found, "clip")[-1].tolist() == list(found[last])
+
+
+def test_the_tracked_face_is_kept_when_a_bigger_one_appears():
+    first, other = (300, 200, 500, 420), (800, 100, 1200, 600)
+    frames = [_frame([first])] * 10 + [_frame([first, other])] * 30
+    found = _track(faces.FaceTracker(SquareFinder(), every=8, max_side=640, batch=4), frames)
+    assert all(np.abs(np.array(b) - first).max() <= 3 for b in found if b is not None)
+    whole = SquareFinder()(faces.downscale([frames[-1]], 0.5))[0]
+    assert whole[0] > 350, "detecting the whole frame would have jumped to the bigger face"
 
 
 def test_every_one_detects_every_frame():
-    detector = FakeDetector([(0, 0, 10, 10)] * 7)
-    faces.detect_sparse(_numbered_frames(7), detector, every=1, batch=16)
-    assert sorted(detector.asked) == list(range(7))
+    finder = SquareFinder()
+    found = _track(faces.FaceTracker(finder, every=1, max_side=640, batch=16), [_frame([(300, 200, 500, 420)])] * 7)
+    assert all(b is not None for b in found) and len(finder.shapes) == 7
+
+
+def test_a_small_face_in_a_big_still_is_searched_again_larger():
+    still = _frame([(1000, 1000, 1012, 1012)], shape=(2000, 2000))  # 3.8 px at 640: below the finder's 6 px
+    assert _track(faces.FaceTracker(SquareFinder(), 1, 640, 1), [still]) == [None]
+    finder = SquareFinder()
+    [box] = _track(faces.FaceTracker(finder, 1, 640, 1, retry_larger=True), [still])
+    assert finder.shapes == [(640, 640), (1280, 1280)]
+    assert box is not None and np.abs(np.array(box) - (1000, 1000, 1012, 1012)).max() <= 2
+
+
+@pytest.mark.parametrize("box", [(300, 200, 500, 420), (0, 0, 90, 120), (1200, 650, 1280, 720)])
+def test_crop_boxes_map_back_to_the_frame(box):
+    frame = _frame([box])
+    patch, crop = faces.roi_crop(frame, box)
+    assert patch.shape == (faces.ROI_SIDE, faces.ROI_SIDE, 3)
+    [inside] = SquareFinder()([patch])
+    assert np.abs(np.array(crop.to_frame(inside, frame.shape)) - box).max() <= 2, "and past the edges, black"
