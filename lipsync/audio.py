@@ -70,8 +70,9 @@ def load_audio(path: PathLike) -> np.ndarray:
     if proc.returncode != 0:
         if any(marker in stderr for marker in _NO_AUDIO_MARKERS):
             raise LipSyncError(f"{name} has no audio track; give a file with sound (wav, mp3, m4a, a video with audio)")
-        last_line = stderr.splitlines()[-1] if stderr else f"ffmpeg exit code {proc.returncode}"
-        raise LipSyncError(f"could not decode audio from {name}: {last_line}")
+        last_line = stderr.splitlines()[-1] if stderr else f"exit code {proc.returncode}"
+        said = last_line.replace(f"file:{path}: ", "")
+        raise LipSyncError(f"could not decode the audio in {name} (ffmpeg: {said}); is it a complete audio or video file?")
     wav = np.frombuffer(proc.stdout, dtype=np.float32).copy()
     if wav.size == 0:
         raise LipSyncError(f"{name} decoded to no audio samples; is the audio track empty?")

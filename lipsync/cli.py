@@ -13,7 +13,9 @@ from .options import BLEND_MODES, DEVICES, LipSyncOptions
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
 EXIT_INTERRUPTED = 130
 NO_BOX = [-1, -1, -1, -1]  # the seed's "no box" value
-SEED_DETECTORS = ("sfd", "haar", "blazeface")  # blazeface: the seed's second choice, served by haar here
+SEED_DETECTORS = ("sfd", "s3fd", "haar", "blazeface")  # s3fd = sfd; blazeface, the seed's second, is served by haar
+DETECTOR_ALIASES = {"s3fd": "sfd", "blazeface": "haar"}
+HELP_HINT = "python -m lipsync --help explains every option"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -34,9 +36,16 @@ def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(*names, dest=name, **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} ({HELP_HINT})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = LipSyncOptions()
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m lipsync",
         description="Make the face in a picture or video speak an audio file, with Wav2Lip on PaddlePaddle.",
         epilog="Errors print one line and exit with code 2. Weights are looked up in $LIPSYNC_MODELS first.",
@@ -64,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "nosmooth", action="store_true", help="do not average face boxes over neighbouring frames")
     _add(p, "cpu", action="store_true", help="run on the CPU (same as --device cpu)")
     _add(p, "face_detector", default=d.face_detector, choices=SEED_DETECTORS,
-         help="sfd: S3FD (weights downloaded once, best); haar: OpenCV's cascade, no download "
+         help="sfd (or s3fd): S3FD, weights downloaded once, best; haar: OpenCV's cascade, no download "
               "(blazeface is accepted and uses haar)")
+    _add(p, "face_enhancement", nargs="?", const=True, default=False, type=_flag_value, metavar="BOOL",
+         help="accepted for PaddleGAN scripts and ignored: lipsync does not run GPEN face enhancement")
     _add(p, "detector_weights", default=d.detector_weights, metavar="NAME|FILE",
          help="S3FD weights: s3fd (default) or a .pth/.pdparams file")
     _add(p, "detect_max_side", type=int, default=d.detect_max_side, metavar="PX",
@@ -96,7 +107,7 @@ class _DoctorAction(argparse.Action):
 
 def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
     """The options a parsed command line asks for (raises LipSyncError on contradictions)."""
-    detector = "haar" if args.face_detector == "blazeface" else args.face_detector
+    detector = DETECTOR_ALIASES.get(args.face_detector, args.face_detector)
     return LipSyncOptions(
         checkpoint=args.checkpoint_path,
         static=args.static,
@@ -145,6 +156,8 @@ class _Bars:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.face_enhancement:
+        logging.warning("note: --face_enhancement is ignored (lipsync does not run GPEN)")
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
         from .pipeline import run
@@ -152,15 +165,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = run(args.face, args.audio, args.outfile, options_from_args(args), progress=bars)
     except LipSyncError as exc:
         bars.close()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         bars.close()
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     bars.close()
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"{result.outfile}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s on {result.device}")
     return 0
+
+
+def one_line(message: str) -> str:
+    """A message's lines joined, so an error is always one line on the terminal."""
+    return " | ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _entry(argv: Optional[List[str]] = None) -> None:

@@ -238,14 +238,14 @@ def _moved(a: Optional[Box], b: Optional[Box]) -> bool:
     return max(abs(p - q) for p, q in zip(a, b)) > KEYFRAME_DRIFT * size
 
 
-def fill_gaps(boxes: Detections, source: str) -> np.ndarray:
+NO_FACE_ADVICE = "try a clearer, front-facing picture, --face_detector haar, or give the face position with --box y1 y2 x1 x2"
+
+
+def fill_gaps(boxes: Detections, source: str, advice: str = NO_FACE_ADVICE) -> np.ndarray:
     """Frames without a face take a box interpolated between the nearest frames that have one."""
     found = [i for i, b in enumerate(boxes) if b is not None]
     if not found:
-        raise LipSyncError(
-            f"No face found in any frame of {source} — try a clearer, front-facing picture, "
-            "--face_detector haar, or give the face position with --box y1 y2 x1 x2"
-        )
+        raise LipSyncError(f"No face found in any frame of {source} — {advice}")
     known = np.array([boxes[i] for i in found], dtype=np.float64)
     index = np.arange(len(boxes))
     filled = np.stack([np.interp(index, found, known[:, k]) for k in range(4)], axis=1)

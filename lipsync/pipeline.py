@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -27,6 +28,7 @@ WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32
 S3FD_GPU_ITEM_MB = 130  # GPU activations per 640×360 frame in a detection batch
 CPU_GENERATOR_BATCH = 32  # faces per generator call on CPU: within 3 % of 128's speed, for half the memory
 CPU_DETECTOR_BATCH = 2  # frames per S3FD call on CPU: its speed is flat in the batch, its memory is not
+MIN_FRAME_SIDE = 32  # px: pictures and videos smaller than this cannot hold a face the generator can use
 FACES_REPORT_EVERY = 25  # frames between progress reports while reading and detecting
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 OUTPUT_SUFFIX = ".mp4"
@@ -45,6 +47,7 @@ class RunResult:
     device: str
     model: str
     paddle: str  # paddle version, for status lines and bug reports
+    notes: Tuple[str, ...] = ()  # what the run changed about the input, for the user (e.g. a picture scaled down)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class _Job:
     fps: float
     frames: int  # output frames = mel windows
     still: bool  # one source frame for every output frame
+    notes: Tuple[str, ...]
 
 
 class Engine:
@@ -143,22 +147,35 @@ def run(
     report = progress or _no_progress
     engine = engine or _default_engine
     started = time.perf_counter()
+    video.require_ffmpeg()
     face_p, audio_p, out_p = _check_paths(face, audio_path, outfile)
-    device = runtime.choose_device(options.device)
-    with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
-        job = _prepare(face_p, audio_p, out_p, options, report)
-        report(STAGE_LOAD, 0, 1)
-        generator = engine.generator(options, device)
-        detect = None if options.box is not None else engine.detector(options, device)
-        report(STAGE_LOAD, 1, 1)
-        found = _locate_faces(job, options, detect, detection_batch(options, device), Path(tmp), report)
-        try:
-            _synthesize(job, options, generator, generator_batch(options, device), found, Path(tmp), report)
-        finally:
-            if found.cache is not None:
-                found.cache.close()
+    created = _missing_folders(out_p.parent)
+    try:
+        device = runtime.choose_device(options.device)
+        with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
+            job = _prepare(face_p, audio_p, out_p, options, report)
+            _render(job, options, engine, device, Path(tmp), report)
+    except BaseException:
+        _remove_empty(created)
+        raise
     seconds = time.perf_counter() - started
-    return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint, runtime.paddle_version())
+    return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint,
+                     runtime.paddle_version(), job.notes)  # fmt: skip
+
+
+def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path,
+            report: Progress) -> None:
+    """Load the networks, find the faces, then generate, blend and encode."""
+    report(STAGE_LOAD, 0, 1)
+    generator = engine.generator(options, device)
+    detect = None if options.box is not None else engine.detector(options, device)
+    report(STAGE_LOAD, 1, 1)
+    found = _locate_faces(job, options, detect, detection_batch(options, device), tmp, report)
+    try:
+        _synthesize(job, options, generator, generator_batch(options, device), found, tmp, report)
+    finally:
+        if found.cache is not None:
+            found.cache.close()
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -170,35 +187,80 @@ def _describe(device: runtime.Device) -> str:
 
 
 def _check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tuple[Path, Path, Path]:
-    """Inputs must be files; the output must be an .mp4 whose folder we can create."""
+    """Inputs must be non-empty files; the output an .mp4 that is neither of them, in a folder we can make."""
     face_p, audio_p, out_p = Path(face).expanduser(), Path(audio_path).expanduser(), Path(outfile).expanduser()
     for what, path in (("face", face_p), ("audio", audio_p)):
         if not path.is_file():
             raise LipSyncError(f"{what} file not found: {path}")
+        if path.stat().st_size == 0:
+            raise LipSyncError(f"the {what} file {path.name} is empty (0 bytes); was the upload or copy complete?")
     if out_p.suffix.lower() != OUTPUT_SUFFIX:
         raise LipSyncError(f"the output must be an .mp4 file (got {out_p.name})")
     if out_p.is_dir():
         raise LipSyncError(f"the output {out_p} is a folder; give a file name ending in .mp4")
-    try:
-        out_p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LipSyncError(f"cannot create the output folder {out_p.parent}: {exc.strerror}") from exc
+    for what, path in (("face", face_p), ("audio", audio_p)):
+        if out_p.exists() and out_p.samefile(path):
+            raise LipSyncError(f"the output {out_p.name} is the {what} input: give another output name, "
+                               "so the input is not overwritten")
+    _check_creatable(out_p.parent)
     return face_p, audio_p, out_p.resolve()
+
+
+def _missing_folders(folder: Path) -> List[Path]:
+    """The folders that do not exist yet on the way to `folder`, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _check_creatable(folder: Path) -> None:
+    """The output folder exists or can be made: its nearest existing ancestor is a writable folder."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise LipSyncError(f"cannot create the output folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LipSyncError(f"cannot write the output into {folder}: {existing} is not writable")
+
+
+def _remove_empty(folders: List[Path]) -> None:
+    """Take back the folders a failed run made for its output (deepest first), if they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, report: Progress) -> _Job:
     """Decode the audio to mel windows and probe the face input."""
     report(STAGE_AUDIO, 0, 1)
-    wav = audio.load_audio(audio_path)
-    if len(wav) == 0:
-        raise LipSyncError(f"{audio_path.name} holds no sound")
-    mel = audio.melspectrogram(wav)
     info = video.probe(face)
+    _check_size(info)
+    wav = audio.load_audio(audio_path)
+    mel = audio.melspectrogram(wav)
     still = info.is_image or options.static
     fps = options.fps if info.is_image else info.fps
     report(STAGE_AUDIO, 1, 1)
     frames = audio.frame_count(mel.shape[1], fps)
-    return _Job(face, audio_path, outfile, info, mel, fps, frames, still)
+    return _Job(face, audio_path, outfile, info, mel, fps, frames, still, _size_notes(info, options))
+
+
+def _check_size(info: video.MediaInfo) -> None:
+    """A picture or video too small to hold a face is the user's mistake, said before any work."""
+    if min(info.width, info.height) < MIN_FRAME_SIDE:
+        raise LipSyncError(f"{info.path.name} is only {info.width}×{info.height} px: too small to hold a face "
+                           f"(give at least {MIN_FRAME_SIDE}×{MIN_FRAME_SIDE} px, ideally a few hundred)")
+
+
+def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
+    """Say so when frames will be scaled down to what video players decode."""
+    width, height = info.width // options.resize_factor, info.height // options.resize_factor
+    if video.fitted_size(width, height) == (width, height):
+        return ()
+    return (f"{info.path.name} is {info.width}×{info.height} px: frames are scaled down to "
+            f"{video.MAX_FRAME_PIXELS / 1e6:.1f} megapixels at most, the largest size video players decode",)
 
 
 def _source_frames(job: _Job, options: LipSyncOptions) -> Iterator[Frame]:
@@ -206,7 +268,7 @@ def _source_frames(job: _Job, options: LipSyncOptions) -> Iterator[Frame]:
     stream = video.read_frames(job.face, job.info)
     try:
         for frame in stream:
-            yield video.transform(frame, options.resize_factor, options.rotate, options.crop)
+            yield video.fit(video.transform(frame, options.resize_factor, options.rotate, options.crop))
             if job.still:
                 return
     finally:
@@ -276,12 +338,22 @@ def _finish_boxes(found: faces.Detections, shape: Tuple[int, ...], job: _Job, op
     """Fill frames without a face, add the pads, smooth over time (boxes only: frames are gone)."""
     if not found:
         raise LipSyncError(f"no frame could be read from {job.face.name}")
-    boxes = faces.fill_gaps(found, job.face.name)
+    boxes = faces.fill_gaps(found, job.face.name, _no_face_advice(options, shape, job.still))
     if options.box is None:
         boxes = faces.apply_pads(boxes, options.pads, shape)
     if options.smooth and not job.still:
         boxes = faces.smooth(boxes)
     return boxes
+
+
+def _no_face_advice(options: LipSyncOptions, shape: Tuple[int, ...], still: bool) -> str:
+    """What to try when no face was found, given what was tried (a still was also searched larger)."""
+    other = "--face_detector sfd (S3FD)" if options.face_detector == "haar" else "--face_detector haar"
+    advice = f"try a clearer, front-facing picture, {other}, or give the face position with --box y1 y2 x1 x2"
+    searched = options.detect_max_side * (faces.RETRY_SIDE_FACTOR if still else 1)
+    if faces.detection_scale(shape, searched) < 1.0:
+        advice += f"; a small face may need --detect_max_side 0 (frames were searched at {options.detect_max_side} px)"
+    return advice
 
 
 def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterator[Tuple[Frame, Tuple[int, ...]]]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import math
+import re
 import secrets
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +25,8 @@ from lipsync.types import Frame
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 FFMPEG_LOG_LEVEL = "error"  # only errors reach stderr, so its last lines name the cause
-STDERR_TAIL_LINES = 12  # lines of ffmpeg stderr quoted in a LipSyncError
+STDERR_TAIL_LINES = 3  # last lines of ffmpeg stderr quoted (on one line) in a LipSyncError
+FFMPEG_LINE_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\]\s*)?((file:)?/[^:]*:\s*)?")  # "[mov @ 0x5f…] ", "file:/a/b.mp4: "
 
 IMAGE_FPS = 25.0  # frame rate reported for a still picture: the reference's default --fps
 FALLBACK_FPS = 25.0  # for a video that states no usable frame rate
@@ -39,6 +43,9 @@ COLOUR_MATRIX = "bt709"  # convert and tag explicitly so players don't guess (an
 AUDIO_CODEC = "aac"
 AUDIO_BITRATE = "192k"
 MAX_AUDIO_RATE = 48000  # Hz; higher source rates are resampled down, lower ones kept as they are
+MAX_AUDIO_CHANNELS = 2  # surround sound is mixed down to stereo, which every browser plays
+MAX_FRAME_SIDE = 4096  # px; larger pictures and videos are scaled down to fit …
+MAX_FRAME_PIXELS = 3840 * 2160  # … and to at most 4K UHD's area: H.264 level 5.1, what hardware decoders accept
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class MediaInfo:
     rotation: int = 0  # display rotation, degrees counter-clockwise (0/90/180/270); ffmpeg undoes it on decode
     audio_duration: float = 0.0  # seconds of the first audio stream; 0 when none or unknown
     audio_sample_rate: int = 0  # Hz of the first audio stream; 0 when none
+    audio_channels: int = 0  # of the first audio stream; 0 when none or unknown
 
 
 # ---------------------------------------------------------------- argument builders (pure)
@@ -125,6 +133,7 @@ def write_args(
     audio: str | Path | None = None,
     audio_duration: float = 0.0,
     audio_sample_rate: int = 0,
+    audio_channels: int = 0,
     crf: int = VIDEO_CRF,
     preset: str = VIDEO_PRESET,
 ) -> list[str]:
@@ -147,6 +156,8 @@ def write_args(
         args += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:
             args += ["-ar", str(MAX_AUDIO_RATE)]
+        if audio_channels > MAX_AUDIO_CHANNELS:
+            args += ["-ac", str(MAX_AUDIO_CHANNELS)]
     if timed:
         args += ["-t", f"{audio_duration:.6f}"]
     return [*args, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
@@ -158,6 +169,13 @@ def write_args(
 def _missing_ffmpeg(error: FileNotFoundError) -> LipSyncError:
     return LipSyncError(f"{error.filename or FFMPEG} was not found: install ffmpeg (e.g. `apt install ffmpeg`) "
                         "and make sure ffmpeg and ffprobe are on PATH")
+
+
+def require_ffmpeg() -> None:
+    """LipSyncError saying what to install when ffmpeg or ffprobe is not on PATH, before any work starts."""
+    for tool in (FFMPEG, FFPROBE):
+        if shutil.which(tool) is None:
+            raise _missing_ffmpeg(FileNotFoundError(2, "not found", tool))
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -176,11 +194,12 @@ def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
 
 
 def _tail(text: bytes | str) -> str:
-    """Last lines of ffmpeg's stderr, for an error message."""
+    """Last lines of ffmpeg's stderr on one line, for an error message, without its "[demuxer @ 0x…]"
+    and "file:/path:" prefixes (the message names the file)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(lines[-STDERR_TAIL_LINES:]) or "(ffmpeg printed no error)"
+    lines = [FFMPEG_LINE_PREFIX.sub("", line.strip()) for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(line for line in lines[-STDERR_TAIL_LINES:] if line) or "ffmpeg printed no error"
 
 
 def _file_tail(handle: IO[bytes]) -> str:
@@ -211,13 +230,14 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _ffprobe(path: Path) -> dict[str, Any] | None:
-    """ffprobe's JSON description, or None when ffprobe cannot read the file."""
+def _ffprobe(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """ffprobe's JSON description (None when ffprobe cannot read the file), and what it said on stderr."""
     result = _run(probe_args(path))
+    said = _tail(result.stderr)
     if result.returncode != 0:
-        return None
+        return None, said
     data = json.loads(result.stdout or b"{}")
-    return data if data.get("streams") else None
+    return (data if data.get("streams") else None), said
 
 
 def _first_stream(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -277,9 +297,10 @@ def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
     container_duration = _number(data.get("format", {}).get("duration"))
     audio_duration = (_number(audio.get("duration")) or container_duration) if audio else 0.0
     audio_rate = int(_number(audio.get("sample_rate"))) if audio else 0
+    channels = int(_number(audio.get("channels"))) if audio else 0
     if video is None:
         return MediaInfo(path, False, 0, 0, 0.0, 0, container_duration, False, audio is not None,
-                         audio_duration=audio_duration, audio_sample_rate=audio_rate)
+                         audio_duration=audio_duration, audio_sample_rate=audio_rate, audio_channels=channels)
     duration = _number(video.get("duration")) or container_duration
     fps = _video_fps(video, duration)
     frames = int(_number(video.get("nb_frames"))) or max(round(duration * fps), 1)
@@ -288,7 +309,7 @@ def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
     if rotation in (90, 270):
         width, height = height, width
     return MediaInfo(path, False, width, height, fps, frames, duration, True, audio is not None,
-                     rotation, audio_duration, audio_rate)
+                     rotation, audio_duration, audio_rate, channels)
 
 
 def _picture_info(path: Path, frame: Frame) -> MediaInfo:
@@ -303,19 +324,20 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     decoded once here so width/height honour EXIF orientation.
     """
     path = _existing(path)
-    data = _ffprobe(path)
+    data, said = _ffprobe(path)
     if data is None or _is_picture_format(data):
         frame = _read_picture(path)
         if frame is not None:
             return _picture_info(path, frame)
         if data is not None:
-            raise LipSyncError(f"could not decode the picture {path}; is the file complete?")
-    if data is None and not require_video:
-        raise LipSyncError(f"{path} is not an audio or video file that ffmpeg can read")
-    info = _media_info(path, data) if data is not None else None
-    if require_video and (info is None or not info.has_video):
-        raise LipSyncError(f"{path} has no video stream — --face needs a picture or a video")
-    assert info is not None
+            raise LipSyncError(f"could not decode the picture {path.name}; is the file complete?")
+    if data is None:
+        kind = "a picture or a video" if require_video else "an audio or video file"
+        raise LipSyncError(f"{path.name} cannot be read as {kind} (ffmpeg: {said}); is the file complete, "
+                           "and really what its name says?")
+    info = _media_info(path, data)
+    if require_video and not info.has_video:
+        raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
     return info
 
 
@@ -463,7 +485,7 @@ def _stream_video(path: Path, info: MediaInfo) -> Iterator[Frame]:
                 count += 1
                 yield frame
             if proc.wait() != 0 or count == 0:
-                raise LipSyncError(f"could not decode the video {path}:\n{_file_tail(errors)}")
+                raise LipSyncError(f"could not decode the video {path.name} (ffmpeg: {_file_tail(errors)})")
         finally:
             _stop(proc)
 
@@ -501,6 +523,23 @@ def transform(frame: Frame, resize_factor: int = 1, rotate: bool = False,
     if frame.size == 0:
         raise LipSyncError(f"--crop {crop} leaves nothing of a {width}x{height} frame")
     return frame
+
+
+def fitted_size(width: int, height: int) -> tuple[int, int]:
+    """The size a width x height frame is scaled down to (if at all) to stay within MAX_FRAME_SIDE/PIXELS."""
+    scale = min(1.0, MAX_FRAME_SIDE / max(width, height, 1), math.sqrt(MAX_FRAME_PIXELS / max(width * height, 1)))
+    if scale >= 1.0:
+        return width, height
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def fit(frame: Frame) -> Frame:
+    """The frame, scaled down (area filter) if it is larger than video players decode."""
+    height, width = frame.shape[:2]
+    size = fitted_size(width, height)
+    if size == (width, height):
+        return frame
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 # ---------------------------------------------------------------- frame cache for out-of-order playback
@@ -607,7 +646,8 @@ class VideoWriter:
         self._partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
         args = write_args(self._partial, width=self.width, height=self.height, fps=fps, audio=audio,
                           audio_duration=sound.audio_duration if sound else 0.0,
-                          audio_sample_rate=sound.audio_sample_rate if sound else 0, crf=crf, preset=preset)
+                          audio_sample_rate=sound.audio_sample_rate if sound else 0,
+                          audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
         self._errors = tempfile.TemporaryFile(dir=temp_dir)
         try:
             self._proc: subprocess.Popen[bytes] | None = _popen(
@@ -649,7 +689,7 @@ class VideoWriter:
         if code != 0 or self.frames_written == 0 or not self._partial.is_file():
             self._partial.unlink(missing_ok=True)
             detail = reason if self.frames_written else "no frames were written"
-            raise LipSyncError(f"ffmpeg could not write {self.path}:\n{detail}")
+            raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
         os.replace(self._partial, self.path)
 
     def abort(self) -> None:

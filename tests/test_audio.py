@@ -228,8 +228,9 @@ def test_video_without_audio_says_so(media: dict[str, Path]) -> None:
 def test_text_file_is_undecodable(tmp_path: Path) -> None:
     text = tmp_path / "notes.wav"
     text.write_text("this is not audio\n" * 20)
-    with pytest.raises(LipSyncError, match="could not decode audio from notes.wav: .+"):
+    with pytest.raises(LipSyncError, match=r"could not decode the audio in notes\.wav \(ffmpeg: .+\); is it a complete") as caught:
         audio.load_audio(text)
+    assert "file:" not in str(caught.value) and "\n" not in str(caught.value), "one plain line"
 
 
 def test_empty_audio_track(tmp_path: Path) -> None:

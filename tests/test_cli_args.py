@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lipsync.cli import build_parser, options_from_args
+from lipsync.cli import build_parser, one_line, options_from_args
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -50,8 +50,13 @@ def test_seed_no_box_value_means_detect():
     assert parse("--box", "-1", "-1", "-1", "-1").box is None
 
 
-def test_blazeface_uses_the_bundled_detector():
+def test_blazeface_uses_the_bundled_detector_and_s3fd_means_sfd():
     assert parse("--face_detector", "blazeface").face_detector == "haar"
+    assert parse("--face-detector", "s3fd").face_detector == "sfd"
+
+
+def test_face_enhancement_is_accepted_for_seed_scripts():
+    assert parse("--face_enhancement") == parse("--face_enhancement", "false") == LipSyncOptions()
 
 
 def test_bad_values_are_our_error():
@@ -61,7 +66,18 @@ def test_bad_values_are_our_error():
         parse("--resize_factor", "0")
 
 
-def test_unknown_detector_is_a_usage_error(capsys):
+@pytest.mark.parametrize(
+    "extra, said",
+    [(["--face_detector", "retina"], "invalid choice: 'retina'"), (["--pads", "0", "10", "0"], "expected 4 arguments"),
+     (["--fps", "fast"], "invalid float value"), (["--wrong"], "unrecognized arguments: --wrong")],
+)  # fmt: skip
+def test_usage_errors_are_one_line_exit_2(capsys, extra, said):
     with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(BASE + ["--face_detector", "retina"])
-    assert exc.value.code == 2
+        build_parser().parse_args(BASE + extra)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and said in err, err
+    assert "--help" in err
+
+
+def test_multi_line_messages_print_as_one():
+    assert one_line("first\n  second \n\nthird") == "first | second | third"

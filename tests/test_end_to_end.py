@@ -132,7 +132,7 @@ def test_cli_run_writes_the_video_and_leaves_no_temp(media, tmp_path):
     "case, expect",
     [
         ("missing_face", "face file not found"),
-        ("text_as_video", "no video stream"),
+        ("text_as_video", "cannot be read as a picture or a video"),
         ("no_face", "No face found"),
         ("silent_video_as_audio", "no audio track"),
         ("not_mp4", ".mp4"),

@@ -14,8 +14,12 @@ import pytest
 
 from lipsync.errors import LipSyncError
 from lipsync.video import (
+    MAX_FRAME_PIXELS,
     FrameCache,
     VideoWriter,
+    _tail,
+    fit,
+    fitted_size,
     pingpong_index,
     probe,
     probe_args,
@@ -115,6 +119,9 @@ def test_write_args_even_size_audio_and_duration() -> None:
     assert args[-1] == "file:out.mp4"
     even = write_args("out.mp4", width=320, height=240, fps=25, audio="voice.wav", audio_sample_rate=44100)
     assert "pad=" not in " ".join(even) and "-ar" not in even and "-t" not in even and "tpad" not in " ".join(even)
+    assert "-ac" not in even, "mono and stereo stay as they are"
+    surround = write_args("out.mp4", width=320, height=240, fps=25, audio="voice.wav", audio_channels=8)
+    assert surround[surround.index("-ac") + 1] == "2", "7.1 is mixed down to stereo, which browsers play"
     silent = " ".join(write_args("out.mp4", width=320, height=240, fps=25))
     assert "1:a:0" not in silent and "-c:a" not in silent
 
@@ -183,7 +190,7 @@ def test_early_close_leaves_no_ffmpeg_process(media: dict[str, Path]) -> None:
 
 
 def test_audio_files(media: dict[str, Path]) -> None:
-    with pytest.raises(LipSyncError, match="no video stream — --face needs a picture or a video"):
+    with pytest.raises(LipSyncError, match="no video stream — the face must be a picture or a video"):
         probe(media["audio"])
     info = probe(media["audio"], require_video=False)
     assert not info.has_video and info.has_audio
@@ -197,8 +204,10 @@ def test_unusable_inputs(tmp_path: Path) -> None:
         probe(tmp_path / "missing.mp4")
     notes = tmp_path / "notes.mp4"
     notes.write_text("not a video at all\n" * 20)
-    with pytest.raises(LipSyncError, match="no video stream"):
+    with pytest.raises(LipSyncError, match=r"notes\.mp4 cannot be read as a picture or a video \(ffmpeg: .*Invalid data"):
         probe(notes)
+    with pytest.raises(LipSyncError, match=r"notes\.mp4 cannot be read as an audio or video file"):
+        probe(notes, require_video=False)
 
 
 # ---------------------------------------------------------------- pictures
@@ -311,6 +320,23 @@ def test_huge_picture(tmp_path: Path) -> None:
     path = tmp_path / "poster.jpg"
     cv2.imwrite(str(path), np.full((8000, 8000, 3), 90, np.uint8))
     assert read_one(path).shape == (8000, 8000, 3)
+
+
+def test_frames_larger_than_players_decode_are_scaled_down() -> None:
+    assert fitted_size(1920, 1080) == (1920, 1080) and fitted_size(3840, 2160) == (3840, 2160)
+    width, height = fitted_size(8000, 8000)
+    assert width == height and width * height <= MAX_FRAME_PIXELS and width > 2800
+    assert fitted_size(9000, 1000) == (4096, 455), "the longest side is capped too"
+    frame = np.zeros((6000, 8000, 3), np.uint8)
+    assert fit(frame).shape[:2][::-1] == fitted_size(8000, 6000)
+    small = np.zeros((720, 1280, 3), np.uint8)
+    assert fit(small) is small
+
+
+def test_ffmpeg_errors_are_quoted_on_one_line() -> None:
+    said = b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55c52bf07180] moov atom not found\nfile:/tmp/a b/x.mp4: Invalid data\n"
+    assert _tail(said) == "moov atom not found | Invalid data"
+    assert _tail(b"") == "ffmpeg printed no error"
 
 
 # ---------------------------------------------------------------- per-frame edits, cache, ping-pong
