@@ -9,7 +9,14 @@ Heavy modules (paddle) load on first use, so `import lipsync` stays cheap.
 from __future__ import annotations
 
 import os
+import zlib  # noqa: F401  (before paddle: see below)
 from typing import TYPE_CHECKING, Any
+
+# paddle 2.6.2's libpaddle.so carries its own zlib and exports its symbols process-wide. A system libz.so.1
+# loaded after it (by Python's zlib module, which numpy.random imports) resolves its internal calls to
+# paddle's copy, and the next decompression fails ("zlib.error: Error -2 … inconsistent stream state") or
+# corrupts the heap ("double free or corruption"). Importing zlib above loads the system libz first, so each
+# library keeps its own. This only helps when lipsync is imported before paddle.
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # paddle's C++ info lines would drown our one-line errors
 

@@ -36,7 +36,7 @@ PADDLE_BIG_PARAMS = "UnpackBigParamInfor@@"  # paddle.save (protocol 2/3) splits
 # Torch → paddle names: BatchNorm statistics are named differently; torch's batch counter has no twin.
 TORCH_TO_PADDLE_SUFFIXES = ((".running_mean", "._mean"), (".running_var", "._variance"))
 TORCH_ONLY_SUFFIXES = (".num_batches_tracked",)
-MAX_LISTED_KEYS = 10  # names shown per category in a mismatch error
+MAX_LISTED_KEYS = 3  # names shown per category in a mismatch error (which is one line)
 
 BFLOAT16 = "bfloat16"  # numpy has no bfloat16: read as uint16, widened to float32
 STORAGE_DTYPES = {
@@ -494,14 +494,18 @@ def _numpy_dtype(tensor: Any) -> np.dtype:
 def _mismatch_message(
     source: str, model: str, missing: List[str], unexpected: List[str], wrong_shape: List[str], hint: Optional[str]
 ) -> str:
-    lines = [
-        f"{source} does not match the {model} model: {len(missing)} missing, {len(unexpected)} unexpected, "
-        f"{len(wrong_shape)} with the wrong shape."
+    """One line (the CLI prints errors as one): each non-empty category with its count and first names."""
+    parts = [
+        f"{len(names)} {label} ({_first_names(names)})"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", wrong_shape))
+        if names
     ]
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-        if names:
-            more = f" … and {len(names) - MAX_LISTED_KEYS} more" if len(names) > MAX_LISTED_KEYS else ""
-            lines.append(f"  {label} ({len(names)}): {', '.join(names[:MAX_LISTED_KEYS])}{more}")
-    if hint:
-        lines.append(hint)
-    return "\n".join(lines)
+    message = f"{source} does not match the {model} model: {', '.join(parts)}."
+    return f"{message} {hint}" if hint else message
+
+
+def _first_names(names: List[str]) -> str:
+    """'a, b, c, … and 299 more' (at most MAX_LISTED_KEYS names)."""
+    shown = ", ".join(names[:MAX_LISTED_KEYS])
+    rest = len(names) - MAX_LISTED_KEYS
+    return f"{shown}, … and {rest} more" if rest > 0 else shown

@@ -41,6 +41,9 @@ DRIVER_NAME = "libcuda.so"  # the driver comes with the machine, not from pip; p
 DRIVER_SONAME = "libcuda.so.1"
 LDCONFIG = ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig")
 LDCONFIG_TIMEOUT_S = 10
+# The oldest Python lipsync runs on: _reexec needs sys.orig_argv (3.10), and so does gradio 6 for the app.
+# paddlepaddle-gpu 2.6.2 has wheels for 3.8-3.12; the project targets 3.11.
+MIN_PYTHON = (3, 10)
 SYSTEM_CUDA_DIR = Path("/usr/local/cuda/lib64")  # paddle's own fallback folder
 # CUDA's own libcu*/libnv*/libnccl* files (any version suffix) and nothing else: the runtime wheel also ships
 # libOpenCL.so.1, which would shadow the system's copy in every child process (ffmpeg links OpenCL).
@@ -157,7 +160,7 @@ def with_library_path(folder: Path, environ: Mapping[str, str]) -> Dict[str, str
 
 def _reexec(folder: Path) -> None:
     """Replace this process by the same command line, now with the link folder on LD_LIBRARY_PATH."""
-    argv = [sys.executable, *sys.orig_argv[1:]]
+    argv = [sys.executable, *sys.orig_argv[1:]]  # interpreter options and `-m module` included (Python 3.10+)
     log.debug("re-executing with %s on %s: %s", folder, LIBRARY_PATH_ENV, argv)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
-import platform
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import cuda
 
@@ -23,6 +23,8 @@ TOOL_TIMEOUT_S = 10  # for `ffmpeg -version` and friends
 EDGE_TTS_HOST = "speech.platform.bing.com"  # edge-tts's service (its constants.WSS_URL)
 EDGE_TTS_PORT = 443
 EDGE_TTS_TIMEOUT_S = 3.0  # a connection attempt, name lookup included; offline must not hang the doctor
+DOWNLOAD_TIMEOUT_S = 3.0  # the same for each weights download host, asked only when a file is not here
+URL_PORTS = {"https": 443, "http": 80}
 EXIT_OK = 0
 EXIT_BLOCKED = 1
 
@@ -60,7 +62,16 @@ def _safely(check: Callable[[], List[Line]]) -> List[Line]:
 
 
 def _python() -> List[Line]:
-    return [Line("python", f"{platform.python_version()} ({sys.executable})")]
+    return [python_line(sys.version_info, sys.executable)]
+
+
+def python_line(version: Sequence[int], executable: str) -> Line:
+    """The interpreter; one older than cuda.MIN_PYTHON blocks (its re-exec needs sys.orig_argv)."""
+    text = f"{'.'.join(str(part) for part in version[:3])} ({executable})"
+    if tuple(version[:2]) < cuda.MIN_PYTHON:
+        needed = ".".join(str(part) for part in cuda.MIN_PYTHON)
+        return Line("python", f"{text}: lipsync needs Python {needed} or newer", blocking=True)
+    return Line("python", text)
 
 
 def _paddle() -> List[Line]:
@@ -168,6 +179,72 @@ def _weights_text(status: WeightsStatus, size_mb: int) -> str:
     return f"{status.where} {status.path} ({check[status.verified]})"
 
 
+def _job_weights() -> List[Line]:
+    """Whether a job can get its networks: the default generator (or another), and the S3FD detector."""
+    from . import weights
+
+    statuses = {status.name: status for status in weights.cached_status()}
+    answers = _host_answers()
+    generator = _supply_line("generator", "wav2lip", weights.DEFAULT_WAV2LIP, statuses, answers)
+    detector = _supply_line("detector", "s3fd", weights.DEFAULT_S3FD, statuses, answers)
+    return [generator, detector]
+
+
+def _supply_line(
+    label: str, kind: str, default: str, statuses: Dict[str, "WeightsStatus"], answers: Callable[[str], Optional[str]]
+) -> Line:
+    """The default weights if usable; else another of the kind, if usable; else what to put where."""
+    from . import weights
+
+    usable, how = _supply(statuses[default], answers)
+    if usable:
+        return Line(label, how)
+    for name in weights.available_models(kind):
+        if name != default:
+            other_usable, other_how = _supply(statuses[name], answers)
+            if other_usable:
+                choose = f"{weights.PATH_OPTIONS[kind]} {name} on the command line"
+                return Line(label, f"{how}; {other_how}: choose {name} ({choose})")
+    entry = weights.WEIGHTS[default]
+    put = f"put {entry.filename} (from {entry.download_url}) in {weights.models_dir_text()}"
+    if kind == "s3fd":  # the app then finds faces with Haar by itself; the command line is told how
+        return Line(label, f"{how}; the app uses OpenCV's Haar cascade instead (--face_detector haar), or {put}")
+    return Line(label, f"{how}: {put}", blocking=True)
+
+
+def _supply(status: "WeightsStatus", answers: Callable[[str], Optional[str]]) -> Tuple[bool, str]:
+    """(usable, how): on this machine and intact, or downloadable from a host that answers now; else why not."""
+    from . import weights
+
+    if status.path is not None and status.verified is not False:
+        return True, f"{status.name} ready ({status.where})"
+    if status.where == "models dir":  # a file there under a known name must be that file: it is refused
+        return False, f"{status.name} in ${weights.MODELS_ENV} fails its sha256"
+    problems = []
+    for source in weights.download_sources(status.name):
+        host = urllib.parse.urlsplit(source.url).hostname
+        problem = source.problem or answers(source.url)
+        if problem is None:
+            size = weights.WEIGHTS[status.name].size_mb
+            return True, f"{status.name} downloads on first use from {host} (~{size} MB; it answers)"
+        problems.append(f"{host}: {problem}")
+    return False, f"{status.name} is not on this machine and cannot be downloaded ({'; '.join(problems)})"
+
+
+def _host_answers() -> Callable[[str], Optional[str]]:
+    """connection_problem for a URL's host and port, asked once per host and port within one doctor run."""
+    seen: Dict[Tuple[str, int], Optional[str]] = {}
+
+    def answers(url: str) -> Optional[str]:
+        parts = urllib.parse.urlsplit(url)
+        key = (parts.hostname or "", parts.port or URL_PORTS.get(parts.scheme, URL_PORTS["https"]))
+        if key not in seen:
+            seen[key] = connection_problem(*key, DOWNLOAD_TIMEOUT_S)
+        return seen[key]
+
+    return answers
+
+
 def _edge_tts() -> List[Line]:
     try:
         version = importlib.metadata.version("edge-tts")
@@ -196,5 +273,5 @@ def connection_problem(host: str, port: int, timeout: float) -> Optional[str]:
 
 
 CHECKS: List[Callable[[], List[Line]]] = [
-    _python, _paddle, _cuda_libraries, _gpus, _device, _tools, _weights, _edge_tts,
+    _python, _paddle, _cuda_libraries, _gpus, _device, _tools, _weights, _job_weights, _edge_tts,
 ]  # fmt: skip

@@ -29,8 +29,23 @@ GPU_POOL_HEADROOM_MB = 256  # cuDNN workspaces and paddle's own buffers, beyond 
 GPU_POOL_MAX_MB = 4096  # reserved up front at most: the generator and S3FD share one 16 GB T4
 GPU_DEVICE_ID = 0
 FP16_MAX_DIFF = 1 / 255  # fp16 on GPU is kept only if no output moves more than one 8-bit level from fp32
-PROBE_SHAPE = (1, 1, 4, 4)  # the test convolution: ones * a 3x3 kernel of ones = 9 everywhere
+# The GPU probe: a tiny network of the ops our networks run (shapes N, C, H, W), checked against the CPU.
+PROBE_SHAPE = (1, 2, 4, 4)
+PROBE_ATOL = 5e-3  # on sigmoid outputs in (0, 1): TF32/Winograd rounding passes, a wrong kernel does not
+BN_EPSILON = 1e-5  # paddle's BatchNorm2D default, as in our networks
 REASON_CHARS = 160  # of a paddle error quoted in ours
+# Lower-cased words in an error that mean GPU (or host) memory ran out: paddle's allocator, then CUDA's, cuDNN's
+# and cuBLAS's status names and codes as paddle quotes them ("CUDNN error(2), CUDNN_STATUS_ALLOC_FAILED").
+OOM_MARKERS = (
+    "out of memory",
+    "resourceexhausted",
+    "cudaerrormemoryallocation",
+    "cuda error(2)",
+    "cudnn_status_alloc_failed",
+    "cudnn error(2)",
+    "cublas_status_alloc_failed",
+    "cublas error(3)",
+)
 NO_CUDA_BUILD = "this paddle build has no CUDA; the GPU needs paddlepaddle-gpu from requirements.txt"
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
 MIN_BATCH = 1
@@ -63,7 +78,7 @@ def choose_device(requested: str, announce: bool = True) -> Device:
     if problem is None:
         return Device("gpu", _gpu_name())
     if requested == "gpu":
-        raise LipSyncError(f"--device gpu was asked for but no GPU can be used: {problem}. Use --device cpu or auto.")
+        raise LipSyncError(f"The GPU was asked for (--device gpu) but cannot be used: {problem}. Choose cpu or auto.")
     reason = f"GPU not used: {problem}"
     if announce:
         _announce(reason, logging.INFO if problem == NO_CUDA_BUILD else logging.WARNING)
@@ -100,22 +115,64 @@ def _gpu_problem() -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def _probe_kernel() -> Optional[str]:
-    """Run one small convolution on the GPU and check it: catches GPUs this paddle has no kernels for (sm_90+).
+    """Run a tiny network of our ops on the GPU and check it against the CPU: catches GPUs this paddle has
+    no kernels for (sm_90+), where cuDNN's convolution may work and paddle's own relu/add/concat do not.
 
     Only call it once a GPU is visible: without one, paddle.CUDAPlace ends the process.
     """
     import paddle
 
+    return check_probe(lambda: probe_network(paddle.CUDAPlace(GPU_DEVICE_ID)))
+
+
+def check_probe(run_on_gpu: Callable[[], np.ndarray]) -> Optional[str]:
+    """None when `run_on_gpu()` gives what probe_network gives on the CPU, else why the GPU is not usable."""
+    import paddle
+
     try:
-        place = paddle.CUDAPlace(GPU_DEVICE_ID)
-        x = paddle.to_tensor(np.ones(PROBE_SHAPE, np.float32), place=place)
-        kernel = paddle.to_tensor(np.ones((1, 1, 3, 3), np.float32), place=place)
-        result = paddle.nn.functional.conv2d(x, kernel).numpy()
+        got = run_on_gpu()
     except Exception as exc:  # no kernel image for this GPU, cuDNN errors, driver too old: all mean "not usable"
-        return f"a test convolution failed on the GPU ({_first_line(exc)})"
-    if not np.allclose(result, 9.0):
-        return "a test convolution gave wrong numbers on the GPU"
+        return f"a test network failed on the GPU ({_first_line(exc)})"
+    expected = probe_network(paddle.CPUPlace())
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=PROBE_ATOL):
+        return "a test network gave wrong numbers on the GPU"
     return None
+
+
+def probe_network(place: "object") -> np.ndarray:
+    """conv2d (+bias), batch_norm (inference), relu, add, concat, conv2d_transpose, max_pool2d, sigmoid on `place`.
+
+    Fixed inputs and weights in halves keep every stage exact or nearly so on any device, and leaving out any
+    one op moves some output by more than 0.1 (20 x PROBE_ATOL).
+    """
+    import paddle
+    import paddle.nn.functional as F
+
+    channels = PROBE_SHAPE[1]
+
+    def tensor(values: np.ndarray) -> "paddle.Tensor":
+        return paddle.to_tensor(values.astype(np.float32), place=place)
+
+    x = tensor(_probe_values(PROBE_SHAPE, 5) - 2)  # -2..2
+    conv_w = tensor((_probe_values((channels, channels, 3, 3), 3) - 1) / 2)  # -0.5, 0, 0.5
+    conv_b = tensor(np.arange(channels) / 2)
+    mean, var = tensor(np.full(channels, 0.5)), tensor(np.full(channels, 4.0))
+    gamma, beta = tensor(np.arange(1, channels + 1)), tensor(np.full(channels, -0.25))
+    up_w = tensor((_probe_values((2 * channels, channels, 2, 2), 3) - 1) / 2)
+    with paddle.no_grad():
+        y = F.conv2d(x, conv_w, conv_b, padding=1)
+        y = F.batch_norm(y, mean, var, gamma, beta, training=False, epsilon=BN_EPSILON)
+        y = F.relu(y) + x  # a residual block
+        y = paddle.concat([y, x], axis=1)  # a skip connection
+        y = F.conv2d_transpose(y, up_w, stride=2)  # the decoder's up-sampling
+        y = F.max_pool2d(y, 2, 2)  # the detector's down-sampling
+        return F.sigmoid(y).numpy()
+
+
+def _probe_values(shape: Tuple[int, ...], levels: int) -> np.ndarray:
+    """0..levels-1 in a fixed scrambled order (no RNG: the same numbers on every machine and version)."""
+    count = int(np.prod(shape))
+    return ((np.arange(count) * 7 + 3) % levels).reshape(shape).astype(np.float32)
 
 
 def _gpu_name() -> str:
@@ -281,9 +338,9 @@ def gpu_pool_mb(prefix: Path, batch: int, item_mb: float) -> int:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Paddle reports OOM as MemoryError or as a RuntimeError mentioning it."""
+    """Paddle reports OOM as MemoryError, or as an error quoting paddle's, CUDA's, cuDNN's or cuBLAS's words for it."""
     text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "out of memory" in text or "resourceexhausted" in text
+    return isinstance(exc, MemoryError) or any(marker in text for marker in OOM_MARKERS)
 
 
 class BatchRunner:

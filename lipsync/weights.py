@@ -5,6 +5,8 @@ Lookup order for a known name:
   2. the cache: Hugging Face Hub files in the hub's own cache (`HF_HUB_CACHE`), URL files in
      `$LIPSYNC_CACHE`, else `$XDG_CACHE_HOME/lipsync`, else `~/.cache/lipsync`;
   3. a download into that cache, checked against its sha256 when one is published.
+Hub files need huggingface_hub (Spaces preinstall it; requirements.txt leaves it out); plain URLs do not.
+Messages here reach the web app too: they name files and folders, and command-line flags only as such.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, BinaryIO, Dict, List, Literal, Optional, Tuple, Type, get_args
 
 from tqdm import tqdm
@@ -51,13 +54,18 @@ REASON_CHARS = 160  # of a network error quoted in ours
 LOADED_MODELS_KEPT = 2  # generators kept loaded per process (each ~150 MB)
 
 KIND_LABELS = {"wav2lip": "Wav2Lip generator", "s3fd": "S3FD face detector"}
-PATH_OPTIONS = {"wav2lip": "--checkpoint_path", "s3fd": "--detector_weights"}  # the CLI flag that takes a file
+# The command-line flag that takes a file of each kind; messages name it only as "(… on the command line)".
+PATH_OPTIONS = {"wav2lip": "--checkpoint_path", "s3fd": "--detector_weights"}
 MISMATCH_HINTS = {
     "wav2lip": "Is this a Wav2Lip generator checkpoint (wav2lip.pth, wav2lip_gan.pth, wav2lip_hq.pdparams)? "
-    "S3FD face-detector weights go to --detector_weights; lip-sync expert and discriminator checkpoints cannot generate.",
+    "S3FD weights are the face detector's (--detector_weights on the command line); "
+    "lip-sync expert and discriminator checkpoints cannot generate.",
     "s3fd": "Is this an S3FD face-detector file (s3fd.pth, s3fd_paddle.pdparams)? "
-    "Wav2Lip generator weights go to --checkpoint_path.",
+    "Wav2Lip weights are the generator's (--checkpoint_path on the command line).",
 }
+HUB_LIBRARY = "huggingface_hub"
+NO_HUB_LIBRARY = f"{HUB_LIBRARY} is not installed (pip install {HUB_LIBRARY})"
+HUB_OFFLINE = "HF_HUB_OFFLINE is set"
 
 RESEARCH_ONLY = "LRS2-trained: personal/research/non-commercial use only (Rudrabha/Wav2Lip licence)"
 
@@ -131,6 +139,14 @@ WEIGHTS: Dict[str, WeightsEntry] = {
         ),
     )
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DownloadSource:
+    """One place a known weights file is downloaded from, and what rules it out before any network use."""
+
+    url: str
+    problem: Optional[str] = None  # None: usable if its host answers
 
 
 @dataclass(frozen=True)
@@ -217,8 +233,8 @@ def _require_published(path: Path, entry: WeightsEntry) -> None:
     if _sha256_matches(path, entry) is False:
         raise LipSyncError(
             f"{path} is not the published {entry.filename}: its sha256 differs from {entry.sha256}. "
-            f"Replace it with the file from {entry.download_url}, or, to use it anyway, pass its path "
-            f"({PATH_OPTIONS[entry.kind]} {path})."
+            f"Replace it with the file from {entry.download_url}, or, to use it anyway, give its path as the weights "
+            f"file ({PATH_OPTIONS[entry.kind]} {path} on the command line)."
         )
 
 
@@ -235,12 +251,51 @@ def _cached_files(entry: WeightsEntry) -> List[Tuple[Path, str]]:
 
 
 def _hub_cached(hub: HubFile) -> Optional[Path]:
-    import huggingface_hub
-
+    library = hub_library()
+    if library is None:
+        return None
     try:
-        return Path(huggingface_hub.hf_hub_download(hub.repo_id, hub.path, revision=hub.revision, local_files_only=True))
+        return Path(library.hf_hub_download(hub.repo_id, hub.path, revision=hub.revision, local_files_only=True))
     except _hub_errors():
         return None
+
+
+def hub_library() -> Optional[ModuleType]:
+    """huggingface_hub (with its constants module loaded: the package loads it lazily), or None when not installed."""
+    try:
+        import huggingface_hub
+        import huggingface_hub.constants  # noqa: F401
+    except ImportError:
+        return None
+    return huggingface_hub
+
+
+def _hub_library_problem() -> Optional[str]:
+    """What rules out Hub downloads before any network use: no huggingface_hub, or its offline mode."""
+    library = hub_library()
+    if library is None:
+        return NO_HUB_LIBRARY
+    return HUB_OFFLINE if getattr(library.constants, "HF_HUB_OFFLINE", False) else None
+
+
+def download_sources(name: str) -> List[DownloadSource]:
+    """Where a known name is downloaded from, in the order tried (the Hub at its configured endpoint first)."""
+    entry = WEIGHTS[name]
+    sources = []
+    if entry.hub is not None:
+        library = hub_library()
+        endpoint = library.constants.ENDPOINT if library is not None else None
+        sources.append(DownloadSource(_hub_url(entry.hub, endpoint), _hub_library_problem()))
+    if entry.url is not None:
+        sources.append(DownloadSource(entry.url))
+    return sources
+
+
+def _hub_url(hub: HubFile, endpoint: Optional[str]) -> str:
+    """The file's URL at `endpoint` (HF_ENDPOINT, when the hub library set one), else at huggingface.co."""
+    if not endpoint:
+        return hub.url
+    return f"{endpoint.rstrip('/')}/{hub.repo_id}/resolve/{hub.revision or HUB_DEFAULT_REVISION}/{hub.path}"
 
 
 def _hub_errors() -> Tuple[Type[BaseException], ...]:
@@ -256,24 +311,31 @@ def _hub_errors() -> Tuple[Type[BaseException], ...]:
 def _download(entry: WeightsEntry) -> Path:
     """Fetch from the hub, else from the URL; no network → an error saying where to put the file by hand."""
     reasons = []
-    if entry.hub is not None and not _hub_resolves():
-        reasons.append("cannot look up the Hugging Face Hub's address")
-    elif entry.hub is not None:
-        try:
-            return _download_from_hub(entry, entry.hub)
-        except _hub_errors() as exc:
-            reasons.append(_reason(exc))
+    if entry.hub is not None:
+        problem = _hub_library_problem() or _hub_lookup_problem()
+        if problem is None:
+            try:
+                return _download_from_hub(entry, entry.hub)
+            except _hub_errors() as exc:
+                problem = _reason(exc)
+        reasons.append(problem)
     if entry.url is not None:
         try:
             return download_url(entry.url, cache_dir() / entry.filename, entry.sha256)
         except (OSError, http.client.HTTPException) as exc:
             reasons.append(_reason(exc))
+    if entry.url is None and hub_library() is None:
+        raise LipSyncError(_no_hub_library_message(entry))
     raise LipSyncError(_offline_message(entry, "; ".join(reasons)))
+
+
+def _hub_lookup_problem() -> Optional[str]:
+    return None if _hub_resolves() else "cannot look up the Hugging Face Hub's address"
 
 
 def _hub_resolves() -> bool:
     """Whether the hub's host name resolves: offline, the hub client would retry for half a minute first."""
-    import huggingface_hub
+    import huggingface_hub.constants
 
     host = urllib.parse.urlsplit(huggingface_hub.constants.ENDPOINT).hostname or ""
     try:
@@ -290,13 +352,30 @@ def _reason(exc: BaseException) -> str:
 
 
 def _offline_message(entry: WeightsEntry, reason: str) -> str:
-    directory = models_dir()
-    currently = f"currently {directory}" if directory else "currently not set"
     mirror = f" (or {entry.url})" if entry.hub and entry.url else ""
     return (
         f"Could not download {entry.filename} (no network? {reason}). Download it from {entry.download_url}{mirror} "
-        f"and put it in ${MODELS_ENV} ({currently}), or pass {PATH_OPTIONS[entry.kind]} /path/to/file."
+        f"and {_by_hand(entry.name)}."
     )
+
+
+def _no_hub_library_message(entry: WeightsEntry) -> str:
+    return (
+        f"{entry.filename} comes from the Hugging Face Hub, and {NO_HUB_LIBRARY}. Install it, or download the file "
+        f"from {entry.download_url} and {_by_hand(entry.name)}."
+    )
+
+
+def _by_hand(name: str) -> str:
+    """The end of a sentence saying where to put a known file by hand: '… put it in $LIPSYNC_MODELS (…), or …'."""
+    flag = PATH_OPTIONS[WEIGHTS[name].kind]
+    return f"put it in {models_dir_text()}, or give another weights file ({flag} /path/to/file on the command line)"
+
+
+def models_dir_text() -> str:
+    """'$LIPSYNC_MODELS (currently /its/folder)', or '… (currently not set)'."""
+    directory = models_dir()
+    return f"${MODELS_ENV} (currently {directory if directory else 'not set'})"
 
 
 def _download_from_hub(entry: WeightsEntry, hub: HubFile) -> Path:

@@ -263,7 +263,7 @@ def _gpu_like(monkeypatch, compiled=True, count=1, missing=(), probe=None) -> No
         (dict(compiled=False), "no CUDA"),
         (dict(count=0), "no CUDA device is visible"),
         (dict(missing=["libcudnn.so"]), "libcudnn.so not found"),
-        (dict(probe="a test convolution failed on the GPU (no kernel image)"), "no kernel image"),
+        (dict(probe="a test network failed on the GPU (no kernel image)"), "no kernel image"),
     ],
     ids=["cpu-paddle", "no-gpu", "no-cudnn", "kernel-fails"],
 )

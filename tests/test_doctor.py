@@ -11,15 +11,17 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Iterator, Tuple
 
+import huggingface_hub.constants
 import pytest
 
-from lipsync import doctor, weights
+from lipsync import cuda, doctor, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("python", "paddle", "cuda links", "libcudnn.so", "libcublas.so", "gpus", "device auto",
-          "ffmpeg", "ffprobe", "espeak-ng", "models dir", "wav2lip_hq", "s3fd", "edge-tts", "verdict")  # fmt: skip
+          "ffmpeg", "ffprobe", "espeak-ng", "models dir", "wav2lip_hq", "s3fd", "generator", "detector", "edge-tts",
+          "verdict")  # fmt: skip
 
 
 def _closed_port() -> int:
@@ -34,6 +36,38 @@ def offline_edge_tts(monkeypatch):
     """Point the edge-tts check at a closed local port: tests never touch the network."""
     monkeypatch.setattr(doctor, "EDGE_TTS_HOST", "127.0.0.1")
     monkeypatch.setattr(doctor, "EDGE_TTS_PORT", _closed_port())
+
+
+@pytest.fixture(autouse=True)
+def offline_downloads(monkeypatch, tmp_path) -> str:
+    """Every weights URL and the Hub endpoint on a closed local port, and an empty hub cache: never the network."""
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    for name, entry in weights.WEIGHTS.items():
+        if entry.url is not None:
+            monkeypatch.setitem(weights.WEIGHTS, name, replace(entry, url=f"{closed}/{entry.filename}"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", closed)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return closed
+
+
+@pytest.fixture
+def no_weights_here(monkeypatch, tmp_path) -> Path:
+    """An empty $LIPSYNC_MODELS and cache: the generator must come from a download."""
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv(weights.MODELS_ENV, str(models))
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    return models
+
+
+@pytest.fixture
+def weights_server() -> Iterator[Tuple[str, int]]:
+    """A local port that accepts connections, standing in for a reachable download host."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()
 
 
 def _run() -> Tuple[int, Dict[str, str]]:
@@ -56,6 +90,7 @@ def test_reports_every_line_and_passes_on_this_machine():
     assert found["ffmpeg"][0].isdigit() and found["verdict"].startswith("ok")
     assert found["device auto"].startswith(("cpu", "gpu"))
     assert found["wav2lip_hq"].startswith("models dir "), "conftest put random wav2lip_hq weights in $LIPSYNC_MODELS"
+    assert found["generator"] == "wav2lip_hq ready (models dir)"
     assert "unreachable" in found["edge-tts"] or "not installed" in found["edge-tts"]
 
 
@@ -74,6 +109,73 @@ def test_weights_lines_say_whether_the_sha256_checks_out(monkeypatch, isolated_w
     monkeypatch.setitem(weights.WEIGHTS, "wav2lip_hq", replace(weights.WEIGHTS["wav2lip_hq"], sha256=digest))
     _, found = _run()
     assert found["wav2lip_hq"] == f"models dir {path} ({expected}{': delete it' if published == 'bad' else ''})"
+
+
+def test_offline_without_weights_no_job_can_run_and_it_says_what_to_put_where(no_weights_here):
+    code, found = _run()
+    assert code == doctor.EXIT_BLOCKED and found["verdict"] == "cannot run: fix generator"
+    entry = weights.WEIGHTS["wav2lip_hq"]
+    assert found["generator"].startswith("wav2lip_hq is not on this machine and cannot be downloaded (127.0.0.1: ")
+    assert found["generator"].endswith(
+        f"put wav2lip_hq.pdparams (from {entry.url}) in $LIPSYNC_MODELS (currently {no_weights_here})"
+    )
+    assert "--face_detector haar" in found["detector"], "no S3FD only means Haar: it must not block"
+    assert found["wav2lip_hq"].startswith("not on this machine"), "the existing lines stay"
+
+
+def test_a_reachable_download_host_lets_a_job_run(monkeypatch, no_weights_here, weights_server):
+    host, port = weights_server
+    entry = weights.WEIGHTS["wav2lip_hq"]
+    monkeypatch.setitem(weights.WEIGHTS, "wav2lip_hq", replace(entry, url=f"http://{host}:{port}/wav2lip_hq.pdparams"))
+    code, found = _run()
+    assert code == doctor.EXIT_OK, found
+    assert found["generator"] == "wav2lip_hq downloads on first use from 127.0.0.1 (~145 MB; it answers)"
+
+
+def test_a_reachable_hub_serves_the_hub_models_and_the_detector(monkeypatch, no_weights_here, weights_server):
+    host, port = weights_server
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://{host}:{port}")
+    code, found = _run()
+    assert code == doctor.EXIT_OK, found
+    assert found["generator"].startswith("wav2lip_hq is not on this machine and cannot be downloaded")
+    assert found["generator"].endswith(
+        "wav2lip_gan downloads on first use from 127.0.0.1 (~436 MB; it answers): "
+        "choose wav2lip_gan (--checkpoint_path wav2lip_gan on the command line)"
+    )
+    assert found["detector"] == "s3fd downloads on first use from 127.0.0.1 (~90 MB; it answers)"
+
+
+def test_another_generator_on_this_machine_is_offered(no_weights_here):
+    (no_weights_here / "wav2lip.pth").write_bytes(b"no published sha256 for this name")
+    code, found = _run()
+    assert code == doctor.EXIT_OK, found
+    assert found["generator"].endswith("wav2lip ready (models dir): choose wav2lip (--checkpoint_path wav2lip on "
+                                       "the command line)")  # fmt: skip
+
+
+def test_a_refused_models_dir_file_does_not_count(monkeypatch, no_weights_here):
+    (no_weights_here / "wav2lip_hq.pdparams").write_bytes(b"not the published file")
+    monkeypatch.setitem(weights.WEIGHTS, "wav2lip_hq", replace(weights.WEIGHTS["wav2lip_hq"], sha256="0" * 64))
+    code, found = _run()
+    assert code == doctor.EXIT_BLOCKED
+    assert found["generator"].startswith("wav2lip_hq in $LIPSYNC_MODELS fails its sha256: put wav2lip_hq.pdparams")
+
+
+def test_without_huggingface_hub_the_hub_models_say_what_to_install(monkeypatch, no_weights_here):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    code, found = _run()
+    assert code == doctor.EXIT_BLOCKED
+    assert "huggingface.co: huggingface_hub is not installed (pip install huggingface_hub)" in found["detector"]
+    assert found["wav2lip_gan"].startswith("not on this machine"), "the cache lines still work without it"
+
+
+@pytest.mark.parametrize("version, blocks", [((3, 11, 7), False), ((3, 10, 0), False), ((3, 9, 18), True)])
+def test_python_older_than_the_minimum_blocks(version, blocks):
+    line = doctor.python_line(version, "/usr/bin/python3")
+    assert line.blocking is blocks
+    assert line.text.startswith(f"{'.'.join(map(str, version))} (/usr/bin/python3)")
+    if blocks:
+        assert line.text.endswith("lipsync needs Python 3.10 or newer") and cuda.MIN_PYTHON == (3, 10)
 
 
 def test_connection_check_answers_for_open_and_closed_ports():

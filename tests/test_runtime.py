@@ -161,3 +161,89 @@ def test_bf16_predictor_prints_nothing(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert "---" not in done.stderr, done.stderr
+
+
+# --- the GPU probe, checked on the CPU ------------------------------------------------------------
+
+
+def _numpy_probe() -> np.ndarray:
+    """probe_network's network written out in numpy, independently of paddle's kernels."""
+    values = runtime._probe_values
+    c = runtime.PROBE_SHAPE[1]
+    x = values(runtime.PROBE_SHAPE, 5) - 2
+    w = (values((c, c, 3, 3), 3) - 1) / 2
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.zeros_like(x)
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            y[0, :, i, j] = np.einsum("oikl,ikl->o", w, padded[0, :, i : i + 3, j : j + 3])
+    y += (np.arange(c) / 2)[None, :, None, None]
+    scale = np.arange(1, c + 1) / np.sqrt(4.0 + runtime.BN_EPSILON)
+    y = (y - 0.5) * scale[None, :, None, None] - 0.25
+    y = np.maximum(y, 0) + x
+    y = np.concatenate([y, x], axis=1)
+    up_w = (values((2 * c, c, 2, 2), 3) - 1) / 2
+    up = np.einsum("nihw,ioab->nohawb", y, up_w).reshape(1, c, 2 * x.shape[2], 2 * x.shape[3])
+    pooled = up.reshape(1, c, x.shape[2], 2, x.shape[3], 2).max(axis=(3, 5))
+    return 1 / (1 + np.exp(-pooled))
+
+
+def test_gpu_probe_network_computes_what_it_claims():
+    """On the CPU place the probe gives the numpy reference: it really runs conv, BN, relu, add, concat, up, pool."""
+    got = runtime.probe_network(paddle.CPUPlace())
+    np.testing.assert_allclose(got, _numpy_probe(), atol=1e-6)
+    assert got.std() > 0.05, "outputs spread out: a dropped op moves them by more than the tolerance"
+
+
+def test_gpu_probe_check_accepts_right_numbers_and_refuses_failures_and_wrong_ones():
+    cpu = lambda: runtime.probe_network(paddle.CPUPlace())  # noqa: E731
+    assert runtime.check_probe(cpu) is None
+    assert runtime.check_probe(lambda: cpu() + runtime.PROBE_ATOL / 5) is None, "TF32-sized rounding passes"
+    assert runtime.check_probe(lambda: cpu() + 0.05) == "a test network gave wrong numbers on the GPU"
+    assert runtime.check_probe(lambda: cpu()[:, :1]) == "a test network gave wrong numbers on the GPU"
+
+    def no_kernel() -> np.ndarray:
+        raise RuntimeError("(PreconditionNotMet) The kernel image is not available on this GPU (sm_90)\n  [trace]")
+
+    assert runtime.check_probe(no_kernel) == (
+        "a test network failed on the GPU ((PreconditionNotMet) The kernel image is not available on this GPU (sm_90))"
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "ResourceExhaustedError: Out of memory error on GPU 0. Cannot allocate 1.2GB memory on GPU 0",
+        "ExternalError: CUDNN error(2), CUDNN_STATUS_ALLOC_FAILED. [Hint: 'CUDNN_STATUS_ALLOC_FAILED'.]",
+        "ExternalError: CUBLAS error(3), CUBLAS_STATUS_ALLOC_FAILED.",
+        "ExternalError: CUDA error(2), out of memory. [Hint: 'cudaErrorMemoryAllocation'. The API call failed]",
+        "ExternalError: CUDNN error(2). (at conv_kernel.cu:120)",
+        "[Hint: 'cudaErrorMemoryAllocation'. The API call failed because it was unable to allocate memory]",
+    ],
+)
+def test_out_of_memory_is_recognised_in_paddle_cuda_cudnn_and_cublas_words(message):
+    assert runtime.is_out_of_memory(RuntimeError(message))
+    assert runtime.is_out_of_memory(OSError(message))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "ExternalError: CUDNN error(3), CUDNN_STATUS_BAD_PARAM.",
+        "ExternalError: CUDA error(200), no kernel image is available for execution on the device.",
+        "ExternalError: CUBLAS error(13), CUBLAS_STATUS_EXECUTION_FAILED.",
+        "InvalidArgument: The shape of input[0] and input[1] is expected to be equal.",
+    ],
+)
+def test_other_gpu_errors_are_not_out_of_memory(message):
+    assert not runtime.is_out_of_memory(RuntimeError(message)), "halving the batch would not help: it must surface"
+    assert runtime.is_out_of_memory(MemoryError())
+
+
+def test_numpy_random_works_when_paddle_loads_after_lipsync():
+    """paddle 2.6.2 + numpy 2.x: a zlib loaded after paddle broke numpy.random; lipsync loads zlib first."""
+    code = "import lipsync; from lipsync.model import Wav2Lip; import numpy as np; print(np.random.default_rng(0).random())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout.strip() == str(np.random.default_rng(0).random())
