@@ -46,6 +46,17 @@ def downscale(frames: Sequence[Frame], scale: float) -> List[Frame]:
     return [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
 
 
+def pad_to_square(frame: Frame, side: int) -> Frame:
+    """The frame in the top-left corner of a black side×side square (no change when it does not fit, or side
+    is 0): every whole-frame detection then has one input shape, whatever the video's aspect."""
+    height, width = frame.shape[:2]
+    if side <= 0 or height > side or width > side or (height, width) == (side, side):
+        return frame
+    square = np.zeros((side, side, 3), np.uint8)
+    square[:height, :width] = frame
+    return square
+
+
 def map_back(box: Optional[Box], scale: float, shape: Tuple[int, ...]) -> Optional[Box]:
     """A box found on a downscaled copy, in full-frame pixels, clipped to the frame."""
     if box is None:
@@ -76,7 +87,7 @@ def _best(dets: np.ndarray) -> Optional[Box]:
 
 
 class HaarDetector:
-    """OpenCV's Haar cascade (ships with opencv): no download; the largest face, box stretched to the chin."""
+    """OpenCV's Haar cascade (ships with opencv): no download; the most confident face, box stretched to the chin."""
 
     def __init__(self) -> None:
         path = Path(cv2.data.haarcascades) / HAAR_CASCADE
@@ -91,12 +102,13 @@ class HaarDetector:
 
     def _detect(self, frame: Frame) -> Optional[Box]:
         grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-        found = self._cascade.detectMultiScale(
+        found, votes = self._cascade.detectMultiScale2(
             grey, HAAR_SCALE_STEP, HAAR_MIN_NEIGHBOURS, minSize=(HAAR_MIN_FACE, HAAR_MIN_FACE)
         )
         if len(found) == 0:
             return None
-        x, y, w, h = max(found, key=lambda r: r[2] * r[3])
+        # the most confident box (most overlapping hits; false positives get few), the larger on a tie
+        x, y, w, h = max(zip(found, votes), key=lambda hit: (hit[1], hit[0][2] * hit[0][3]))[0]
         left, top, right, bottom = HAAR_TO_S3FD
         box = (x - left * w, y - top * h, x + w + right * w, y + h + bottom * h)
         height, width = frame.shape[:2]
@@ -221,7 +233,8 @@ class FaceTracker:
 
     def _downscaled(self, frames: Sequence[Frame], max_side: int) -> Detections:
         scale = detection_scale(frames[0].shape, max_side)
-        return [map_back(box, scale, frames[0].shape) for box in self._batched(downscale(frames, scale))]
+        small = [pad_to_square(frame, max_side) for frame in downscale(frames, scale)]
+        return [map_back(box, scale, frames[0].shape) for box in self._batched(small)]
 
     def _batched(self, frames: Sequence[Frame]) -> Detections:
         found: Detections = []

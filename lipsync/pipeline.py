@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from . import audio, blend, faces, runtime, video, weights
+from . import audio, blend, faces, native, runtime, video, weights
 from .errors import LipSyncError
 from .options import LipSyncOptions
 from .types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame, Progress
@@ -25,7 +25,7 @@ FACE_SIZE = 96  # generator input/output side, px
 WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
 S3FD_SPECS = [((None, 3, None, None), "float32")]
 WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32)
-S3FD_GPU_ITEM_MB = 130  # GPU activations per 640×360 frame in a detection batch
+S3FD_GPU_ITEM_MB = 21  # GPU activations per 192×192 tracking crop (a 640×360 frame takes 130; the pool grows)
 CPU_GENERATOR_BATCH = 32  # faces per generator call on CPU: within 3 % of 128's speed, for half the memory
 CPU_DETECTOR_BATCH = 2  # frames per S3FD call on CPU: its speed is flat in the batch, its memory is not
 MIN_FRAME_SIDE = 32  # px: pictures and videos smaller than this cannot hold a face the generator can use
@@ -62,6 +62,7 @@ class _Job:
     fps: float
     frames: int  # output frames = mel windows
     still: bool  # one source frame for every output frame
+    seconds: float  # of decoded speech: the output's length
     notes: Tuple[str, ...]
 
 
@@ -151,13 +152,15 @@ def run(
     face_p, audio_p, out_p = _check_paths(face, audio_path, outfile)
     created = _missing_folders(out_p.parent)
     try:
-        device = runtime.choose_device(options.device)
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
-            job = _prepare(face_p, audio_p, out_p, options, report)
+            job = _prepare(face_p, audio_p, out_p, options, report)  # bad input is told before paddle loads
+            device = runtime.choose_device(options.device)
             _render(job, options, engine, device, Path(tmp), report)
     except BaseException:
         _remove_empty(created)
         raise
+    finally:
+        native.release_freed_memory()
     seconds = time.perf_counter() - started
     return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint,
                      runtime.paddle_version(), job.notes)  # fmt: skip
@@ -244,7 +247,7 @@ def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOption
     fps = options.fps if info.is_image else info.fps
     report(STAGE_AUDIO, 1, 1)
     frames = audio.frame_count(mel.shape[1], fps)
-    return _Job(face, audio_path, outfile, info, mel, fps, frames, still, _size_notes(info, options))
+    return _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), _size_notes(info, options))
 
 
 def _check_size(info: video.MediaInfo) -> None:
@@ -412,7 +415,8 @@ def _synthesize(
     first = next(pairs)
     height, width = first[0].shape[:2]
     done = 0
-    with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp) as writer:
+    with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
+                           audio_seconds=job.seconds) as writer:
         for chunk in _batches(_chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
@@ -426,10 +430,10 @@ def _synthesize(
 
 
 def _generate(runner: runtime.BatchRunner, mels: np.ndarray, face_in: np.ndarray) -> np.ndarray:
-    """Generator output for one batch; a short batch is padded to a power of two, so few input shapes
-    ever reach the predictor (each new shape costs oneDNN/cuDNN set-up time and memory)."""
+    """Generator output for one batch; a short batch is padded to the full one, so one input shape reaches
+    the predictor: each new shape costs oneDNN/cuDNN set-up time and memory that a long-lived app keeps."""
     count = len(mels)
-    size = min(runner.batch, 1 << (count - 1).bit_length())
+    size = runner.batch
     if size > count:
         mels, face_in = (np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in (mels, face_in))
     return runner(mels, face_in)[0][:count]

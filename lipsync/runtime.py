@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -10,15 +9,15 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import native
 from .errors import LipSyncError
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ BF16_MAX_DIFF = 4 / 255  # bf16 is kept only if no output value moves more than 
 BF16_MEAN_DIFF = 1 / 255  # … and the average moves less than one 8-bit level
 CPUINFO = Path("/proc/cpuinfo")
 PASS_STATS = re.compile(r"^---\s")  # paddle's IR-pass statistics lines ("---    squashed 6 quantize op")
-ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 InputSpec = Tuple[Tuple[Optional[int], ...], str]  # shape with None for free dims, dtype
 
@@ -266,7 +264,7 @@ class Predictor:
             config.enable_mkldnn_bfloat16()
         self.device = device
         self.precision = precision
-        with _pass_stats_held_back():
+        with native.held_back(PASS_STATS, "paddle"):  # bf16 passes print statistics straight to stderr
             self._predictor = inference.create_predictor(config)
         self._inputs = self._predictor.get_input_names()
         self._lock = threading.Lock()
@@ -280,31 +278,6 @@ class Predictor:
                 handle.copy_from_cpu(np.ascontiguousarray(array))
             self._predictor.run()
             return [self._predictor.get_output_handle(n).copy_to_cpu() for n in self._predictor.get_output_names()]
-
-
-_STDERR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _pass_stats_held_back() -> Iterator[None]:
-    """Paddle's bf16 passes print statistics straight to file descriptor 2, past its log settings, which would
-    bury our one-line errors: catch what C++ writes meanwhile, log those lines, and pass the rest on."""
-    with _STDERR_LOCK, tempfile.TemporaryFile() as caught:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode("utf-8", "replace").splitlines():
-                plain = ANSI_COLOUR.sub("", line)
-                if PASS_STATS.match(plain):
-                    log.debug("paddle: %s", plain.strip())
-                else:
-                    print(line, file=sys.stderr)
 
 
 def _configure(

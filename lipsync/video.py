@@ -18,6 +18,7 @@ from typing import IO, Any, Iterator
 import cv2
 import numpy as np
 
+from lipsync import native
 from lipsync.errors import LipSyncError
 from lipsync.types import Frame
 
@@ -33,6 +34,7 @@ FALLBACK_FPS = 25.0  # for a video that states no usable frame rate
 RATE_MAX_DENOMINATOR = 100_000  # float fps -> exact ffmpeg rational (30000/1001 survives)
 PICTURE_DEMUXERS = ("image2", "image2pipe")  # ffmpeg's "*_pipe" demuxers are single pictures too
 EXIF_ORIENTATION_TAG = 0x0112
+DECODER_CHATTER = re.compile(r"^(libpng (error|warning)|Corrupt JPEG|Premature end of JPEG|\[ *WARN:)")
 ALPHA_BACKGROUND = 1.0  # transparent pixels go on white: cut-out portraits are usually shown on white
 
 VIDEO_CODEC = "libx264"
@@ -415,6 +417,12 @@ def _composite(colour: np.ndarray, alpha: np.ndarray) -> Frame:
     return np.rint(blended * 255.0).astype(np.uint8)
 
 
+def _imdecode(data: np.ndarray, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, with what libpng/libjpeg/OpenCV print about a damaged file kept off stderr (our error says it)."""
+    with native.held_back(DECODER_CHATTER, "opencv"):
+        return cv2.imdecode(data, flags)
+
+
 def _decode_picture(data: np.ndarray) -> Frame | None:
     """Decode picture bytes to BGR uint8 with OpenCV, or None if OpenCV can't.
 
@@ -422,11 +430,11 @@ def _decode_picture(data: np.ndarray) -> Frame | None:
     keeps alpha but ignores EXIF. So pictures with alpha are oriented here, the rest by OpenCV.
     """
     if data[:3].tobytes() != b"\xff\xd8\xff":  # JPEG has no alpha: skip straight to the colour decode
-        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        raw = _imdecode(data, cv2.IMREAD_UNCHANGED)
         if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
             oriented = _orient(raw, _exif_orientation(data.tobytes()))
             return _composite(oriented[..., :3], oriented[..., 3])
-    colour = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    colour = _imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     return None if colour is None else _to_uint8(colour)
 
 
@@ -634,7 +642,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
-                 temp_dir: str | Path, crf: int = VIDEO_CRF, preset: str = VIDEO_PRESET) -> None:
+                 temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
+                 preset: str = VIDEO_PRESET) -> None:
         self.path = Path(path)
         self.width, self.height = size
         self.frames_written = 0
@@ -644,8 +653,9 @@ class VideoWriter:
             raise LipSyncError(f"{audio} has no audio track")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
+        seconds = audio_seconds if audio_seconds is not None else (sound.audio_duration if sound else 0.0)
         args = write_args(self._partial, width=self.width, height=self.height, fps=fps, audio=audio,
-                          audio_duration=sound.audio_duration if sound else 0.0,
+                          audio_duration=seconds,
                           audio_sample_rate=sound.audio_sample_rate if sound else 0,
                           audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
         self._errors = tempfile.TemporaryFile(dir=temp_dir)

@@ -141,7 +141,7 @@ def test_tracking_a_steady_face_detects_keyframes_in_small_crops():
     finder = SquareFinder()
     found = _track(faces.FaceTracker(finder, every=8, max_side=640, batch=4), [_frame([b]) for b in truth])
     assert [i for i, b in enumerate(found) if b is not None] == [0, 8, 16, 24, 32, 39]
-    assert finder.shapes[0] == (360, 640), "the first face is searched in the whole, downscaled frame"
+    assert finder.shapes[0] == (640, 640), "the first face is searched in the whole frame, downscaled, padded square"
     assert finder.shapes[1:] == [(faces.ROI_SIDE, faces.ROI_SIDE)] * 5, "then only near where it was"
     filled = faces.fill_gaps(found, "clip")
     assert np.abs(filled - np.array(truth)).max() <= 3, "crop boxes map back to frame pixels"
@@ -197,3 +197,21 @@ def test_crop_boxes_map_back_to_the_frame(box):
     assert patch.shape == (faces.ROI_SIDE, faces.ROI_SIDE, 3)
     [inside] = SquareFinder()([patch])
     assert np.abs(np.array(crop.to_frame(inside, frame.shape)) - box).max() <= 2, "and past the edges, black"
+
+
+def test_haar_takes_the_most_confident_face_not_the_biggest_hit(astronaut_bgr):
+    """On this two-face picture, at detection size, Haar's biggest hit is a false one on her suit."""
+    from test_bad_inputs import _two_faces
+
+    small = faces.downscale([_two_faces(astronaut_bgr)], 0.625)[0]
+    x1, y1, x2, y2 = faces.HaarDetector()([small])[0]
+    assert 95 < x1 < 125 and 160 < x2 < 195 and y1 < 60, "the larger, real face on the left"
+
+
+def test_whole_frames_reach_the_detector_in_one_shape():
+    """Every video's whole-frame searches share one input shape, so a long-lived app compiles (and keeps) one."""
+    for shape in ((720, 1280), (1280, 720), (480, 640), (1080, 1920)):
+        finder = SquareFinder()
+        _track(faces.FaceTracker(finder, every=8, max_side=640, batch=2), [_frame([], shape=shape)] * 3)
+        assert set(finder.shapes) == {(640, 640)}, shape
+    assert faces.pad_to_square(np.ones((5, 7, 3), np.uint8), 0).shape == (5, 7, 3), "full size: as it is"

@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync import runtime
+from lipsync import native, runtime
 from lipsync.errors import LipSyncError
 
 from conftest import ROOT
@@ -138,8 +138,8 @@ def test_fastest_predictor_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
 
 def test_paddle_pass_statistics_never_reach_stderr(capfd, caplog):
     """oneDNN's bf16 passes write '---  squashed …' lines from C++ to fd 2; our one-line errors must stay alone."""
-    with caplog.at_level("DEBUG", logger="lipsync.runtime"):
-        with runtime._pass_stats_held_back():
+    with caplog.at_level("DEBUG", logger="lipsync.native"):
+        with native.held_back(runtime.PASS_STATS, "paddle"):
             os.write(2, b"\x1b[37m---    squashed 6 quantize op\x1b[0m\n")
             os.write(2, b"W1201 something paddle warns about\n")
     err = capfd.readouterr().err
