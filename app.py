@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python app.py`: first of all, as a restart would import gradio and build the UI again
+    from lipsync import cuda
+
+    cuda.bootstrap()  # before paddle loads: on a GPU set-up this may restart the script once (see lipsync/cuda.py)
+
+# The imports below follow the bootstrap on purpose (flake8's E402).
 import contextlib
 import functools
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import gradio as gr
 
@@ -20,6 +27,7 @@ from lipsync import tts
 from lipsync.errors import LipSyncError
 from lipsync.options import BLEND_MODES, DEFAULT_PADS, DEVICES, FACE_DETECTORS, LipSyncOptions
 from lipsync.tts import DEFAULT_VOICE
+from lipsync.types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SPEECH, STAGE_SYNC
 
 log = logging.getLogger("lipsync.app")
 
@@ -41,12 +49,15 @@ MODEL_NOTES = {
     "wav2lip": "most accurate lip shapes, blurrier",
 }
 STAGES = {  # engine stage → share of the progress bar (start, end)
-    "speech": (0.0, 0.05),
-    "reading audio": (0.05, 0.1),
-    "detecting faces": (0.1, 0.3),
-    "lip-syncing": (0.3, 0.95),
-    "encoding": (0.95, 1.0),
+    STAGE_SPEECH: (0.0, 0.05),
+    STAGE_AUDIO: (0.05, 0.08),
+    STAGE_LOAD: (0.08, 0.15),
+    STAGE_FACES: (0.15, 0.3),
+    STAGE_SYNC: (0.3, 0.95),
+    STAGE_ENCODE: (0.95, 1.0),
 }
+PAD_MIN_WIDTH = 100  # px: the four pad boxes share one row of the half-page column (gradio's default is 160)
+VOICE_API_NOTE = f"any edge-tts voice ShortName, such as {DEFAULT_VOICE} or de-DE-KatjaNeural (see edge-tts -l)"
 HAAR_STOOD_IN = "The S3FD face detector's weights are not available here, so OpenCV's Haar detector found the faces."
 EXAMPLE_TEXT = "Hi! I'm a cartoon, and now I can talk. Type anything, and I will say it."
 DESCRIPTION = """\
@@ -214,9 +225,9 @@ def _speech(
     if not text.strip():
         raise LipSyncError("Give a voice: upload or record audio, or type a text to speak.")
     check_text(text, limits)
-    report("speech", 0, 1)
+    report(STAGE_SPEECH, 0, 1)
     speech = tts.speak(text, workdir, voice or tts.DEFAULT_VOICE, int(rate or 0))
-    report("speech", 1, 1)
+    report(STAGE_SPEECH, 1, 1)
     if speech.fallback_reason:
         gr.Warning(f"Spoken offline by espeak-ng: {speech.fallback_reason}.")
     check_seconds(speech.path, "speech made from your text", limits)
@@ -283,7 +294,10 @@ def make_video(
         options, note = usable_detector(options)
         if note:
             gr.Warning(note)
+        quiet_paddle_signals()
         result = lipsync.run(face, speech_path, workdir / OUTPUT_NAME, options, progress=report)
+        for adjusted in result.notes:  # e.g. a huge picture scaled down to what players decode
+            gr.Warning(adjusted)
     return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
 
 
@@ -321,9 +335,89 @@ def preview_speech(
     return path, f"voice: {speech.engine} {speech.voice}"
 
 
-def run_example(generate: Callable, face_image, face_video, audio, text, language, voice, detector):
-    """An example row through make_video, every other option at its default (language only filters voices)."""
-    return generate(face_image, face_video, audio, text, voice, detector=detector, progress=_no_progress)
+@functools.lru_cache(maxsize=None)  # once per process
+def quiet_paddle_signals() -> None:
+    """Remove paddle's C++ signal handlers: on SIGTERM (a server stopped) it printed a scary 'FatalError' block."""
+    import faulthandler
+
+    import paddle
+
+    paddle.disable_signal_handler()  # SIGTERM ends the process silently again, as before paddle loaded
+    if not faulthandler.is_enabled():
+        faulthandler.enable()  # a crash still says where it happened, as Python tracebacks of every thread
+
+
+# ---------------------------------------------------------------- examples
+
+Result = Tuple[str, Optional[str], str]  # make_video's: the video, the speech made from the text, the status line
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example: what it puts into the form, and the options it runs with (never shown in the widgets)."""
+
+    label: str
+    face_image: Optional[str] = None
+    face_video: Optional[str] = None
+    audio: Optional[str] = None
+    text: str = ""
+    voice: str = DEFAULT_VOICE
+    detector: str = DEFAULTS.face_detector
+
+    def row(self) -> list:
+        """Its values for gr.Examples' inputs: face picture, face video, audio, text."""
+        return [self.face_image, self.face_video, self.audio, self.text]
+
+
+EXAMPLE_SET = (
+    Example("Cartoon + typed text", face_image=str(EXAMPLES / "cartoon.png"), text=EXAMPLE_TEXT,
+            voice="en-US-AndrewMultilingualNeural", detector="haar"),  # S3FD finds no face in a drawing
+    Example("Photo + speech", face_image=str(EXAMPLES / "astronaut.jpg"), audio=str(EXAMPLES / "astronaut.mp3")),
+    Example("Video + speech", face_video=str(EXAMPLES / "clip.mp4"), audio=str(EXAMPLES / "clip.mp3")),
+)  # fmt: skip
+
+
+class ExampleResults:
+    """Each example's result, made on its first click (with progress bar and warnings), then kept for this process."""
+
+    def __init__(self, generate: Callable[..., Result], folder: Path) -> None:
+        self._generate = generate
+        self._folder = folder
+        self._results: Dict[int, Result] = {}
+        self._locks = [threading.Lock() for _ in EXAMPLE_SET]
+
+    def get(self, index: int, progress: Callable[..., Any] = _no_progress) -> Result:
+        with self._locks[index]:  # two first clicks make it once
+            if index not in self._results or not Path(self._results[index][0]).is_file():  # or a temp cleaner took it
+                example = EXAMPLE_SET[index]
+                made = self._generate(face_image=example.face_image, face_video=example.face_video, audio=example.audio,
+                                      text=example.text, voice=example.voice, detector=example.detector,
+                                      progress=progress)  # fmt: skip
+                self._results[index] = keep_result(made, self._folder / str(index))
+        return self._results[index]
+
+
+def keep_result(made: Result, folder: Path) -> Result:
+    """The result with its files moved from their request folder (removed after an hour) into `folder`."""
+    video, speech, status = made
+    folder.mkdir(parents=True, exist_ok=True)
+    kept_video = str(shutil.move(video, folder / Path(video).name))
+    kept_speech = speech and str(shutil.move(speech, folder / Path(speech).name))
+    shutil.rmtree(Path(video).parent, ignore_errors=True)  # the speech was made there too
+    return kept_video, kept_speech, status
+
+
+def run_example(results: ExampleResults, selected: Tuple[int, list], progress=gr.Progress(track_tqdm=True)) -> Result:
+    """The clicked example's result (selected: gr.Examples' index and row), made at its first click."""
+    return results.get(selected[0], progress)
+
+
+def example_voice(selected: Tuple[int, list]) -> tuple:
+    """An example's language, voice and voice tab, set as plain values (gr.Examples would reset the pickers' lists)."""
+    example = EXAMPLE_SET[selected[0]]
+    if not example.text:
+        return gr.update(), gr.update(), gr.update()
+    return tts.locale_of(example.voice), example.voice, gr.Tabs(selected="text")
 
 
 # ---------------------------------------------------------------- voice picker
@@ -360,6 +454,11 @@ def keep_one(new, tab: str):
 # ---------------------------------------------------------------- layout
 
 
+def voice_api_info() -> Dict[str, Any]:
+    """The voice parameter's API type: any voice name, not just the few choices the page starts with."""
+    return {"type": "string", "pattern": tts.VOICE_PATTERN.pattern, "additional_description": VOICE_API_NOTE}
+
+
 def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
     with gr.Tabs(selected="picture") as tabs:
         with gr.Tab("Picture", id="picture"):
@@ -379,6 +478,8 @@ def _voice_inputs():
                 language = gr.Dropdown(language_choices(), value=tts.DEFAULT_LOCALE, label="Language")
                 voice = gr.Dropdown(voice_choices(tts.DEFAULT_LOCALE), value=tts.DEFAULT_VOICE, label="Voice",
                                     allow_custom_value=True, filterable=True)  # fmt: skip
+                # not a subclass: gradio writes a .pyi beside the file of every Component subclass
+                voice.api_info = voice_api_info
             rate = gr.Slider(tts.MIN_RATE, tts.MAX_RATE, value=0, step=5, label="Speaking rate (%)")
             preview = gr.Button("▶ Hear the voice", size="sm", elem_id="preview")
         with gr.Tab("Audio file", id="audio"):
@@ -386,15 +487,17 @@ def _voice_inputs():
     return tabs, text, language, voice, rate, preview, audio
 
 
-def _advanced_inputs() -> Tuple[list, gr.Radio]:
-    """The engine options that matter to users, in make_video's order; also the detector (examples set it)."""
-    with gr.Accordion("Advanced", open=False):
-        with gr.Row():
+def _advanced_inputs() -> list:
+    """The engine options that matter to users, in make_video's order."""
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        with gr.Row(elem_id="pads"):
             names = ("Pad top", "Pad bottom (chin)", "Pad left", "Pad right")
-            pads = [gr.Number(value=v, precision=0, label=name, minimum=0) for v, name in zip(DEFAULT_PADS, names)]
+            pads = [gr.Number(value=v, precision=0, label=name, minimum=0, min_width=PAD_MIN_WIDTH)
+                    for v, name in zip(DEFAULT_PADS, names)]  # fmt: skip
         with gr.Row():
             detector = gr.Radio(list(FACE_DETECTORS), value=DEFAULTS.face_detector, label="Face detector",
-                                info="sfd: S3FD, best (Haar stands in without its weights); haar: OpenCV")  # fmt: skip
+                                info="sfd: S3FD, best (Haar stands in without its weights); haar: OpenCV",
+                                elem_id="detector")  # fmt: skip
             blend = gr.Radio(list(BLEND_MODES), value=DEFAULTS.blend, label="Blending",
                              info="feather: soft paste of the lower face; box: the seed's hard rectangle")  # fmt: skip
         with gr.Row():
@@ -406,19 +509,18 @@ def _advanced_inputs() -> Tuple[list, gr.Radio]:
             static = gr.Checkbox(value=DEFAULTS.static, label="Video: use only its first frame")
             device = gr.Radio(list(DEVICES), value=DEFAULTS.device, label="Device")
         box = gr.Textbox(label="Face box (last resort)", placeholder="y1 y2 x1 x2 in pixels; empty = detect the face")
-    return [*pads, resize, smooth, static, fps, box, blend, detector, device], detector
+    return [*pads, resize, smooth, static, fps, box, blend, detector, device]
 
 
-def _examples(generate: Callable, inputs: list, outputs: list) -> gr.Examples:
-    rows = [
-        [str(EXAMPLES / "cartoon.png"), None, None, EXAMPLE_TEXT, "en-US", "en-US-AndrewMultilingualNeural", "haar"],
-        [str(EXAMPLES / "astronaut.jpg"), None, str(EXAMPLES / "astronaut.mp3"), "", "en-US", DEFAULT_VOICE, "sfd"],
-        [None, str(EXAMPLES / "clip.mp4"), str(EXAMPLES / "clip.mp3"), "", "en-US", DEFAULT_VOICE, "sfd"],
-    ]
-    return gr.Examples(
-        rows, inputs, outputs, fn=functools.partial(run_example, generate), cache_examples=True, cache_mode="lazy",
-        example_labels=["Cartoon + typed text", "Photo + speech", "Video + speech"], label="Examples",
-    )  # fmt: skip
+def _examples(results: ExampleResults, form: list, voice_form: list, outputs: list) -> gr.Examples:
+    """The example buttons: a click fills the form, then shows the example's result (made once, in the GPU group)."""
+    examples = gr.Examples([e.row() for e in EXAMPLE_SET], form, cache_examples=False, label="Examples",
+                           example_labels=[e.label for e in EXAMPLE_SET])  # fmt: skip
+    voice_set = examples.load_input_event.then(example_voice, examples.dataset, voice_form, queue=False,
+                                               show_progress="hidden", api_visibility="private")  # fmt: skip
+    voice_set.then(functools.partial(run_example, results), examples.dataset, outputs, concurrency_id=GPU_GROUP,
+                   api_visibility="private")  # fmt: skip
+    return examples
 
 
 def _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs) -> None:
@@ -432,7 +534,6 @@ def _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs) -> None
 def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
     """The whole UI; nothing is loaded until the first request (networks load once per process)."""
     limits = limits or Limits.from_env()
-    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(examples_cache()))  # gradio's default is the cwd
     generate = functools.partial(make_video, limits)
     with gr.Blocks(title="lipsync: make a face speak", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         gr.Markdown(DESCRIPTION)
@@ -442,7 +543,7 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
                 voice_tabs, text, language, voice, rate, preview, audio = _voice_inputs()
                 models = [(f"{m}: {MODEL_NOTES.get(m, '')}", m) for m in lipsync.available_models("wav2lip")]
                 model = gr.Dropdown(models, value=DEFAULTS.checkpoint, label="Model")
-                advanced, detector = _advanced_inputs()
+                advanced = _advanced_inputs()
                 run = gr.Button("Make it speak", variant="primary", elem_id="run")
             with gr.Column():
                 result = gr.Video(label="Result", buttons=["download"], interactive=False, autoplay=True,
@@ -454,7 +555,8 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
         run.click(generate, inputs, [result, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
         preview.click(functools.partial(preview_speech, limits), [text, voice, rate], [speech, status],
                       api_name="speak", concurrency_limit=None)  # fmt: skip
-        _examples(generate, [image, video, audio, text, language, voice, detector], [result, speech, status])
+        _examples(ExampleResults(generate, examples_cache()), [image, video, audio, text],
+                  [language, voice, voice_tabs], [result, speech, status])  # fmt: skip
         language.change(voices_for_language, [language, voice], voice, queue=False, api_visibility="private")
         _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs)
         demo.load(refresh_voice_picker, [language, voice], [language, voice], queue=False, api_visibility="private")
@@ -475,7 +577,4 @@ def queue(demo: gr.Blocks) -> gr.Blocks:
 demo = queue(build_demo())
 
 if __name__ == "__main__":
-    from lipsync import cuda
-
-    cuda.bootstrap()  # before paddle loads: on a GPU set-up this may restart the script once (see lipsync/cuda.py)
     demo.launch(**launch_options(Limits.from_env()))

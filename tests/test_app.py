@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from conftest import ROOT, ffprobe
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from lipsync import runtime, tts
+from lipsync import cuda, runtime, tts
 from lipsync.options import LipSyncOptions
 
 sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
@@ -41,6 +44,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def refused_proxy() -> str:
+    """A proxy nothing listens at: edge-tts fails at once, as offline."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @dataclass
@@ -63,12 +71,11 @@ class AppServer:
 
 
 def server_env(base: Path, **extra: str) -> dict:
-    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there: edge-tts fails at once, as offline
+    refused = refused_proxy()
     env = dict(os.environ, TMPDIR=str(base / "tmp"), GRADIO_SERVER_NAME="127.0.0.1",
                GRADIO_SERVER_PORT=str(free_port()), GRADIO_ANALYTICS_ENABLED="False", HTTPS_PROXY=refused,
                WSS_PROXY=refused, https_proxy=refused, wss_proxy=refused, NO_PROXY="127.0.0.1,localhost",
                no_proxy="127.0.0.1,localhost")  # fmt: skip
-    env.pop("GRADIO_EXAMPLES_CACHE", None)  # importing app here set it; the server picks its own under TMPDIR
     env.pop("GRADIO_TEMP_DIR", None)
     env.update(extra)
     return env
@@ -186,6 +193,16 @@ def test_preview_endpoint_speaks_the_text(client):
     assert status == "voice: espeak-ng de" and _seconds(Path(speech)) > 0.5
 
 
+def test_the_api_documents_voice_as_any_voice_name(client):
+    """The page starts with a few en-US voices; the API takes any edge-tts voice and must say so, not list six."""
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/lipsync", "/speak"):
+        [voice] = [p for p in endpoints[name]["parameters"] if p["parameter_name"] == "voice"]
+        assert voice["python_type"]["type"] == "str" and "enum" not in voice["type"]
+        assert "any edge-tts voice" in voice["python_type"]["description"]
+        assert re.match(voice["type"]["pattern"], "de-DE-KatjaNeural")
+
+
 @pytest.mark.parametrize(
     "inputs, message",
     [
@@ -221,6 +238,103 @@ def test_nothing_is_written_to_the_working_directory(client, server):
     assert not list(server.cwd.iterdir())
     requests = list((server.tmp / "lipsync-app").glob(f"{app.REQUEST_PREFIX}*"))
     assert requests, "each request works in its own folder under the temp dir"
+
+
+def test_a_stopped_server_exits_quietly_after_a_job(tmp_path, media, voice_files):
+    """Once a job loaded paddle, its C++ handler printed a 'FatalError: Termination signal' block on SIGTERM."""
+    running = launch_app(tmp_path)
+    try:
+        client = Client(running.url, verbose=False, download_files=str(tmp_path / "downloads"),
+                        analytics_enabled=False)  # fmt: skip
+        client.predict(face_image=handle_file(str(media["photo"])), audio=handle_file(str(voice_files["hello"])),
+                       api_name="/lipsync")  # fmt: skip
+    finally:
+        running.stop()
+    log = running.log.read_text()
+    assert running.process.returncode == -signal.SIGTERM
+    assert "Termination signal" not in log and "FatalError" not in log and "Traceback" not in log, log
+
+
+def _fake_cuda_wheel(site: Path) -> Path:
+    """A site folder holding what nvidia-cudnn-cu11 installs (an empty file stands in for the library)."""
+    lib = site / "nvidia" / "cudnn" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libcudnn.so.8").write_bytes(b"\x7fELF")
+    return site
+
+
+def test_python_app_py_restarts_for_cuda_before_it_imports_gradio(tmp_path):
+    """With CUDA wheels to link, `python app.py` restarts first thing: gradio is imported, the UI built, once."""
+    site = _fake_cuda_wheel(tmp_path / "site")
+    env = {"PYTHONPATH": str(site), "PYTHONPROFILEIMPORTTIME": "1", cuda.LIBRARY_PATH_ENV: "", cuda.REEXEC_ENV: "",
+           cuda.DISABLE_ENV: ""}  # fmt: skip
+    running = launch_app(tmp_path, **env)
+    running.stop()
+    lines = running.log.read_text().splitlines()
+    imported = [line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")]
+    assert imported.count("lipsync.cuda") == 2  # once before the restart, once after
+    assert imported.count("gradio") == 1
+
+
+# ---------------------------------------------------------------- examples and events
+
+
+def _component(name: str) -> int:
+    """The id of the one component with this elem_id or label."""
+    props = {c["id"]: c["props"] for c in app.demo.config["components"]}
+    [found] = [i for i, p in props.items() if name in (p.get("elem_id"), p.get("label"))]
+    return found
+
+
+def _dependency(api_name: str) -> dict:
+    [found] = [d for d in app.demo.config["dependencies"] if d["api_name"] == api_name]
+    return found
+
+
+def test_every_event_that_runs_the_networks_shares_the_gpu_group():
+    """'Make it speak' and an example's first click both write the result: one job at a time on the GPU."""
+    result = _component("result")
+    runs = [d["id"] for d in app.demo.config["dependencies"] if result in d["outputs"]]
+    assert len(runs) == 2
+    assert {app.demo.fns[run].concurrency_id for run in runs} == {app.GPU_GROUP}
+
+
+def test_a_click_on_an_example_fills_the_form_but_not_the_advanced_options():
+    """The visitor's next own run keeps the default options (the cartoon's Haar detector stays the example's)."""
+    dependencies = app.demo.config["dependencies"]
+    [dataset] = [c["id"] for c in app.demo.config["components"] if c["type"] == "dataset"]
+    chain = {d["id"] for d in dependencies if [dataset, "click"] in [list(t) for t in d["targets"]]}
+    while later := {d["id"] for d in dependencies if d["trigger_after"] in chain} - chain:
+        chain |= later
+    written = {o for d in dependencies if d["id"] in chain for o in d["outputs"]}
+    assert {_component(name) for name in ("face-image", "face-video", "audio", "text", "result")} <= written
+    inputs = _dependency("lipsync")["inputs"]
+    advanced = set(inputs[inputs.index(_component("Model")) + 1 :])  # make_video's options after the model
+    assert _component("Face detector") in advanced and not written & advanced
+
+
+def _refuse_edge_tts(monkeypatch) -> None:
+    for name in ("HTTPS_PROXY", "WSS_PROXY", "https_proxy", "wss_proxy"):
+        monkeypatch.setenv(name, refused_proxy())
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_example_is_made_once_with_its_own_detector_and_kept(tmp_path, monkeypatch):
+    _refuse_edge_tts(monkeypatch)
+    in_tmp = app.request_dir
+    monkeypatch.setattr(app, "request_dir", lambda: in_tmp(tmp_path / "requests"))
+    results = app.ExampleResults(functools.partial(app.make_video, app.Limits()), tmp_path / "kept")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        video, speech, status = results.get(0)  # the cartoon, with typed text
+    said = [str(w.message) for w in caught]  # gr.Warning outside a page is a Python warning
+    assert any(m.startswith("Spoken offline by espeak-ng") for m in said) and app.HAAR_STOOD_IN not in said, said
+    assert "faces: haar" in status and status.endswith("voice: espeak-ng en-us")
+    assert Path(video) == tmp_path / "kept" / "0" / app.OUTPUT_NAME and Path(speech).parent == Path(video).parent
+    assert not list((tmp_path / "requests").iterdir())  # the request folder went once its files were kept
+    made = os.stat(video).st_mtime_ns
+    assert results.get(0) == (video, speech, status) and os.stat(video).st_mtime_ns == made
 
 
 # ---------------------------------------------------------------- limits and helpers
@@ -283,12 +397,24 @@ def test_progress_is_one_bar_across_the_stages():
     seen = []
     report = app.progress_reporter(lambda value, desc: seen.append((value, desc)))
     for stage, done, total in [("speech", 0, 1), ("speech", 1, 1), ("reading audio", 1, 1),
-                               ("detecting faces", 16, 40), ("detecting faces", 40, 40), ("lip-syncing", 64, 87),
-                               ("lip-syncing", 87, 87), ("encoding", 0, 1), ("encoding", 1, 1)]:  # fmt: skip
+                               ("loading the model", 0, 1), ("loading the model", 1, 1), ("detecting faces", 16, 40),
+                               ("detecting faces", 40, 40), ("lip-syncing", 64, 87), ("lip-syncing", 87, 87),
+                               ("encoding", 0, 1), ("encoding", 1, 1)]:  # fmt: skip
         report(stage, done, total)
     values = [v for v, _ in seen]
     assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
-    assert seen[3][1] == "detecting faces 16/40" and seen[-1][1] == "encoding"
+    assert seen[3][1] == "loading the model" and seen[4][0] > seen[3][0]
+    assert seen[5][1] == "detecting faces 16/40" and seen[-1][1] == "encoding"
+
+
+def test_every_engine_stage_has_its_own_share_of_the_bar():
+    from lipsync.types import STAGES
+
+    assert list(app.STAGES) == list(STAGES)  # the engine's order
+    shares = [app.STAGES[stage] for stage in STAGES]
+    assert shares[0][0] == 0.0 and shares[-1][1] == 1.0
+    assert all(start < end for start, end in shares)
+    assert all(before[1] == after[0] for before, after in zip(shares, shares[1:]))  # no gaps, no overlaps
 
 
 def test_detector_falls_back_to_haar_only_when_s3fd_is_missing(s3fd_weights):
@@ -322,6 +448,7 @@ def test_importing_the_app_loads_no_model():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
                          env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))  # fmt: skip
     assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert not (ROOT / "app.pyi").exists()  # gradio writes one beside the file of any Component subclass
     assert app.demo.config["dependencies"] and {"lipsync", "speak"} <= {
         d.get("api_name") for d in app.demo.config["dependencies"]
     }
