@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -21,8 +21,9 @@ HAAR_MIN_FACE = 24  # px on the detection copy
 # Haar boxes run from the brows to the lower lip; S3FD's (what Wav2Lip was trained on) reach the chin.
 HAAR_TO_S3FD = (0.0, 0.08, 0.0, 0.18)  # grow (left, top, right, bottom) by these fractions of the box size
 KEYFRAME_DRIFT = 0.08  # keyframe boxes further apart than this fraction of the face size: detect the frames between
-ROI_SIDE = 192  # px: the square the detector looks at while it follows a face (a 640x360 frame is 6x the pixels)
+ROI_SIDE = 160  # px: the square the detector looks at while it follows a face (a 640x360 frame is 9x the pixels)
 ROI_CONTEXT = 2.5  # that square spans this many face sizes: room for the face to move between keyframes
+ROI_EDGE_PX = 1  # a box this close to a side where the crop cut the frame is a face the cut may have clipped
 RETRY_SIDE_FACTOR = 2  # a still without a face found is searched again on a copy this much larger (small faces)
 
 Detections = List[Optional[Box]]
@@ -123,10 +124,12 @@ class Crop:
     left: float
     top: float
     scale: float
+    picture: Box  # where the frame's pixels lie in the crop (black beyond, where the crop ran past the frame)
 
     def to_frame(self, box: Optional[Box], shape: Tuple[int, ...]) -> Optional[Box]:
-        """A box found in the crop, in frame pixels, clipped to the frame."""
-        if box is None:
+        """A box found in the crop, in frame pixels, clipped to the frame; None when the crop's edge cut it
+        (a face partly outside the crop gives a box of only its visible part)."""
+        if box is None or self._cut(box):
             return None
         h, w = shape[:2]
         x1, y1, x2, y2 = box
@@ -135,30 +138,39 @@ class Crop:
         x1, y1, x2, y2 = (int(round(v)) for v in mapped)
         return (max(0, x1), max(0, y1), min(w, x2), min(h, y2))
 
+    def _cut(self, box: Box) -> bool:
+        """Whether the box touches a side of the crop where the crop cut through the frame."""
+        px1, py1, px2, py2 = self.picture
+        x1, y1, x2, y2 = box
+        margin = ROI_EDGE_PX
+        return ((px1 == 0 and x1 <= margin) or (py1 == 0 and y1 <= margin)
+                or (px2 == ROI_SIDE and x2 >= ROI_SIDE - margin) or (py2 == ROI_SIDE and y2 >= ROI_SIDE - margin))
+
 
 def roi_crop(frame: Frame, box: Box) -> Tuple[Frame, Crop]:
     """A ROI_SIDE² patch centred on `box`, ROI_CONTEXT face sizes wide; black where it runs past the frame."""
     x1, y1, x2, y2 = box
     side = int(np.ceil(max(x2 - x1, y2 - y1, 1) * ROI_CONTEXT))
     left, top = (x1 + x2 - side) // 2, (y1 + y2 - side) // 2
-    crop = Crop(left, top, ROI_SIDE / side)
+    scale = ROI_SIDE / side
     h, w = frame.shape[:2]
     fx1, fy1, fx2, fy2 = max(0, left), max(0, top), min(w, left + side), min(h, top + side)
-    px1, py1, px2, py2 = (int(round(v * crop.scale)) for v in (fx1 - left, fy1 - top, fx2 - left, fy2 - top))
+    px1, py1, px2, py2 = (int(round(v * scale)) for v in (fx1 - left, fy1 - top, fx2 - left, fy2 - top))
     patch = np.zeros((ROI_SIDE, ROI_SIDE, 3), np.uint8)
     if px2 > px1 and py2 > py1:
-        shrink = cv2.INTER_AREA if crop.scale < 1 else cv2.INTER_LINEAR
+        shrink = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         patch[py1:py2, px1:px2] = cv2.resize(frame[fy1:fy2, fx1:fx2], (px2 - px1, py2 - py1), interpolation=shrink)
-    return patch, crop
+    return patch, Crop(left, top, scale, (px1, py1, px2, py2))
 
 
 class FaceTracker:
     """Face boxes for a stream of frames, detecting as little as the motion allows.
 
     Every `every`-th frame (and the last) is a keyframe: the detector looks at a small crop around the face it
-    found last (the whole frame, downscaled to `max_side`, when it has none or the crop misses). Frames between
-    two keyframes whose boxes moved or lost the face are detected too; the others stay None for fill_gaps.
-    The crop keeps one face across frames even when the picture holds several.
+    found last (the whole frame, downscaled to `max_side`, when it has none or the crop misses). Between two
+    keyframes whose boxes differ, the middle frame is checked against linear motion, and halves that break it
+    are checked the same way; where the face came or went, every frame is. The others stay None for fill_gaps,
+    which interpolates. The crop keeps one face across frames even when the picture holds several.
     """
 
     def __init__(self, detect: DetectFn, every: int, max_side: int, batch: int, retry_larger: bool = False):
@@ -186,25 +198,50 @@ class FaceTracker:
 
     def _keyframe(self, index: int, frame: Frame) -> None:
         box = self._find(frame)
-        before = self.boxes[self._last_key] if self._last_key is not None else None
-        if self._between and (before or box) and _moved(before, box):  # no face on either side: a gap, not a move
-            self._refine((before, box))
+        self.boxes[index] = box
+        if self._last_key is not None and self._between:
+            self._between_keyframes(self._last_key, index)
         self._between = []
-        self.boxes[index], self._last_key = box, index
+        self._last_key = index
         self._track = box or self._track
+
+    def _between_keyframes(self, first: int, last: int) -> None:
+        """Check the frames between two keyframes: nothing to do when the face held still (or stayed away)."""
+        before, after = self.boxes[first], self.boxes[last]
+        if before is None and after is None:
+            return  # no face on either side: a gap, not a move
+        if before is None or after is None:
+            self._refine(self._between, (before, after))  # the face came or went somewhere in between
+        elif _moved(before, after):
+            self._bisect(first, last, dict(self._between))
+
+    def _bisect(self, first: int, last: int, frames: Dict[int, Frame]) -> None:
+        """Detect the middle frame; if the face is where linear motion puts it, interpolation holds for the
+        rest, else look at both halves the same way. Smooth motion costs one detection per stretch."""
+        if last - first < 2:
+            return
+        middle = (first + last) // 2
+        expected = _interpolate(self.boxes[first], self.boxes[last], (middle - first) / (last - first))
+        found = self._in_crops([frames[middle]], expected)[0]
+        self.boxes[middle] = found
+        if found is None:  # lost in the middle: look at every frame
+            self._refine([(i, frames[i]) for i in range(first + 1, last)], (self.boxes[first], self.boxes[last]))
+        elif _moved(expected, found):
+            self._bisect(first, middle, frames)
+            self._bisect(middle, last, frames)
 
     def _find(self, frame: Frame) -> Optional[Box]:
         near = self._in_crops([frame], self._track)[0] if self._track is not None else None
         return near or self._in_whole([frame])[0]
 
-    def _refine(self, near: Sequence[Optional[Box]]) -> None:
-        """Detect the frames between two keyframes: near either keyframe's face, else in the whole frame."""
-        frames = [frame for _, frame in self._between]
+    def _refine(self, items: Sequence[Tuple[int, Frame]], near: Sequence[Optional[Box]]) -> None:
+        """Detect each of these (index, frame): near either keyframe's face, else in the whole frame."""
+        frames = [frame for _, frame in items]
         found: Detections = [None] * len(frames)
         for around in [box for box in near if box is not None]:
             self._fill(found, frames, lambda chosen, around=around: self._in_crops(chosen, around))
         self._fill(found, frames, self._in_whole)
-        for (index, _), box in zip(self._between, found):
+        for (index, _), box in zip(items, found):
             self.boxes[index] = box
 
     @staticmethod
@@ -241,6 +278,12 @@ class FaceTracker:
         for start in range(0, len(frames), self._batch):
             found += self._detect(frames[start : start + self._batch])
         return found
+
+
+def _interpolate(a: Box, b: Box, t: float) -> Box:
+    """The box a fraction t of the way from a to b."""
+    x1, y1, x2, y2 = (int(round(p + (q - p) * t)) for p, q in zip(a, b))
+    return (x1, y1, x2, y2)
 
 
 def _moved(a: Optional[Box], b: Optional[Box]) -> bool:
