@@ -13,7 +13,7 @@ from conftest import ROOT
 
 BENCH = ROOT / "benchmarks" / "bench.py"
 COLUMNS = ["case", "decode", "detection", "generator", "blend", "encode", "e2e fps", "e2e/gen", "RTF", "peak RSS MB"]
-CASE_ROWS = ("still 512x512", "video 256x144")
+CASE_ROWS = ("still 512x512", "video 320x180")
 GENERATOR_ROWS = ("generator alone, runtime", "generator alone, dygraph")
 GENERATOR_COLUMNS = ("generator", "e2e fps", "e2e/gen", "RTF", "peak RSS MB")
 NOT_APPLICABLE = "–"
