@@ -96,11 +96,11 @@ def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def media_seconds(path: str | Path) -> float:
+def media_seconds(path: str | Path, require_video: bool = False) -> float:
     """Duration of an audio or video file (decoding it when the header does not say); 0 for a picture."""
     from lipsync import audio, video
 
-    info = video.probe(path, require_video=False)
+    info = video.probe(path, require_video=require_video)
     if info.is_image:
         return 0.0
     seconds = info.duration or info.audio_duration
@@ -109,11 +109,11 @@ def media_seconds(path: str | Path) -> float:
     return seconds
 
 
-def check_seconds(path: str | Path, what: str, limits: Limits) -> None:
-    """gr.Error when the file lasts longer than the app accepts."""
+def check_seconds(path: str | Path, what: str, limits: Limits, require_video: bool = False) -> None:
+    """gr.Error when the file lasts longer than the app accepts (a face must be a picture or a video)."""
     if limits.max_seconds <= 0:
         return
-    seconds = media_seconds(path)
+    seconds = media_seconds(path, require_video)
     if seconds > limits.max_seconds:
         raise gr.Error(
             f"The {what} lasts {seconds:.1f} s; this app accepts up to {limits.max_seconds:g} s. "
@@ -208,7 +208,7 @@ def _one_face(face_image: Optional[str], face_video: Optional[str], limits: Limi
     if not (face_image or face_video):
         raise LipSyncError("Give a face: upload a picture or a video (or use the webcam).")
     if face_video:
-        check_seconds(face_video, "face video", limits)
+        check_seconds(face_video, "face video", limits, require_video=True)
     return face_image or face_video  # type: ignore[return-value]
 
 
@@ -459,11 +459,41 @@ def voice_api_info() -> Dict[str, Any]:
     return {"type": "string", "pattern": tts.VOICE_PATTERN.pattern, "additional_description": VOICE_API_NOTE}
 
 
+def readable_picture(preprocess: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """gr.Image.preprocess, but a picture PIL cannot open (empty, damaged, not a picture) gets lipsync's own
+    message instead of gradio's silent failure."""
+
+    @functools.wraps(preprocess)
+    def checked(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            raise gr.Error(picture_problem(getattr(payload, "path", None), exc)) from exc
+
+    return checked
+
+
+def picture_problem(path: Optional[str], exc: BaseException) -> str:
+    """What is wrong with an uploaded picture, in lipsync's words."""
+    from lipsync import video
+
+    if path and Path(path).is_file() and Path(path).stat().st_size == 0:
+        return "The face picture is empty (0 bytes); was the upload complete?"
+    try:
+        video.probe(path or "")
+    except LipSyncError as problem:
+        return str(problem)
+    return f"The face picture could not be opened ({exc}); save it again as jpg or png."
+
+
 def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
     with gr.Tabs(selected="picture") as tabs:
         with gr.Tab("Picture", id="picture"):
+            # image_mode None: uploads reach lipsync as they are (it reads CMYK, 16-bit, alpha and EXIF itself);
+            # webcam shots arrive as png
             image = gr.Image(label="Face picture", type="filepath", sources=["upload", "webcam", "clipboard"],
-                             image_mode="RGB", format="png", height=320, elem_id="face-image")  # fmt: skip
+                             image_mode=None, format="png", height=320, elem_id="face-image")  # fmt: skip
+            image.preprocess = readable_picture(image.preprocess)  # an instance patch: see voice.api_info
         with gr.Tab("Video", id="video"):
             video = gr.Video(label="Face video", sources=["upload", "webcam"], height=320, elem_id="face-video")
     return tabs, image, video

@@ -314,3 +314,57 @@ def test_the_table_covers_what_the_issue_lists():
     names = {c.name for c in CASES}
     assert len(CASES) >= 24 and len(names) == len(CASES)
     assert sum(c.error is None for c in CASES) >= 12 and sum(c.error is not None for c in CASES) >= 10
+
+
+# ---------------------------------------------------------------- a representative subset through the running app
+
+# case → what the page must show: None for a video, else a piece of the error the visitor reads.
+APP_CASES = {
+    "empty_face": "is empty (0 bytes)",
+    "truncated_png": "could not decode the picture",
+    "text_as_mp4": "cannot be read as a picture or a video",
+    "no_face": "No face found",
+    "one_pixel": "too small to hold a face",
+    "several_faces": None,
+    "cmyk_jpeg": None,
+    "rgba_png": None,
+    "rotated_phone_video": None,
+    "silent_audio": None,
+    "audio_0.1s": None,
+    "audio_8ch_96khz": None,
+    "audio_10_minutes": "this app accepts up to 60 s",  # allowed on the command line, limited here
+    "video_without_audio": "has no audio track",
+    "name_unicode": None,
+}
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
+
+
+@pytest.fixture(scope="module")
+def app_client(isolated_weights, tmp_path_factory):
+    from gradio_client import Client
+    from test_app import launch_app
+
+    server = launch_app(tmp_path_factory.mktemp("app"))  # the app's default limits
+    yield Client(server.url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")),
+                 analytics_enabled=False)  # fmt: skip
+    server.stop()
+
+
+@pytest.mark.parametrize("name", list(APP_CASES))
+def test_through_the_app(name: str, inputs: Inputs, app_client) -> None:
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    case = next(c for c in CASES if c.name == name)
+    made = case.make(inputs)
+    face = Path(made["face"])  # type: ignore[arg-type]
+    slot = "face_video" if face.suffix.lower() in VIDEO_SUFFIXES else "face_image"
+    args = {slot: handle_file(str(face)), "audio": handle_file(str(made["audio"])), "detector": "haar"}
+    expected = APP_CASES[name]
+    if expected is not None:
+        with pytest.raises(AppError, match=_literal(expected)):
+            app_client.predict(**args, api_name="/lipsync")
+        return
+    video, _, status = app_client.predict(**args, api_name="/lipsync")
+    _check_video(Path(video), made, case)
+    assert "faces: haar" in status

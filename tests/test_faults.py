@@ -1,0 +1,86 @@
+"""Faults outside the input: ffmpeg missing, the GPU running out of memory (downloads: tests/test_weights.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+from conftest import ROOT, ffprobe
+
+import lipsync
+from lipsync import pipeline, runtime
+from lipsync.errors import LipSyncError
+from lipsync.options import LipSyncOptions
+
+HAAR = LipSyncOptions(face_detector="haar", device="cpu")
+NO_FFMPEG = "ffmpeg was not found: install ffmpeg"
+
+
+def test_without_ffmpeg_the_command_line_says_so_at_once(media, tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path), PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path))  # no ffmpeg on PATH
+    args = ["--face", str(media["photo"]), "--audio", str(media["speech"]), "--outfile", str(tmp_path / "o.mp4")]
+    proc = subprocess.run([sys.executable, "-m", "lipsync", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {NO_FFMPEG}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.mp4").exists()
+
+
+def test_without_ffmpeg_the_api_raises_before_any_work(media, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    seen: List[str] = []
+    with pytest.raises(LipSyncError, match=NO_FFMPEG):
+        lipsync.run(media["photo"], media["speech"], tmp_path / "o.mp4", HAAR, progress=lambda s, d, t: seen.append(s))
+    assert seen == [], "no stage started"
+
+
+class RunsOutOfMemory:
+    """A real predictor that, like a full GPU, fails every call larger than `fits` (paddle's words)."""
+
+    def __init__(self, predictor: runtime.Predictor, fits: int):
+        self.predictor, self.fits, self.sizes = predictor, fits, []
+
+    def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
+        self.sizes.append(len(arrays[0]))
+        if len(arrays[0]) > self.fits:
+            raise RuntimeError("ResourceExhaustedError: Out of memory error on GPU 0. Cannot allocate 1.2GB memory")
+        return self.predictor.run(*arrays)
+
+
+class FullGpuEngine(pipeline.Engine):
+    """The engine with its generator on a GPU that fits only `fits` faces per batch."""
+
+    def __init__(self, fits: int):
+        super().__init__()
+        self.fits = fits
+        self.generators: List[RunsOutOfMemory] = []
+
+    def generator(self, options, device):
+        failing = RunsOutOfMemory(super().generator(options, device), self.fits)
+        self.generators.append(failing)
+        return failing  # type: ignore[return-value]
+
+
+def test_out_of_memory_halves_the_batch_and_the_job_goes_on(media, tmp_path):
+    engine = FullGpuEngine(fits=4)
+    out = tmp_path / "out.mp4"
+    result = lipsync.run(media["photo"], media["speech"], out, HAAR, engine=engine)
+    sizes = engine.generators[0].sizes
+    assert sizes[:3] == [16, 8, 4], "16 failed, 8 failed, 4 fit"
+    assert set(sizes[3:]) == {4}, "and the job went on at 4"
+    assert result.frames > 4 * 10 and {s["codec_type"] for s in ffprobe(out)["streams"]} == {"video", "audio"}
+
+
+def test_the_detector_halves_its_batch_too(s3fd_weights, tmp_path):
+    """S3FD on a full GPU: a batch that does not fit is split, and the boxes are the same."""
+    from lipsync import faces, s3fd
+
+    prefix = runtime.export_static(lambda: s3fd.load_s3fd(s3fd_weights), pipeline.S3FD_SPECS, tmp_path / "s3fd")
+    failing = RunsOutOfMemory(runtime.Predictor(prefix, runtime.Device("cpu", "requested")), fits=1)
+    frames = [np.full((96, 96, 3), 120 + 10 * i, np.uint8) for i in range(4)]
+    expected = faces.S3FDDetector(failing.predictor.run)(frames)
+    assert faces.S3FDDetector(runtime.BatchRunner(failing.run, 4))(frames) == expected
+    assert failing.sizes[:3] == [4, 2, 1] and set(failing.sizes[3:]) == {1}
