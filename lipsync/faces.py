@@ -24,6 +24,7 @@ KEYFRAME_DRIFT = 0.08  # keyframe boxes further apart than this fraction of the 
 ROI_SIDE = 160  # px: the square the detector looks at while it follows a face (a 640x360 frame is 9x the pixels)
 ROI_CONTEXT = 2.5  # that square spans this many face sizes: room for the face to move between keyframes
 ROI_EDGE_PX = 1  # a box this close to a side where the crop cut the frame is a face the cut may have clipped
+COARSE_SIDE = 320  # px: whole frames are searched at this size first (a face found is then placed by a crop)
 RETRY_SIDE_FACTOR = 2  # a still without a face found is searched again on a copy this much larger (small faces)
 
 Detections = List[Optional[Box]]
@@ -64,7 +65,12 @@ def map_back(box: Optional[Box], scale: float, shape: Tuple[int, ...]) -> Option
         return None
     h, w = shape[:2]
     x1, y1, x2, y2 = (int(round(v / scale)) for v in box)
-    return (max(0, x1), max(0, y1), min(w, x2), min(h, y2))
+    return _usable((max(0, x1), max(0, y1), min(w, x2), min(h, y2)))
+
+
+def _usable(box: Box) -> Optional[Box]:
+    """The box, or None when clipping to the frame left no room for a face crop."""
+    return box if valid_box(box) else None
 
 
 class S3FDDetector:
@@ -136,7 +142,7 @@ class Crop:
         mapped = (self.left + x1 / self.scale, self.top + y1 / self.scale,
                   self.left + x2 / self.scale, self.top + y2 / self.scale)  # fmt: skip
         x1, y1, x2, y2 = (int(round(v)) for v in mapped)
-        return (max(0, x1), max(0, y1), min(w, x2), min(h, y2))
+        return _usable((max(0, x1), max(0, y1), min(w, x2), min(h, y2)))
 
     def _cut(self, box: Box) -> bool:
         """Whether the box touches a side of the crop where the crop cut through the frame."""
@@ -167,7 +173,7 @@ class FaceTracker:
     """Face boxes for a stream of frames, detecting as little as the motion allows.
 
     Every `every`-th frame (and the last) is a keyframe: the detector looks at a small crop around the face it
-    found last (the whole frame, downscaled to `max_side`, when it has none or the crop misses). Between two
+    found last (the whole frame, at COARSE_SIDE then at `max_side`, when it has none or the crop misses). Between two
     keyframes whose boxes differ, the middle frame is checked against linear motion, and halves that break it
     are checked the same way; where the face came or went, every frame is. The others stay None for fill_gaps,
     which interpolates. The crop keeps one face across frames even when the picture holds several.
@@ -248,6 +254,8 @@ class FaceTracker:
     def _fill(found: Detections, frames: Sequence[Frame], detect: DetectFn) -> None:
         """Detect the frames whose box is still None."""
         missing = [i for i, box in enumerate(found) if box is None]
+        if not missing:
+            return
         for i, box in zip(missing, detect([frames[i] for i in missing])):
             found[i] = box
 
@@ -259,14 +267,28 @@ class FaceTracker:
         return [crop.to_frame(box, frame.shape) for (_, crop), box, frame in zip(crops, found, frames)]
 
     def _in_whole(self, frames: Sequence[Frame]) -> Detections:
-        if not frames:
-            return []
-        found = self._downscaled(frames, self._max_side)
-        if self._retry_larger and all(box is None for box in found):
-            larger = RETRY_SIDE_FACTOR * self._max_side
-            if detection_scale(frames[0].shape, self._max_side) < detection_scale(frames[0].shape, larger):
-                found = self._downscaled(frames, larger)
+        """Search whole frames, coarse first (a face found there is then placed by a crop search, which sees
+        it at the tracker's usual size); frames without a face are searched again at the next size."""
+        found: Detections = [None] * len(frames)
+        for side in self._search_sides(frames[0].shape) if frames else []:
+            self._fill(found, frames, lambda chosen, side=side: self._downscaled(chosen, side))
+        for i, box in enumerate(found):
+            if box is not None:
+                found[i] = self._in_crops([frames[i]], box)[0] or box
         return found
+
+    def _search_sides(self, shape: Tuple[int, ...]) -> List[int]:
+        """Longest sides to search whole frames at, coarse to fine; each one that actually changes the size."""
+        if self._max_side <= 0:
+            return [0]
+        sides = [min(COARSE_SIDE, self._max_side), self._max_side]
+        if self._retry_larger:
+            sides.append(RETRY_SIDE_FACTOR * self._max_side)
+        kept: List[int] = []
+        for side in sorted(set(sides)):
+            if not kept or detection_scale(shape, side) > detection_scale(shape, kept[-1]):
+                kept.append(side)
+        return kept
 
     def _downscaled(self, frames: Sequence[Frame], max_side: int) -> Detections:
         scale = detection_scale(frames[0].shape, max_side)

@@ -67,6 +67,8 @@ def test_detection_scale_and_map_back():
     assert faces.detection_scale((300, 200, 3), 640) == 1.0
     assert faces.detection_scale((3000, 200, 3), 0) == 1.0
     assert faces.map_back((10, 20, 300, 400), 0.5, (720, 1280, 3)) == (20, 40, 600, 720)
+    assert faces.map_back((1300, 10, 1400, 50), 1.0, (720, 1280, 3)) is None, "clipped to nothing: no face"
+    assert faces.Crop(0, 0, 1.0, (0, 0, 160, 160)).to_frame((100, 100, 150, 150), (90, 90, 3)) is None
 
 
 def test_haar_finds_the_astronaut_face(astronaut_bgr):
@@ -141,8 +143,9 @@ def test_tracking_a_steady_face_detects_keyframes_in_small_crops():
     finder = SquareFinder()
     found = _track(faces.FaceTracker(finder, every=8, max_side=640, batch=4), [_frame([b]) for b in truth])
     assert [i for i, b in enumerate(found) if b is not None] == [0, 8, 16, 24, 32, 39]
-    assert finder.shapes[0] == (640, 640), "the first face is searched in the whole frame, downscaled, padded square"
-    assert finder.shapes[1:] == [(faces.ROI_SIDE, faces.ROI_SIDE)] * 5, "then only near where it was"
+    crop = (faces.ROI_SIDE, faces.ROI_SIDE)
+    assert finder.shapes[0] == (320, 320), "the first face is searched in the whole frame, coarse, padded square"
+    assert finder.shapes[1:] == [crop] * 6, "placed by a crop, then searched only near where it was"
 
 
 def test_smooth_motion_costs_about_one_more_detection_per_stretch():
@@ -161,7 +164,7 @@ def test_frames_between_keyframes_are_detected_where_the_face_jumped():
     assert all(found[i] is None for i in range(1, 8)), "steady stretches stay sparse"
     filled = faces.fill_gaps(found, "clip")
     assert np.abs(filled - np.array(truth)).max() <= 3, "the jump is pinned down to the frame"
-    assert len(finder.shapes) < 20, "by halving the stretch, not by detecting every frame"
+    assert sum(box is not None for box in found) < 20, "by halving the stretch, not by detecting every frame"
 
 
 def test_a_face_that_leaves_is_none_and_filled_from_its_neighbours():
@@ -186,7 +189,7 @@ def test_the_tracked_face_is_kept_when_a_bigger_one_appears():
 def test_every_one_detects_every_frame():
     finder = SquareFinder()
     found = _track(faces.FaceTracker(finder, every=1, max_side=640, batch=16), [_frame([(300, 200, 500, 420)])] * 7)
-    assert all(b is not None for b in found) and len(finder.shapes) == 7
+    assert all(b is not None for b in found) and finder.shapes.count((faces.ROI_SIDE, faces.ROI_SIDE)) == 7
 
 
 def test_a_small_face_in_a_big_still_is_searched_again_larger():
@@ -194,7 +197,7 @@ def test_a_small_face_in_a_big_still_is_searched_again_larger():
     assert _track(faces.FaceTracker(SquareFinder(), 1, 640, 1), [still]) == [None]
     finder = SquareFinder()
     [box] = _track(faces.FaceTracker(finder, 1, 640, 1, retry_larger=True), [still])
-    assert finder.shapes == [(640, 640), (1280, 1280)]
+    assert finder.shapes == [(320, 320), (640, 640), (1280, 1280), (faces.ROI_SIDE, faces.ROI_SIDE)]
     assert box is not None and np.abs(np.array(box) - (1000, 1000, 1012, 1012)).max() <= 2
 
 
@@ -216,12 +219,13 @@ def test_haar_takes_the_most_confident_face_not_the_biggest_hit(astronaut_bgr):
     assert 95 < x1 < 125 and 160 < x2 < 195 and y1 < 60, "the larger, real face on the left"
 
 
-def test_whole_frames_reach_the_detector_in_one_shape():
-    """Every video's whole-frame searches share one input shape, so a long-lived app compiles (and keeps) one."""
+def test_whole_frames_reach_the_detector_in_one_shape_per_search_size():
+    """Every video's whole-frame searches share the same input shapes, so a long-lived app compiles (and keeps)
+    only those."""
     for shape in ((720, 1280), (1280, 720), (480, 640), (1080, 1920)):
         finder = SquareFinder()
         _track(faces.FaceTracker(finder, every=8, max_side=640, batch=2), [_frame([], shape=shape)] * 3)
-        assert set(finder.shapes) == {(640, 640)}, shape
+        assert set(finder.shapes) == {(320, 320), (640, 640)}, shape  # coarse, then at detect_max_side
     assert faces.pad_to_square(np.ones((5, 7, 3), np.uint8), 0).shape == (5, 7, 3), "full size: as it is"
 
 
