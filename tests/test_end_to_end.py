@@ -126,6 +126,22 @@ def test_cli_run_writes_the_video_and_leaves_no_temp(media, tmp_path):
     assert proc.returncode == 0, proc.stderr
     _check_output(out, media["speech"], (256, 256))
     assert list(scratch.iterdir()) == [], "no temp files left, nothing written in the working directory"
+    frames, source = read_video_frames(out), read_video_frames(media["video"])
+    half = np.ascontiguousarray(source[10, ::2, ::2])  # the source frame at --resize_factor 2, near enough
+    assert np.abs(frames[10, 75:110, 92:128].astype(int) - half[75:110, 92:128]).mean() > 10, "the mouth moved"
+
+
+def test_cli_on_a_photo_changes_the_face_and_nothing_else(media, astronaut_bgr, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "photo.mp4"
+    proc = run_cli("--face", str(media["photo"]), "--audio", str(media["speech"]), "--outfile", str(out),
+                   "--face_detector", "haar", "--pads", "0", "10", "0", "0", tmpdir=scratch)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{out}: ") and " frames at 25 fps " in proc.stdout
+    _check_output(out, media["speech"], (512, 512))
+    _face_changed_background_kept(read_video_frames(out)[20], astronaut_bgr)
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize(
