@@ -511,11 +511,11 @@ def _stages_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
 
 
 def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
-    """Load and warm the networks (as the app holds them after its first request), time one lipsync.run,
-    then the generator alone.
+    """Load and warm the networks (as the app holds them after its first request), then `runs` times: one
+    timed lipsync.run, then the generator alone.
 
-    The generator-only figure is taken in the same process right after the run, so the e2e/generator
-    share compares two figures measured under the same load.
+    Each generator-only figure is taken in the same process right after its run, so the e2e/generator
+    share compares figures measured under the same load; the best of the runs is kept, as timeit does.
     """
     started = time.perf_counter()
     from lipsync import pipeline, runtime
@@ -526,23 +526,41 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
     if options.box is None:
         _warm_detector(engine.detector(options, device), options)
     batch = pipeline.generator_batch(options, device)
-    predictor.run(*generator_inputs(_case_from(spec), batch))  # oneDNN builds its kernels on a first run
-    _reset_peak_rss()  # the peak is the run's, not the warm-up's
+    case = _case_from(spec)
+    mels, faces_in = generator_inputs(case, batch)
+    predictor.run(mels, faces_in)  # oneDNN builds its kernels on a first run
+    if case.still:  # a picture runs the generator split in two (face encoder once): warm those too
+        split = engine.still_generator(options, device)
+        split.decoder.run(mels, *split.encoder.run(faces_in[:1]))
     loaded = time.perf_counter()
+    runs = []
+    for _ in range(spec.get("runs", 1)):
+        run = _timed_run(case, spec, options, engine)
+        runs.append({**run, "generator_fps": _generator_after(predictor, case, spec, options)})
+    best = min(runs, key=lambda run: run["seconds"])
+    return {**best, "load_seconds": loaded - started, "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+            "generator_fps": max(run["generator_fps"] for run in runs),
+            "runs": [{"fps": run["frames"] / run["seconds"], "generator_fps": run["generator_fps"]} for run in runs]}
+
+
+def _timed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -> Dict[str, Any]:
+    """One lipsync.run with its seconds, the stages' start/end times and its own peak RSS."""
+    from lipsync import pipeline
+
+    _reset_peak_rss()  # the peak is the run's, not the warm-up's
+    began = time.perf_counter()
     phases: Dict[str, List[float]] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        now = time.perf_counter() - loaded
+        now = time.perf_counter() - began
         phases.setdefault(stage, [now, now])[1] = now
 
-    case = _case_from(spec)
     result = pipeline.run(case.face, case.speech, spec["outfile"], options, progress=progress, engine=engine)
-    finished = time.perf_counter()
+    seconds = time.perf_counter() - began
     peak = _peak_rss_mb()
     Path(spec["outfile"]).unlink(missing_ok=True)
-    return {"frames": result.frames, "seconds": finished - loaded, "load_seconds": loaded - started,
-            "device": result.device, "phases": phases, "peak_rss_mb": peak,
-            "generator_fps": _generator_after(predictor, case, spec, options)}  # fmt: skip
+    return {"frames": result.frames, "seconds": seconds, "device": result.device, "phases": phases,
+            "peak_rss_mb": peak}
 
 
 def _warm_detector(detect: Callable, options: Any) -> None:
@@ -588,9 +606,10 @@ def _spec(case: Case, options: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
 
 
 def end_to_end(case: Case, options: Dict[str, Any], sizes: Sizes, folder: Path,
-               profile: Optional[Path] = None) -> Dict[str, Any]:
-    """One case's whole run: frames/s and real-time factor with the networks already loaded, and peak RSS."""
-    spec = _spec(case, options, sizes=asdict(sizes), outfile=str(folder / f"{case.key}-out.mp4"))
+               profile: Optional[Path] = None, runs: int = 1) -> Dict[str, Any]:
+    """One case's best of `runs` whole runs: frames/s and real-time factor with the networks already loaded,
+    and the highest peak RSS."""
+    spec = _spec(case, options, sizes=asdict(sizes), outfile=str(folder / f"{case.key}-out.mp4"), runs=runs)
     child = run_child("e2e", spec, profile)
     child["fps"] = child["frames"] / child["seconds"]
     child["rtf"] = child["seconds"] / case.seconds
@@ -715,17 +734,29 @@ def print_report(results: Dict[str, Any]) -> None:
     print(f"date: {box['date']}; device: {results['device']}; load average at start {box['load_average']}, "
           f"at end {results['load_average_end']}")
     print("stage columns: output frames/s each stage sustains alone (a still is decoded and detected once); "
-          "a case's generator figure is taken in its e2e process right after the run; e2e: lipsync.run with the "
-          "networks loaded, in a fresh process; e2e/gen = e2e / generator; RTF = run time / speech length\n")
+          "a case's generator figure is taken in its e2e process right after each run; e2e: lipsync.run with the "
+          "networks loaded, in a fresh process, best of the runs; e2e/gen = best e2e / best generator; "
+          "RTF = run time / speech length\n")
     print(markdown_table(table_rows(results)))
     spread = results["generator"]
     print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats (the table shows the best): runtime "
           f"{_nums(spread['runtime'])}; dygraph {_nums(spread['dygraph'])}; runtime/dygraph per repeat "
           f"{_nums(spread['pair_ratios'])}")
+    for case in results["cases"].values():
+        runs = case["e2e"].get("runs", [])
+        if len(runs) > 1:
+            print(f"{case['label']}, {len(runs)} runs: e2e {_nums(r['fps'] for r in runs)} frames/s, generator after "
+                  f"each {_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
+                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)}")
     print("\n".join(["targets:", *target_lines(results)]))
     if results.get("profile"):
-        print("\nvideo case, share of wall time inside lipsync functions (py-spy, idle included):")
+        print(f"\n{results.get('profiled', 'video case')}, share of wall time inside lipsync functions "
+              "(py-spy, idle included):")
         print("\n".join(f"- {100 * share:5.1f}%  {name}" for name, share in results["profile"]))
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%"
 
 
 def _yes(flag: bool) -> str:
@@ -747,7 +778,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=10.0, help="long video for --memory-check (default 10)")
     parser.add_argument("--memory-detector", choices=("sfd", "haar"), default="sfd",
                         help="face detector for --memory-check (haar keeps a 10-minute run short on CPU)")
-    parser.add_argument("--profile", type=Path, help="record the video case's run with py-spy into this raw file")
+    parser.add_argument("--profile", type=Path, help="record the last case's run (the video, or the still with --cases still) with py-spy "
+                             "into this raw file")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--report", type=Path, help="print the table of a saved --json file and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -781,11 +813,12 @@ def measure(args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
         stages = run_child("stages", _spec(case, options, sizes=asdict(sizes), folder=str(folder)))
         stages.pop("peak_rss_mb")
         note(f"{case.label}: stages {_nums(stages.values())} frames/s; end to end, {case.frames} frames")
-        e2e = end_to_end(case, options, sizes, folder, args.profile if case.key == "video" else None)
+        e2e = end_to_end(case, options, sizes, folder, args.profile if case is cases[-1] else None,
+                         sizes.repeats)
         note(f"{case.label}: end to end {e2e['fps']:.2f} frames/s, peak RSS {e2e['peak_rss_mb']:.0f} MB")
         results["cases"][case.key] = {"label": case.label, "frames": case.frames, "stages": stages, "e2e": e2e}
     if args.profile is not None and args.profile.exists():
-        results["profile"] = profile_summary(args.profile)
+        results["profile"], results["profiled"] = profile_summary(args.profile), cases[-1].label
     if args.memory_check:
         memory_options = {**options, "face_detector": args.memory_detector}
         results["memory"] = memory_check(photo, folder, memory_options, args.minutes)

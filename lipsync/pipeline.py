@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 FACE_SIZE = 96  # generator input/output side, px
 WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
+FACE_ENCODER_SPECS = [WAV2LIP_SPECS[1]]
 S3FD_SPECS = [((None, 3, None, None), "float32")]
 WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32)
 S3FD_GPU_ITEM_MB = 21  # GPU activations per 160×160 tracking crop (~15) with room (a 640×360 frame: 130; the pool grows)
@@ -66,6 +67,15 @@ class _Job:
     notes: Tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class StillGenerator:
+    """The generator in two predictors for a still face: the face encoder (once per run), then the decoder,
+    which takes the mel windows and that one face's skip features."""
+
+    encoder: runtime.Predictor
+    decoder: runtime.Predictor
+
+
 class Engine:
     """The loaded networks, built once per process and shared by every run (thread-safe)."""
 
@@ -77,7 +87,25 @@ class Engine:
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
         build = lambda: weights.load_wav2lip(str(path))  # noqa: E731
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, probe=_generator_probe())
+        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, probe=_generator_probe)
+
+    def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
+        """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
+        from .model import FaceEncoder, StillFaceDecoder
+
+        path = weights.resolve_weights(options.checkpoint, "wav2lip")
+        load = lambda: weights.load_wav2lip(str(path))  # noqa: E731
+        encoder = self._predictor(path, "wav2lip-face-encoder", lambda: FaceEncoder(load()), FACE_ENCODER_SPECS,
+                                  device, (1, WAV2LIP_GPU_ITEM_MB))  # fmt: skip
+
+        def probe() -> Tuple[np.ndarray, ...]:
+            mel, face_in = _generator_probe()
+            return (mel, *encoder.run(face_in[:1]))
+
+        pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
+        decoder = self._predictor(path, "wav2lip-still-decoder", lambda: StillFaceDecoder(load()),
+                                  _still_decoder_specs(), device, pool, probe=probe)  # fmt: skip
+        return StillGenerator(encoder, decoder)
 
     def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
         """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar."""
@@ -94,7 +122,8 @@ class Engine:
     def _predictor(
         self, path: Path, arch: str, build, specs, device: runtime.Device, pool: Tuple[int, float], probe=None
     ) -> runtime.Predictor:
-        """A predictor per (weights, device); pool = (batch, MB per item) sizes the GPU memory pool."""
+        """A predictor per (weights, device); pool = (batch, MB per item) sizes the GPU memory pool; probe()
+        gives inputs to compare a faster precision with fp32 on (none: fp32)."""
         key = runtime.export_key(path, arch)
 
         def make() -> runtime.Predictor:
@@ -102,7 +131,7 @@ class Engine:
             pool_mb = runtime.gpu_pool_mb(prefix, *pool)
             if probe is None:
                 return runtime.Predictor(prefix, device, pool_mb=pool_mb)
-            return runtime.fastest_predictor(prefix, device, probe, pool_mb=pool_mb)
+            return runtime.fastest_predictor(prefix, device, probe(), pool_mb=pool_mb)
 
         return self._cached((arch, key, device.kind), make)  # type: ignore[return-value]
 
@@ -124,6 +153,12 @@ def generator_batch(options: LipSyncOptions, device: runtime.Device) -> int:
 def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
     """Frames per detector call: the option on a GPU, at most CPU_DETECTOR_BATCH on a CPU."""
     return options.face_det_batch_size if device.kind == "gpu" else min(options.face_det_batch_size, CPU_DETECTOR_BATCH)
+
+
+def _still_decoder_specs() -> List[runtime.InputSpec]:
+    from .model import FACE_FEATURE_SHAPES  # imports paddle: not before a run needs it
+
+    return [WAV2LIP_SPECS[0], *(((1, *shape), "float32") for shape in FACE_FEATURE_SHAPES)]
 
 
 def _generator_probe(batch: int = 4, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
@@ -170,7 +205,7 @@ def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.
             report: Progress) -> None:
     """Load the networks, find the faces, then generate, blend and encode."""
     report(STAGE_LOAD, 0, 1)
-    generator = engine.generator(options, device)
+    generator = engine.still_generator(options, device) if job.still else engine.generator(options, device)
     detect = None if options.box is not None else engine.detector(options, device)
     report(STAGE_LOAD, 1, 1)
     found = _locate_faces(job, options, detect, detection_batch(options, device), tmp, report)
@@ -403,16 +438,16 @@ def _mouths(predicted: np.ndarray) -> np.ndarray:
 def _synthesize(
     job: _Job,
     options: LipSyncOptions,
-    generator: runtime.Predictor,
+    generator: Union[runtime.Predictor, StillGenerator],
     batch: int,
     found: _Faces,
     tmp: Path,
     report: Progress,
 ) -> None:
     """Run the generator batch by batch, paste the mouths back, and stream frames into the encoder."""
-    runner = runtime.BatchRunner(generator.run, batch)
     pairs = _output_frames(job, options, found)
     first = next(pairs)
+    generate = _mouth_generator(generator, batch, first)
     height, width = first[0].shape[:2]
     done = 0
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
@@ -420,7 +455,7 @@ def _synthesize(
         for chunk in _batches(_chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
-            mouths = _mouths(_generate(runner, mels, _face_inputs(frames, boxes)))
+            mouths = _mouths(generate(mels, frames, boxes))
             for frame, box, mouth in zip(frames, boxes, mouths):
                 writer.write(blend.paste(frame, box, mouth, options.blend, inplace=not job.still))
             done += len(chunk)
@@ -429,14 +464,25 @@ def _synthesize(
     report(STAGE_ENCODE, 1, 1)
 
 
-def _generate(runner: runtime.BatchRunner, mels: np.ndarray, face_in: np.ndarray) -> np.ndarray:
+def _mouth_generator(generator: Union[runtime.Predictor, StillGenerator], batch: int,
+                     first: Tuple[Frame, Tuple[int, ...]]) -> Callable[[np.ndarray, List[Frame], list], np.ndarray]:
+    """(mels, frames, boxes) → generator output; a still face is encoded once, from the first frame."""
+    if isinstance(generator, StillGenerator):
+        features = generator.encoder.run(_face_inputs([first[0]], [first[1]]))
+        still = runtime.BatchRunner(lambda mels: generator.decoder.run(mels, *features), batch)
+        return lambda mels, frames, boxes: _generate(still, mels)
+    runner = runtime.BatchRunner(generator.run, batch)
+    return lambda mels, frames, boxes: _generate(runner, mels, _face_inputs(frames, boxes))
+
+
+def _generate(runner: runtime.BatchRunner, *inputs: np.ndarray) -> np.ndarray:
     """Generator output for one batch; a short batch is padded to the full one, so one input shape reaches
     the predictor: each new shape costs oneDNN/cuDNN set-up time and memory that a long-lived app keeps."""
-    count = len(mels)
+    count = len(inputs[0])
     size = runner.batch
     if size > count:
-        mels, face_in = (np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in (mels, face_in))
-    return runner(mels, face_in)[0][:count]
+        inputs = tuple(np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in inputs)
+    return runner(*inputs)[0][:count]
 
 
 def _chain_first(first, rest: Iterator) -> Iterator:

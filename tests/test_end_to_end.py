@@ -203,3 +203,20 @@ def test_concurrent_runs_in_one_process_do_not_mix(media, tmp_path):
     for (speech, out), result in zip(jobs, results):
         assert result.outfile == out.resolve()
         _check_output(out, speech, (512, 512))
+
+
+def test_a_pictures_split_generator_gives_the_whole_generators_mouths(tmp_path):
+    """The still path (face encoder once, decoder per batch) through Paddle Inference equals the generator."""
+    from lipsync import pipeline, runtime
+
+    engine, device = pipeline.Engine(), runtime.Device("cpu", "requested")
+    options = LipSyncOptions(device="cpu")
+    whole, split = engine.generator(options, device), engine.still_generator(options, device)
+    rng = np.random.default_rng(5)
+    mels = rng.uniform(-4, 0, (5, 1, audio.N_MELS, audio.MEL_STEP)).astype(np.float32)
+    face = rng.uniform(0, 1, (1, 6, 96, 96)).astype(np.float32)
+    features = split.encoder.run(face)
+    (got,) = split.decoder.run(mels, *features)
+    (expected,) = whole.run(mels, np.repeat(face, len(mels), axis=0))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got[1:] - got[:1]).max() > 1e-3, "the mel windows still choose the mouths"

@@ -63,11 +63,18 @@ class FullGpuEngine(pipeline.Engine):
         self.generators.append(failing)
         return failing  # type: ignore[return-value]
 
+    def still_generator(self, options, device):
+        split = super().still_generator(options, device)
+        failing = RunsOutOfMemory(split.decoder, self.fits)
+        self.generators.append(failing)
+        return pipeline.StillGenerator(split.encoder, failing)  # type: ignore[arg-type]
 
-def test_out_of_memory_halves_the_batch_and_the_job_goes_on(media, tmp_path):
+
+@pytest.mark.parametrize("face", ["photo", "video"])  # a picture's generator is split in two: both halve
+def test_out_of_memory_halves_the_batch_and_the_job_goes_on(media, tmp_path, face):
     engine = FullGpuEngine(fits=4)
     out = tmp_path / "out.mp4"
-    result = lipsync.run(media["photo"], media["speech"], out, HAAR, engine=engine)
+    result = lipsync.run(media[face], media["speech"], out, HAAR, engine=engine)
     sizes = engine.generators[0].sizes
     assert sizes[:3] == [16, 8, 4], "16 failed, 8 failed, 4 fit"
     assert set(sizes[3:]) == {4}, "and the job went on at 4"

@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync.model import Wav2Lip
+from lipsync.model import FACE_FEATURE_SHAPES, FaceEncoder, StillFaceDecoder, Wav2Lip
 
 # Trainable parameters of Rudrabha/Wav2Lip models/wav2lip.py (counted on the PyTorch module).
 PUBLISHED_PARAMETERS = 36_298_035
@@ -125,3 +125,17 @@ def test_saved_state_dict_reloads_to_identical_outputs(model, inputs, last_alone
     other.eval()
     audio, face = inputs
     np.testing.assert_array_equal(_run(other, audio[2:], face[2:]), last_alone)
+
+
+def test_still_face_split_equals_forward_over_many_mel_windows(model, inputs):
+    """FaceEncoder once + StillFaceDecoder per batch is the generator on one face repeated (as a picture is)."""
+    audio, face = inputs
+    with paddle.no_grad():
+        features = FaceEncoder(model)(face[:1])
+        assert [tuple(f.shape[1:]) for f in features] == list(FACE_FEATURE_SHAPES)
+        assert list(FACE_FEATURE_SHAPES) == [(c, s, s) for c, s in FEATURE_SHAPES]
+        split = StillFaceDecoder(model)(audio[:2], *features).numpy()
+        whole = model(audio[:2], paddle.concat([face[:1], face[:1]])).numpy()
+    assert split.shape == (2, 3, 96, 96)
+    np.testing.assert_allclose(split, whole, atol=1e-6)
+    assert np.abs(split[1] - split[0]).max() > 1e-4, "each mel window still gets its own mouth"
