@@ -9,6 +9,7 @@ Heavy modules (paddle) load on first use, so `import lipsync` stays cheap.
 from __future__ import annotations
 
 import os
+import warnings
 import zlib  # noqa: F401  (before paddle: see below)
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 # library keeps its own. This only helps when lipsync is imported before paddle.
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # paddle's C++ info lines would drown our one-line errors
+# paddle 3.x warns at import when ccache (a C++ build cache for custom operators, which we never build) is missing
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 from .errors import LipSyncError
 from .options import LipSyncOptions

@@ -23,6 +23,8 @@ from .errors import LipSyncError
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT_VERSION = 1  # bump when the export recipe changes, so stale exports are rebuilt
+LEGACY_PROGRAM_SUFFIX = ".pdmodel"  # the program file paddle 2.x (and 3.x with PIR off) writes
+PIR_PROGRAM_SUFFIX = ".json"  # the program file paddle 3.x writes by default
 GPU_MEMORY_POOL_MB = 512  # initial GPU pool when the caller does not size one; paddle grows it on demand
 GPU_POOL_HEADROOM_MB = 256  # cuDNN workspaces and paddle's own buffers, beyond weights and activations
 GPU_POOL_MAX_MB = 4096  # reserved up front at most: the generator and S3FD share one 16 GB T4
@@ -235,7 +237,7 @@ def _publish(staging: Path, target: Path) -> None:
 
 def _model_file(prefix: Path) -> Optional[Path]:
     """The program file paddle wrote: .pdmodel (paddle 2.x) or .json (paddle 3 PIR)."""
-    for suffix in (".pdmodel", ".json"):
+    for suffix in (LEGACY_PROGRAM_SUFFIX, PIR_PROGRAM_SUFFIX):
         path = prefix.with_suffix(suffix)
         if path.exists() and prefix.with_suffix(".pdiparams").exists():
             return path
@@ -259,7 +261,8 @@ class Predictor:
         if model_file is None:
             raise LipSyncError(f"static model missing under {prefix.parent}; delete that folder and run again")
         config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
-        _configure(config, device, threads or os.cpu_count() or 1, precision, pool_mb)
+        _configure(config, device, threads or os.cpu_count() or 1, precision, pool_mb,
+                   memory_optim=model_file.suffix == LEGACY_PROGRAM_SUFFIX)
         if precision == "bf16":
             config.enable_mkldnn_bfloat16()
         self.device = device
@@ -281,11 +284,19 @@ class Predictor:
 
 
 def _configure(
-    config: "object", device: Device, threads: int, precision: str = "fp32", pool_mb: int = GPU_MEMORY_POOL_MB
+    config: "object",
+    device: Device,
+    threads: int,
+    precision: str = "fp32",
+    pool_mb: int = GPU_MEMORY_POOL_MB,
+    memory_optim: bool = True,
 ) -> None:
+    """Paddle Inference settings; memory_optim only for legacy programs: paddle 3.3's predictor fails on a PIR
+    program with it ("Not find predictor_id 0 and pass_name memory_optimize_pass")."""
     config.disable_glog_info()
     config.switch_ir_optim(True)
-    config.enable_memory_optim()
+    if memory_optim:
+        config.enable_memory_optim()
     if device.kind == "gpu":
         _configure_gpu(config, precision, pool_mb)
         return
