@@ -32,13 +32,14 @@ __all__ = ["LipSyncError", "LipSyncOptions", "run", "RunResult", "Engine", "load
 _LAZY = {
     "run": "pipeline",
     "RunResult": "pipeline",
-    "Engine": "pipeline",
+    "Engine": "engine",
     "load_wav2lip": "weights",
     "available_models": "weights",
 }
 
 if TYPE_CHECKING:
-    from .pipeline import Engine, RunResult, run
+    from .engine import Engine
+    from .pipeline import RunResult, run
     from .weights import available_models, load_wav2lip
 
 

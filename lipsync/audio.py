@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from typing import Iterator, Union
 
 import numpy as np
 
+from lipsync import ffmpeg
 from lipsync.errors import LipSyncError
 from lipsync.types import MelWindow
 
@@ -28,31 +27,15 @@ MEL_STEP = 16  # mel columns per generator window (200 ms)
 MEL_FPS = SAMPLE_RATE / HOP  # 80.0 mel columns per second
 
 _STFT_CHUNK = 1024  # STFT frames per rfft call: keeps scratch memory to a few MB
-_FFMPEG_HINT = (
-    "{tool} is not installed — apt-get install ffmpeg (Debian/Ubuntu), brew install ffmpeg (macOS), "
-    "or put it on PATH"
-)
 _NO_AUDIO_MARKERS = ("matches no streams", "does not contain any stream")
 
 PathLike = Union[str, os.PathLike]
 
 
-def ffmpeg_path(tool: str = "ffmpeg") -> str:
-    """Return the full path of ffmpeg (or ffprobe), raising LipSyncError with install advice if absent."""
-    found = shutil.which(tool)
-    if found is None:
-        raise LipSyncError(_FFMPEG_HINT.format(tool=tool))
-    return found
-
-
-def _decode_command(ffmpeg: str, path: str) -> list[str]:
+def decode_args(path: PathLike) -> list[str]:
     """ffmpeg arguments that write the first audio stream of `path` as 16 kHz mono float32 to stdout."""
-    return [
-        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", f"file:{path}",  # 'file:' so names like '-x.wav' or 'a:b.wav' are not options/protocols
-        "-vn", "-map", "0:a:0",
-        "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
-    ]  # fmt: skip
+    return [*ffmpeg.head(), "-i", ffmpeg.file_arg(path), "-vn", "-map", "0:a:0",
+            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
 
 
 def load_audio(path: PathLike) -> np.ndarray:
@@ -65,13 +48,12 @@ def load_audio(path: PathLike) -> np.ndarray:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise LipSyncError(f"audio file not found: {path}")
-    proc = subprocess.run(_decode_command(ffmpeg_path(), path), capture_output=True, check=False)
-    stderr = proc.stderr.decode("utf-8", errors="replace").strip()
+    proc = ffmpeg.run(decode_args(path))
     if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", errors="replace")
         if any(marker in stderr for marker in _NO_AUDIO_MARKERS):
             raise LipSyncError(f"{name} has no audio track; give a file with sound (wav, mp3, m4a, a video with audio)")
-        last_line = stderr.splitlines()[-1] if stderr else f"exit code {proc.returncode}"
-        said = last_line.replace(f"file:{path}: ", "")
+        said = ffmpeg.tail(stderr, path)
         raise LipSyncError(f"could not decode the audio in {name} (ffmpeg: {said}); is it a complete audio or video file?")
     wav = np.frombuffer(proc.stdout, dtype=np.float32).copy()
     if wav.size == 0:

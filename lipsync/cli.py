@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from . import native
 from .errors import LipSyncError
 from .options import BLEND_MODES, DEVICES, LipSyncOptions
 
@@ -83,14 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
          help="detect faces on a copy whose longest side is at most this (0 = full size; default 640)")
     _add(p, "detect_every", type=int, default=d.detect_every, metavar="N",
          help="run the detector on every N-th frame and where the face moved in between (1 = every frame)")
-    _add(p, "device", default=d.device, choices=DEVICES, help="auto (GPU if usable), cpu or gpu")
     _add(p, "blend", default=d.blend, choices=BLEND_MODES,
          help="feather: soft paste of the lower face (default); box: the seed's hard rectangle")
+    # fmt: on
+    _add_machine_options(p, d)
+    return p
+
+
+def _add_machine_options(p: argparse.ArgumentParser, d: LipSyncOptions) -> None:
+    """Where and how the job runs, what it shows, and --doctor."""
+    # fmt: off
+    _add(p, "device", default=d.device, choices=DEVICES, help="auto (GPU if usable), cpu or gpu")
+    _add(p, "threads", type=int, default=d.threads, metavar="N",
+         help="CPU threads for the networks and OpenCV (default 0 = auto: follows the CPU quota/affinity "
+              "this process has, or $LIPSYNC_THREADS)")
     _add(p, "quiet", action="store_true", help="no progress bars")
     p.add_argument("--doctor", action=_DoctorAction,
                    help="check this machine (paddle, CUDA libraries, GPU, ffmpeg, weights) and exit: 0 = a job can run")
     # fmt: on
-    return p
 
 
 class _DoctorAction(argparse.Action):
@@ -126,6 +137,7 @@ def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
         detect_every=args.detect_every,
         device="cpu" if args.cpu else args.device,
         blend=args.blend,
+        threads=args.threads,
     )
 
 
@@ -154,6 +166,16 @@ class _Bars:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one job from the command line (a single-threaded process: native chatter on stderr is held back)."""
+    hiding = native.hiding_native_chatter()
+    native.hide_native_chatter(True)
+    try:
+        return _main(argv)
+    finally:
+        native.hide_native_chatter(hiding)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.face_enhancement:

@@ -168,14 +168,16 @@ def _weights() -> List[Line]:
     where = f"${weights.MODELS_ENV}={own}" if own else f"${weights.MODELS_ENV} not set"
     lines = [Line("models dir", f"{where}; cache {weights.cache_dir()}")]
     for status in weights.cached_status():
-        lines.append(Line(f"  {status.name}", _weights_text(status, weights.WEIGHTS[status.name].size_mb)))
+        here = _weights_text(status, weights.WEIGHTS[status.name].size_mb)
+        lines.append(Line(f"  {status.name}", f"{here}; {weights.pinning(status.name)}"))
     return lines
 
 
 def _weights_text(status: WeightsStatus, size_mb: int) -> str:
+    """Where a known file is and whether it checks out; how the table pins it follows on the same line."""
     if status.path is None:
         return f"not on this machine (downloaded on first use, ~{size_mb} MB)"
-    check = {True: "sha256 verified", False: "sha256 MISMATCH: delete it", None: "no published sha256"}
+    check = {True: "sha256 verified", False: "sha256 MISMATCH: delete it", None: "unchecked"}
     return f"{status.where} {status.path} ({check[status.verified]})"
 
 

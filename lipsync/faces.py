@@ -361,7 +361,9 @@ def fixed_box(box: Tuple[int, int, int, int], shape: Tuple[int, ...]) -> Box:
     h, w = shape[:2]
     x1, x2, y1, y2 = min(x1, w - 1), min(x2, w), min(y1, h - 1), min(y2, h)
     if x2 - x1 < 2 or y2 - y1 < 2:
-        raise LipSyncError(f"--box {' '.join(map(str, box))} lies outside the {w}×{h} frame")
+        raise LipSyncError(f"--box {' '.join(map(str, box))} lies outside the {w}×{h} px frame (its size after "
+                           f"--resize_factor, --rotate and --crop): give y1 y2 x1 x2 with y1 at most {h - 2} "
+                           f"and x1 at most {w - 2}")
     return (x1, y1, x2, y2)
 
 

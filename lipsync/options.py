@@ -40,6 +40,7 @@ class LipSyncOptions:
     detect_every: int = 8  # detect every n-th frame, plus the frames between where the face moved; 1 = all
     device: Device = "auto"  # where the networks run
     blend: BlendMode = "feather"  # feathered lower-face paste, or the seed's hard box paste
+    threads: int = 0  # CPU threads for the networks and OpenCV; 0 = automatic (the CPU quota and affinity)
 
     def __post_init__(self) -> None:
         _check_choice("face_detector", self.face_detector, FACE_DETECTORS)
@@ -50,6 +51,8 @@ class LipSyncOptions:
         _check_positive("wav2lip_batch_size", self.wav2lip_batch_size)
         _check_positive("resize_factor", self.resize_factor)
         _check_positive("detect_every", self.detect_every)
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise LipSyncError(f"threads must be 0 (automatic) or a positive whole number (got {self.threads!r})")
         if self.detect_max_side < 0:
             raise LipSyncError("detect_max_side must be 0 (full size) or a positive number of pixels")
         _check_quad("pads", self.pads)

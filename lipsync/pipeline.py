@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
-from . import audio, blend, faces, native, runtime, video, weights
+from . import audio, blend, cpu, faces, geometry, native, runtime, video
+from .engine import (DEFAULT_ENGINE, FACE_SIZE, Engine, StillGenerator, cpu_threads, detection_batch,
+                     generator_batch, run_detector)
 from .errors import LipSyncError
 from .options import LipSyncOptions
 from .types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame, Progress
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 96  # generator input/output side, px
-WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
-FACE_ENCODER_SPECS = [WAV2LIP_SPECS[1]]
-S3FD_SPECS = [((None, 3, None, None), "float32")]
-WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32)
-S3FD_GPU_ITEM_MB = 21  # GPU activations per 160×160 tracking crop (~15) with room (a 640×360 frame: 130; the pool grows)
-CPU_GENERATOR_BATCH = 16  # faces per generator call on CPU: within 6 % of 128's speed, for a third of the memory
-CPU_DETECTOR_BATCH = 2  # frames per S3FD call on CPU: its speed is flat in the batch, its memory is not
-MIN_FRAME_SIDE = 32  # px: pictures and videos smaller than this cannot hold a face the generator can use
 FACES_REPORT_EVERY = 25  # frames between progress reports while reading and detecting
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 OUTPUT_SUFFIX = ".mp4"
@@ -64,110 +57,8 @@ class _Job:
     frames: int  # output frames = mel windows
     still: bool  # one source frame for every output frame
     seconds: float  # of decoded speech: the output's length
+    size: Tuple[int, int]  # width, height of the frames worked on (after resize, rotation, crop and fit)
     notes: Tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class StillGenerator:
-    """The generator in two predictors for a still face: the face encoder (once per run), then the decoder,
-    which takes the mel windows and that one face's skip features."""
-
-    encoder: runtime.Predictor
-    decoder: runtime.Predictor
-
-
-class Engine:
-    """The loaded networks, built once per process and shared by every run (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._cache: Dict[Tuple[str, ...], object] = {}
-        self._lock = threading.Lock()
-
-    def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
-        path = weights.resolve_weights(options.checkpoint, "wav2lip")
-        build = lambda: weights.load_wav2lip(str(path))  # noqa: E731
-        pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, probe=_generator_probe)
-
-    def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
-        """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
-        from .model import FaceEncoder, StillFaceDecoder
-
-        path = weights.resolve_weights(options.checkpoint, "wav2lip")
-        load = lambda: weights.load_wav2lip(str(path))  # noqa: E731
-        encoder = self._predictor(path, "wav2lip-face-encoder", lambda: FaceEncoder(load()), FACE_ENCODER_SPECS,
-                                  device, (1, WAV2LIP_GPU_ITEM_MB))  # fmt: skip
-
-        def probe() -> Tuple[np.ndarray, ...]:
-            mel, face_in = _generator_probe()
-            return (mel, *encoder.run(face_in[:1]))
-
-        pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        decoder = self._predictor(path, "wav2lip-still-decoder", lambda: StillFaceDecoder(load()),
-                                  _still_decoder_specs(), device, pool, probe=probe)  # fmt: skip
-        return StillGenerator(encoder, decoder)
-
-    def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
-        """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar."""
-        if options.face_detector == "haar":
-            return self._cached(("haar",), faces.HaarDetector)  # type: ignore[return-value]
-        from . import s3fd
-
-        path = weights.resolve_weights(options.detector_weights, "s3fd")
-        batch = detection_batch(options, device)
-        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
-                                    (batch, S3FD_GPU_ITEM_MB))  # fmt: skip
-        return faces.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
-
-    def _predictor(
-        self, path: Path, arch: str, build, specs, device: runtime.Device, pool: Tuple[int, float], probe=None
-    ) -> runtime.Predictor:
-        """A predictor per (weights, device); pool = (batch, MB per item) sizes the GPU memory pool; probe()
-        gives inputs to compare a faster precision with fp32 on (none: fp32)."""
-        key = runtime.export_key(path, arch)
-
-        def make() -> runtime.Predictor:
-            prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
-            pool_mb = runtime.gpu_pool_mb(prefix, *pool)
-            if probe is None:
-                return runtime.Predictor(prefix, device, pool_mb=pool_mb)
-            return runtime.fastest_predictor(prefix, device, probe(), pool_mb=pool_mb)
-
-        return self._cached((arch, key, device.kind), make)  # type: ignore[return-value]
-
-    def _cached(self, key: Tuple[str, ...], make: Callable[[], object]) -> object:
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = make()
-            return self._cache[key]
-
-
-_default_engine = Engine()
-
-
-def generator_batch(options: LipSyncOptions, device: runtime.Device) -> int:
-    """Faces per generator call: the option on a GPU, at most CPU_GENERATOR_BATCH on a CPU."""
-    return options.wav2lip_batch_size if device.kind == "gpu" else min(options.wav2lip_batch_size, CPU_GENERATOR_BATCH)
-
-
-def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
-    """Frames per detector call: the option on a GPU, at most CPU_DETECTOR_BATCH on a CPU."""
-    return options.face_det_batch_size if device.kind == "gpu" else min(options.face_det_batch_size, CPU_DETECTOR_BATCH)
-
-
-def _still_decoder_specs() -> List[runtime.InputSpec]:
-    from .model import FACE_FEATURE_SHAPES  # imports paddle: not before a run needs it
-
-    return [WAV2LIP_SPECS[0], *(((1, *shape), "float32") for shape in FACE_FEATURE_SHAPES)]
-
-
-def _generator_probe(batch: int = 4, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Fixed generator inputs (speech-range mel, face-like pixel values) to compare precisions on."""
-    rng = np.random.default_rng(seed)
-    mel = rng.uniform(-audio.MAX_ABS, 0.0, (batch, 1, audio.N_MELS, audio.MEL_STEP)).astype(np.float32)
-    faces_in = rng.uniform(0.2, 0.8, (batch, 6, FACE_SIZE, FACE_SIZE)).astype(np.float32)
-    faces_in[:, :3, FACE_SIZE // 2 :] = 0.0
-    return mel, faces_in
 
 
 def run(
@@ -181,7 +72,7 @@ def run(
     """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`."""
     options = options or LipSyncOptions()
     report = progress or _no_progress
-    engine = engine or _default_engine
+    engine = engine or DEFAULT_ENGINE
     started = time.perf_counter()
     video.require_ffmpeg()
     face_p, audio_p, out_p = _check_paths(face, audio_path, outfile)
@@ -190,7 +81,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
             job = _prepare(face_p, audio_p, out_p, options, report)  # bad input is told before paddle loads
             device = runtime.choose_device(options.device)
-            _render(job, options, engine, device, Path(tmp), report)
+            notes = _render(job, options, engine, device, Path(tmp), report)
     except BaseException:
         _remove_empty(created)
         raise
@@ -198,15 +89,16 @@ def run(
         native.release_freed_memory()
     seconds = time.perf_counter() - started
     return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint,
-                     runtime.paddle_version(), job.notes)  # fmt: skip
+                     runtime.paddle_version(), job.notes + notes)  # fmt: skip
 
 
 def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path,
-            report: Progress) -> None:
-    """Load the networks, find the faces, then generate, blend and encode."""
+            report: Progress) -> Tuple[str, ...]:
+    """Load the networks, find the faces, then generate, blend and encode; returns notes for the user."""
     report(STAGE_LOAD, 0, 1)
+    cpu.use_opencv_threads(cpu_threads(options))
     generator = engine.still_generator(options, device) if job.still else engine.generator(options, device)
-    detect = None if options.box is not None else engine.detector(options, device)
+    detect, notes = run_detector(engine, options, device)
     report(STAGE_LOAD, 1, 1)
     found = _locate_faces(job, options, detect, detection_batch(options, device), tmp, report)
     try:
@@ -214,6 +106,7 @@ def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.
     finally:
         if found.cache is not None:
             found.cache.close()
+    return notes
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -275,26 +168,22 @@ def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOption
     """Decode the audio to mel windows and probe the face input."""
     report(STAGE_AUDIO, 0, 1)
     info = video.probe(face)
-    _check_size(info)
+    geometry.check_source(info)
+    size = geometry.frame_size(info, options)
     wav = audio.load_audio(audio_path)
     mel = audio.melspectrogram(wav)
     still = info.is_image or options.static
     fps = options.fps if info.is_image else info.fps
     report(STAGE_AUDIO, 1, 1)
     frames = audio.frame_count(mel.shape[1], fps)
-    return _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), _size_notes(info, options))
-
-
-def _check_size(info: video.MediaInfo) -> None:
-    """A picture or video too small to hold a face is the user's mistake, said before any work."""
-    if min(info.width, info.height) < MIN_FRAME_SIDE:
-        raise LipSyncError(f"{info.path.name} is only {info.width}×{info.height} px: too small to hold a face "
-                           f"(give at least {MIN_FRAME_SIDE}×{MIN_FRAME_SIDE} px, ideally a few hundred)")
+    return _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
+                _size_notes(info, options))
 
 
 def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
     """Say so when frames will be scaled down to what video players decode."""
-    width, height = info.width // options.resize_factor, info.height // options.resize_factor
+    width, height = video.transformed_size(info.width, info.height, options.resize_factor, options.rotate,
+                                           options.crop)  # fmt: skip
     if video.fitted_size(width, height) == (width, height):
         return ()
     return (f"{info.path.name} is {info.width}×{info.height} px: frames are scaled down to "
@@ -303,14 +192,11 @@ def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ..
 
 def _source_frames(job: _Job, options: LipSyncOptions) -> Iterator[Frame]:
     """The face input's frames after the seed's resize/rotate/crop edits (one for a still)."""
-    stream = video.read_frames(job.face, job.info)
-    try:
+    with contextlib.closing(video.read_frames(job.face, job.info)) as stream:
         for frame in stream:
             yield video.fit(video.transform(frame, options.resize_factor, options.rotate, options.crop))
             if job.still:
                 return
-    finally:
-        stream.close()
 
 
 @dataclass
@@ -336,33 +222,40 @@ def _locate_faces(
 ) -> _Faces:
     """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
     cache = video.FrameCache(tmp) if _needs_loop(job) else None
-    if detect is None and cache is None:
-        return _Faces(np.array([faces.fixed_box(options.box, _first_frame(job, options).shape)]))
+    fixed = None
+    if detect is None:  # a fixed --box, checked against the frame size when the job was prepared
+        fixed = np.array([faces.fixed_box(options.box, job.size[::-1])])  # type: ignore[arg-type]
+        if cache is None:
+            return _Faces(fixed)
+    try:
+        boxes = _pass_frames(job, options, detect, batch, cache, report)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
+    return _Faces(boxes if boxes is not None else fixed, cache)  # type: ignore[arg-type]
+
+
+def _pass_frames(job: _Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], batch: int,
+                 cache: Optional[video.FrameCache], report: Progress) -> Optional[np.ndarray]:  # fmt: skip
+    """Read the frames, caching and/or tracking the face in them; the boxes found (None without a detector)."""
     tracker = None
     if detect is not None:
         every = 1 if job.still else options.detect_every
         tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still)
     total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
     shape: Tuple[int, ...] = ()
-    for index, frame in enumerate(_limit(_source_frames(job, options), job.frames)):
-        shape = frame.shape
-        if cache is not None:
-            cache.append(frame)
-        if tracker is not None:
-            tracker.push(frame)
-        if index % FACES_REPORT_EVERY == 0:
-            report(STAGE_FACES, index, total)
+    with contextlib.closing(_source_frames(job, options)) as frames:  # ffmpeg stops here, not when collected
+        for index, frame in enumerate(_limit(frames, job.frames)):
+            shape = frame.shape
+            if cache is not None:
+                cache.append(frame)
+            if tracker is not None:
+                tracker.push(frame)
+            if index % FACES_REPORT_EVERY == 0:
+                report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
-    if tracker is None:
-        return _Faces(np.array([faces.fixed_box(options.box, shape)]), cache)  # type: ignore[arg-type]
-    return _Faces(_finish_boxes(tracker.finish(), shape, job, options), cache)
-
-
-def _first_frame(job: _Job, options: LipSyncOptions) -> Frame:
-    frame = next(_source_frames(job, options), None)
-    if frame is None:
-        raise LipSyncError(f"no frame could be read from {job.face.name}")
-    return frame
+    return None if tracker is None else _finish_boxes(tracker.finish(), shape, job, options)
 
 
 def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
@@ -377,8 +270,9 @@ def _finish_boxes(found: faces.Detections, shape: Tuple[int, ...], job: _Job, op
     if not found:
         raise LipSyncError(f"no frame could be read from {job.face.name}")
     boxes = faces.fill_gaps(found, job.face.name, _no_face_advice(options, shape, job.still))
-    if options.box is None:
-        boxes = faces.apply_pads(boxes, options.pads, shape)
+    padded = faces.apply_pads(boxes, options.pads, shape)
+    geometry.check_padded(boxes, padded, options.pads, job.face.name)
+    boxes = padded
     if options.smooth and not job.still:
         boxes = faces.smooth(boxes)
     return boxes
@@ -402,12 +296,12 @@ def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterato
             yield found.cache[src], found.box(src)
         return
     frame = None
-    stream = _source_frames(job, options)
-    for i in range(job.frames):
-        frame = next(stream, frame)  # a video shorter than its probed length repeats its last frame
-        if frame is None:
-            raise LipSyncError(f"no frame could be read from {job.face.name}")
-        yield frame, found.box(0 if job.still else i)
+    with contextlib.closing(_source_frames(job, options)) as stream:
+        for i in range(job.frames):
+            frame = next(stream, frame)  # a video shorter than its probed length repeats its last frame
+            if frame is None:
+                raise LipSyncError(f"no frame could be read from {job.face.name}")
+            yield frame, found.box(0 if job.still else i)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
@@ -445,7 +339,12 @@ def _synthesize(
     report: Progress,
 ) -> None:
     """Run the generator batch by batch, paste the mouths back, and stream frames into the encoder."""
-    pairs = _output_frames(job, options, found)
+    with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
+        _encode(job, options, generator, batch, pairs, tmp, report)
+
+
+def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
+            pairs: Iterator[Tuple[Frame, Tuple[int, ...]]], tmp: Path, report: Progress) -> None:  # fmt: skip
     first = next(pairs)
     generate = _mouth_generator(generator, batch, first)
     height, width = first[0].shape[:2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -10,15 +9,16 @@ import os
 import re
 import shutil
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import native
-from .errors import LipSyncError
+from . import cpu, native
+from .device import GPU_DEVICE_ID, Device, choose_device  # noqa: F401  (callers use runtime.Device)
+from .errors import LipSyncError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,6 @@ PIR_PROGRAM_SUFFIX = ".json"  # the program file paddle 3.x writes by default
 GPU_MEMORY_POOL_MB = 512  # initial GPU pool when the caller does not size one; paddle grows it on demand
 GPU_POOL_HEADROOM_MB = 256  # cuDNN workspaces and paddle's own buffers, beyond weights and activations
 GPU_POOL_MAX_MB = 4096  # reserved up front at most: the generator and S3FD share one 16 GB T4
-GPU_DEVICE_ID = 0
-FP16_MAX_DIFF = 1 / 255  # fp16 on GPU is kept only if no output moves more than one 8-bit level from fp32
-# The GPU probe: a tiny network of the ops our networks run (shapes N, C, H, W), checked against the CPU.
-PROBE_SHAPE = (1, 2, 4, 4)
-PROBE_ATOL = 5e-3  # on sigmoid outputs in (0, 1): TF32/Winograd rounding passes, a wrong kernel does not
-BN_EPSILON = 1e-5  # paddle's BatchNorm2D default, as in our networks
-REASON_CHARS = 160  # of a paddle error quoted in ours
 # Lower-cased words in an error that mean GPU (or host) memory ran out: paddle's allocator, then CUDA's, cuDNN's
 # and cuBLAS's status names and codes as paddle quotes them ("CUDNN error(2), CUDNN_STATUS_ALLOC_FAILED").
 OOM_MARKERS = (
@@ -47,143 +40,15 @@ OOM_MARKERS = (
     "cublas_status_alloc_failed",
     "cublas error(3)",
 )
-NO_CUDA_BUILD = "this paddle build has no CUDA; the GPU needs paddlepaddle-gpu from requirements.txt"
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
 MIN_BATCH = 1
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs where oneDNN runs bf16 convolutions natively
+FP16_MAX_DIFF = 1 / 255  # fp16 on GPU is kept only if no output moves more than one 8-bit level from fp32
 BF16_MAX_DIFF = 4 / 255  # bf16 is kept only if no output value moves more than this from fp32 …
 BF16_MEAN_DIFF = 1 / 255  # … and the average moves less than one 8-bit level
-CPUINFO = Path("/proc/cpuinfo")
 PASS_STATS = re.compile(r"^---\s")  # paddle's IR-pass statistics lines ("---    squashed 6 quantize op")
 
 InputSpec = Tuple[Tuple[Optional[int], ...], str]  # shape with None for free dims, dtype
 
-
-@dataclass(frozen=True)
-class Device:
-    """Where a predictor runs, and why that was chosen."""
-
-    kind: str  # "cpu" or "gpu"
-    reason: str
-
-
-def choose_device(requested: str, announce: bool = True) -> Device:
-    """Resolve auto/cpu/gpu to a usable device; 'gpu' that cannot run is the user's error.
-
-    When `auto` falls back to the CPU, the reason is logged once per process (unless `announce` is False).
-    """
-    if requested == "cpu":
-        return Device("cpu", "requested")
-    problem = _gpu_problem()
-    if problem is None:
-        return Device("gpu", _gpu_name())
-    if requested == "gpu":
-        raise LipSyncError(f"The GPU was asked for (--device gpu) but cannot be used: {problem}. Choose cpu or auto.")
-    reason = f"GPU not used: {problem}"
-    if announce:
-        _announce(reason, logging.INFO if problem == NO_CUDA_BUILD else logging.WARNING)
-    return Device("cpu", reason)
-
-
-_ANNOUNCED: set = set()
-
-
-def _announce(reason: str, level: int) -> None:
-    if reason not in _ANNOUNCED:
-        _ANNOUNCED.add(reason)
-        log.log(level, reason)
-
-
-def _gpu_problem() -> Optional[str]:
-    """Why our networks cannot run on GPU 0, or None: a CUDA build, a visible GPU, cuDNN/cuBLAS and a working kernel."""
-    import paddle
-
-    from . import cuda
-
-    if not paddle.is_compiled_with_cuda():
-        return NO_CUDA_BUILD
-    try:
-        if paddle.device.cuda.device_count() < 1:
-            return "no CUDA device is visible"
-    except Exception as exc:  # paddle raises assorted errors when the driver or libraries are missing
-        return f"CUDA is not usable ({_first_line(exc)})"
-    missing = cuda.missing_libraries()
-    if missing:
-        return f"{', '.join(missing)} not found (install requirements.txt; start through `python -m lipsync` or app.py)"
-    return _probe_kernel()
-
-
-@functools.lru_cache(maxsize=1)
-def _probe_kernel() -> Optional[str]:
-    """Run a tiny network of our ops on the GPU and check it against the CPU: catches GPUs this paddle has
-    no kernels for (sm_90+), where cuDNN's convolution may work and paddle's own relu/add/concat do not.
-
-    Only call it once a GPU is visible: without one, paddle.CUDAPlace ends the process.
-    """
-    import paddle
-
-    return check_probe(lambda: probe_network(paddle.CUDAPlace(GPU_DEVICE_ID)))
-
-
-def check_probe(run_on_gpu: Callable[[], np.ndarray]) -> Optional[str]:
-    """None when `run_on_gpu()` gives what probe_network gives on the CPU, else why the GPU is not usable."""
-    import paddle
-
-    try:
-        got = run_on_gpu()
-    except Exception as exc:  # no kernel image for this GPU, cuDNN errors, driver too old: all mean "not usable"
-        return f"a test network failed on the GPU ({_first_line(exc)})"
-    expected = probe_network(paddle.CPUPlace())
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=PROBE_ATOL):
-        return "a test network gave wrong numbers on the GPU"
-    return None
-
-
-def probe_network(place: "object") -> np.ndarray:
-    """conv2d (+bias), batch_norm (inference), relu, add, concat, conv2d_transpose, max_pool2d, sigmoid on `place`.
-
-    Fixed inputs and weights in halves keep every stage exact or nearly so on any device, and leaving out any
-    one op moves some output by more than 0.1 (20 x PROBE_ATOL).
-    """
-    import paddle
-    import paddle.nn.functional as F
-
-    channels = PROBE_SHAPE[1]
-
-    def tensor(values: np.ndarray) -> "paddle.Tensor":
-        return paddle.to_tensor(values.astype(np.float32), place=place)
-
-    x = tensor(_probe_values(PROBE_SHAPE, 5) - 2)  # -2..2
-    conv_w = tensor((_probe_values((channels, channels, 3, 3), 3) - 1) / 2)  # -0.5, 0, 0.5
-    conv_b = tensor(np.arange(channels) / 2)
-    mean, var = tensor(np.full(channels, 0.5)), tensor(np.full(channels, 4.0))
-    gamma, beta = tensor(np.arange(1, channels + 1)), tensor(np.full(channels, -0.25))
-    up_w = tensor((_probe_values((2 * channels, channels, 2, 2), 3) - 1) / 2)
-    with paddle.no_grad():
-        y = F.conv2d(x, conv_w, conv_b, padding=1)
-        y = F.batch_norm(y, mean, var, gamma, beta, training=False, epsilon=BN_EPSILON)
-        y = F.relu(y) + x  # a residual block
-        y = paddle.concat([y, x], axis=1)  # a skip connection
-        y = F.conv2d_transpose(y, up_w, stride=2)  # the decoder's up-sampling
-        y = F.max_pool2d(y, 2, 2)  # the detector's down-sampling
-        return F.sigmoid(y).numpy()
-
-
-def _probe_values(shape: Tuple[int, ...], levels: int) -> np.ndarray:
-    """0..levels-1 in a fixed scrambled order (no RNG: the same numbers on every machine and version)."""
-    count = int(np.prod(shape))
-    return ((np.arange(count) * 7 + 3) % levels).reshape(shape).astype(np.float32)
-
-
-def _gpu_name() -> str:
-    import paddle
-
-    return paddle.device.cuda.get_device_name(GPU_DEVICE_ID)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    return lines[0][:REASON_CHARS]
 
 
 def paddle_version() -> str:
@@ -209,13 +74,16 @@ def export_static(build: Callable[[], "object"], specs: Sequence[InputSpec], tar
     import paddle
     from paddle.static import InputSpec as PaddleSpec
 
-    layer = build()
     input_spec = [PaddleSpec(list(_free_dims(shape)), dtype) for shape, dtype in specs]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
-        static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
-        paddle.jit.save(static, str(staging / "model"))
+        # paddle keeps dygraph/static mode per thread, and a thread takes its first mode from whatever another
+        # thread last set: a server thread could start in static mode (a to_static elsewhere), where a built
+        # layer's parameters are graph variables ("Can not find Variable 'conv2d_0.w_0' in the Scope")
+        with paddle.base.dygraph.guard():
+            static = paddle.jit.to_static(build(), input_spec=input_spec, full_graph=True)
+            paddle.jit.save(static, str(staging / "model"))
         _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -245,7 +113,13 @@ def _model_file(prefix: Path) -> Optional[Path]:
 
 
 class Predictor:
-    """One Paddle Inference predictor; run() is serialised so concurrent callers can share it."""
+    """One Paddle Inference predictor, created and run on a thread of its own.
+
+    Paddle Inference keeps oneDNN primitives and scratch memory per calling thread; a server calls from
+    whichever worker thread serves the request, and a predictor run from a new thread failed now and then
+    ("could not execute a primitive", seen on an AMX Xeon). So every call is handed to the one thread that
+    created it: calls are serialised, concurrent callers can share it, and the thread count stays fixed.
+    """
 
     def __init__(
         self,
@@ -261,26 +135,46 @@ class Predictor:
         if model_file is None:
             raise LipSyncError(f"static model missing under {prefix.parent}; delete that folder and run again")
         config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
-        _configure(config, device, threads or os.cpu_count() or 1, precision, pool_mb,
+        _configure(config, device, threads or cpu.cpu_threads(), precision, pool_mb,
                    memory_optim=model_file.suffix == LEGACY_PROGRAM_SUFFIX)
         if precision == "bf16":
             config.enable_mkldnn_bfloat16()
         self.device = device
         self.precision = precision
-        with native.held_back(PASS_STATS, "paddle"):  # bf16 passes print statistics straight to stderr
-            self._predictor = inference.create_predictor(config)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"lipsync-{prefix.parent.name[:8]}")
+        try:
+            self._predictor = self._thread.submit(_create_predictor, config).result()
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            raise
         self._inputs = self._predictor.get_input_names()
-        self._lock = threading.Lock()
 
     def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
-        """Feed arrays in input order and return every output as numpy."""
-        with self._lock:
-            for name, array in zip(self._inputs, arrays):
-                handle = self._predictor.get_input_handle(name)
-                handle.reshape(array.shape)
-                handle.copy_from_cpu(np.ascontiguousarray(array))
-            self._predictor.run()
-            return [self._predictor.get_output_handle(n).copy_to_cpu() for n in self._predictor.get_output_names()]
+        """Feed arrays in input order and return every output as numpy (on the predictor's own thread)."""
+        if self._predictor is None:
+            raise RuntimeError("this predictor is closed")
+        return self._thread.submit(self._run, *arrays).result()
+
+    def close(self) -> None:
+        """Let the predictor go and end its thread (a predictor that is never used again)."""
+        self._predictor = None
+        self._thread.shutdown(wait=True)
+
+    def _run(self, *arrays: np.ndarray) -> List[np.ndarray]:
+        predictor = self._predictor
+        for name, array in zip(self._inputs, arrays):
+            handle = predictor.get_input_handle(name)
+            handle.reshape(array.shape)
+            handle.copy_from_cpu(np.ascontiguousarray(array))
+        predictor.run()
+        return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+
+
+def _create_predictor(config: "object") -> "object":
+    from paddle import inference
+
+    with native.held_back(PASS_STATS, "paddle"):  # bf16 passes print statistics straight to stderr
+        return inference.create_predictor(config)
 
 
 def _configure(
@@ -352,22 +246,6 @@ class BatchRunner:
         return [np.concatenate(outs) for outs in zip(*parts)]
 
 
-def cpu_flags() -> frozenset:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
-    try:
-        for line in CPUINFO.read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def bf16_capable(flags: Optional[frozenset] = None) -> bool:
-    """Whether this CPU runs bf16 convolutions natively (AMX or AVX-512 BF16)."""
-    return bool(set(CPU_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
-
-
 def close_to_fp32(
     reference: np.ndarray, candidate: np.ndarray, max_diff: float = BF16_MAX_DIFF, mean_diff: float = BF16_MEAN_DIFF
 ) -> bool:
@@ -377,30 +255,35 @@ def close_to_fp32(
 
 
 def fastest_predictor(
-    prefix: Path, device: Device, probe: Sequence[np.ndarray], pool_mb: int = GPU_MEMORY_POOL_MB
+    prefix: Path,
+    device: Device,
+    probe: Sequence[np.ndarray],
+    pool_mb: int = GPU_MEMORY_POOL_MB,
+    threads: Optional[int] = None,
 ) -> Predictor:
     """fp32, or the faster precision of the device (fp16 on GPU, bf16 on CPUs that run it natively)
     when its output on `probe` stays close to fp32's."""
-    exact = Predictor(prefix, device, pool_mb=pool_mb)
+    exact = Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
     faster = _faster_precision(device)
     if faster is None:
         return exact
     precision, max_diff, mean_diff = faster
+    fast = None
     try:
-        fast = Predictor(prefix, device, precision=precision, pool_mb=pool_mb)
+        fast = Predictor(prefix, device, threads=threads, precision=precision, pool_mb=pool_mb)
         close = close_to_fp32(exact.run(*probe)[0], fast.run(*probe)[0], max_diff, mean_diff)
+        verdict = f"outputs within {max_diff:.4f} of fp32" if close else "output drifted from fp32"
     except Exception as exc:  # an older oneDNN may refuse bf16 for some op, a GPU fp16: fp32 still works
-        log.info("%s unavailable (%s); staying with fp32", precision, exc)
-        return exact
-    if close:
-        log.info("using %s on this %s: outputs within %.4f of fp32", precision, device.kind.upper(), max_diff)
-        return fast
-    log.info("%s output drifted from fp32 on this %s; staying with fp32", precision, device.kind.upper())
-    return exact
+        close, verdict = False, f"unavailable ({first_line(exc)})"
+    kept, dropped = (fast, exact) if close else (exact, fast)
+    if dropped is not None:
+        dropped.close()  # its thread ends with it
+    log.info("%s on this %s: %s; using %s", precision, device.kind.upper(), verdict, kept.precision)
+    return kept
 
 
 def _faster_precision(device: Device) -> Optional[Tuple[str, float, float]]:
     """(precision, max diff, mean diff) worth trying on this device, or None."""
     if device.kind == "gpu":
         return "fp16", FP16_MAX_DIFF, FP16_MAX_DIFF
-    return ("bf16", BF16_MAX_DIFF, BF16_MEAN_DIFF) if bf16_capable() else None
+    return ("bf16", BF16_MAX_DIFF, BF16_MEAN_DIFF) if cpu.bf16_capable() else None

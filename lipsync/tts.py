@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import subprocess
 import tempfile
@@ -14,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import LipSyncError
+from .errors import LipSyncError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,7 @@ ESPEAK_MIN_WPM = 80  # espeak-ng's slowest
 ESPEAK_FALLBACK_VOICE = "en-us"
 ESPEAK_ALIASES = {"en": "en-us", "zh": "cmn", "zh-hk": "yue", "es-mx": "es-419", "es-us": "es-419", "fr": "fr-fr"}
 VOICE_PATTERN = re.compile(r"^[a-z]{2,3}(-[A-Za-z]+)+-[A-Za-z]+Neural$")
-REASON_CHARS = 160
-OBJECT_REPR = re.compile(r"\S*<[^<>]* object at 0x[0-9a-f]+>")  # noise in aiohttp's messages ("ssl:<SSLContext …>")
+SPEECH_PREFIX = "speech-"  # of the files speak() writes
 
 ENGINE_EDGE = "edge-tts"
 ENGINE_ESPEAK = "espeak-ng"
@@ -146,7 +146,7 @@ class VoiceCatalog:
             try:
                 voices, labels = voices_from_service(self._fetch())
             except Exception as exc:  # offline, blocked or changed service: keep what we have
-                log.info("edge-tts voice list not refreshed: %s", reason(exc))
+                log.info("edge-tts voice list not refreshed: %s", first_line(exc))
                 self._next_refresh = time.monotonic() + RETRY_AFTER_S
                 return False
             if voices:
@@ -211,12 +211,6 @@ def espeak_voice(locale: str, installed: Sequence[str] = ()) -> str:
     return ESPEAK_FALLBACK_VOICE
 
 
-def reason(problem: BaseException | str) -> str:
-    """A short, one-line account of an exception (or error text), for messages."""
-    text = " ".join(OBJECT_REPR.sub("", str(problem)).split())
-    return (text or type(problem).__name__)[:REASON_CHARS]
-
-
 def check_request(text: str, voice: str, rate: int) -> str:
     """The text to speak, stripped; LipSyncError for empty text, a malformed voice or an out-of-range rate."""
     words = " ".join(text.split())
@@ -235,7 +229,7 @@ def speak(
     """Speak `text` into a file in out_dir: edge-tts (mp3, 24 kHz), else espeak-ng (wav, 22 kHz) offline."""
     words = check_request(text, voice, int(rate))
     online = online or edge_speak
-    target = Path(tempfile.mkstemp(prefix="speech-", suffix=".mp3", dir=out_dir)[1])
+    target = _new_file(out_dir, ".mp3")
     try:
         online(words, voice, int(rate), target)
         if target.stat().st_size > 0:
@@ -247,13 +241,20 @@ def speak(
     return espeak_speak(words, voice, int(rate), out_dir, problem)
 
 
+def _new_file(out_dir: Path, suffix: str) -> Path:
+    """A new empty file of our own in out_dir (its name only: the descriptor is closed, the engines open it)."""
+    descriptor, name = tempfile.mkstemp(prefix=SPEECH_PREFIX, suffix=suffix, dir=out_dir)
+    os.close(descriptor)
+    return Path(name)
+
+
 def _edge_problem(exc: BaseException) -> str:
     """What went wrong with edge-tts, in words: unreachable (network, timeout) or failed (service, library)."""
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return f"the edge-tts service could not be reached ({reason(exc)})"
+        return f"the edge-tts service could not be reached ({first_line(exc)})"
     if isinstance(exc, ImportError):
         return "edge-tts is not installed"
-    return f"edge-tts failed ({reason(exc)})"
+    return f"edge-tts failed ({first_line(exc)})"
 
 
 def edge_speak(text: str, voice: str, rate: int, target: Path) -> None:
@@ -269,7 +270,7 @@ def edge_speak(text: str, voice: str, rate: int, target: Path) -> None:
 def espeak_speak(text: str, voice: str, rate: int, out_dir: Path, problem: Optional[str] = None) -> Speech:
     """espeak-ng into a wav in out_dir, in the language of the edge-tts voice asked for."""
     stand_in = espeak_voice(locale_of(voice))
-    target = Path(tempfile.mkstemp(prefix="speech-", suffix=".wav", dir=out_dir)[1])
+    target = _new_file(out_dir, ".wav")
     command = ["espeak-ng", "-b", "1", "-v", stand_in, "-s", str(espeak_speed(rate)), "-w", str(target)]
     try:
         subprocess.run(command, input=text.encode(), check=True, capture_output=True)
@@ -279,6 +280,6 @@ def espeak_speak(text: str, voice: str, rate: int, out_dir: Path, problem: Optio
                            "(apt-get install espeak-ng).") from exc  # fmt: skip
     except subprocess.CalledProcessError as exc:
         target.unlink(missing_ok=True)
-        detail = reason(exc.stderr.decode(errors="replace"))
+        detail = first_line(exc.stderr.decode(errors="replace"))
         raise LipSyncError(f"espeak-ng could not speak the text: {detail}") from exc
     return Speech(target, ENGINE_ESPEAK, stand_in, problem)

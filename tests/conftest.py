@@ -1,7 +1,7 @@
 """Shared test media and weights: all made at test time, nothing downloaded.
 
-Weights are randomly initialised networks of the real architectures, saved in the real formats and
-found through $LIPSYNC_MODELS exactly as a user's files would be.
+Weights are randomly initialised networks of the real architectures (lipsync.testing, shared with the
+benchmarks), saved in the real formats and found through $LIPSYNC_MODELS exactly as a user's files would be.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lipsync import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -36,8 +38,8 @@ def isolated_weights(tmp_path_factory) -> Path:
     os.environ["LIPSYNC_CACHE"] = str(base / "cache")
     os.environ["HF_HOME"] = str(base / "hf")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    _save_random_wav2lip(models / "wav2lip_hq.pdparams")
-    _save_planted_s3fd(base / "planted_s3fd.pth")
+    # S3FD: every anchor a face (deterministic detection), saved as the published s3fd .pth is.
+    testing.save_random_weights(models, s3fd_path=base / "planted_s3fd.pth", write_s3fd=_save_torch_legacy)
     return models
 
 
@@ -46,40 +48,11 @@ def s3fd_weights(isolated_weights) -> Path:
     return isolated_weights.parent / "planted_s3fd.pth"
 
 
-def _save_random_wav2lip(path: Path) -> None:
-    import paddle
-
-    from lipsync.model import Wav2Lip
-
-    paddle.seed(7)
-    model = Wav2Lip()
-    paddle.save(model.state_dict(), str(path))
-
-
-def planted_s3fd_state() -> dict:
-    """Random S3FD whose classifier heads call every anchor a face, so detection is deterministic."""
-    import paddle
-
-    from lipsync.s3fd import S3FD
-
-    paddle.seed(11)
-    state = {k: v.numpy() for k, v in S3FD().state_dict().items()}
-    for name in state:
-        if "mbox_conf" in name:
-            state[name] = np.zeros_like(state[name])
-            if name.endswith(".bias"):
-                state[name][:] = -8.0
-                state[name][-1] = 8.0  # the last class channel is "face"
-        if "mbox_loc" in name:
-            state[name] = np.zeros_like(state[name])
-    return state
-
-
-def _save_planted_s3fd(path: Path) -> None:
+def _save_torch_legacy(state: dict, path: Path) -> None:
     """As the published s3fd .pth: a bare state_dict in torch's legacy (pre-1.6) format."""
     from torchfile_writer import save_torch, torch_names
 
-    save_torch(torch_names(planted_s3fd_state()), path, legacy=True)
+    save_torch(torch_names(state), path, legacy=True)
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +90,17 @@ def _write_drifting_clip(image: np.ndarray, path: Path) -> None:
         proc.stdin.write(cv2_warp(image, shift).tobytes())
     proc.stdin.close()
     assert proc.wait() == 0
+
+
+def quadrants(height: int = 48, width: int = 64) -> np.ndarray:
+    """A picture of four distinct quadrants (one per colour channel, and grey), so that turns, flips and
+    swapped channel orders show."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[: height // 2, : width // 2] = (255, 0, 0)
+    image[: height // 2, width // 2 :] = (0, 255, 0)
+    image[height // 2 :, : width // 2] = (0, 0, 255)
+    image[height // 2 :, width // 2 :] = (200, 200, 200)
+    return image
 
 
 def cv2_warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""The Gradio app: limits and helpers, then `python app.py` on localhost driven end to end with gradio_client."""
+"""The Gradio app: `python app.py` on localhost driven end to end with gradio_client, and the page's events.
+
+The webapp package's parts are tested in-process in tests/test_webapp.py."""
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +24,11 @@ from conftest import ROOT, ffprobe
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from lipsync import cuda, runtime, tts
-from lipsync.options import LipSyncOptions
+from lipsync import cuda, runtime
 
 sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
 import app  # noqa: E402
+from webapp import folders  # noqa: E402
 
 STARTUP_TIMEOUT_S = 180
 MAX_SECONDS = 5  # the test server's LIPSYNC_MAX_SECONDS
@@ -236,7 +236,7 @@ def test_uploads_over_the_size_limit_are_refused(client, server, media, voice_fi
 def test_nothing_is_written_to_the_working_directory(client, server):
     client.predict(text="One more.", api_name="/speak")
     assert not list(server.cwd.iterdir())
-    requests = list((server.tmp / "lipsync-app").glob(f"{app.REQUEST_PREFIX}*"))
+    requests = list((server.tmp / "lipsync-app").glob(f"{folders.REQUEST_PREFIX}*"))
     assert requests, "each request works in its own folder under the temp dir"
 
 
@@ -299,6 +299,15 @@ def test_every_event_that_runs_the_networks_shares_the_gpu_group():
     assert {app.demo.fns[run].concurrency_id for run in runs} == {app.GPU_GROUP}
 
 
+def test_the_voice_preview_runs_in_its_own_bounded_group():
+    """/speak must not start a thread per request (concurrency_limit=None did): its own small group."""
+    speak = app.demo.fns[_dependency("speak")["id"]]
+    assert speak.concurrency_id == app.SPEECH_GROUP != app.GPU_GROUP
+    assert isinstance(speak.concurrency_limit, int) and 1 <= speak.concurrency_limit <= app.SPEECH_CONCURRENCY
+    queued = [fn for fn in app.demo.fns.values() if fn.queue]
+    assert all(fn.concurrency_limit is not None for fn in queued), "every queued event has a bound"
+
+
 def test_a_click_on_an_example_fills_the_form_but_not_the_advanced_options():
     """The visitor's next own run keeps the default options (the cartoon's Haar detector stays the example's)."""
     dependencies = app.demo.config["dependencies"]
@@ -313,134 +322,7 @@ def test_a_click_on_an_example_fills_the_form_but_not_the_advanced_options():
     assert _component("Face detector") in advanced and not written & advanced
 
 
-def _refuse_edge_tts(monkeypatch) -> None:
-    for name in ("HTTPS_PROXY", "WSS_PROXY", "https_proxy", "wss_proxy"):
-        monkeypatch.setenv(name, refused_proxy())
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def test_an_example_is_made_once_with_its_own_detector_and_kept(tmp_path, monkeypatch):
-    _refuse_edge_tts(monkeypatch)
-    in_tmp = app.request_dir
-    monkeypatch.setattr(app, "request_dir", lambda: in_tmp(tmp_path / "requests"))
-    results = app.ExampleResults(functools.partial(app.make_video, app.Limits()), tmp_path / "kept")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        video, speech, status = results.get(0)  # the cartoon, with typed text
-    said = [str(w.message) for w in caught]  # gr.Warning outside a page is a Python warning
-    assert any(m.startswith("Spoken offline by espeak-ng") for m in said) and app.HAAR_STOOD_IN not in said, said
-    assert "faces: haar" in status and status.endswith("voice: espeak-ng en-us")
-    assert Path(video) == tmp_path / "kept" / "0" / app.OUTPUT_NAME and Path(speech).parent == Path(video).parent
-    assert not list((tmp_path / "requests").iterdir())  # the request folder went once its files were kept
-    made = os.stat(video).st_mtime_ns
-    assert results.get(0) == (video, speech, status) and os.stat(video).st_mtime_ns == made
-
-
-# ---------------------------------------------------------------- limits and helpers
-
-
-def test_limits_come_from_the_environment():
-    assert app.Limits.from_env({}) == app.Limits(60.0, 100.0, 1000)
-    env = {"LIPSYNC_MAX_SECONDS": "0", "LIPSYNC_MAX_UPLOAD_MB": "12.5", "LIPSYNC_MAX_TEXT_CHARS": "200"}
-    assert app.Limits.from_env(env) == app.Limits(0.0, 12.5, 200)
-    for bad in ("ten", "-1"):
-        with pytest.raises(ValueError, match="LIPSYNC_MAX_SECONDS must be a number"):
-            app.Limits.from_env({"LIPSYNC_MAX_SECONDS": bad})
-    assert app.launch_options(app.Limits(max_upload_mb=12.5)) == {"max_file_size": "12.5mb"}
-    assert app.launch_options(app.Limits(max_upload_mb=0)) == {"max_file_size": None}
-
-
-def test_duration_limit_covers_audio_and_video(media):
-    speech = _seconds(media["speech"])
-    app.check_seconds(media["speech"], "audio", app.Limits(max_seconds=speech + 1))
-    app.check_seconds(media["speech"], "audio", app.Limits(max_seconds=0))  # 0 = no limit
-    app.check_seconds(media["photo"], "face video", app.Limits(max_seconds=0.5))  # a picture has no duration
-    with pytest.raises(gr.Error, match=rf"audio lasts {speech:.1f} s; this app accepts up to 1 s"):
-        app.check_seconds(media["speech"], "audio", app.Limits(max_seconds=1))
-    with pytest.raises(gr.Error, match="face video lasts 2.0 s"):
-        app.check_seconds(media["video"], "face video", app.Limits(max_seconds=1.5))
-    with pytest.raises(gr.Error, match="speaks up to 10"):
-        app.check_text("x" * 11, app.Limits(max_text_chars=10))
-
-
-def test_old_request_folders_are_removed(tmp_path):
-    old = app.request_dir(tmp_path)
-    (old / "lipsync.mp4").write_bytes(b"done")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    recent = app.request_dir(tmp_path, ttl_s=3600)
-    newest = app.request_dir(tmp_path, ttl_s=3600)
-    assert not old.exists() and recent.is_dir() and newest.is_dir() and recent != newest
-
-
-def test_a_failed_request_leaves_no_folder_and_explains_itself(tmp_path, monkeypatch):
-    in_tmp = app.request_dir
-    monkeypatch.setattr(app, "request_dir", lambda: in_tmp(tmp_path))
-    for raised, shown in ((RuntimeError("boom\n  at paddle"), "inside lipsync (RuntimeError: boom at paddle)"),
-                          (app.LipSyncError("No face found in x.png"), "No face found in x.png")):  # fmt: skip
-        with pytest.raises(gr.Error) as caught:
-            with app._request_folder():
-                raise raised
-        assert shown in caught.value.message and caught.value.__cause__ is raised
-    assert not list(tmp_path.iterdir())
-
-
-def test_box_text_is_parsed():
-    assert app.parse_box("") is None and app.parse_box("  ") is None
-    assert app.parse_box("10, 200 30 220") == (10, 200, 30, 220)
-    for bad in ("1 2 3", "a b c d", "1 2 3 4 5"):
-        with pytest.raises(app.LipSyncError, match="four whole numbers"):
-            app.parse_box(bad)
-
-
-def test_progress_is_one_bar_across_the_stages():
-    seen = []
-    report = app.progress_reporter(lambda value, desc: seen.append((value, desc)))
-    for stage, done, total in [("speech", 0, 1), ("speech", 1, 1), ("reading audio", 1, 1),
-                               ("loading the model", 0, 1), ("loading the model", 1, 1), ("detecting faces", 16, 40),
-                               ("detecting faces", 40, 40), ("lip-syncing", 64, 87), ("lip-syncing", 87, 87),
-                               ("encoding", 0, 1), ("encoding", 1, 1)]:  # fmt: skip
-        report(stage, done, total)
-    values = [v for v, _ in seen]
-    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
-    assert seen[3][1] == "loading the model" and seen[4][0] > seen[3][0]
-    assert seen[5][1] == "detecting faces 16/40" and seen[-1][1] == "encoding"
-
-
-def test_every_engine_stage_has_its_own_share_of_the_bar():
-    from lipsync.types import STAGES
-
-    assert list(app.STAGES) == list(STAGES)  # the engine's order
-    shares = [app.STAGES[stage] for stage in STAGES]
-    assert shares[0][0] == 0.0 and shares[-1][1] == 1.0
-    assert all(start < end for start, end in shares)
-    assert all(before[1] == after[0] for before, after in zip(shares, shares[1:]))  # no gaps, no overlaps
-
-
-def test_detector_falls_back_to_haar_only_when_s3fd_is_missing(s3fd_weights):
-    options, note = app.usable_detector(LipSyncOptions())
-    assert options.face_detector == "haar" and note == app.HAAR_STOOD_IN
-    for kept in (LipSyncOptions(face_detector="haar"), LipSyncOptions(box=(0, 10, 0, 10)),
-                 LipSyncOptions(detector_weights=str(s3fd_weights))):  # fmt: skip
-        assert app.usable_detector(kept) == (kept, None)
-
-
-def test_one_face_and_one_voice_at_a_time(tmp_path):
-    limits = app.Limits()
-    with pytest.raises(app.LipSyncError, match="not both"):
-        app._one_face("a.png", "b.mp4", limits)
-    with pytest.raises(app.LipSyncError, match="not both"):
-        app._speech("a.wav", "hello", tts.DEFAULT_VOICE, 0, tmp_path, limits, app._no_progress)
-    assert app.keep_one("", "text") == (gr.update(), gr.update())
-    cleared, tabs = app.keep_one("/tmp/face.png", "picture")
-    assert cleared is None and tabs.selected == "picture"
-
-
-def test_voice_picker_keeps_a_matching_voice():
-    assert app.voices_for_language("en-GB", "en-GB-RyanNeural").value == "en-GB-RyanNeural"
-    switched = app.voices_for_language("fr-FR", "en-GB-RyanNeural")
-    assert switched.value == "fr-FR-VivienneMultilingualNeural"
-    assert ("Denise (female)", "fr-FR-DeniseNeural") in switched.choices
+# ---------------------------------------------------------------- what the Space is made of
 
 
 def test_importing_the_app_loads_no_model():
@@ -490,11 +372,3 @@ def test_the_space_gets_the_same_edge_tts_and_no_gradio():
     assert "gradio" not in space and "gradio-client" not in space  # Spaces preinstall gradio at sdk_version
 
 
-def test_finished_processes_lose_their_example_cache(tmp_path):
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    (tmp_path / f"examples-{ended.pid}").mkdir()
-    (tmp_path / f"examples-{os.getpid()}").mkdir()
-    (tmp_path / "examples-notapid").mkdir()
-    assert app.examples_cache(tmp_path) == tmp_path / f"examples-{os.getpid()}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"examples-{os.getpid()}", "examples-notapid"])

@@ -219,7 +219,17 @@ CASES = [
     Case("output_in_missing_folder", _media(), out=lambda i, tmp: tmp / "new" / "deeper" / "out.mp4"),
     Case("output_is_the_input", _media(face=lambda i: i.copy("same.mp4", i.clip)), "is the face input",
          out=lambda i, tmp: i.folder / "same.mp4"),
+    # geometry: what the pads, resize factor, crop and box leave, checked before the generator runs
+    Case("pads_leave_nothing", _media(), "--pads 0 -200 0 0 leave nothing of the face box",
+         options={"pads": (0, -200, 0, 0)}),
+    Case("resize_to_nothing", _media(), "--resize_factor 1000 shrinks the 512×512 px frames of astronaut.png",
+         options={"resize_factor": 1000}),
+    Case("crop_outside_frame", _media(face=lambda i: i.clip), "--crop 600 -1 0 -1 does not fit the 256×256 px frame",
+         options={"crop": (600, -1, 0, -1), "resize_factor": 2}),
+    Case("box_outside_frame", _media(), "--box 600 700 0 100 lies outside the 512×512 px frame",
+         options={"box": (600, 700, 0, 100)}),
 ]
+GEOMETRY_OPTIONS = ("pads", "resize_factor", "crop", "box")  # passed on the command line when a case sets them
 
 
 def _cmyk_jpeg(bgr: np.ndarray, path: Path) -> None:
@@ -293,7 +303,7 @@ def test_command_line(case: Case, inputs: Inputs, tmp_path: Path) -> None:
     scratch.mkdir()
     face = f"--face={Path(made['face']).name}" if case.name == "name_leading_dash" else f"--face={made['face']}"
     args = [face, f"--audio={made['audio']}", f"--outfile={out}", "--face_detector", options.face_detector,
-            "--device", options.device, "--fps", str(options.fps), "--quiet"]  # fmt: skip
+            "--device", options.device, "--fps", str(options.fps), "--quiet", *_geometry_args(case)]  # fmt: skip
     before = _snapshot(inputs.folder)
     proc = run_cli(args, scratch, cwd=inputs.folder)
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -308,6 +318,15 @@ def test_command_line(case: Case, inputs: Inputs, tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("error: ") and case.error in lines[0], proc.stderr
         assert _snapshot(inputs.folder) == before, "the inputs are untouched and nothing was added beside them"
         assert not out.exists() or out in before, "no output, or only the untouched input of the same name"
+
+
+def _geometry_args(case: Case) -> list:
+    args = []
+    for name in GEOMETRY_OPTIONS:
+        if name in case.options:
+            value = case.options[name]
+            args += [f"--{name}", *map(str, value if isinstance(value, tuple) else (value,))]
+    return args
 
 
 def test_the_table_covers_what_the_issue_lists():

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
-from test_app import app, launch_app, readme_block  # noqa: E402  (tests/ is on sys.path: conftest puts it there)
+from test_app import launch_app, readme_block  # noqa: E402  (tests/ is on sys.path: conftest puts it there)
+
+from lipsync.options import DEFAULT_PADS  # noqa: E402
+from webapp import examples, folders, jobs  # noqa: E402  (test_app put the repository on sys.path)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -22,7 +25,7 @@ MIN_SCREENSHOT_BYTES = 20_000  # a blank or broken page compresses to less
 HAVE_CURRENT_DATA = 2  # HTMLMediaElement.readyState once the browser decoded a frame
 MIN_VIDEO_S = 1  # every result here lasts longer (the shortest speech, "Hello from the browser.", 1.2 s)
 ESPEAK_WARNING = "Spoken offline by espeak-ng"
-STAGE_LABEL = re.compile("^(" + "|".join(re.escape(stage) for stage in app.STAGES) + ")")
+STAGE_LABEL = re.compile("^(" + "|".join(re.escape(stage) for stage in jobs.STAGES) + ")")
 # what ran, from the start of the status line; the device may say why not the GPU
 STATUS = re.compile(
     r"^wav2lip_hq on cpu( \([^)]*\))? · paddle \S+ · \d+ frames at 25 fps · \d+\.\d s · faces: haar"
@@ -80,6 +83,11 @@ def toasts(page) -> list:
     return page.evaluate("window.toasts.splice(0)")
 
 
+def _haar_stood_in(seen: list) -> bool:
+    """Whether a toast said (as the engine's note) that Haar found the faces because S3FD has no weights."""
+    return any(jobs.HAAR_NOTE in t for t in seen)
+
+
 def wait_for_a_new_result(page, previous_src: str) -> str:
     """Wait until the result video changes and the browser can play it; its src."""
     page.wait_for_function("([previous, ready]) => { const v = document.querySelector('#result video');"
@@ -114,17 +122,17 @@ def test_a_visitor_makes_the_photo_speak_typed_text(page, media, screenshots):
     status = page.locator("#status textarea")
     expect(status).to_have_value(re.compile(STATUS.pattern + r" · voice: espeak-ng en-us$"))
     seen = toasts(page)
-    assert any(ESPEAK_WARNING in t for t in seen) and app.HAAR_STOOD_IN in seen, seen
+    assert any(ESPEAK_WARNING in t for t in seen) and _haar_stood_in(seen), seen
     shoot(page, screenshots, "3-result")
 
 
 def test_every_example_plays_leaves_the_options_alone_and_comes_from_the_cache_again(page, server, screenshots):
     expect = playwright.expect
     page.locator("#advanced button").click()  # open Advanced, to see the options after each example
-    detector = page.locator(f"#detector input[value={app.DEFAULTS.face_detector}]")
+    detector = page.locator(f"#detector input[value={jobs.DEFAULTS.face_detector}]")
     expect(detector).to_be_checked()
     src, first = "", {}
-    for index, example in enumerate(app.EXAMPLE_SET):
+    for index, example in enumerate(examples.EXAMPLE_SET):
         page.get_by_text(example.label).click()
         expect_progress(page)  # the first click runs the job, with its progress bar
         src = wait_for_a_new_result(page, src)
@@ -132,12 +140,12 @@ def test_every_example_plays_leaves_the_options_alone_and_comes_from_the_cache_a
         assert STATUS.match(status), status
         seen = toasts(page)
         # the cartoon asks for Haar itself; the others ask for S3FD, which has no weights here
-        assert (app.HAAR_STOOD_IN in seen) == (example.detector == "sfd"), (example, seen)
+        assert _haar_stood_in(seen) == (example.detector == "sfd"), (example, seen)
         expect(detector).to_be_checked()  # the visitor's own next run still gets the default detector
         first[index] = (src, status, _kept(server, index).stat())
         shoot(page, screenshots, f"example-{index}")
 
-    page.get_by_text(app.EXAMPLE_SET[0].label).click()
+    page.get_by_text(examples.EXAMPLE_SET[0].label).click()
     wait_for_a_new_result(page, src)
     again = page.locator("#result video").get_attribute("src")
     expect(page.locator("#status textarea")).to_have_value(first[0][1])
@@ -148,14 +156,14 @@ def test_every_example_plays_leaves_the_options_alone_and_comes_from_the_cache_a
 
 def _kept(server, index: int) -> Path:
     """The result file the server keeps for an example."""
-    [path] = (server.tmp / "lipsync-app").glob(f"{app.EXAMPLES_PREFIX}*/{index}/{app.OUTPUT_NAME}")
+    [path] = (server.tmp / "lipsync-app").glob(f"{folders.EXAMPLES_PREFIX}*/{index}/{jobs.OUTPUT_NAME}")
     return path
 
 
 def test_the_four_pads_share_one_row(page):
     page.locator("#advanced button").click()
     pads = page.locator("#pads input[type=number]")
-    playwright.expect(pads).to_have_count(len(app.DEFAULT_PADS))
+    playwright.expect(pads).to_have_count(len(DEFAULT_PADS))
     boxes = [box.bounding_box() for box in pads.all()]
     assert all(boxes)
     assert max(b["y"] for b in boxes) - min(b["y"] for b in boxes) < 1

@@ -81,3 +81,17 @@ def test_usage_errors_are_one_line_exit_2(capsys, extra, said):
 
 def test_multi_line_messages_print_as_one():
     assert one_line("first\n  second \n\nthird") == "first | second | third"
+
+
+def test_threads_option():
+    assert parse().threads == 0, "automatic by default"
+    assert parse("--threads", "3").threads == 3
+    assert "CPU quota/affinity" in " ".join(build_parser().format_help().split())
+    with pytest.raises(LipSyncError, match="threads must be 0"):
+        parse("--threads", "-2")
+
+
+def test_threads_must_be_a_number(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(BASE + ["--threads", "many"])
+    assert exc.value.code == 2 and "invalid int value: 'many'" in capsys.readouterr().err

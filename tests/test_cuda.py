@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync import cuda, runtime
+from lipsync import cuda, device, runtime
 from lipsync.errors import LipSyncError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,16 +222,20 @@ class FakePredictor:
 
     HALF_SHIFT = 0.0
     made: List[tuple] = []
+    closed: List[str] = []
 
     def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=runtime.GPU_MEMORY_POOL_MB):
-        FakePredictor.made.append((precision, pool_mb))
         if precision == "fp16" and FakePredictor.HALF_SHIFT is None:
             raise RuntimeError("no fp16 kernel for this op")
+        FakePredictor.made.append((precision, pool_mb))
         self.precision = precision
 
     def run(self, *arrays):
         shift = FakePredictor.HALF_SHIFT if self.precision == "fp16" else 0.0
         return [np.linspace(0, 1, 512, dtype=np.float32) + shift]
+
+    def close(self):
+        FakePredictor.closed.append(self.precision)
 
 
 @pytest.mark.parametrize(
@@ -243,9 +247,12 @@ def test_gpu_keeps_fp16_only_within_one_8bit_level_of_fp32(monkeypatch, shift, e
     monkeypatch.setattr(runtime, "Predictor", FakePredictor)
     monkeypatch.setattr(FakePredictor, "HALF_SHIFT", shift)
     monkeypatch.setattr(FakePredictor, "made", [])
+    monkeypatch.setattr(FakePredictor, "closed", [])
     gpu = runtime.Device("gpu", "Tesla T4")
     chosen = runtime.fastest_predictor(Path("model"), gpu, (np.zeros(1),), pool_mb=1290)
     assert chosen.precision == expected
+    made = [precision for precision, _ in FakePredictor.made]
+    assert sorted(FakePredictor.closed + [expected]) == sorted(made), "the predictor not kept is closed"
     assert {pool for _, pool in FakePredictor.made} == {1290}
 
 
@@ -254,7 +261,7 @@ def _gpu_like(monkeypatch, compiled=True, count=1, missing=(), probe=None) -> No
     monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: count)
     monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda index=0: "Tesla T4")
     monkeypatch.setattr(cuda, "missing_libraries", lambda names=cuda.REQUIRED: list(missing))
-    monkeypatch.setattr(runtime, "_probe_kernel", lambda: probe)
+    monkeypatch.setattr(device, "_probe_kernel", lambda: probe)
 
 
 @pytest.mark.parametrize(
@@ -269,8 +276,8 @@ def _gpu_like(monkeypatch, compiled=True, count=1, missing=(), probe=None) -> No
 )
 def test_auto_falls_back_to_cpu_and_says_why_once(monkeypatch, caplog, machine, reason):
     _gpu_like(monkeypatch, **machine)
-    monkeypatch.setattr(runtime, "_ANNOUNCED", set())
-    with caplog.at_level(logging.INFO, logger=runtime.__name__):
+    monkeypatch.setattr(device, "_ANNOUNCED", set())
+    with caplog.at_level(logging.INFO, logger=device.__name__):
         first, second = runtime.choose_device("auto"), runtime.choose_device("auto")
     assert first == second and first.kind == "cpu" and reason in first.reason
     assert [r.getMessage() for r in caplog.records] == [first.reason], "logged once per process"

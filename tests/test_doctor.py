@@ -108,7 +108,22 @@ def test_weights_lines_say_whether_the_sha256_checks_out(monkeypatch, isolated_w
     digest = hashlib.sha256(path.read_bytes()).hexdigest() if published == "good" else "0" * 64
     monkeypatch.setitem(weights.WEIGHTS, "wav2lip_hq", replace(weights.WEIGHTS["wav2lip_hq"], sha256=digest))
     _, found = _run()
-    assert found["wav2lip_hq"] == f"models dir {path} ({expected}{': delete it' if published == 'bad' else ''})"
+    check = f"{expected}{': delete it' if published == 'bad' else ''}"
+    assert found["wav2lip_hq"] == f"models dir {path} ({check}); pinned by sha256"
+
+
+def test_every_weights_line_says_how_the_file_is_pinned_and_what_cannot_be_verified():
+    _, found = _run()
+    assert found["wav2lip_hq"].endswith("(unchecked); NOT verifiable: no published sha256 (PaddleGAN publishes none: "
+                                        "a changed or damaged download is not caught)")  # fmt: skip
+    for name, entry in weights.WEIGHTS.items():
+        line = found[name]
+        assert ("NOT verifiable: no published sha256 (" if entry.sha256 is None else "; pinned by sha256") in line, line
+        if entry.hub is not None and entry.hub.revision is None:
+            assert line.endswith(f"; not pinned by commit (no commit of {entry.hub.repo_id} known: its main branch "
+                                 "is fetched, the sha256 pins the content)"), line  # fmt: skip
+        elif entry.hub is not None:
+            assert f"pinned by commit {entry.hub.revision[:12]}" in line, line
 
 
 def test_offline_without_weights_no_job_can_run_and_it_says_what_to_put_where(no_weights_here):
@@ -145,8 +160,10 @@ def test_a_reachable_hub_serves_the_hub_models_and_the_detector(monkeypatch, no_
     assert found["detector"] == "s3fd downloads on first use from 127.0.0.1 (~90 MB; it answers)"
 
 
-def test_another_generator_on_this_machine_is_offered(no_weights_here):
-    (no_weights_here / "wav2lip.pth").write_bytes(b"no published sha256 for this name")
+def test_another_generator_on_this_machine_is_offered(monkeypatch, no_weights_here):
+    (no_weights_here / "wav2lip.pth").write_bytes(b"stands in for the published file")
+    digest = hashlib.sha256(b"stands in for the published file").hexdigest()
+    monkeypatch.setitem(weights.WEIGHTS, "wav2lip", replace(weights.WEIGHTS["wav2lip"], sha256=digest))
     code, found = _run()
     assert code == doctor.EXIT_OK, found
     assert found["generator"].endswith("wav2lip ready (models dir): choose wav2lip (--checkpoint_path wav2lip on "

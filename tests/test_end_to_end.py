@@ -207,9 +207,9 @@ def test_concurrent_runs_in_one_process_do_not_mix(media, tmp_path):
 
 def test_a_pictures_split_generator_gives_the_whole_generators_mouths(tmp_path):
     """The still path (face encoder once, decoder per batch) through Paddle Inference equals the generator."""
-    from lipsync import pipeline, runtime
+    from lipsync import runtime
 
-    engine, device = pipeline.Engine(), runtime.Device("cpu", "requested")
+    engine, device = lipsync.Engine(), runtime.Device("cpu", "requested")
     options = LipSyncOptions(device="cpu")
     whole, split = engine.generator(options, device), engine.still_generator(options, device)
     rng = np.random.default_rng(5)
@@ -220,3 +220,60 @@ def test_a_pictures_split_generator_gives_the_whole_generators_mouths(tmp_path):
     (expected,) = whole.run(mels, np.repeat(face, len(mels), axis=0))
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.abs(got[1:] - got[:1]).max() > 1e-3, "the mel windows still choose the mouths"
+
+
+# --- S3FD's weights missing offline: Haar stands in, for every front end -----------------------------
+
+HAAR_NOTE_START = "The S3FD face detector's weights are not available here ("
+HAAR_NOTE_END = "), so OpenCV's Haar detector found the faces."
+
+
+def _s3fd_unavailable() -> str:
+    """The conftest's $LIPSYNC_MODELS has no s3fd.pth and the hub is offline: the known name cannot be had."""
+    from lipsync import weights
+    from lipsync.errors import LipSyncError, first_line
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(LipSyncError) as caught:
+        weights.resolve_weights(LipSyncOptions().detector_weights, "s3fd")
+    return first_line(caught.value, 400).split(". ")[0].rstrip(".")  # its first sentence
+
+
+def _is_haar_note(note: str, why: str) -> bool:
+    """The fallback note, quoting why S3FD could not be had. The reason after "no network?" depends on
+    whether huggingface_hub was imported before HF_HUB_OFFLINE was set (a fresh CLI process vs this one)."""
+    said = note[len(HAAR_NOTE_START) : -len(HAAR_NOTE_END)]
+    return (note.startswith(HAAR_NOTE_START) and note.endswith(HAAR_NOTE_END)
+            and said.split("(no network?")[0] == why.split("(no network?")[0] and "s3fd.pth" in said)  # fmt: skip
+
+
+def test_api_falls_back_to_haar_with_a_note_when_s3fd_weights_are_unavailable(media, astronaut_bgr, tmp_path):
+    why = _s3fd_unavailable()
+    out = tmp_path / "fallback.mp4"
+    result = lipsync.run(media["photo"], media["speech"], out, LipSyncOptions(device="cpu"))
+    assert len(result.notes) == 1 and _is_haar_note(result.notes[0], why), result.notes
+    _check_output(out, media["speech"], (512, 512))
+    _face_changed_background_kept(read_video_frames(out)[20], astronaut_bgr)  # Haar found the real face
+
+
+def test_a_missing_detector_weights_file_stays_an_error(media, tmp_path):
+    from lipsync.errors import LipSyncError
+
+    options = LipSyncOptions(device="cpu", detector_weights=str(tmp_path / "my_s3fd.pth"))
+    with pytest.raises(LipSyncError, match="No weights file at"):
+        lipsync.run(media["photo"], media["speech"], tmp_path / "o.mp4", options)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_falls_back_to_haar_and_prints_the_note(media, tmp_path):
+    why = _s3fd_unavailable()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "fallback.mp4"
+    proc = run_cli("--face", str(media["photo"]), "--audio", str(media["speech"]), "--outfile", str(out), "--cpu",
+                   tmpdir=scratch)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and _is_haar_note(notes[0].removeprefix("note: "), why), proc.stderr
+    _check_output(out, media["speech"], (512, 512))
+    assert list(scratch.iterdir()) == []

@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, ffprobe
 
 import lipsync
-from lipsync import pipeline, runtime
+from lipsync import runtime
+from lipsync.engine import S3FD_SPECS, Engine, StillGenerator
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -50,7 +51,7 @@ class RunsOutOfMemory:
         return self.predictor.run(*arrays)
 
 
-class FullGpuEngine(pipeline.Engine):
+class FullGpuEngine(Engine):
     """The engine with its generator on a GPU that fits only `fits` faces per batch."""
 
     def __init__(self, fits: int):
@@ -67,7 +68,7 @@ class FullGpuEngine(pipeline.Engine):
         split = super().still_generator(options, device)
         failing = RunsOutOfMemory(split.decoder, self.fits)
         self.generators.append(failing)
-        return pipeline.StillGenerator(split.encoder, failing)  # type: ignore[arg-type]
+        return StillGenerator(split.encoder, failing)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("face", ["photo", "video"])  # a picture's generator is split in two: both halve
@@ -85,9 +86,55 @@ def test_the_detector_halves_its_batch_too(s3fd_weights, tmp_path):
     """S3FD on a full GPU: a batch that does not fit is split, and the boxes are the same."""
     from lipsync import faces, s3fd
 
-    prefix = runtime.export_static(lambda: s3fd.load_s3fd(s3fd_weights), pipeline.S3FD_SPECS, tmp_path / "s3fd")
+    prefix = runtime.export_static(lambda: s3fd.load_s3fd(s3fd_weights), S3FD_SPECS, tmp_path / "s3fd")
     failing = RunsOutOfMemory(runtime.Predictor(prefix, runtime.Device("cpu", "requested")), fits=1)
     frames = [np.full((96, 96, 3), 120 + 10 * i, np.uint8) for i in range(4)]
     expected = faces.S3FDDetector(failing.predictor.run)(frames)
     assert faces.S3FDDetector(runtime.BatchRunner(failing.run, 4))(frames) == expected
     assert failing.sizes[:3] == [4, 2, 1] and set(failing.sizes[3:]) == {1}
+
+
+class CrashesAfter:
+    """A real generator predictor that fails on its `good + 1`-th call, like a driver fault mid-job."""
+
+    def __init__(self, predictor: runtime.Predictor, good: int):
+        self.predictor, self.good = predictor, good
+
+    def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
+        if self.good == 0:
+            raise RuntimeError("the generator crashed")
+        self.good -= 1
+        return self.predictor.run(*arrays)
+
+
+class CrashingEngine(Engine):
+    def generator(self, options, device):
+        return CrashesAfter(super().generator(options, device), good=1)
+
+
+def _children() -> List[str]:
+    return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+
+
+def test_a_job_that_fails_midway_stops_ffmpeg_and_closes_files_without_the_garbage_collector(media, tmp_path):
+    """Reader (pass 2 reads the video again) and writer are both open when the generator fails: they must be
+    closed at once, not when Python collects the generators (a server would pile up ffmpeg processes)."""
+    import gc
+
+    options = LipSyncOptions(face_detector="haar", device="cpu", wav2lip_batch_size=4)
+    short = tmp_path / "short.wav"  # shorter than the 2-s clip: pass 2 reads the video again through ffmpeg
+    subprocess.run(["espeak-ng", "-w", str(short), "Hello."], check=True, capture_output=True)
+    engine = CrashingEngine()
+    lipsync.run(media["video"], short, tmp_path / "warm.mp4", options, engine=Engine())  # warm caches
+    fds, children = len(os.listdir("/proc/self/fd")), _children()
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError, match="the generator crashed") as caught:
+            lipsync.run(media["video"], short, tmp_path / "o.mp4", options, engine=engine)
+        # the error is still held (as a server's error handler or log may hold it), and with it every frame
+        # of its traceback: closing must not wait for those to go
+        assert caught.traceback and _children() == children, "an ffmpeg process outlived the failed job"
+        assert len(os.listdir("/proc/self/fd")) == fds, "a pipe or temporary file outlived the failed job"
+    finally:
+        gc.enable()
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*")), "no partial output"

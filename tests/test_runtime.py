@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import paddle
 import pytest
 
-from lipsync import native, runtime
+from lipsync import cpu, device, native, runtime
 from lipsync.errors import LipSyncError
 
 from conftest import ROOT
@@ -60,6 +62,62 @@ def test_static_predictor_matches_dygraph_and_export_is_reused(tmp_path):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_a_predictor_runs_on_its_own_thread_whoever_calls_it(tmp_path, monkeypatch):
+    """Paddle Inference keeps oneDNN state per calling thread: a server's worker threads come and go, and a
+    predictor called from a fresh thread failed now and then ("could not execute a primitive"). Every call
+    must run on the one thread that created the predictor, and closing it ends that thread."""
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+    predictor = runtime.Predictor(prefix, runtime.Device("cpu", "requested"), threads=1)
+    ran_on = []
+    original = predictor._run
+    monkeypatch.setattr(predictor, "_run", lambda *a: ran_on.append(threading.get_ident()) or original(*a))
+    a, f = np.ones((2, 1, 8, 4), np.float32), np.ones((2, 6, 12, 12), np.float32)
+    (expected,) = predictor.run(a, f)
+    results = []
+    for _ in range(4):  # each call from a new thread, as gradio's worker threads are
+        caller = threading.Thread(target=lambda: results.append(predictor.run(a, f)[0]))
+        caller.start()
+        caller.join()
+    assert len(results) == 4 and all(np.array_equal(r, expected) for r in results)
+    assert len(set(ran_on)) == 1 and ran_on[0] != threading.get_ident(), ran_on
+    own = [t for t in threading.enumerate() if t.ident == ran_on[0]]
+    predictor.close()
+    assert own and not own[0].is_alive(), "close() must end the predictor's thread"
+    with pytest.raises(RuntimeError):
+        predictor.run(a, f)
+
+
+def test_the_precision_left_out_does_not_keep_a_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+    probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
+    before = threading.active_count()
+    chosen = runtime.fastest_predictor(prefix, runtime.Device("cpu", "requested"), probe, threads=1)
+    assert threading.active_count() == before + 1, "one predictor kept, one thread; the other one's thread ended"
+    chosen.close()
+    assert threading.active_count() == before
+
+
+def test_a_thread_in_static_mode_still_exports_a_working_network(tmp_path):
+    """paddle's dygraph/static mode is per thread, and a new thread starts in the mode another thread last set:
+    a server's run thread started in static mode after a to_static elsewhere, and building a network there failed
+    ("Can not find Variable 'conv2d_0.w_0' in the Scope"). The export must build in dygraph mode regardless."""
+    from paddle.base import framework
+
+    def export_in_static_mode():
+        with framework._dygraph_guard(None):  # this thread in static mode, as such a thread would be
+            assert not paddle.in_dynamic_mode()
+            prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+            assert not paddle.in_dynamic_mode(), "the thread's own mode is left as it was"
+        return prefix
+
+    with ThreadPoolExecutor(1) as pool:
+        prefix = pool.submit(export_in_static_mode).result()
+    a, f = np.ones((2, 1, 8, 4), np.float32), np.ones((2, 6, 12, 12), np.float32)
+    (got,) = runtime.Predictor(prefix, runtime.Device("cpu", "requested"), threads=1).run(a, f)
+    np.testing.assert_allclose(got, _tiny()(paddle.to_tensor(a), paddle.to_tensor(f)).numpy(), atol=1e-5)
+
+
 def test_export_key_changes_with_the_weights_file(tmp_path):
     weights = tmp_path / "w.pdparams"
     weights.write_bytes(b"one")
@@ -95,7 +153,7 @@ def test_batch_runner_reraises_other_errors():
 
 
 def test_device_choice_on_a_machine_without_gpu(monkeypatch):
-    monkeypatch.setattr(runtime, "_gpu_problem", lambda: "no CUDA device is visible")
+    monkeypatch.setattr(device, "_gpu_problem", lambda: "no CUDA device is visible")
     assert runtime.choose_device("cpu") == runtime.Device("cpu", "requested")
     auto = runtime.choose_device("auto")
     assert auto.kind == "cpu" and "no CUDA device" in auto.reason
@@ -105,7 +163,7 @@ def test_device_choice_on_a_machine_without_gpu(monkeypatch):
 
 def test_real_gpu_probe_answers_on_this_machine():
     """On CPU paddle this must say why the GPU can't be used rather than crash."""
-    problem = runtime._gpu_problem()
+    problem = device._gpu_problem()
     if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
         assert problem is None
     else:
@@ -113,9 +171,9 @@ def test_real_gpu_probe_answers_on_this_machine():
 
 
 def test_bf16_only_on_cpus_that_run_it_natively():
-    assert runtime.bf16_capable(frozenset({"avx2", "amx_bf16", "amx_tile"}))
-    assert runtime.bf16_capable(frozenset({"avx512f", "avx512_bf16"}))
-    assert not runtime.bf16_capable(frozenset({"avx2", "avx512f", "fma"}))
+    assert cpu.bf16_capable(frozenset({"avx2", "amx_bf16", "amx_tile"}))
+    assert cpu.bf16_capable(frozenset({"avx512f", "avx512_bf16"}))
+    assert not cpu.bf16_capable(frozenset({"avx2", "avx512f", "fma"}))
 
 
 def test_low_precision_kept_only_when_close_to_fp32():
@@ -129,15 +187,24 @@ def test_low_precision_kept_only_when_close_to_fp32():
 
 
 def test_fastest_predictor_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
     chosen = runtime.fastest_predictor(prefix, runtime.Device("cpu", "requested"), probe)
     assert chosen.precision == "fp32"
 
 
-def test_paddle_pass_statistics_never_reach_stderr(capfd, caplog):
-    """oneDNN's bf16 passes write '---  squashed …' lines from C++ to fd 2; our one-line errors must stay alone."""
+@pytest.fixture
+def hiding_chatter():
+    """Native chatter held back, as the CLI's main asks for; the default (off) again afterwards."""
+    native.hide_native_chatter(True)
+    yield
+    native.hide_native_chatter(False)
+
+
+def test_paddle_pass_statistics_never_reach_stderr(capfd, caplog, hiding_chatter):
+    """oneDNN's bf16 passes write '---  squashed …' lines from C++ to fd 2; with the CLI's switch on, our
+    one-line errors stay alone."""
     with caplog.at_level("DEBUG", logger="lipsync.native"):
         with native.held_back(runtime.PASS_STATS, "paddle"):
             os.write(2, b"\x1b[37m---    squashed 6 quantize op\x1b[0m\n")
@@ -154,7 +221,8 @@ def test_bf16_predictor_prints_nothing(tmp_path):
     """A bf16 predictor (tried on CPUs with native bf16) is created without paddle's pass chatter on stderr."""
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     code = (
-        "import sys; from pathlib import Path; from lipsync import runtime\n"
+        "import sys; from pathlib import Path; from lipsync import native, runtime\n"
+        "native.hide_native_chatter(True)\n"  # as the CLI does
         f"runtime.Predictor(Path({str(prefix)!r}), runtime.Device('cpu', 'requested'), precision='bf16')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
@@ -168,9 +236,9 @@ def test_bf16_predictor_prints_nothing(tmp_path):
 
 def _numpy_probe() -> np.ndarray:
     """probe_network's network written out in numpy, independently of paddle's kernels."""
-    values = runtime._probe_values
-    c = runtime.PROBE_SHAPE[1]
-    x = values(runtime.PROBE_SHAPE, 5) - 2
+    values = device._probe_values
+    c = device.PROBE_SHAPE[1]
+    x = values(device.PROBE_SHAPE, 5) - 2
     w = (values((c, c, 3, 3), 3) - 1) / 2
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     y = np.zeros_like(x)
@@ -178,7 +246,7 @@ def _numpy_probe() -> np.ndarray:
         for j in range(x.shape[3]):
             y[0, :, i, j] = np.einsum("oikl,ikl->o", w, padded[0, :, i : i + 3, j : j + 3])
     y += (np.arange(c) / 2)[None, :, None, None]
-    scale = np.arange(1, c + 1) / np.sqrt(4.0 + runtime.BN_EPSILON)
+    scale = np.arange(1, c + 1) / np.sqrt(4.0 + device.BN_EPSILON)
     y = (y - 0.5) * scale[None, :, None, None] - 0.25
     y = np.maximum(y, 0) + x
     y = np.concatenate([y, x], axis=1)
@@ -190,22 +258,22 @@ def _numpy_probe() -> np.ndarray:
 
 def test_gpu_probe_network_computes_what_it_claims():
     """On the CPU place the probe gives the numpy reference: it really runs conv, BN, relu, add, concat, up, pool."""
-    got = runtime.probe_network(paddle.CPUPlace())
+    got = device.probe_network(paddle.CPUPlace())
     np.testing.assert_allclose(got, _numpy_probe(), atol=1e-6)
     assert got.std() > 0.05, "outputs spread out: a dropped op moves them by more than the tolerance"
 
 
 def test_gpu_probe_check_accepts_right_numbers_and_refuses_failures_and_wrong_ones():
-    cpu = lambda: runtime.probe_network(paddle.CPUPlace())  # noqa: E731
-    assert runtime.check_probe(cpu) is None
-    assert runtime.check_probe(lambda: cpu() + runtime.PROBE_ATOL / 5) is None, "TF32-sized rounding passes"
-    assert runtime.check_probe(lambda: cpu() + 0.05) == "a test network gave wrong numbers on the GPU"
-    assert runtime.check_probe(lambda: cpu()[:, :1]) == "a test network gave wrong numbers on the GPU"
+    cpu = lambda: device.probe_network(paddle.CPUPlace())  # noqa: E731
+    assert device.check_probe(cpu) is None
+    assert device.check_probe(lambda: cpu() + device.PROBE_ATOL / 5) is None, "TF32-sized rounding passes"
+    assert device.check_probe(lambda: cpu() + 0.05) == "a test network gave wrong numbers on the GPU"
+    assert device.check_probe(lambda: cpu()[:, :1]) == "a test network gave wrong numbers on the GPU"
 
     def no_kernel() -> np.ndarray:
         raise RuntimeError("(PreconditionNotMet) The kernel image is not available on this GPU (sm_90)\n  [trace]")
 
-    assert runtime.check_probe(no_kernel) == (
+    assert device.check_probe(no_kernel) == (
         "a test network failed on the GPU ((PreconditionNotMet) The kernel image is not available on this GPU (sm_90))"
     )
 
@@ -247,3 +315,37 @@ def test_numpy_random_works_when_paddle_loads_after_lipsync():
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-800:]
     assert done.stdout.strip() == str(np.random.default_rng(0).random())
+
+
+# --- stderr is left alone unless the CLI asks ------------------------------------------------------
+
+
+def test_by_default_held_back_leaves_stderr_alone(capfd):
+    """A server's other threads write to stderr while a predictor is made: nothing of theirs may vanish."""
+    import threading
+
+    assert not native.hiding_native_chatter(), "off unless a single-threaded program turns it on"
+    before = os.fstat(2)
+    written = threading.Event()
+
+    def other_thread() -> None:
+        os.write(2, b"a request's log line\n")
+        written.set()
+
+    with native.held_back(runtime.PASS_STATS, "paddle"):
+        inside = os.fstat(2)
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        assert written.wait(10)
+        worker.join()
+        assert capfd.readouterr().err == "a request's log line\n", "it arrived on the real stderr, at once"
+    assert (inside.st_dev, inside.st_ino) == (before.st_dev, before.st_ino), "fd 2 was not redirected"
+
+
+def test_the_cli_turns_holding_back_on_for_its_run_only(monkeypatch):
+    from lipsync import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_main", lambda argv: seen.append(native.hiding_native_chatter()) or 0)
+    assert cli.main([]) == 0
+    assert seen == [True] and not native.hiding_native_chatter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from lipsync import tts
 from lipsync.errors import LipSyncError
 
 MIN_SPEECH_S = 0.3
+FD_CALLS = 30  # speak() calls per engine in the descriptor test
 
 
 def _closed_port() -> int:
@@ -161,3 +163,28 @@ def test_catalog_keeps_the_curated_list_when_the_service_is_unreachable():
     assert not catalog.refresh() and not catalog.refresh()
     assert len(calls) == 1 and catalog.source == "curated"
     assert catalog.find(tts.DEFAULT_VOICE) is not None and len(catalog.languages()) == len(tts.CURATED)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+def test_speaking_leaves_no_file_descriptor_open(tmp_path):
+    """A server speaks for months: each call used to leave mkstemp's descriptors open (two per offline call)."""
+
+    def unreachable(text, voice, rate, target):
+        raise OSError("offline")
+
+    def service(text, voice, rate, target):
+        target.write_bytes(b"ID3 pretend mp3")
+
+    tts.speak("Hi.", tmp_path, online=unreachable)  # warm-up: espeak-ng's voice list, imports
+    for online in (unreachable, service):
+        before = _open_fds()
+        for index in range(FD_CALLS):
+            folder = tmp_path / f"{online.__name__}-{index}"
+            folder.mkdir()
+            speech = tts.speak("Hi.", folder, online=online)
+            assert speech.engine == (tts.ENGINE_ESPEAK if online is unreachable else tts.ENGINE_EDGE)
+        assert _open_fds() == before, online.__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import shutil
@@ -12,22 +14,24 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import quadrants
+
 from lipsync.errors import LipSyncError
+from lipsync.ffmpeg import probe_args, rate_arg, tail
 from lipsync.video import (
     MAX_FRAME_PIXELS,
     FrameCache,
+    FrameReader,
     VideoWriter,
-    _tail,
     fit,
     fitted_size,
     pingpong_index,
     probe,
-    probe_args,
-    rate_arg,
     read_args,
     read_frames,
     read_image,
     transform,
+    transformed_size,
     write_args,
 )
 
@@ -62,6 +66,27 @@ def ffmpeg_children() -> list[str]:
         if parent == os.getpid() and name.startswith("ffmpeg"):
             found.append(f"{entry.name} {name}")
     return found
+
+
+def open_fds() -> set[str]:
+    """This process's open file descriptors, as "fd -> what it is"."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            found.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+    return found
+
+
+@contextlib.contextmanager
+def no_garbage_collection():
+    """Clean-up must not depend on the collector: it is off inside."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +212,70 @@ def test_early_close_leaves_no_ffmpeg_process(media: dict[str, Path]) -> None:
     assert ffmpeg_children(), "ffmpeg should be running mid-stream"
     frames.close()
     assert ffmpeg_children() == []
+    assert next(frames, None) is None, "a closed reader yields nothing more"
+
+
+@pytest.mark.parametrize("closing", ["with", "contextlib.closing", "close()"])
+def test_reader_stopped_early_leaves_no_child_and_no_fd(media: dict[str, Path], closing: str) -> None:
+    info = probe(media["odd"])
+    with no_garbage_collection():
+        before = open_fds()
+        reader = read_frames(media["odd"], info)
+        assert isinstance(reader, FrameReader) and iter(reader) is reader
+        context = {"with": reader, "contextlib.closing": contextlib.closing(reader),
+                   "close()": contextlib.nullcontext(reader)}[closing]
+        with context as frames:
+            assert [next(frames).shape for _ in range(3)] == [(241, 321, 3)] * 3
+            assert ffmpeg_children(), "ffmpeg runs mid-stream"
+            assert open_fds() != before, "its pipe and stderr file are open"
+        if closing == "close()":
+            reader.close()
+        assert ffmpeg_children() == [] and open_fds() == before
+        reader.close()  # idempotent
+        assert list(reader) == []
+
+
+def test_reader_whose_consumer_raises_leaves_no_child_and_no_fd(media: dict[str, Path]) -> None:
+    info = probe(media["odd"])
+    with no_garbage_collection():
+        before = open_fds()
+        with pytest.raises(RuntimeError, match="model crashed"), read_frames(media["odd"], info) as frames:
+            for index, _ in enumerate(frames):
+                if index == 4:
+                    raise RuntimeError("model crashed")
+        assert ffmpeg_children() == [] and open_fds() == before
+
+
+def test_reader_read_to_the_end_or_never_started_leaves_nothing(media: dict[str, Path]) -> None:
+    info = probe(media["plain"])
+    with no_garbage_collection():
+        before = open_fds()
+        reader = read_frames(media["plain"], info)
+        assert ffmpeg_children() == [], "ffmpeg starts at the first frame, not before"
+        assert len(list(reader)) == 25 and reader.frames_read == 25
+        assert ffmpeg_children() == [] and open_fds() == before, "the last frame closed it"
+        read_frames(media["plain"], info).close()
+        assert ffmpeg_children() == [] and open_fds() == before
+
+
+def test_reader_on_an_undecodable_video_raises_and_leaves_nothing(media: dict[str, Path], tmp_path: Path) -> None:
+    info = probe(media["plain"])
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video\n" * 100)
+    with no_garbage_collection():
+        before = open_fds()
+        with pytest.raises(LipSyncError, match=r"could not decode the video broken\.mp4 \(ffmpeg: .*Invalid data"):
+            with read_frames(broken, info) as frames:
+                next(frames)
+        assert ffmpeg_children() == [] and open_fds() == before
+
+
+def test_picture_reader_yields_once(tmp_path: Path) -> None:
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), quadrants())
+    with read_frames(path, probe(path)) as frames:
+        assert [frame.shape for frame in frames] == [(48, 64, 3)]
+        assert next(frames, None) is None
 
 
 def test_audio_files(media: dict[str, Path]) -> None:
@@ -213,16 +302,6 @@ def test_unusable_inputs(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- pictures
 
 
-def pattern(height: int = 48, width: int = 64) -> np.ndarray:
-    """BGR picture with distinct quadrants, so orientation and channel order errors show."""
-    image = np.zeros((height, width, 3), np.uint8)
-    image[: height // 2, : width // 2] = (255, 0, 0)
-    image[: height // 2, width // 2:] = (0, 255, 0)
-    image[height // 2:, : width // 2] = (0, 0, 255)
-    image[height // 2:, width // 2:] = (200, 200, 200)
-    return image
-
-
 def read_one(path: Path) -> np.ndarray:
     info = probe(path)
     assert info.is_image and info.frame_count == 1
@@ -235,7 +314,7 @@ def read_one(path: Path) -> np.ndarray:
 @pytest.mark.parametrize("name", ["face.png", "face.PNG", "face.bmp", "face.webp", "face.jpg", "face.JPEG"])
 def test_picture_formats(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    image = pattern()
+    image = quadrants()
     data = cv2.imencode(Path(name.lower()).suffix, image, [cv2.IMWRITE_WEBP_QUALITY, 101])[1]
     data.tofile(path)
     error = np.abs(read_one(path).astype(int) - image)
@@ -247,8 +326,8 @@ def test_picture_formats(tmp_path: Path, name: str) -> None:
 
 def test_picture_detected_by_content_not_extension(tmp_path: Path) -> None:
     png_named_mp4 = tmp_path / "face.mp4"
-    cv2.imencode(".png", pattern())[1].tofile(png_named_mp4)
-    np.testing.assert_array_equal(read_one(png_named_mp4), pattern())
+    cv2.imencode(".png", quadrants())[1].tofile(png_named_mp4)
+    np.testing.assert_array_equal(read_one(png_named_mp4), quadrants())
 
 
 def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
@@ -277,7 +356,7 @@ def test_greyscale_and_16_bit(tmp_path: Path) -> None:
 
 def test_exif_orientation_and_cmyk(tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
-    stored = pattern()
+    stored = quadrants()
     picture = pil.fromarray(stored[..., ::-1].copy())
     exif = picture.getexif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
@@ -335,8 +414,9 @@ def test_frames_larger_than_players_decode_are_scaled_down() -> None:
 
 def test_ffmpeg_errors_are_quoted_on_one_line() -> None:
     said = b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55c52bf07180] moov atom not found\nfile:/tmp/a b/x.mp4: Invalid data\n"
-    assert _tail(said) == "moov atom not found | Invalid data"
-    assert _tail(b"") == "ffmpeg printed no error"
+    assert tail(said) == "moov atom not found | Invalid data"
+    assert tail(b"") == "ffmpeg printed no error"
+    assert tail(b"file:/tmp/a:b/x.mp4: Invalid data\n", "/tmp/a:b/x.mp4") == "Invalid data", "a name with a colon"
 
 
 # ---------------------------------------------------------------- per-frame edits, cache, ping-pong
@@ -352,6 +432,57 @@ def test_transform_order_resize_rotate_crop() -> None:
     np.testing.assert_array_equal(transform(frame, 2, True, (5, -1, 10, 20)), turned[5:, 10:20])
     with pytest.raises(LipSyncError, match="crop"):
         transform(frame, crop=(70, -1, 0, -1))
+
+
+def test_a_resize_factor_that_leaves_nothing_is_a_clear_error() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(LipSyncError, match="resize_factor 1000 shrinks the 640×480 frame to nothing; 480 is the largest"):
+        transform(frame, resize_factor=1000)
+    assert transform(frame, resize_factor=480).shape == (1, 1, 3)
+    with pytest.raises(LipSyncError, match="resize_factor 481"):
+        transformed_size(640, 480, 481)
+
+
+def test_a_crop_outside_the_frame_is_a_clear_error() -> None:
+    frame = np.zeros((60, 100, 3), np.uint8)
+    with pytest.raises(LipSyncError, match=r"--crop \(0, 61, 0, -1\) reaches past the 100×60 frame"):
+        transform(frame, crop=(0, 61, 0, -1))
+    with pytest.raises(LipSyncError, match=r"reaches past the 60×100 frame"):
+        transform(frame, rotate=True, crop=(0, -1, 0, 61))  # rotated: 60 wide
+    with pytest.raises(LipSyncError, match="leaves nothing"):
+        transform(frame, crop=(30, 30, 0, -1))
+
+
+SIZE_CASES = [  # width, height, resize_factor, rotate, crop
+    (100, 60, 1, False, (0, -1, 0, -1)),
+    (321, 241, 2, False, (0, -1, 0, -1)),
+    (321, 241, 3, True, (5, -1, 10, 20)),
+    (641, 479, 4, True, (0, 100, 0, -1)),
+    (99, 77, 1, True, (-4, 50, -9, -1)),  # negative starts mean the first row/column
+    (7, 5, 5, False, (0, -1, 0, -1)),
+    (1, 1, 1, True, (0, 1, 0, 1)),
+    (5000, 3000, 1, False, (0, -1, 0, -1)),  # larger than players decode: fit() scales it down
+    (9001, 1001, 2, True, (1, -1, 0, 500)),
+    (60, 100, 1, False, (0, 101, 0, -1)),  # errors must agree too
+    (60, 100, 61, False, (0, -1, 0, -1)),
+    (60, 100, 1, True, (0, -1, 50, 40)),
+]
+
+
+@pytest.mark.parametrize("width,height,factor,rotate,crop", SIZE_CASES)
+def test_transformed_size_is_what_transform_makes(width: int, height: int, factor: int, rotate: bool,
+                                                  crop: tuple[int, int, int, int]) -> None:
+    frame = np.random.default_rng(width).integers(0, 256, (height, width, 3), np.uint8)
+    try:
+        made = transform(frame, factor, rotate, crop)
+    except LipSyncError as error:
+        with pytest.raises(LipSyncError) as predicted:
+            transformed_size(width, height, factor, rotate, crop)
+        assert str(predicted.value) == str(error)
+        return
+    assert transformed_size(width, height, factor, rotate, crop) == (made.shape[1], made.shape[0])
+    assert fitted_size(*transformed_size(width, height, factor, rotate, crop)) == fit(made).shape[1::-1]
+    assert made.flags.c_contiguous
 
 
 def test_frame_cache_round_trip(tmp_path: Path) -> None:
@@ -428,7 +559,8 @@ def test_writer_output(media: dict[str, Path], tmp_path: Path, monkeypatch: pyte
     assert float(video["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25), "last frame held to the end"
     boxes = top_level_boxes(out)
     assert boxes.index("moov") < boxes.index("mdat"), "faststart: moov first"
-    back = next(read_frames(out, probe(out)))
+    with read_frames(out, probe(out)) as frames:
+        back = next(frames)
     for column, colour in ((50, (0, 0, 255)), (150, (0, 255, 0)), (250, (255, 0, 0))):
         assert np.abs(back[100:200, column].astype(int) - colour).max() <= 6, "colours survive encode + decode"
     assert np.abs(back[100:200, 321].astype(int) - back[100:200, 320]).max() <= 6, "padding smears the edge"
@@ -483,3 +615,51 @@ def test_writer_rejects_bad_input(media: dict[str, Path], tmp_path: Path) -> Non
         with pytest.raises(ValueError):
             writer.write(np.zeros((48, 64, 4), np.uint8))
         writer.write(np.zeros((48, 64, 3), np.uint8))
+
+
+def test_writer_abort_mid_stream_leaves_no_file_child_or_fd(media: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out" / "result.mp4"
+    with no_garbage_collection():
+        before = open_fds()
+        writer = VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path)
+        for _ in range(10):
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+        assert ffmpeg_children()
+        writer.abort()
+        writer.abort()
+        assert list(out.parent.iterdir()) == [] and ffmpeg_children() == [] and open_fds() == before
+        with pytest.raises(ValueError, match="closed"):
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+
+
+def test_writer_that_cannot_start_ffmpeg_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no tools here"))
+    out = tmp_path / "out" / "result.mp4"
+    with no_garbage_collection():
+        before = open_fds()
+        with pytest.raises(LipSyncError, match="^ffmpeg was not found: install ffmpeg"):
+            VideoWriter(out, size=(64, 48), fps=25, audio=None, temp_dir=tmp_path)
+        assert open_fds() == before, "the stderr file is closed"
+    assert list(out.parent.iterdir()) == []
+
+
+def test_writer_failures_leave_no_fd(media: dict[str, Path], tmp_path: Path) -> None:
+    with no_garbage_collection():
+        before = open_fds()
+        writer = VideoWriter(tmp_path / "r.mp4", size=(64, 48), fps=25, audio=None, temp_dir=tmp_path,
+                             preset="no-such-preset")
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+        with pytest.raises(LipSyncError, match="(?i)preset"):
+            writer.close()
+        assert open_fds() == before and ffmpeg_children() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_writer_whose_file_cannot_be_moved_into_place_says_so(media: dict[str, Path], tmp_path: Path) -> None:
+    taken = tmp_path / "taken.mp4"
+    taken.mkdir()  # a folder where the video should go
+    (taken / "keep").write_text("x")
+    with pytest.raises(LipSyncError, match=f"could not write {taken}"):
+        with VideoWriter(taken, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mp4"], "no partial file is left"
+    assert ffmpeg_children() == []

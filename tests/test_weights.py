@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import huggingface_hub
 import huggingface_hub.constants
@@ -21,7 +21,7 @@ import paddle
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from lipsync import weights
+from lipsync import download, weights
 from lipsync.errors import LipSyncError
 from lipsync.model import Wav2Lip
 from torchfile_writer import save_torch, torch_names, training_checkpoint
@@ -50,6 +50,7 @@ class FakeHub:
         self.remote: Dict[Tuple[str, str], bytes] = {}
         self.online = False
         self.downloads = 0
+        self.revisions: List[Optional[str]] = []  # asked for, cache lookups and downloads alike
 
     def snapshot_path(self, repo_id: str, filename: str) -> Path:
         return self.root / repo_id.replace("/", "--") / "snapshots" / "main" / filename
@@ -66,6 +67,7 @@ class FakeHub:
 
     def hf_hub_download(self, repo_id: str, filename: str, *, revision: Optional[str] = None,
                         local_files_only: bool = False, **_: object) -> str:  # fmt: skip
+        self.revisions.append(revision)
         cached = self.snapshot_path(repo_id, filename)
         if cached.is_file():
             return str(cached)
@@ -94,7 +96,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         return real_urlopen(request, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
-    weights._VERIFIED.clear()
+    download._VERIFIED.clear()
     weights._load_wav2lip.cache_clear()
     yield tmp_path
     assert list(workdir.iterdir()) == []  # nothing is ever written into the current directory
@@ -106,7 +108,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     fake = FakeHub(tmp_path / "hf-cache")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the fake's `online` is the network
-    monkeypatch.setattr(weights, "_hub_resolves", lambda: fake.online)  # no DNS lookups from tests
+    monkeypatch.setattr(download, "_hub_resolves", lambda: fake.online)  # no DNS lookups from tests
     return fake
 
 
@@ -166,6 +168,45 @@ def test_the_table_matches_the_names_and_is_complete() -> None:
         assert entry.size_mb > 0 and entry.licence, name
     assert weights.available_models("s3fd") == ["s3fd", "s3fd_paddle"]
     assert weights.DEFAULT_WAV2LIP in weights.available_models("wav2lip")
+
+
+def test_every_file_is_pinned_by_sha256_and_commit_or_says_why_not() -> None:
+    for name, entry in weights.WEIGHTS.items():
+        assert entry.sha256 is not None or entry.unverified, f"{name}: no sha256 and no reason"
+        if entry.hub is not None:
+            assert entry.hub.revision is not None or entry.hub.unpinned, f"{name}: no commit and no reason"
+            assert entry.hub.revision is None or len(entry.hub.revision) == 40 and int(entry.hub.revision, 16) >= 0
+    # Only PaddleGAN's files, which come with no published checksum, are unverifiable.
+    assert [name for name, entry in weights.WEIGHTS.items() if entry.sha256 is None] == ["wav2lip_hq", "s3fd_paddle"]
+
+
+def test_an_entry_cannot_leave_out_a_hash_or_a_commit_silently() -> None:
+    with pytest.raises(ValueError, match="no sha256 and no reason"):
+        weights.WeightsEntry("x", "x.pth", "wav2lip", url="https://example.org/x.pth")
+    with pytest.raises(ValueError, match="hub file without a commit and no reason"):
+        weights.WeightsEntry("x", "x.pth", "wav2lip", hub=weights.HubFile("a/b", "x.pth"), sha256=GOOD_SHA)
+
+
+def test_pinning_says_in_words_how_each_file_is_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert weights.pinning("wav2lip_hq") == f"NOT verifiable: no published sha256 ({weights.PADDLEGAN_UNVERIFIED})"
+    unpinned = f"pinned by sha256; not pinned by commit ({weights.HUB_UNPINNED})"
+    assert weights.pinning("wav2lip_gan") == weights.pinning("s3fd") == unpinned
+    commit = "0123456789abcdef" * 2 + "01234567"
+    use_entry(monkeypatch, "wav2lip", hub=dataclasses.replace(weights.WEIGHTS["wav2lip"].hub, revision=commit))
+    assert weights.pinning("wav2lip") == "pinned by commit 0123456789ab; pinned by sha256"
+
+
+def test_a_pinned_commit_is_asked_for_in_the_cache_and_the_download(monkeypatch: pytest.MonkeyPatch,
+                                                                    hub: FakeHub) -> None:  # fmt: skip
+    commit = "fedcba9876543210" * 2 + "fedcba98"
+    entry = use_entry(monkeypatch, "wav2lip", sha256=GOOD_SHA,
+                      hub=dataclasses.replace(weights.WEIGHTS["wav2lip"].hub, revision=commit))  # fmt: skip
+    hub.remote[(entry.hub.repo_id, entry.hub.path)] = GOOD
+    hub.online = True
+    assert weights.resolve_weights("wav2lip", "wav2lip").read_bytes() == GOOD
+    assert hub.downloads == 1 and set(hub.revisions) == {commit}
+    url = weights.download_sources("wav2lip")[0].url
+    assert url == f"https://huggingface.co/{entry.hub.repo_id}/resolve/{commit}/{entry.hub.path}"
 
 
 # --- lookup ---------------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""The benchmark's table and target lines, from the results of one run."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Dict, List, Optional
+
+from workload import FPS, STAGES, TARGETS
+
+# ---------------------------------------------------------------- report
+
+
+def _num(value: Optional[float], digits: int = 0) -> str:
+    """A figure with about three significant digits; '–' when it does not apply."""
+    if value is None:
+        return "–"
+    if digits:
+        return f"{value:.{digits}f}"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+COLUMNS = ("case", "decode", "detection", "generator", "blend", "encode", "e2e fps", "e2e/gen", "RTF", "peak RSS MB")
+
+
+def table_rows(results: Dict[str, Any]) -> List[List[str]]:
+    """One row per case: stage frames/s, end-to-end frames/s, share of generator-only speed, RTF, peak RSS."""
+    gen = results["generator"]
+    rows = []
+    for case in results["cases"].values():
+        e2e = case["e2e"]
+        stages = [_generator_fps(e2e, gen) if s == "generator" else case["stages"][s] for s in STAGES]
+        rows.append([case["label"], *map(_num, stages), _num(e2e["fps"]), _share(e2e, gen), _num(e2e["rtf"]),
+                     _num(e2e["peak_rss_mb"])])
+    for kind, label in (("runtime", "generator alone, runtime (Paddle Inference)"),
+                        ("dygraph", "generator alone, dygraph (PaddleGAN's path)")):
+        fps = gen[f"{kind}_fps"]
+        rows.append([label, "–", "–", _num(fps), "–", "–", _num(fps), f"{100 * fps / gen['runtime_fps']:.0f}%",
+                     _num(FPS / fps), _num(gen[f"{kind}_peak_rss_mb"])])
+    for case in results.get("memory", {}).values():
+        rows.append([case["label"], "–", "–", _num(_generator_fps(case, gen)), "–", "–", _num(case["fps"]),
+                     _share(case, gen), _num(case["rtf"]), _num(case["peak_rss_mb"])])
+    return rows
+
+
+def _generator_fps(e2e: Dict[str, Any], gen: Dict[str, Any]) -> float:
+    """Generator-only frames/s measured in the end-to-end run's process (older results: the comparison's)."""
+    return e2e.get("generator_fps", gen["runtime_fps"])
+
+
+def _share(e2e: Dict[str, Any], gen: Dict[str, Any]) -> str:
+    return f"{100 * e2e['fps'] / _generator_fps(e2e, gen):.0f}%"
+
+
+def markdown_table(rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def target_lines(results: Dict[str, Any]) -> List[str]:
+    """Each issue target with the figure measured in this run."""
+    gen = results["generator"]
+    cases, memory = results["cases"], results.get("memory", {})
+    lines = [_target("generator runtime / dygraph", gen["ratio"], TARGETS["runtime_vs_dygraph"], "x")]
+    for key, name in (("still", "still e2e / generator"), ("video", "video e2e / generator")):
+        if key in cases:
+            share = cases[key]["e2e"]["fps"] / _generator_fps(cases[key]["e2e"], gen)
+            lines.append(_target(name, share, TARGETS[f"{key}_vs_generator"], "%"))
+    if len(memory) == 2:
+        short, long = memory.values()
+        growth = long["peak_rss_mb"] / short["peak_rss_mb"]
+        lines.append(_target(f"peak RSS {long['minutes']:g} min / {short['minutes']:g} min", growth,
+                             TARGETS["memory_growth"], "x", at_most=True))
+        lines.append(_target(f"peak RSS {long['minutes']:g} min (MB)", long["peak_rss_mb"], TARGETS["memory_mb"], "",
+                             at_most=True))
+    return lines
+
+
+def _target(name: str, value: float, goal: float, unit: str, at_most: bool = False) -> str:
+    met = value <= goal if at_most else value >= goal
+    shown = (lambda v: f"{100 * v:.0f}%") if unit == "%" else (lambda v: f"{v:.2f}{unit}" if unit else f"{v:.0f}")
+    return f"- {name}: {shown(value)} (target {'≤' if at_most else '≥'} {shown(goal)}) {'met' if met else 'MISSED'}"
+
+
+def print_report(results: Dict[str, Any]) -> None:
+    results = {**results, "generator": _generator_summary(results["generator"])}
+    box = results["machine"]
+    print(f"machine: {box['cpu']}, {box['cores']} cores, avx2 {_yes(box['avx2'])}, avx512 {_yes(box['avx512'])}, "
+          f"amx {_yes(box['amx'])}; paddle {box['paddle']} ({box['paddle_commit']}), numpy {box['numpy']}, "
+          f"opencv {box['opencv']}, ffmpeg {box['ffmpeg']}, python {box['python']}")
+    print(f"date: {box['date']}; device: {results['device']}; load average at start {box['load_average']}, "
+          f"at end {results['load_average_end']}")
+    print("stage columns: output frames/s each stage sustains alone (a still is decoded and detected once); "
+          "a case's generator figure is taken in its e2e process right after each run; e2e: lipsync.run with the "
+          "networks loaded, in a fresh process, best of the runs (a picture's run uses the generator split in two: "
+          "face encoder once); e2e/gen = best e2e / best generator; RTF = run time / speech length; peak RSS: "
+          "the first run's\n")
+    print(markdown_table(table_rows(results)))
+    spread = results["generator"]
+    print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats (the table shows the best): runtime "
+          f"{_nums(spread['runtime'])}; dygraph {_nums(spread['dygraph'])}; runtime/dygraph per repeat "
+          f"{_nums(spread['pair_ratios'])}")
+    for case in results["cases"].values():
+        runs = case["e2e"].get("runs", [])
+        if len(runs) > 1:
+            print(f"{case['label']}, {len(runs)} runs: e2e {_nums(r['fps'] for r in runs)} frames/s, generator after "
+                  f"each {_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
+                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)}")
+    print("\n".join(["targets:", *target_lines(results)]))
+    if results.get("profile"):
+        print(f"\n{results.get('profiled', 'video case')}, share of wall time inside lipsync functions "
+              "(py-spy, idle included):")
+        print("\n".join(f"- {100 * share:5.1f}%  {name}" for name, share in results["profile"]))
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _nums(values: Any) -> str:
+    return ", ".join(_num(v) for v in values if isinstance(v, (int, float)))
+
+
+def _generator_summary(samples: Dict[str, Any]) -> Dict[str, Any]:
+    """Best of the repeats for each (as timeit does: slower repeats measure the other processes on the machine)."""
+    runtime_fps_, dygraph_fps_ = max(samples["runtime"]), max(samples["dygraph"])
+    pairs = [r / d for r, d in zip(samples["runtime"], samples["dygraph"])]
+    return {**samples, "runtime_fps": runtime_fps_, "dygraph_fps": dygraph_fps_, "ratio": runtime_fps_ / dygraph_fps_,
+            "pair_ratios": pairs, "median_pair_ratio": statistics.median(pairs)}

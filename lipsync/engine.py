@@ -1,0 +1,181 @@
+"""The loaded networks, shared by every run of a process: which weights, device, precision, threads and batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import audio, cpu, faces, runtime, weights
+from .errors import LipSyncError, first_line
+from .options import LipSyncOptions
+
+log = logging.getLogger(__name__)
+
+FACE_SIZE = 96  # generator input/output side, px
+WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
+FACE_ENCODER_SPECS = [WAV2LIP_SPECS[1]]
+S3FD_SPECS = [((None, 3, None, None), "float32")]
+WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32)
+S3FD_GPU_ITEM_MB = 21  # GPU activations per 160×160 tracking crop (~15) with room (a 640×360 frame: 130; the pool grows)
+CPU_GENERATOR_BATCH = 16  # faces per generator call on CPU: within 6 % of 128's speed, for a third of the memory
+CPU_DETECTOR_BATCH = 2  # frames per S3FD call on CPU: its speed is flat in the batch, its memory is not
+PROBE_BATCH = 4  # faces in the fixed inputs a faster precision is compared with fp32 on
+PROBE_SEED = 0
+REASON_CHARS = 400  # of the error quoted in the note below: its first sentence, which holds the reason
+SENTENCE_END = ". "
+# Said in result.notes when S3FD, the default detector, cannot be had and Haar stands in.
+HAAR_STOOD_IN = ("The S3FD face detector's weights are not available here ({reason}), "
+                 "so OpenCV's Haar detector found the faces.")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StillGenerator:
+    """The generator in two predictors for a still face: the face encoder (once per run), then the decoder,
+    which takes the mel windows and that one face's skip features."""
+
+    encoder: runtime.Predictor
+    decoder: runtime.Predictor
+
+
+class Engine:
+    """The loaded networks, built once per process and shared by every run (thread-safe).
+
+    It keeps Paddle Inference predictors only: the dygraph models traced for them are built privately for
+    each export (weights.build_wav2lip) and dropped once it is saved."""
+
+    def __init__(self) -> None:
+        self._cache: Dict[Tuple[str, ...], object] = {}
+        self._lock = threading.Lock()
+
+    def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
+        path = weights.resolve_weights(options.checkpoint, "wav2lip")
+        build = _wav2lip_builder(path)
+        pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
+        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, options, probe=_generator_probe)
+
+    def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
+        """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
+        from .model import FaceEncoder, StillFaceDecoder
+
+        path = weights.resolve_weights(options.checkpoint, "wav2lip")
+        build = _wav2lip_builder(path)
+        encoder = self._predictor(path, "wav2lip-face-encoder", lambda: FaceEncoder(build()), FACE_ENCODER_SPECS,
+                                  device, (1, WAV2LIP_GPU_ITEM_MB), options)  # fmt: skip
+
+        def probe() -> Tuple[np.ndarray, ...]:
+            mel, face_in = _generator_probe()
+            return (mel, *encoder.run(face_in[:1]))
+
+        pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
+        decoder = self._predictor(path, "wav2lip-still-decoder", lambda: StillFaceDecoder(build()),
+                                  _still_decoder_specs(), device, pool, options, probe=probe)  # fmt: skip
+        return StillGenerator(encoder, decoder)
+
+    def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
+        """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar."""
+        if options.face_detector == "haar":
+            return self._cached(("haar",), faces.HaarDetector)  # type: ignore[return-value]
+        from . import s3fd
+
+        path = weights.resolve_weights(options.detector_weights, "s3fd")
+        batch = detection_batch(options, device)
+        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
+                                    (batch, S3FD_GPU_ITEM_MB), options)  # fmt: skip
+        return faces.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
+
+    def _predictor(self, path: Path, arch: str, build: Callable[[], object], specs: List[runtime.InputSpec],
+                   device: runtime.Device, pool: Tuple[int, float], options: LipSyncOptions,
+                   probe: Optional[Callable[[], Tuple[np.ndarray, ...]]] = None) -> runtime.Predictor:  # fmt: skip
+        """A predictor per (weights, device, threads); pool = (batch, MB per item) sizes the GPU memory pool;
+        probe() gives inputs to compare a faster precision with fp32 on (none: fp32)."""
+        key = runtime.export_key(path, arch)
+        threads = cpu_threads(options)
+
+        def make() -> runtime.Predictor:
+            prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
+            pool_mb = runtime.gpu_pool_mb(prefix, *pool)
+            if probe is None:
+                return runtime.Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
+            return runtime.fastest_predictor(prefix, device, probe(), pool_mb=pool_mb, threads=threads)
+
+        return self._cached((arch, key, device.kind, str(threads)), make)  # type: ignore[return-value]
+
+    def _cached(self, key: Tuple[str, ...], make: Callable[[], object]) -> object:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+
+DEFAULT_ENGINE = Engine()  # the one a process shares when a caller does not bring its own
+
+
+def _wav2lip_builder(path: Path) -> Callable[[], object]:
+    """A fresh generator per call, for one export: never the shared model lipsync.load_wav2lip() hands out,
+    which paddle.jit.to_static would change (it replaces the traced layer's forward)."""
+    return lambda: weights.build_wav2lip(str(path))
+
+
+def cpu_threads(options: LipSyncOptions) -> int:
+    """The CPU threads a run uses: the option, or (0) what the process's CPU quota and affinity allow."""
+    return options.threads or cpu.cpu_threads()
+
+
+def generator_batch(options: LipSyncOptions, device: runtime.Device) -> int:
+    """Faces per generator call: the option on a GPU, at most CPU_GENERATOR_BATCH on a CPU."""
+    return options.wav2lip_batch_size if device.kind == "gpu" else min(options.wav2lip_batch_size, CPU_GENERATOR_BATCH)
+
+
+def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
+    """Frames per detector call: the option on a GPU, at most CPU_DETECTOR_BATCH on a CPU."""
+    return options.face_det_batch_size if device.kind == "gpu" else min(options.face_det_batch_size, CPU_DETECTOR_BATCH)
+
+
+def run_detector(engine: Engine, options: LipSyncOptions,
+                 device: runtime.Device) -> Tuple[Optional[faces.DetectFn], Tuple[str, ...]]:  # fmt: skip
+    """The detector a run uses (None with a fixed --box), and notes for the user: when the S3FD weights, a
+    known name, cannot be found or downloaded here, OpenCV's Haar detector stands in, and the notes say so."""
+    if options.box is not None:
+        return None, ()
+    problem = s3fd_unavailable(options)
+    if problem is None:
+        return engine.detector(options, device), ()
+    log.info("S3FD unavailable, using Haar: %s", problem)
+    note = HAAR_STOOD_IN.format(reason=problem)
+    return engine.detector(replace(options, face_detector="haar"), device), (note,)
+
+
+def s3fd_unavailable(options: LipSyncOptions) -> Optional[str]:
+    """Why S3FD's weights, given by a known name, cannot be had on this machine (the first sentence of the
+    error resolving them); None when they can, or when they are not asked for by name (Haar chosen, or a
+    file path: a missing file stays the user's error)."""
+    source = options.detector_weights
+    if options.face_detector != "sfd" or source not in weights.available_models("s3fd"):
+        return None
+    if Path(source).expanduser().is_file():
+        return None
+    try:
+        weights.resolve_weights(source, "s3fd")
+    except LipSyncError as exc:
+        return first_line(exc, REASON_CHARS).split(SENTENCE_END, 1)[0].rstrip(".")
+    return None
+
+
+def _still_decoder_specs() -> List[runtime.InputSpec]:
+    from .model import FACE_FEATURE_SHAPES  # imports paddle: not before a run needs it
+
+    return [WAV2LIP_SPECS[0], *(((1, *shape), "float32") for shape in FACE_FEATURE_SHAPES)]
+
+
+def _generator_probe(batch: int = PROBE_BATCH, seed: int = PROBE_SEED) -> Tuple[np.ndarray, np.ndarray]:
+    """Fixed generator inputs (speech-range mel, face-like pixel values) to compare precisions on."""
+    rng = np.random.default_rng(seed)
+    mel = rng.uniform(-audio.MAX_ABS, 0.0, (batch, 1, audio.N_MELS, audio.MEL_STEP)).astype(np.float32)
+    faces_in = rng.uniform(0.2, 0.8, (batch, 6, FACE_SIZE, FACE_SIZE)).astype(np.float32)
+    faces_in[:, :3, FACE_SIZE // 2 :] = 0.0
+    return mel, faces_in

@@ -1,0 +1,163 @@
+"""What a face or speech file holds: ffprobe's description (or, for a still picture, its decoded size)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from lipsync import ffmpeg, picture
+from lipsync.errors import LipSyncError
+from lipsync.types import Frame
+
+IMAGE_FPS = 25.0  # frame rate reported for a still picture: the reference's default --fps
+FALLBACK_FPS = 25.0  # for a video that states no usable frame rate
+PICTURE_DEMUXERS = ("image2", "image2pipe")  # ffmpeg's "*_pipe" demuxers are single pictures too
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What the pipeline needs to know about an input file.
+
+    width/height are the displayed size (rotation metadata applied), i.e. the size of the frames that
+    `read_frames` yields. frame_count is exact when the container states it, else estimated from the
+    duration; the pipeline should trust the count it actually reads. A still picture reports
+    fps=IMAGE_FPS, frame_count=1, duration=0 and has_video=True (it is a picture stream).
+    """
+
+    path: Path
+    is_image: bool
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    duration: float  # seconds; 0 when unknown or a still picture
+    has_video: bool
+    has_audio: bool
+    rotation: int = 0  # display rotation, degrees counter-clockwise (0/90/180/270); ffmpeg undoes it on decode
+    audio_duration: float = 0.0  # seconds of the first audio stream; 0 when none or unknown
+    audio_sample_rate: int = 0  # Hz of the first audio stream; 0 when none
+    audio_channels: int = 0  # of the first audio stream; 0 when none or unknown
+
+
+# ---------------------------------------------------------------- probing
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise LipSyncError(f"{path} does not exist or is not a file")
+    return path
+
+
+def _ffprobe(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """ffprobe's JSON description (None when ffprobe cannot read the file), and what it said on stderr."""
+    result = ffmpeg.run(ffmpeg.probe_args(path))
+    said = ffmpeg.tail(result.stderr, path)
+    if result.returncode != 0:
+        return None, said
+    data = json.loads(result.stdout or b"{}")
+    return (data if data.get("streams") else None), said
+
+
+def _first_stream(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """First stream of a kind; cover art attached to audio files is not a video."""
+    for stream in data.get("streams", []):
+        if stream.get("codec_type") == kind and not stream.get("disposition", {}).get("attached_pic"):
+            return stream
+    return None
+
+
+def _is_picture_format(data: dict[str, Any]) -> bool:
+    """True when ffprobe's content sniffing found a single-picture format (png_pipe, jpeg_pipe, image2, ...)."""
+    name = data.get("format", {}).get("format_name", "")
+    return name in PICTURE_DEMUXERS or name.endswith("_pipe")
+
+
+def _ratio(text: str | None) -> float:
+    """'30000/1001' -> 29.97; 0.0 for missing or '0/0'."""
+    try:
+        value = Fraction(text or "0")
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(value) if value > 0 else 0.0
+
+
+def _number(text: Any) -> float:
+    try:
+        return max(float(text), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """Display rotation in degrees counter-clockwise, from the display matrix (or the older `rotate` tag)."""
+    try:
+        for side_data in stream.get("side_data_list", []):
+            if "rotation" in side_data:
+                return round(float(side_data["rotation"])) % 360
+        return round(-float(stream.get("tags", {}).get("rotate", 0))) % 360  # ffmpeg < 5: clockwise tag
+    except (TypeError, ValueError):
+        return 0
+
+
+def _video_fps(stream: dict[str, Any], duration: float) -> float:
+    """Average frame rate (the mean of a variable-rate video), falling back to the nominal rate."""
+    frames = int(_number(stream.get("nb_frames")))
+    for fps in (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")),
+                frames / duration if duration else 0.0):
+        if fps > 0:
+            return fps
+    return FALLBACK_FPS
+
+
+def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
+    """MediaInfo for a video or audio file from ffprobe's JSON."""
+    video, audio = _first_stream(data, "video"), _first_stream(data, "audio")
+    container_duration = _number(data.get("format", {}).get("duration"))
+    audio_duration = (_number(audio.get("duration")) or container_duration) if audio else 0.0
+    audio_rate = int(_number(audio.get("sample_rate"))) if audio else 0
+    channels = int(_number(audio.get("channels"))) if audio else 0
+    if video is None:
+        return MediaInfo(path, False, 0, 0, 0.0, 0, container_duration, False, audio is not None,
+                         audio_duration=audio_duration, audio_sample_rate=audio_rate, audio_channels=channels)
+    duration = _number(video.get("duration")) or container_duration
+    fps = _video_fps(video, duration)
+    frames = int(_number(video.get("nb_frames"))) or max(round(duration * fps), 1)
+    rotation = _rotation(video)
+    width, height = int(video.get("width", 0)), int(video.get("height", 0))
+    if rotation in (90, 270):
+        width, height = height, width
+    return MediaInfo(path, False, width, height, fps, frames, duration, True, audio is not None,
+                     rotation, audio_duration, audio_rate, channels)
+
+
+def _picture_info(path: Path, frame: Frame) -> MediaInfo:
+    height, width = frame.shape[:2]
+    return MediaInfo(path, True, width, height, IMAGE_FPS, 1, 0.0, True, False)
+
+
+def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
+    """Describe a picture, video or (with require_video=False) audio file; LipSyncError if unusable.
+
+    Pictures are recognised by content (ffprobe's sniffing, then Pillow or ffmpeg), not by extension, and are
+    decoded once here so width/height honour EXIF orientation.
+    """
+    path = _existing(path)
+    data, said = _ffprobe(path)
+    if data is None or _is_picture_format(data):
+        frame = picture.read_picture(path)
+        if frame is not None:
+            return _picture_info(path, frame)
+        if data is not None:
+            raise LipSyncError(f"could not decode the picture {path.name}; is the file complete?")
+    if data is None:
+        kind = "a picture or a video" if require_video else "an audio or video file"
+        raise LipSyncError(f"{path.name} cannot be read as {kind} (ffmpeg: {said}); is the file complete, "
+                           "and really what its name says?")
+    info = _media_info(path, data)
+    if require_video and not info.has_video:
+        raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
+    return info

@@ -1,0 +1,196 @@
+"""Tests for lipsync.picture: Pillow decoding (EXIF orientation, alpha, depths, colour models), ffmpeg for the rest."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lipsync import native, picture, video
+from conftest import quadrants
+
+from lipsync.errors import LipSyncError
+
+ORIENTATION_TAG = 0x0112
+# How a picture stored as `a` is displayed for each EXIF orientation (the EXIF specification's table).
+DISPLAYED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+LOSSY = ("JPEG",)
+JPEG_MEAN_ERROR = 4  # quality 95, chroma subsampled at the quadrant edges
+
+
+def save(image: Image.Image, path: Path, orientation: int | None = None, **options) -> Path:
+    if orientation is not None:
+        exif = image.getexif()
+        exif[ORIENTATION_TAG] = orientation
+        options["exif"] = exif
+    image.save(path, **options)
+    return path
+
+
+def assert_close(got: np.ndarray, expected_rgb: np.ndarray, lossy: bool) -> None:
+    assert got.dtype == np.uint8 and got.shape == expected_rgb.shape
+    error = np.abs(got.astype(int) - expected_rgb[..., ::-1])
+    assert (error.mean() < JPEG_MEAN_ERROR) if lossy else (error.max() == 0)
+
+
+# ---------------------------------------------------------------- orientation
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("TIFF", ".tif")])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation(tmp_path: Path, fmt: str, suffix: str, orientation: int) -> None:
+    stored = quadrants()
+    extra = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    path = save(Image.fromarray(stored), tmp_path / f"o{orientation}{suffix}", orientation, **extra)
+    expected = DISPLAYED[orientation](stored)
+    assert_close(picture.read_image(path), expected, fmt in LOSSY)
+    info = video.probe(path)
+    assert info.is_image and (info.width, info.height) == (expected.shape[1], expected.shape[0])
+
+
+def test_unreadable_orientation_keeps_the_picture_as_stored(tmp_path: Path) -> None:
+    path = save(Image.fromarray(quadrants()), tmp_path / "odd.png", orientation=99)
+    assert_close(picture.read_image(path), quadrants(), lossy=False)
+
+
+# ---------------------------------------------------------------- alpha on white
+
+
+def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    weight = alpha.astype(np.float64)[..., None] / 255
+    return np.rint(rgb * weight + 255 * (1 - weight)).astype(np.uint8)
+
+
+def test_rgba_and_la_are_composited_on_white(tmp_path: Path) -> None:
+    rgb = np.broadcast_to(np.array([200, 30, 60], np.uint8), (4, 3, 3)).copy()
+    alpha = np.array([[0, 128, 255]] * 4, np.uint8)
+    for suffix in (".png", ".webp", ".tif"):
+        path = save(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), tmp_path / f"cut{suffix}", lossless=True)
+        assert_close(picture.read_image(path), on_white(rgb, alpha), lossy=False)
+    grey = np.full((4, 3), 90, np.uint8)
+    path = save(Image.fromarray(np.dstack([grey, alpha]), "LA"), tmp_path / "grey_alpha.png")
+    assert_close(picture.read_image(path), on_white(np.dstack([grey] * 3), alpha), lossy=False)
+
+
+def test_palette_with_a_transparent_colour_goes_on_white(tmp_path: Path) -> None:
+    indices = np.array([[0, 1], [1, 0]], np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette([10, 20, 30, 250, 0, 0] + [0] * 762)
+    path = save(image, tmp_path / "palette.png", transparency=0)
+    expected = np.array([[[255, 255, 255], [250, 0, 0]], [[250, 0, 0], [255, 255, 255]]], np.uint8)
+    assert_close(picture.read_image(path), expected, lossy=False)
+
+
+# ---------------------------------------------------------------- depths and colour models
+
+
+def test_greyscale_and_one_bit(tmp_path: Path) -> None:
+    grey = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (4, 1))
+    path = save(Image.fromarray(grey, "L"), tmp_path / "grey.png")
+    assert_close(picture.read_image(path), np.dstack([grey] * 3), lossy=False)
+    bits = np.array([[0, 1, 1], [1, 0, 0]], bool)
+    path = save(Image.fromarray(bits).convert("1"), tmp_path / "bits.png")
+    assert_close(picture.read_image(path), np.dstack([bits.astype(np.uint8) * 255] * 3), lossy=False)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_grey_is_scaled(tmp_path: Path, suffix: str) -> None:
+    deep = np.tile(np.array([0, 257 * 100, 65535, 32768], np.uint16), (3, 1))
+    image = Image.fromarray(deep)  # mode I;16
+    assert image.mode.startswith("I;16")
+    path = save(image, tmp_path / f"deep{suffix}")
+    expected = np.rint(deep / 65535 * 255).astype(np.uint8)
+    assert_close(picture.read_image(path), np.dstack([expected] * 3), lossy=False)
+
+
+def test_32_bit_integer_and_float_pictures(tmp_path: Path) -> None:
+    wide = np.array([[0, 25700, 65535, 70000, -5]], np.int32)
+    path = save(Image.fromarray(wide, "I"), tmp_path / "wide.tif")
+    np.testing.assert_array_equal(picture.read_image(path)[0, :, 0], [0, 100, 255, 255, 0])
+    unit = np.array([[0.0, 0.5, 1.0, 2.0, -1.0]], np.float32)
+    path = save(Image.fromarray(unit, "F"), tmp_path / "float.tif")
+    np.testing.assert_array_equal(picture.read_image(path)[0, :, 1], [0, 128, 255, 255, 0])
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_cmyk(tmp_path: Path, suffix: str) -> None:
+    stored = quadrants()
+    path = save(Image.fromarray(stored).convert("CMYK"), tmp_path / f"print{suffix}", quality=95)
+    assert_close(picture.read_image(path), stored, lossy=suffix == ".jpg")
+
+
+# ---------------------------------------------------------------- damaged files, other formats, limits
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_truncated_picture(tmp_path: Path, suffix: str, capfd: pytest.CaptureFixture[str]) -> None:
+    whole = save(Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), np.uint8)),
+                 tmp_path / f"whole{suffix}")
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    assert picture.read_picture(cut) is None
+    with pytest.raises(LipSyncError, match=f"could not decode the picture {cut}"):
+        picture.read_image(cut)
+    with pytest.raises(LipSyncError, match=rf"could not decode the picture cut\{suffix}; is the file complete\?"):
+        video.probe(cut)
+    assert capfd.readouterr().err == "", "the decoder says nothing on stderr: our error says it"
+
+
+def test_pictures_need_no_stderr_redirection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("pictures must not redirect file descriptor 2")
+
+    monkeypatch.setattr(native, "held_back", refuse)
+    path = save(Image.fromarray(quadrants()), tmp_path / "face.png")
+    assert_close(picture.read_image(path), quadrants(), lossy=False)
+    (tmp_path / "cut.png").write_bytes(path.read_bytes()[:60])
+    assert picture.read_picture(tmp_path / "cut.png") is None
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_formats_pillow_cannot_open_go_through_ffmpeg(tmp_path: Path) -> None:
+    for name in ("face.xwd", "face.png"):
+        subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48",
+                        "-frames:v", "1", str(tmp_path / name)], check=True)
+    with pytest.raises(OSError):
+        Image.open(tmp_path / "face.xwd")
+    np.testing.assert_array_equal(picture.read_image(tmp_path / "face.xwd"), picture.read_image(tmp_path / "face.png"))
+    info = video.probe(tmp_path / "face.xwd")
+    assert info.is_image and (info.width, info.height) == (64, 48)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header states width x height (its pixel data is a single row)."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(b"IEND", b"")
+
+
+def test_a_picture_too_large_to_decode_safely_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming(30_000, 30_000))
+    with pytest.raises(LipSyncError, match="the picture bomb.png is too large to decode"):
+        picture.read_image(path)
+
+
+def test_ffmpeg_picture_command_keeps_names_as_files() -> None:
+    args = picture.picture_args("-face:1.tga")
+    assert args[:5] == ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error"]
+    assert "file:-face:1.tga" in args and args[-1] == "pipe:1"

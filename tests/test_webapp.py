@@ -1,0 +1,265 @@
+"""The webapp package, in-process: limits, request folders, the endpoints' work, examples and form helpers."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from test_app import _seconds, refused_proxy
+
+import lipsync
+from lipsync import native, tts
+from lipsync.errors import LipSyncError
+from lipsync.options import LipSyncOptions
+from webapp import examples, folders, form, jobs, limits, voices  # test_app put the repository on sys.path
+
+
+def _refuse_edge_tts(monkeypatch) -> None:
+    for name in ("HTTPS_PROXY", "WSS_PROXY", "https_proxy", "wss_proxy"):
+        monkeypatch.setenv(name, refused_proxy())
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_example_is_made_once_with_its_own_detector_and_kept(tmp_path, monkeypatch):
+    _refuse_edge_tts(monkeypatch)
+    monkeypatch.setattr(folders, "requests", folders.RequestFolders(tmp_path / "requests"))
+    results = examples.ExampleResults(functools.partial(jobs.make_video, limits.Limits()), tmp_path / "kept")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        video, speech, status = results.get(0)  # the cartoon, with typed text
+    said = [str(w.message) for w in caught]  # gr.Warning outside a page is a Python warning
+    assert any(m.startswith(jobs.SPOKEN_OFFLINE) for m in said), said
+    assert not any(jobs.HAAR_NOTE in m for m in said), said  # the cartoon asks for Haar itself
+    assert not native.hiding_native_chatter()  # a server's stderr (fd 2) is never redirected
+    assert "faces: haar" in status and status.endswith("voice: espeak-ng en-us")
+    assert Path(video) == tmp_path / "kept" / "0" / jobs.OUTPUT_NAME and Path(speech).parent == Path(video).parent
+    assert not list((tmp_path / "requests").iterdir())  # the request folder went once its files were kept
+    made = os.stat(video).st_mtime_ns
+    assert results.get(0) == (video, speech, status) and os.stat(video).st_mtime_ns == made
+
+
+def test_limits_come_from_the_environment():
+    Limits = limits.Limits
+    assert Limits.from_env({}) == Limits(60.0, 100.0, 1000)
+    env = {"LIPSYNC_MAX_SECONDS": "0", "LIPSYNC_MAX_UPLOAD_MB": "12.5", "LIPSYNC_MAX_TEXT_CHARS": "200"}
+    assert Limits.from_env(env) == Limits(0.0, 12.5, 200)
+    for bad in ("ten", "-1"):
+        with pytest.raises(ValueError, match="LIPSYNC_MAX_SECONDS must be a number"):
+            Limits.from_env({"LIPSYNC_MAX_SECONDS": bad})
+    assert limits.launch_options(Limits(max_upload_mb=12.5)) == {"max_file_size": "12.5mb"}
+    assert limits.launch_options(Limits(max_upload_mb=0)) == {"max_file_size": None}
+
+
+def test_duration_limit_covers_audio_and_video(media):
+    speech = _seconds(media["speech"])
+    limits.check_seconds(media["speech"], "audio", limits.Limits(max_seconds=speech + 1))
+    limits.check_seconds(media["speech"], "audio", limits.Limits(max_seconds=0))  # 0 = no limit
+    limits.check_seconds(media["photo"], "face video", limits.Limits(max_seconds=0.5))  # a picture has no duration
+    with pytest.raises(gr.Error, match=rf"audio lasts {speech:.1f} s; this app accepts up to 1 s"):
+        limits.check_seconds(media["speech"], "audio", limits.Limits(max_seconds=1))
+    with pytest.raises(gr.Error, match="face video lasts 2.0 s"):
+        limits.check_seconds(media["video"], "face video", limits.Limits(max_seconds=1.5))
+    with pytest.raises(gr.Error, match="speaks up to 10"):
+        limits.check_text("x" * 11, limits.Limits(max_text_chars=10))
+
+
+def _age(folder: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(folder, (then, then))
+
+
+def test_old_request_folders_are_removed_but_never_a_running_jobs(tmp_path):
+    requests = folders.RequestFolders(tmp_path, ttl_s=3600)
+    old = requests.new()
+    (old / "lipsync.mp4").write_bytes(b"done")
+    requests.finish(old, keep=True)
+    running = requests.new()  # a job that has been running for two hours
+    (running / "speech-1.wav").write_bytes(b"RIFF")
+    for folder in (old, running):
+        _age(folder, 7200)
+    recent = requests.new()
+    newest = requests.new()
+    assert not old.exists() and recent.is_dir() and newest.is_dir() and recent != newest
+    assert running.is_dir() and (running / "speech-1.wav").is_file() and running in requests.active()
+    requests.finish(running, keep=True)  # its results are kept for the TTL from now, not from its start
+    requests.clean_up()
+    assert running.is_dir() and running not in requests.active()
+    _age(running, 7200)
+    requests.clean_up()
+    assert not running.exists()
+
+
+def test_a_request_folder_is_active_for_the_length_of_its_job(tmp_path):
+    requests = folders.RequestFolders(tmp_path, ttl_s=60)
+    with requests.job() as workdir:
+        _age(workdir, 120)  # a long job
+        requests.clean_up()
+        assert workdir.is_dir() and workdir in requests.active()
+    assert workdir.is_dir() and workdir not in requests.active()  # kept for the TTL from now: gradio copies it
+    with pytest.raises(RuntimeError):
+        with requests.job() as failed:
+            raise RuntimeError("boom")
+    assert not failed.exists() and failed not in requests.active()  # a failed job's folder goes at once
+    _age(workdir, 120)
+    requests.clean_up()
+    assert not list(tmp_path.iterdir())
+
+
+def test_runs_take_turns_on_one_long_lived_thread(tmp_path, monkeypatch, media):
+    """gradio frees a cancelled job's concurrency slot while its thread runs on, and its idle worker threads end
+    (a new one may reuse a dead one's id, which paddle's oneDNN caches trip over): runs must still take turns, on
+    a thread that outlives the requests, with each request's progress bar."""
+    from lipsync.pipeline import RunResult
+
+    lock, running, peak, threads = threading.Lock(), [0], [0], set()
+
+    def engine(face, speech, outfile, options, progress):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            threads.add(threading.current_thread())
+        progress("lip-syncing", 1, 1)
+        time.sleep(0.2)  # long enough for the others to arrive
+        with lock:
+            running[0] -= 1
+        outfile.write_bytes(b"mp4")
+        return RunResult(outfile, 5, 25.0, 0.2, "cpu", "wav2lip_hq", "2.6.2")
+
+    def request(index: int) -> tuple:
+        seen = []
+        made = jobs.make_video(limits.Limits(), face_image=str(media["photo"]), audio=str(media["speech"]),
+                               progress=lambda value, desc: seen.append(desc))  # fmt: skip
+        return made, seen
+
+    monkeypatch.setattr(lipsync, "run", engine, raising=False)
+    monkeypatch.setattr(folders, "requests", folders.RequestFolders(tmp_path))
+    jobs.set_runs_at_once(1)
+    with ThreadPoolExecutor(3) as pool:  # three requests at once, each on a thread of its own
+        answers = list(pool.map(request, range(3)))
+    with ThreadPoolExecutor(1) as pool:  # a later request on a new thread
+        answers.append(pool.submit(request, 3).result())
+    assert peak[0] == 1 and len({made[0] for made, _ in answers}) == 4
+    assert all(seen == ["lip-syncing"] for _, seen in answers)
+    [thread] = threads
+    assert thread.name.startswith(jobs.RUN_THREAD_PREFIX) and thread.is_alive()
+
+
+def test_messages_reach_the_page_as_text_not_html(tmp_path, monkeypatch, media):
+    """gr.Warning and gr.Error render HTML: a quoted "<urlopen error …>" hid the rest of the engine's note."""
+    from lipsync.pipeline import RunResult
+
+    note = ("The S3FD face detector's weights are not available here (<urlopen error [Errno -2] Name or service not "
+            "known>), so OpenCV's Haar detector found the faces.")  # fmt: skip
+
+    def engine(face, speech, outfile, options, progress):
+        outfile.write_bytes(b"mp4")
+        return RunResult(outfile, 5, 25.0, 0.2, "cpu", "wav2lip_hq", "2.6.2", (note,))
+
+    monkeypatch.setattr(lipsync, "run", engine, raising=False)
+    monkeypatch.setattr(folders, "requests", folders.RequestFolders(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, status = jobs.make_video(limits.Limits(), face_image=str(media["photo"]), audio=str(media["speech"]),
+                                       progress=jobs.no_progress)  # fmt: skip
+    shown = [str(w.message) for w in caught if jobs.HAAR_NOTE in str(w.message)]
+    assert shown == [note.replace("<", "&lt;").replace(">", "&gt;")] and status.endswith("faces: haar")
+    assert jobs.for_visitor(LipSyncError("No face in <b>.png")).message == "No face in &lt;b&gt;.png"
+
+
+def test_a_failed_request_leaves_no_folder_and_explains_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(folders, "requests", folders.RequestFolders(tmp_path))
+    for raised, shown in ((RuntimeError("boom\n  at paddle"), "inside lipsync (RuntimeError: boom)"),
+                          (LipSyncError("No face found in x.png"), "No face found in x.png")):  # fmt: skip
+        with pytest.raises(gr.Error) as caught:
+            with jobs.request_folder():
+                raise raised
+        assert shown in caught.value.message and caught.value.__cause__ is raised
+    assert not list(tmp_path.iterdir()) and not folders.requests.active()
+
+
+def test_box_text_is_parsed():
+    assert jobs.parse_box("") is None and jobs.parse_box("  ") is None
+    assert jobs.parse_box("10, 200 30 220") == (10, 200, 30, 220)
+    for bad in ("1 2 3", "a b c d", "1 2 3 4 5"):
+        with pytest.raises(LipSyncError, match="four whole numbers"):
+            jobs.parse_box(bad)
+
+
+def test_progress_is_one_bar_across_the_stages():
+    seen = []
+    report = jobs.progress_reporter(lambda value, desc: seen.append((value, desc)))
+    for stage, done, total in [("speech", 0, 1), ("speech", 1, 1), ("reading audio", 1, 1),
+                               ("loading the model", 0, 1), ("loading the model", 1, 1), ("detecting faces", 16, 40),
+                               ("detecting faces", 40, 40), ("lip-syncing", 64, 87), ("lip-syncing", 87, 87),
+                               ("encoding", 0, 1), ("encoding", 1, 1)]:  # fmt: skip
+        report(stage, done, total)
+    values = [v for v, _ in seen]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    assert seen[3][1] == "loading the model" and seen[4][0] > seen[3][0]
+    assert seen[5][1] == "detecting faces 16/40" and seen[-1][1] == "encoding"
+
+
+def test_every_engine_stage_has_its_own_share_of_the_bar():
+    from lipsync.types import STAGES
+
+    assert list(jobs.STAGES) == list(STAGES)  # the engine's order
+    shares = [jobs.STAGES[stage] for stage in STAGES]
+    assert shares[0][0] == 0.0 and shares[-1][1] == 1.0
+    assert all(start < end for start, end in shares)
+    assert all(before[1] == after[0] for before, after in zip(shares, shares[1:]))  # no gaps, no overlaps
+
+
+def test_the_status_line_names_the_detector_that_found_the_faces():
+    from lipsync.engine import HAAR_STOOD_IN
+    from lipsync.pipeline import RunResult
+
+    assert jobs.HAAR_NOTE in HAAR_STOOD_IN  # the engine's words, which the app reads
+
+    stood_in = ("The S3FD face detector's weights are not available here (no file), so OpenCV's Haar detector "
+                "found the faces.",)  # fmt: skip
+    ran = RunResult(Path("out.mp4"), 30, 25.0, 4.2, "cpu", "wav2lip_hq", "2.6.2")
+    assert jobs.status_line(ran, LipSyncOptions(), None).endswith("· 4.2 s · faces: sfd")
+    assert jobs.status_line(replace(ran, notes=stood_in), LipSyncOptions(), None).endswith("faces: haar")
+    assert jobs.faces_found_by(ran, LipSyncOptions(face_detector="haar")) == "haar"
+    assert jobs.faces_found_by(ran, LipSyncOptions(box=(0, 10, 0, 10))) == "fixed box"
+    speech = tts.Speech(Path("s.wav"), tts.ENGINE_ESPEAK, "en-us", "offline")
+    assert jobs.status_line(ran, LipSyncOptions(), speech).endswith("faces: sfd · voice: espeak-ng en-us")
+
+
+def test_one_face_and_one_voice_at_a_time(tmp_path):
+    given = limits.Limits()
+    with pytest.raises(LipSyncError, match="not both"):
+        jobs.one_face("a.png", "b.mp4", given)
+    with pytest.raises(LipSyncError, match="not both"):
+        jobs.speech_for("a.wav", "hello", tts.DEFAULT_VOICE, 0, tmp_path, given, jobs.no_progress)
+    assert form.keep_one("", "text") == (gr.update(), gr.update())
+    cleared, tabs = form.keep_one("/tmp/face.png", "picture")
+    assert cleared is None and tabs.selected == "picture"
+
+
+def test_voice_picker_keeps_a_matching_voice():
+    assert voices.voices_for_language("en-GB", "en-GB-RyanNeural").value == "en-GB-RyanNeural"
+    switched = voices.voices_for_language("fr-FR", "en-GB-RyanNeural")
+    assert switched.value == "fr-FR-VivienneMultilingualNeural"
+    assert ("Denise (female)", "fr-FR-DeniseNeural") in switched.choices
+
+
+def test_finished_processes_lose_their_example_cache(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (tmp_path / f"examples-{ended.pid}").mkdir()
+    (tmp_path / f"examples-{os.getpid()}").mkdir()
+    (tmp_path / "examples-notapid").mkdir()
+    assert folders.examples_cache(tmp_path) == tmp_path / f"examples-{os.getpid()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"examples-{os.getpid()}", "examples-notapid"])

@@ -1,0 +1,249 @@
+"""The endpoints' work: make_video (/lipsync) and preview_speech (/speak), each in its own request folder,
+with the visitor's mistakes and anything unexpected turned into a message on the page (gr.Error)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Tuple
+
+import gradio as gr
+
+import lipsync
+from lipsync import tts
+from lipsync.errors import LipSyncError, first_line
+from lipsync.options import DEFAULT_PADS, LipSyncOptions
+from lipsync.types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SPEECH, STAGE_SYNC
+
+from . import folders
+from .form import plain
+from .limits import Limits, check_seconds, check_text
+
+log = logging.getLogger("lipsync.app")
+
+OUTPUT_NAME = "lipsync.mp4"
+DEFAULTS = LipSyncOptions()
+STAGES = {  # engine stage → share of the progress bar (start, end)
+    STAGE_SPEECH: (0.0, 0.05),
+    STAGE_AUDIO: (0.05, 0.08),
+    STAGE_LOAD: (0.08, 0.15),
+    STAGE_FACES: (0.15, 0.3),
+    STAGE_SYNC: (0.3, 0.95),
+    STAGE_ENCODE: (0.95, 1.0),
+}
+HAAR_NOTE = "OpenCV's Haar detector found the faces"  # in the engine's note when S3FD had no weights
+SPOKEN_OFFLINE = "Spoken offline by espeak-ng"
+
+RUN_THREAD_PREFIX = "lipsync-run"
+# lipsync runs execute on these threads, which live as long as the process, not on gradio's worker threads:
+# - gradio frees a cancelled job's concurrency slot at once, but its thread cannot be stopped and runs on, so the
+#   next job would run beside it; here it waits for a run thread, as many as the queue's limit;
+# - gradio's idle workers end, and a new one may get a dead one's thread id: paddle's oneDNN caches, kept per
+#   thread id, then fail the next run ("could not execute a primitive").
+_runner = ThreadPoolExecutor(1, thread_name_prefix=RUN_THREAD_PREFIX)
+SPEECHES_AT_ONCE = 2  # texts spoken at once (a call to the edge-tts service, or espeak-ng): light, but bounded too
+_speech_slots = threading.BoundedSemaphore(SPEECHES_AT_ONCE)  # held also by a cancelled preview's thread
+
+Result = Tuple[str, Optional[str], str]  # make_video's: the video, the speech made from the text, the status line
+Reporter = Callable[[str, int, int], None]  # the engine's progress callback: (stage, done, total)
+
+
+def parse_box(text: str) -> Optional[Tuple[int, int, int, int]]:
+    """'y1 y2 x1 x2' (spaces or commas) → a box; empty → None (detect the face)."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return None
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 4:
+        raise LipSyncError(f"The face box takes four whole numbers, y1 y2 x1 x2 (top bottom left right): {text!r}")
+    return numbers  # type: ignore[return-value]
+
+
+def progress_reporter(progress: Callable[..., object]) -> Reporter:
+    """The engine's (stage, done, total) callback drawn as one bar across all stages."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        start, end = STAGES.get(stage, (0.0, 1.0))
+        share = min(done / total, 1.0) if total > 0 else 0.0
+        counts = f" {done}/{total}" if total > 1 else ""
+        progress(start + (end - start) * share, desc=f"{stage}{counts}")
+
+    return report
+
+
+def no_progress(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def one_face(face_image: Optional[str], face_video: Optional[str], limits: Limits) -> str:
+    """The face to animate: the picture or the video given (exactly one)."""
+    if face_image and face_video:
+        raise LipSyncError("Give one face: a picture or a video, not both.")
+    if not (face_image or face_video):
+        raise LipSyncError("Give a face: upload a picture or a video (or use the webcam).")
+    if face_video:
+        check_seconds(face_video, "face video", limits, require_video=True)
+    return face_image or face_video  # type: ignore[return-value]
+
+
+def speech_for(
+    audio: Optional[str], text: Optional[str], voice: str, rate: float, workdir: Path, limits: Limits, report: Reporter
+) -> Tuple[str, Optional[tts.Speech]]:
+    """The speech to lip-sync: the audio given, or the text spoken by edge-tts (espeak-ng offline)."""
+    text = text or ""
+    if audio and text.strip():
+        raise LipSyncError("Give the voice as an audio file or as text, not both.")
+    if audio:
+        check_seconds(audio, "audio", limits)
+        return audio, None
+    if not text.strip():
+        raise LipSyncError("Give a voice: upload or record audio, or type a text to speak.")
+    check_text(text, limits)
+    report(STAGE_SPEECH, 0, 1)
+    with _speech_slots:
+        speech = tts.speak(text, workdir, voice or tts.DEFAULT_VOICE, int(rate or 0))
+    report(STAGE_SPEECH, 1, 1)
+    if speech.fallback_reason:
+        gr.Warning(plain(f"{SPOKEN_OFFLINE}: {speech.fallback_reason}."))
+    check_seconds(speech.path, "speech made from your text", limits)
+    return str(speech.path), speech
+
+
+def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device) -> LipSyncOptions:
+    return LipSyncOptions(
+        checkpoint=model or DEFAULTS.checkpoint,
+        pads=tuple(int(p or 0) for p in pads),  # type: ignore[arg-type]
+        resize_factor=int(resize_factor or 1),
+        smooth=bool(smooth),
+        static=bool(static),
+        fps=float(fps or DEFAULTS.fps),
+        box=parse_box(box or ""),
+        blend=blend or DEFAULTS.blend,
+        face_detector=detector or DEFAULTS.face_detector,
+        device=device or DEFAULTS.device,
+    )
+
+
+def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Optional[tts.Speech]) -> str:
+    """What ran, in one line: model, device, paddle, frames, time, detector, voice."""
+    line = (
+        f"{result.model} on {result.device} · paddle {result.paddle} · {result.frames} frames at "
+        f"{result.fps:g} fps · {result.seconds:.1f} s · faces: {faces_found_by(result, options)}"
+    )
+    if speech is not None:
+        line += f" · voice: {speech.engine} {speech.voice}"
+    return line
+
+
+def faces_found_by(result: "lipsync.RunResult", options: LipSyncOptions) -> str:
+    """The detector that ran: the one asked for, unless the engine said Haar stood in for S3FD."""
+    if options.box:
+        return "fixed box"
+    if any(HAAR_NOTE in note for note in result.notes):
+        return "haar"
+    return options.face_detector
+
+
+def make_video(
+    limits: Limits,
+    face_image: Optional[str] = None,
+    face_video: Optional[str] = None,
+    audio: Optional[str] = None,
+    text: Optional[str] = None,
+    voice: str = tts.DEFAULT_VOICE,
+    rate: float = 0,
+    model: str = DEFAULTS.checkpoint,
+    pad_top: float = DEFAULT_PADS[0],
+    pad_bottom: float = DEFAULT_PADS[1],
+    pad_left: float = DEFAULT_PADS[2],
+    pad_right: float = DEFAULT_PADS[3],
+    resize_factor: float = DEFAULTS.resize_factor,
+    smooth: bool = DEFAULTS.smooth,
+    static: bool = DEFAULTS.static,
+    fps: float = DEFAULTS.fps,
+    box: Optional[str] = None,
+    blend: str = DEFAULTS.blend,
+    detector: str = DEFAULTS.face_detector,
+    device: str = DEFAULTS.device,
+    progress=gr.Progress(track_tqdm=True),  # tqdm too: a first run's weights download shows its bar
+) -> Result:
+    """Make the face speak: returns the video, the speech made from the text (if any) and a status line."""
+    report = progress_reporter(progress)
+    with request_folder() as workdir:
+        options = options_from_form(model, (pad_top, pad_bottom, pad_left, pad_right), resize_factor, smooth,
+                                    static, fps, box, blend, detector, device)  # fmt: skip
+        face = one_face(face_image, face_video, limits)
+        speech_path, speech = speech_for(audio, text, voice, rate, workdir, limits, report)
+        quiet_paddle_signals()
+        result = run_engine(face, speech_path, workdir / OUTPUT_NAME, options, report)
+        for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD
+            gr.Warning(plain(note))
+    return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
+
+
+def preview_speech(
+    limits: Limits, text: Optional[str] = None, voice: str = tts.DEFAULT_VOICE, rate: float = 0
+) -> Tuple[str, str]:
+    """Speak the text only, to hear the voice before making the video."""
+    with request_folder() as workdir:
+        path, speech = speech_for(None, text, voice, rate, workdir, limits, no_progress)
+    assert speech is not None  # text was given
+    return path, f"voice: {speech.engine} {speech.voice}"
+
+
+def run_engine(face: str, speech: str, outfile: Path, options: LipSyncOptions, report: Reporter) -> "lipsync.RunResult":
+    """lipsync.run on one of the run threads; this request's context (gradio's progress bar) goes with it."""
+    job = _runner.submit(contextvars.copy_context().run, lipsync.run, face, speech, outfile, options, progress=report)
+    return job.result()
+
+
+def set_runs_at_once(count: int) -> None:
+    """How many lipsync runs may execute at once (the queue's concurrency limit for them); set before serving."""
+    global _runner
+    _runner.shutdown(wait=False)
+    _runner = ThreadPoolExecutor(max(1, count), thread_name_prefix=RUN_THREAD_PREFIX)
+
+
+@contextlib.contextmanager
+def request_folder() -> Iterator[Path]:
+    """A request's folder (kept while the job runs); when the request fails it is removed and the error put in
+    the visitor's words."""
+    try:
+        with folders.requests.job() as workdir:
+            yield workdir
+    except BaseException as exc:
+        shown = for_visitor(exc)
+        if shown is None:
+            raise
+        raise shown from exc
+
+
+def for_visitor(exc: BaseException) -> Optional[gr.Error]:
+    """The page's message: the engine's for a user error, a short account of anything unexpected (None: as is)."""
+    if isinstance(exc, LipSyncError):
+        return gr.Error(plain(str(exc)))
+    if not isinstance(exc, Exception) or isinstance(exc, gr.Error):
+        return None
+    log.exception("lipsync failed")
+    return gr.Error(plain(f"Something went wrong inside lipsync ({type(exc).__name__}: {first_line(exc)}); "
+                          "please report it"))
+
+
+@functools.lru_cache(maxsize=None)  # once per process
+def quiet_paddle_signals() -> None:
+    """Remove paddle's C++ signal handlers: on SIGTERM (a server stopped) it printed a scary 'FatalError' block."""
+    import faulthandler
+
+    import paddle
+
+    paddle.disable_signal_handler()  # SIGTERM ends the process silently again, as before paddle loaded
+    if not faulthandler.is_enabled():
+        faulthandler.enable()  # a crash still says where it happened, as Python tracebacks of every thread

@@ -1,0 +1,78 @@
+"""What one request may ask for, from environment variables, and the checks that hold requests to it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import gradio as gr
+
+MAX_SECONDS_ENV = "LIPSYNC_MAX_SECONDS"
+MAX_UPLOAD_MB_ENV = "LIPSYNC_MAX_UPLOAD_MB"
+MAX_TEXT_CHARS_ENV = "LIPSYNC_MAX_TEXT_CHARS"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, from environment variables; 0 means no limit."""
+
+    max_seconds: float = 60.0  # LIPSYNC_MAX_SECONDS: longest speech or face video
+    max_upload_mb: float = 100.0  # LIPSYNC_MAX_UPLOAD_MB: largest uploaded file
+    max_text_chars: int = 1000  # LIPSYNC_MAX_TEXT_CHARS: longest text to speak
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Limits":
+        return cls(
+            env_number(env, MAX_SECONDS_ENV, cls.max_seconds),
+            env_number(env, MAX_UPLOAD_MB_ENV, cls.max_upload_mb),
+            int(env_number(env, MAX_TEXT_CHARS_ENV, cls.max_text_chars)),
+        )
+
+
+def env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number ≥ 0 from the environment (empty or unset: the default); ValueError that names the variable."""
+    text = env.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"{name} must be a number ≥ 0 (0 = no limit); got {text!r}")
+    return value
+
+
+def launch_options(limits: Limits) -> dict:
+    """demo.launch() arguments: the upload limit (gradio enforces it server-side)."""
+    return {"max_file_size": f"{limits.max_upload_mb:g}mb" if limits.max_upload_mb else None}
+
+
+def media_seconds(path: str | Path, require_video: bool = False) -> float:
+    """Duration of an audio or video file (decoding it when the header does not say); 0 for a picture."""
+    from lipsync import audio, video
+
+    info = video.probe(path, require_video=require_video)
+    if info.is_image:
+        return 0.0
+    seconds = info.duration or info.audio_duration
+    if not seconds and not info.has_video:
+        seconds = audio.duration(audio.load_audio(path))
+    return seconds
+
+
+def check_seconds(path: str | Path, what: str, limits: Limits, require_video: bool = False) -> None:
+    """gr.Error when the file lasts longer than the app accepts (a face must be a picture or a video)."""
+    if limits.max_seconds <= 0:
+        return
+    seconds = media_seconds(path, require_video)
+    if seconds > limits.max_seconds:
+        raise gr.Error(
+            f"The {what} lasts {seconds:.1f} s; this app accepts up to {limits.max_seconds:g} s. "
+            "Trim it, or run lipsync on your own machine (its command line has no limit)."
+        )
+
+
+def check_text(text: str, limits: Limits) -> None:
+    if limits.max_text_chars and len(text) > limits.max_text_chars:
+        raise gr.Error(f"The text has {len(text)} characters; this app speaks up to {limits.max_text_chars}.")
