@@ -139,11 +139,13 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
                 voice_tabs, text, language, voice, rate, preview, audio = _voice_inputs()
                 models = [(f"{m}: {MODEL_NOTES.get(m, '')}", m) for m in lipsync.available_models("wav2lip")]
                 model = gr.Dropdown(models, value=DEFAULTS.checkpoint, label="Model")
+                sharpen = gr.Checkbox(value=DEFAULTS.face_enhancement, label="Sharpen the face (GPEN)",
+                                      info="restores the redrawn mouth's detail", elem_id="sharpen")  # fmt: skip
                 advanced = _advanced_inputs()
                 run = gr.Button("Make it speak", variant="primary", elem_id="run")
             with gr.Column():
                 result, speech, status = _outputs()
-        inputs = [image, video, audio, text, voice, rate, model, *advanced]
+        inputs = [image, video, audio, text, voice, rate, model, *advanced, sharpen]  # make_video's order
         run.click(generate, inputs, [result, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
         preview.click(functools.partial(preview_speech, limits), [text, voice, rate], [speech, status],
                       api_name="speak", concurrency_id=SPEECH_GROUP, concurrency_limit=SPEECH_CONCURRENCY)  # fmt: skip
@@ -153,6 +155,7 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
         _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs)
         demo.load(voices.refresh_voice_picker, [language, voice], [language, voice], queue=False,
                   api_visibility="private")  # fmt: skip
+        demo.load(jobs.sharpen_checkbox, None, sharpen, queue=False, api_visibility="private")  # slow on a CPU?
     return demo
 
 

@@ -3,6 +3,7 @@
     python benchmarks/bench.py                  # still + 15 s speech, 30 s 720p video, generator runtime vs dygraph
     python benchmarks/bench.py --quick          # seconds-long smoke run on tiny inputs
     python benchmarks/bench.py --memory-check   # adds peak RSS of a 1-minute and a --minutes 720p video
+    python benchmarks/bench.py --enhancement --cases still   # adds face enhancement (GPEN-512) rows
 
 Timing does not depend on weight values, so the networks are the real architectures with random
 weights. The S3FD classifier heads are planted so a few face-sized anchors per frame score as faces
@@ -29,8 +30,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from report import _generator_summary, _nums, print_report
-from stages import bench_engine, compare_generators, generator_inputs, runtime_fps, stage_figures
-from workload import (FULL, MEMORY_SHORT_MINUTES, QUICK, VIDEO_MARGIN_S, Case, Sizes, _peak_rss_mb, _reset_peak_rss,
+from stages import _batches, bench_engine, compare_generators, generator_inputs, runtime_fps, stage_figures, timed
+from workload import (ENHANCE_SECONDS, ENHANCER_FACES, ENHANCER_SIZE, FULL, MEMORY_SHORT_MINUTES, QUICK,
+                      QUICK_ENHANCER_SIZE, SEED, VIDEO_MARGIN_S, Case, Sizes, _peak_rss_mb, _reset_peak_rss, _still_size,
                       machine, make_cases, make_photo, make_speech, make_video, make_weights, note, output_frames)
 
 # ---------------------------------------------------------------- child processes: each measurement starts fresh
@@ -61,7 +63,7 @@ def child_main(spec_json: str) -> None:
 
     spec = json.loads(spec_json)
     options = lipsync.LipSyncOptions(**spec["options"])
-    tasks = {"generator": _generator_task, "stages": _stages_task, "e2e": _e2e_task}
+    tasks = {"generator": _generator_task, "stages": _stages_task, "e2e": _e2e_task, "enhancer": _enhancer_task}
     result = tasks[spec["task"]](spec, options)
     print(json.dumps({"peak_rss_mb": _peak_rss_mb(), **result}))
 
@@ -110,6 +112,9 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
         split.decoder.run(mels, *split.encoder.run(faces_in[:1]))  # oneDNN builds its kernels on a first run
     else:
         engine.generator(options, device).run(mels, faces_in)
+    if options.face_enhancement:  # export, precision probe and oneDNN kernels: before the timed run
+        enhancer = engine.enhancer(options, device)
+        enhancer.predictor.run(np.zeros((enhancer.batch, 3, enhancer.size, enhancer.size), np.float32))
     loaded = time.perf_counter()
     runs = []
     for _ in range(spec.get("runs", 1)):
@@ -139,6 +144,48 @@ def _timed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -> D
     Path(spec["outfile"]).unlink(missing_ok=True)
     return {"frames": result.frames, "seconds": seconds, "device": result.device, "phases": phases,
             "peak_rss_mb": peak}
+
+
+def _enhancer_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
+    """GPEN alone under Paddle Inference (faces/s after one warm batch), and the frame side around it: crop,
+    resize, colour order and the masked paste back, per face on the case's picture (an identity network)."""
+    import cv2
+
+    from lipsync import facecrop, runtime
+
+    engine = bench_engine()
+    device = runtime.choose_device(options.device, announce=False)
+    enhancer = engine.enhancer(options, device)
+    side, batch, count = enhancer.size, enhancer.batch, spec["faces"]
+    faces_in = np.random.default_rng(SEED).uniform(-1, 1, (count, 3, side, side)).astype(np.float32)
+    enhancer.predictor.run(faces_in[:batch])
+    _, seconds = timed(lambda: [enhancer.predictor.run(faces_in[part]) for part in _batches(count, batch)])
+    frame = cv2.imread(spec["case"]["face"])
+    height, width = frame.shape[:2]
+    box = (width // 3, height // 4, 2 * width // 3, 2 * height // 3)
+    frames = [frame.copy() for _ in range(count)]
+    _, frame_side = timed(lambda: facecrop.enhance_frames(frames, [box] * count, side, lambda x: x))
+    return {"size": side, "batch": batch, "faces": count, "fps": count / seconds, "frame_side_fps": count / frame_side,
+            "precision": enhancer.predictor.precision}
+
+
+def enhancement(args: argparse.Namespace, folder: Path, photo: Path, sizes: Sizes,
+                options: Dict[str, Any]) -> Dict[str, Any]:  # fmt: skip
+    """GPEN alone, then a short still case end to end with face enhancement on (random GPEN weights)."""
+    from lipsync import testing
+
+    side = args.enhancer_size or (QUICK_ENHANCER_SIZE if args.quick else ENHANCER_SIZE)
+    gpen = testing.save_random_gpen(Path(os.environ["LIPSYNC_MODELS"]) / f"gpen{side}.pdparams", side, SEED)
+    on = {**options, "face_enhancement": True, "enhancer_weights": str(gpen)}
+    seconds = args.enhance_seconds
+    speech = make_speech(folder, seconds, "enhanced.wav")
+    case = Case("enhanced", f"still {_still_size(photo)} + {seconds:g} s speech, face enhancement (GPEN-{side})",
+                photo, speech, seconds, output_frames(speech), True)  # fmt: skip
+    alone = run_child("enhancer", _spec(case, on, faces=ENHANCER_FACES))
+    note(f"GPEN-{side} alone: {alone['fps']:.3f} faces/s ({alone['precision']}); end to end, {case.frames} frames")
+    e2e = end_to_end(case, on, sizes, folder)
+    note(f"{case.label}: end to end {e2e['fps']:.3f} frames/s")
+    return {"label": case.label, "frames": case.frames, "alone": alone, "e2e": e2e}
 
 
 def _warm_detector(detect: Callable, options: Any) -> None:
@@ -231,6 +278,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="face detector for --memory-check (haar keeps a 10-minute run short on CPU)")
     parser.add_argument("--profile", type=Path, help="record the last case's run (the video, or the still with --cases still) with py-spy "
                              "into this raw file")
+    parser.add_argument("--enhancement", action="store_true",
+                        help="add face enhancement rows: GPEN alone and a short picture case with it")
+    parser.add_argument("--enhancer-size", type=int,
+                        help=f"GPEN side for --enhancement (default {ENHANCER_SIZE}; {QUICK_ENHANCER_SIZE} "
+                             "with --quick)")
+    parser.add_argument("--enhance-seconds", type=float, default=ENHANCE_SECONDS,
+                        help="speech length of the --enhancement picture case (default 2)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--report", type=Path, help="print the table of a saved --json file and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -270,6 +324,8 @@ def measure(args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
         results["cases"][case.key] = {"label": case.label, "frames": case.frames, "stages": stages, "e2e": e2e}
     if args.profile is not None and args.profile.exists():
         results["profile"], results["profiled"] = profile_summary(args.profile), cases[-1].label
+    if args.enhancement:
+        results["enhancement"] = enhancement(args, folder, photo, sizes, options)
     if args.memory_check:
         memory_options = {**options, "face_detector": args.memory_detector}
         results["memory"] = memory_check(photo, folder, memory_options, args.minutes)

@@ -39,7 +39,19 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
     for case in results.get("memory", {}).values():
         rows.append([case["label"], "–", "–", _num(_generator_fps(case, gen)), "–", "–", _num(case["fps"]),
                      _share(case, gen), _num(case["rtf"]), _num(case["peak_rss_mb"])])
-    return rows
+    return rows + enhancement_rows(results.get("enhancement"))
+
+
+def enhancement_rows(found: Optional[Dict[str, Any]]) -> List[List[str]]:
+    """GPEN alone (faces/s in the e2e column, its frame side in the blend column), then its end-to-end case."""
+    if not found:
+        return []
+    alone, e2e = found["alone"], found["e2e"]
+    label = f"face enhancement alone, GPEN-{alone['size']} runtime ({alone['precision']})"
+    return [[label, "–", "–", "–", _num(alone["frame_side_fps"]), "–", _num(alone["fps"]), "–",
+             _num(FPS / alone["fps"]), _num(alone["peak_rss_mb"])],
+            [found["label"], "–", "–", _num(e2e["generator_fps"]), "–", "–", _num(e2e["fps"]),
+             f"{100 * e2e['fps'] / e2e['generator_fps']:.0f}%", _num(e2e["rtf"]), _num(e2e["peak_rss_mb"])]]
 
 
 def _generator_fps(e2e: Dict[str, Any], gen: Dict[str, Any]) -> float:

@@ -36,7 +36,7 @@ def feather_mask(height: int, width: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=MASK_CACHE_SIZE)
-def _blend_weights(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def feather_weights(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(mask, 1 - mask) for cv2.blendLinear, cached per box size and read-only."""
     mask = feather_mask(height, width)
     inverse = 1.0 - mask
@@ -78,6 +78,6 @@ def paste(frame: Frame, box: Box, mouth: Frame, mode: BlendMode = "feather", *, 
     if mode == "box":
         region[...] = patch
     else:
-        mask, inverse = _blend_weights(y2 - y1, x2 - x1)
+        mask, inverse = feather_weights(y2 - y1, x2 - x1)
         region[...] = cv2.blendLinear(patch, region, mask[inside], inverse[inside])
     return out

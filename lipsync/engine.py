@@ -24,6 +24,11 @@ WAV2LIP_GPU_ITEM_MB = 8.5  # GPU activations per face in a generator batch (fp32
 S3FD_GPU_ITEM_MB = 21  # GPU activations per 160×160 tracking crop (~15) with room (a 640×360 frame: 130; the pool grows)
 CPU_GENERATOR_BATCH = 16  # faces per generator call on CPU: within 6 % of 128's speed, for a third of the memory
 CPU_DETECTOR_BATCH = 2  # frames per S3FD call on CPU: its speed is flat in the batch, its memory is not
+ENHANCER_PADDLE_BELOW = 3  # paddle major versions GPEN runs on are below this (see check_enhancer_paddle)
+CPU_ENHANCER_BATCH = 1  # faces per GPEN call on CPU: batch 2 took 2.87 s per 512 face vs 2.74, for +0.55 GB
+GPU_ENHANCER_BATCH = 8  # faces per GPEN call on a GPU (out of memory halves it)
+GPEN_GPU_ITEM_MB = 400  # GPU activations per 512-px face in a GPEN batch (fp32); scales with the side squared
+GPEN_PROBE_BATCH = 1  # faces in the fixed input fp16/bf16 is compared with fp32 on: one 512 face is 138 GMAC
 PROBE_BATCH = 4  # faces in the fixed inputs a faster precision is compared with fp32 on
 PROBE_SEED = 0
 REASON_CHARS = 400  # of the error quoted in the note below: its first sentence, which holds the reason
@@ -31,6 +36,15 @@ SENTENCE_END = ". "
 # Said in result.notes when S3FD, the default detector, cannot be had and Haar stands in.
 HAAR_STOOD_IN = ("The S3FD face detector's weights are not available here ({reason}), "
                  "so OpenCV's Haar detector found the faces.")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Enhancer:
+    """GPEN as a predictor: RGB NCHW batches in [-1, 1] of size x size faces; `batch` faces per call."""
+
+    predictor: runtime.Predictor
+    size: int  # the network's side, px, read from its weights (512 for the published file)
+    batch: int
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,7 @@ class Engine:
 
     def __init__(self) -> None:
         self._cache: Dict[Tuple[str, ...], object] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the enhancer's maker asks for its predictor
 
     def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
@@ -87,6 +101,30 @@ class Engine:
         predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
                                     (batch, S3FD_GPU_ITEM_MB), options)  # fmt: skip
         return faces.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
+
+    def enhancer(self, options: LipSyncOptions, device: runtime.Device) -> Enhancer:
+        """GPEN from options.enhancer_weights, its side read from the weights (its encoder's depth)."""
+        check_enhancer_paddle(runtime.paddle_version())
+        path = weights.resolve_weights(options.enhancer_weights, "gpen")
+        batch = enhancer_batch(device)
+
+        def make() -> Enhancer:
+            from . import enhance
+            from .checkpoint import read_state_dict
+
+            state = read_state_dict(path)
+            size = enhance.size_of(state, str(path))
+            specs = [((None, 3, size, size), "float32")]
+            pool = (batch, GPEN_GPU_ITEM_MB * (size / enhance.GPEN_SIZE) ** 2)
+            # fp16 on a GPU when it passes the closeness gate; fp32 on a CPU: the bf16 gate kept fp32 for GPEN on an
+            # AMX Xeon, and trying it costs a second 512-px predictor (memory, and a probe face's seconds).
+            probe = (lambda: (_enhancer_probe(size),)) if device.kind == "gpu" else None
+            predictor = self._predictor(path, "gpen", lambda: enhance.build_gpen(state, size, str(path)), specs,
+                                        device, pool, options, probe=probe)  # fmt: skip
+            return Enhancer(predictor, size, batch)
+
+        key = ("gpen-enhancer", runtime.export_key(path, "gpen"), device.kind, str(cpu_threads(options)))
+        return self._cached(key, make)  # type: ignore[return-value]
 
     def _predictor(self, path: Path, arch: str, build: Callable[[], object], specs: List[runtime.InputSpec],
                    device: runtime.Device, pool: Tuple[int, float], options: LipSyncOptions,
@@ -129,6 +167,20 @@ def cpu_threads(options: LipSyncOptions) -> int:
 def generator_batch(options: LipSyncOptions, device: runtime.Device) -> int:
     """Faces per generator call: the option on a GPU, at most CPU_GENERATOR_BATCH on a CPU."""
     return options.wav2lip_batch_size if device.kind == "gpu" else min(options.wav2lip_batch_size, CPU_GENERATOR_BATCH)
+
+
+def check_enhancer_paddle(version: str) -> None:
+    """Face enhancement runs on paddle 2.x only: paddle 3.3.1's Paddle Inference crashed (a segmentation fault,
+    which no error handling can catch) creating GPEN's predictor from our export in our tests."""
+    if int(version.split(".")[0]) >= ENHANCER_PADDLE_BELOW:
+        raise LipSyncError(f"Face enhancement (GPEN) needs paddle 2.6 (pip install paddlepaddle==2.6.2, as "
+                           f"requirements-cpu.txt has it): with paddle {version} its network crashed the process in "
+                           "our tests. Run without face enhancement, or with paddle 2.6.")
+
+
+def enhancer_batch(device: runtime.Device) -> int:
+    """Faces per GPEN call: GPU_ENHANCER_BATCH on a GPU, CPU_ENHANCER_BATCH on a CPU."""
+    return GPU_ENHANCER_BATCH if device.kind == "gpu" else CPU_ENHANCER_BATCH
 
 
 def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
@@ -179,3 +231,11 @@ def _generator_probe(batch: int = PROBE_BATCH, seed: int = PROBE_SEED) -> Tuple[
     faces_in = rng.uniform(0.2, 0.8, (batch, 6, FACE_SIZE, FACE_SIZE)).astype(np.float32)
     faces_in[:, :3, FACE_SIZE // 2 :] = 0.0
     return mel, faces_in
+
+
+def _enhancer_probe(size: int, batch: int = GPEN_PROBE_BATCH, seed: int = PROBE_SEED) -> np.ndarray:
+    """A fixed GPEN input to compare precisions on: a smooth face-like gradient with mild noise, in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(-0.6, 0.6, size, dtype=np.float32)
+    image = np.broadcast_to(ramp[None, :, None] * ramp[None, None, :], (batch, 3, size, size))
+    return (image + rng.normal(0.0, 0.05, image.shape)).clip(-1, 1).astype(np.float32)

@@ -41,6 +41,8 @@ class LipSyncOptions:
     device: Device = "auto"  # where the networks run
     blend: BlendMode = "feather"  # feathered lower-face paste, or the seed's hard box paste
     threads: int = 0  # CPU threads for the networks and OpenCV; 0 = automatic (the CPU quota and affinity)
+    face_enhancement: bool = False  # GPEN on the redrawn lower face (sharper mouth; slow on a CPU)
+    enhancer_weights: str = "gpen512"  # known GPEN weights name or a .pdparams/.pth path
 
     def __post_init__(self) -> None:
         _check_choice("face_detector", self.face_detector, FACE_DETECTORS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,18 +13,18 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from . import audio, blend, cpu, faces, geometry, native, runtime, video
-from .engine import (DEFAULT_ENGINE, FACE_SIZE, Engine, StillGenerator, cpu_threads, detection_batch,
+from . import audio, blend, cpu, facecrop, faces, geometry, native, paths, runtime, video
+from .engine import (DEFAULT_ENGINE, FACE_SIZE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch,
                      generator_batch, run_detector)
 from .errors import LipSyncError
 from .options import LipSyncOptions
-from .types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame, Progress
+from .types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame,
+                    Progress)
 
 log = logging.getLogger(__name__)
 
 FACES_REPORT_EVERY = 25  # frames between progress reports while reading and detecting
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
-OUTPUT_SUFFIX = ".mp4"
 
 PathLike = Union[str, Path]
 
@@ -75,15 +74,15 @@ def run(
     engine = engine or DEFAULT_ENGINE
     started = time.perf_counter()
     video.require_ffmpeg()
-    face_p, audio_p, out_p = _check_paths(face, audio_path, outfile)
-    created = _missing_folders(out_p.parent)
+    face_p, audio_p, out_p = paths.check_paths(face, audio_path, outfile)
+    created = paths.missing_folders(out_p.parent)
     try:
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
             job = _prepare(face_p, audio_p, out_p, options, report)  # bad input is told before paddle loads
             device = runtime.choose_device(options.device)
             notes = _render(job, options, engine, device, Path(tmp), report)
     except BaseException:
-        _remove_empty(created)
+        paths.remove_empty(created)
         raise
     finally:
         native.release_freed_memory()
@@ -99,10 +98,13 @@ def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.
     cpu.use_opencv_threads(cpu_threads(options))
     generator = engine.still_generator(options, device) if job.still else engine.generator(options, device)
     detect, notes = run_detector(engine, options, device)
+    enhancer = engine.enhancer(options, device) if options.face_enhancement else None
     report(STAGE_LOAD, 1, 1)
+    if enhancer is not None and device.kind == "cpu":
+        facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
     found = _locate_faces(job, options, detect, detection_batch(options, device), tmp, report)
     try:
-        _synthesize(job, options, generator, generator_batch(options, device), found, tmp, report)
+        _synthesize(job, options, generator, generator_batch(options, device), found, tmp, report, enhancer)
     finally:
         if found.cache is not None:
             found.cache.close()
@@ -115,53 +117,6 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 def _describe(device: runtime.Device) -> str:
     return device.kind if device.reason == "requested" else f"{device.kind} ({device.reason})"
-
-
-def _check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tuple[Path, Path, Path]:
-    """Inputs must be non-empty files; the output an .mp4 that is neither of them, in a folder we can make."""
-    face_p, audio_p, out_p = Path(face).expanduser(), Path(audio_path).expanduser(), Path(outfile).expanduser()
-    for what, path in (("face", face_p), ("audio", audio_p)):
-        if not path.is_file():
-            raise LipSyncError(f"{what} file not found: {path}")
-        if path.stat().st_size == 0:
-            raise LipSyncError(f"the {what} file {path.name} is empty (0 bytes); was the upload or copy complete?")
-    if out_p.suffix.lower() != OUTPUT_SUFFIX:
-        raise LipSyncError(f"the output must be an .mp4 file (got {out_p.name})")
-    if out_p.is_dir():
-        raise LipSyncError(f"the output {out_p} is a folder; give a file name ending in .mp4")
-    for what, path in (("face", face_p), ("audio", audio_p)):
-        if out_p.exists() and out_p.samefile(path):
-            raise LipSyncError(f"the output {out_p.name} is the {what} input: give another output name, "
-                               "so the input is not overwritten")
-    _check_creatable(out_p.parent)
-    return face_p, audio_p, out_p.resolve()
-
-
-def _missing_folders(folder: Path) -> List[Path]:
-    """The folders that do not exist yet on the way to `folder`, deepest first."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
-def _check_creatable(folder: Path) -> None:
-    """The output folder exists or can be made: its nearest existing ancestor is a writable folder."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
-    if not existing.is_dir():
-        raise LipSyncError(f"cannot create the output folder {folder}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LipSyncError(f"cannot write the output into {folder}: {existing} is not writable")
-
-
-def _remove_empty(folders: List[Path]) -> None:
-    """Take back the folders a failed run made for its output (deepest first), if they are still empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, report: Progress) -> _Job:
@@ -337,16 +292,20 @@ def _synthesize(
     found: _Faces,
     tmp: Path,
     report: Progress,
+    enhancer: Optional[Enhancer] = None,
 ) -> None:
-    """Run the generator batch by batch, paste the mouths back, and stream frames into the encoder."""
+    """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
+    frames into the encoder."""
     with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
-        _encode(job, options, generator, batch, pairs, tmp, report)
+        _encode(job, options, generator, batch, pairs, tmp, report, enhancer)
 
 
 def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-            pairs: Iterator[Tuple[Frame, Tuple[int, ...]]], tmp: Path, report: Progress) -> None:  # fmt: skip
+            pairs: Iterator[Tuple[Frame, Tuple[int, ...]]], tmp: Path, report: Progress,
+            enhancer: Optional[Enhancer]) -> None:  # fmt: skip
     first = next(pairs)
     generate = _mouth_generator(generator, batch, first)
+    enhance = _face_enhancer(enhancer)
     height, width = first[0].shape[:2]
     done = 0
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
@@ -355,12 +314,26 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
             mouths = _mouths(generate(mels, frames, boxes))
-            for frame, box, mouth in zip(frames, boxes, mouths):
-                writer.write(blend.paste(frame, box, mouth, options.blend, inplace=not job.still))
+            synced = [blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
+                      for frame, box, mouth in zip(frames, boxes, mouths)]  # fmt: skip
+            report(STAGE_SYNC, done + len(chunk), job.frames)
+            if enhance is not None:
+                enhance(synced, boxes)
+                report(STAGE_ENHANCE, done + len(chunk), job.frames)
+            for frame in synced:
+                writer.write(frame)
             done += len(chunk)
-            report(STAGE_SYNC, done, job.frames)
         report(STAGE_ENCODE, 0, 1)
     report(STAGE_ENCODE, 1, 1)
+
+
+def _face_enhancer(enhancer: Optional[Enhancer]) -> Optional[Callable[[List[Frame], list], None]]:
+    """(frames, boxes) -> None, enhancing each frame's redrawn lower face in place; None when off."""
+    if enhancer is None:
+        return None
+    runner = runtime.BatchRunner(enhancer.predictor.run, enhancer.batch)  # per run: out-of-memory halves it
+    return lambda frames, boxes: facecrop.enhance_frames(frames, boxes, enhancer.size,
+                                                         lambda faces: _generate(runner, faces))  # fmt: skip
 
 
 def _mouth_generator(generator: Union[runtime.Predictor, StillGenerator], batch: int,

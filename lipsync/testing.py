@@ -4,6 +4,7 @@
     state = planted_s3fd_state(seed=11)                      # S3FD calling every anchor a face
     state = planted_s3fd_state(seed=7, head="conv6_2")       # ... only the stride-64 head's, as boxes
     s3fd = save_random_weights(models_dir)                   # wav2lip_hq.pdparams + planted_s3fd.pdparams
+    save_random_gpen(path, size=64)                          # a small GPEN (the network size is read back)
 
 The S3FD classifier heads are "planted" (their weights zeroed, their biases set) so detection is
 deterministic whatever the random backbone does: random weights cannot find a real face.
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 WAV2LIP_SEED = 7
 S3FD_SEED = 11
+GPEN_SEED = 13
+SMALL_GPEN = 64  # px: the cheapest GPEN whose layout is the published one's, less the top levels
 WAV2LIP_FILENAME = "wav2lip_hq.pdparams"  # the default generator's name, found through $LIPSYNC_MODELS
 PLANTED_S3FD_FILENAME = "planted_s3fd.pdparams"
 PLANTED_LOGIT = 8.0  # face vs background logit in the planted heads
@@ -99,3 +102,15 @@ def _save_s3fd_pdparams(state: Dict[str, np.ndarray], path: Path) -> None:
     detector = S3FD()
     detector.set_state_dict(state)
     paddle.save(detector.state_dict(), str(path))
+
+
+def save_random_gpen(path: Path, size: int = SMALL_GPEN, seed: int = GPEN_SEED) -> Path:
+    """A randomly initialised GPEN of this side, saved by paddle.save as PaddleGAN's GPEN-512.pdparams is."""
+    import paddle
+
+    from .enhance import GPEN
+
+    paddle.seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paddle.save(GPEN(size).state_dict(), str(path))
+    return path

@@ -24,5 +24,6 @@ STAGE_AUDIO = "reading audio"
 STAGE_LOAD = "loading the model"
 STAGE_FACES = "detecting faces"
 STAGE_SYNC = "lip-syncing"
+STAGE_ENHANCE = "enhancing faces"  # only with face enhancement on; reported after each batch's lip-syncing
 STAGE_ENCODE = "encoding"
-STAGES = (STAGE_SPEECH, STAGE_AUDIO, STAGE_LOAD, STAGE_FACES, STAGE_SYNC, STAGE_ENCODE)
+STAGES = (STAGE_SPEECH, STAGE_AUDIO, STAGE_LOAD, STAGE_FACES, STAGE_SYNC, STAGE_ENHANCE, STAGE_ENCODE)

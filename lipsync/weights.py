@@ -26,12 +26,13 @@ from .errors import LipSyncError, first_line
 if TYPE_CHECKING:
     from .model import Wav2Lip
 
-WeightsName = Literal["wav2lip_hq", "wav2lip_gan", "wav2lip", "s3fd", "s3fd_paddle"]
-WeightsKind = Literal["wav2lip", "s3fd"]
+WeightsName = Literal["wav2lip_hq", "wav2lip_gan", "wav2lip", "s3fd", "s3fd_paddle", "gpen512"]
+WeightsKind = Literal["wav2lip", "s3fd", "gpen"]
 WEIGHTS_NAMES: Tuple[str, ...] = get_args(WeightsName)
 WEIGHTS_KINDS: Tuple[str, ...] = get_args(WeightsKind)
 DEFAULT_WAV2LIP = "wav2lip_hq"
 DEFAULT_S3FD = "s3fd"
+DEFAULT_GPEN = "gpen512"
 
 MODELS_ENV = "LIPSYNC_MODELS"  # directory of weights files under their table filenames, searched first
 CACHE_ENV = "LIPSYNC_CACHE"  # lipsync's cache directory (URL downloads, static exports)
@@ -40,17 +41,21 @@ CACHE_DIRNAME = "lipsync"
 LOADED_MODELS_KEPT = 2  # generators kept loaded per process (each ~150 MB)
 COMMIT_CHARS = 12  # of a pinned commit, as the doctor shows it
 
-KIND_LABELS = {"wav2lip": "Wav2Lip generator", "s3fd": "S3FD face detector"}
+KIND_LABELS = {"wav2lip": "Wav2Lip generator", "s3fd": "S3FD face detector", "gpen": "GPEN face enhancer"}
 # The command-line flag that takes a file of each kind; messages name it only as "(… on the command line)".
-PATH_OPTIONS = {"wav2lip": "--checkpoint_path", "s3fd": "--detector_weights"}
+PATH_OPTIONS = {"wav2lip": "--checkpoint_path", "s3fd": "--detector_weights", "gpen": "--enhancer_weights"}
 MISMATCH_HINTS = {
     "wav2lip": "Is this a Wav2Lip generator checkpoint (wav2lip.pth, wav2lip_gan.pth, wav2lip_hq.pdparams)? "
     "S3FD weights are the face detector's (--detector_weights on the command line); "
     "lip-sync expert and discriminator checkpoints cannot generate.",
     "s3fd": "Is this an S3FD face-detector file (s3fd.pth, s3fd_paddle.pdparams)? "
     "Wav2Lip weights are the generator's (--checkpoint_path on the command line).",
+    "gpen": "Is this a GPEN face-enhancement file (PaddleGAN's GPEN-512.pdparams)? "
+    "Wav2Lip weights are the generator's (--checkpoint_path on the command line), "
+    "S3FD weights the face detector's (--detector_weights).",
 }
 
+GPEN_LICENCE = "GPEN (yangxy/GPEN): academic and non-commercial use only; PaddleGAN's conversion (code Apache-2.0)"
 RESEARCH_ONLY = "LRS2-trained: personal/research/non-commercial use only (Rudrabha/Wav2Lip licence)"
 
 WAV2LIP_HUB_REPO = "camenduru/Wav2Lip"  # mirror of Rudrabha's checkpoints
@@ -132,6 +137,11 @@ WEIGHTS: Dict[str, WeightsEntry] = {
             size_mb=90, licence="PaddleGAN's conversion of the S3FD weights (code Apache-2.0); research use",
             unverified=PADDLEGAN_UNVERIFIED,
         ),
+        WeightsEntry(
+            "gpen512", "GPEN-512.pdparams", "gpen",
+            url="https://paddlegan.bj.bcebos.com/models/GPEN-512.pdparams",
+            size_mb=287, licence=GPEN_LICENCE, unverified=PADDLEGAN_UNVERIFIED,
+        ),
     )
 }  # fmt: skip
 
@@ -156,7 +166,7 @@ class WeightsStatus:
 
 
 def available_models(kind: Optional[str] = None) -> List[str]:
-    """The known weights names, optionally only those of one kind ('wav2lip' or 's3fd')."""
+    """The known weights names, optionally only those of one kind ('wav2lip', 's3fd' or 'gpen')."""
     return [name for name, entry in WEIGHTS.items() if kind is None or entry.kind == kind]
 
 

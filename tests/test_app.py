@@ -299,6 +299,19 @@ def test_every_event_that_runs_the_networks_shares_the_gpu_group():
     assert {app.demo.fns[run].concurrency_id for run in runs} == {app.GPU_GROUP}
 
 
+def test_the_sharpen_checkbox_is_the_lipsync_endpoints_last_input_and_off():
+    """GPEN is off by default; the page's checkbox and the API's `face_enhancement` are make_video's last input
+    (appended: positional API calls written before it keep working)."""
+    import inspect
+
+    sharpen = _component("sharpen")
+    props = {c["id"]: c["props"] for c in app.demo.config["components"]}[sharpen]
+    assert props["label"] == "Sharpen the face (GPEN)" and props["value"] is False
+    assert _dependency("lipsync")["inputs"][-1] == sharpen
+    names = list(inspect.signature(app.make_video).parameters)
+    assert names[names.index("device") + 1] == "face_enhancement"
+
+
 def test_the_voice_preview_runs_in_its_own_bounded_group():
     """/speak must not start a thread per request (concurrency_limit=None did): its own small group."""
     speak = app.demo.fns[_dependency("speak")["id"]]

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync.blend import RISE_START, _blend_weights, feather_mask, paste
+from lipsync.blend import RISE_START, feather_weights, feather_mask, paste
 
 RNG = np.random.default_rng(0)
 FRAME = RNG.integers(0, 256, (120, 160, 3), np.uint8)
@@ -40,8 +40,8 @@ def test_feather_mask_is_smooth() -> None:
 
 
 def test_masks_are_cached_and_read_only() -> None:
-    first, inverse = _blend_weights(80, 70)
-    assert _blend_weights(80, 70)[0] is first
+    first, inverse = feather_weights(80, 70)
+    assert feather_weights(80, 70)[0] is first
     np.testing.assert_allclose(first + inverse, 1.0)
     with pytest.raises(ValueError):
         first[0, 0] = 1.0

@@ -55,8 +55,13 @@ def test_blazeface_uses_the_bundled_detector_and_s3fd_means_sfd():
     assert parse("--face-detector", "s3fd").face_detector == "sfd"
 
 
-def test_face_enhancement_is_accepted_for_seed_scripts():
-    assert parse("--face_enhancement") == parse("--face_enhancement", "false") == LipSyncOptions()
+def test_face_enhancement_turns_gpen_on_in_both_spellings():
+    assert parse().face_enhancement is False and parse("--face_enhancement", "false") == LipSyncOptions()
+    on = LipSyncOptions(face_enhancement=True)
+    assert parse("--face_enhancement") == parse("--face-enhancement") == parse("--face_enhancement", "true") == on
+    weights = parse("--face_enhancement", "--enhancer_weights", "/models/gpen.pdparams")
+    assert weights == LipSyncOptions(face_enhancement=True, enhancer_weights="/models/gpen.pdparams")
+    assert parse("--enhancer-weights", "x.pth").enhancer_weights == "x.pth"
 
 
 def test_bad_values_are_our_error():

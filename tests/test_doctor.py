@@ -91,6 +91,7 @@ def test_reports_every_line_and_passes_on_this_machine():
     assert found["device auto"].startswith(("cpu", "gpu"))
     assert found["wav2lip_hq"].startswith("models dir "), "conftest put random wav2lip_hq weights in $LIPSYNC_MODELS"
     assert found["generator"] == "wav2lip_hq ready (models dir)"
+    assert found["gpen512"].startswith("not on this machine (downloaded on first use, ~287 MB); NOT verifiable")
     assert "unreachable" in found["edge-tts"] or "not installed" in found["edge-tts"]
 
 

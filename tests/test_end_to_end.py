@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, ffprobe, read_video_frames
 
 import lipsync
-from lipsync import audio
+from lipsync import audio, blend
 from lipsync.options import LipSyncOptions
 
 HAAR = LipSyncOptions(face_detector="haar", device="cpu")
@@ -276,4 +276,127 @@ def test_cli_falls_back_to_haar_and_prints_the_note(media, tmp_path):
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and _is_haar_note(notes[0].removeprefix("note: "), why), proc.stderr
     _check_output(out, media["speech"], (512, 512))
+    assert list(scratch.iterdir()) == []
+
+
+def _paddle_major() -> int:
+    import paddle
+
+    return int(paddle.__version__.split(".")[0])
+
+
+needs_paddle_2 = pytest.mark.skipif(_paddle_major() >= 3, reason="face enhancement is refused on paddle 3 (see below)")
+
+
+def test_face_enhancement_is_refused_on_paddle_3_with_a_clear_error(media, tmp_path, monkeypatch):
+    """paddle 3.3.1's Paddle Inference crashed creating GPEN's predictor: a clear error, never a crash."""
+    from lipsync import runtime
+    from lipsync.errors import LipSyncError
+
+    monkeypatch.setattr(runtime, "paddle_version", lambda: "3.3.1")
+    on = replace(HAAR, face_enhancement=True)
+    with pytest.raises(LipSyncError, match=r"Face enhancement \(GPEN\) needs paddle 2.6 .*paddle 3.3.1"):
+        lipsync.run(media["photo"], media["speech"], tmp_path / "o.mp4", on)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.fixture(scope="module")
+def small_gpen(tmp_path_factory) -> Path:
+    """A random 64-px GPEN: the published layout less its top levels, cheap on a CPU; its size is read back."""
+    from lipsync import testing
+
+    return testing.save_random_gpen(tmp_path_factory.mktemp("gpen") / "gpen64.pdparams")
+
+
+def _written_frames(monkeypatch, options: LipSyncOptions, media: dict, out: Path) -> list:
+    """Run the photo through the API and return copies of the frames handed to the encoder."""
+    from lipsync import video
+
+    written, write = [], video.VideoWriter.write
+    monkeypatch.setattr(video.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()),
+                                                                        write(self, frame))[1])  # fmt: skip
+    lipsync.run(media["photo"], media["speech"], out, options)
+    monkeypatch.undo()
+    return written
+
+
+@needs_paddle_2
+def test_face_enhancement_changes_the_masked_lower_face_only_and_feeds_gpen_rgb(media, small_gpen, monkeypatch,
+                                                                               tmp_path):  # fmt: skip
+    from lipsync import facecrop
+
+    plain = _written_frames(monkeypatch, HAAR, media, tmp_path / "plain.mp4")
+    seen_boxes, seen_inputs = [], []
+    enhance_frames, network_input = facecrop.enhance_frames, facecrop.network_input
+
+    def record_boxes(frames, boxes, size, run):
+        seen_boxes.extend(boxes)
+        return enhance_frames(frames, boxes, size, run)
+
+    def record_input(frames, plans, size):
+        batch = network_input(frames, plans, size)
+        seen_inputs.append((batch.copy(), [facecrop.crop(frame, where).copy() for frame, where in zip(frames, plans)]))
+        return batch
+
+    monkeypatch.setattr(facecrop, "enhance_frames", record_boxes)
+    monkeypatch.setattr(facecrop, "network_input", record_input)
+    on = replace(HAAR, face_enhancement=True, enhancer_weights=str(small_gpen))
+    out = tmp_path / "enhanced.mp4"
+    enhanced = _written_frames(monkeypatch, on, media, out)
+    assert len(enhanced) == len(plain) == len(seen_boxes) > 0
+    x1, y1, x2, y2 = (int(v) for v in seen_boxes[0])
+    outside = np.ones(plain[0].shape[:2], bool)
+    outside[y1:y2, x1:x2] = blend.feather_mask(y2 - y1, x2 - x1) == 0
+    for before, after in zip(plain, enhanced):
+        np.testing.assert_array_equal(after[outside], before[outside])  # eyes, hair, background: the original's
+    mouth = (slice(y1 + (y2 - y1) * 2 // 3, y2 - (y2 - y1) // 10), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
+    middle = len(plain) // 2
+    assert np.abs(enhanced[middle][mouth].astype(int) - plain[middle][mouth]).mean() > 2, "the mouth was enhanced"
+    # Colour order: the network's channel 0 is the crop's red (BGR index 2), channel 2 its blue.
+    batch, crops = seen_inputs[0]
+    small = [facecrop.resize(crop, batch.shape[-1]) for crop in crops]
+    red, blue = np.stack([s[..., 2] for s in small]) / 127.5 - 1, np.stack([s[..., 0] for s in small]) / 127.5 - 1
+    np.testing.assert_allclose(batch[: len(small), 0], red, atol=1e-5)
+    np.testing.assert_allclose(batch[: len(small), 2], blue, atol=1e-5)
+    assert np.abs(red - blue).mean() > 0.1, "the astronaut's face is redder than it is blue: the test can tell"
+    _check_output(out, media["speech"], (512, 512))
+    assert len(read_video_frames(out)) >= len(enhanced), "the output plays"
+
+
+@needs_paddle_2
+@pytest.mark.parametrize("damage", ["s3fd_file", "truncated"])
+def test_bad_enhancer_weights_are_one_error_line_exit_2(damage, media, s3fd_weights, small_gpen, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    path = s3fd_weights
+    if damage == "truncated":
+        path = tmp_path / "GPEN-64.pdparams"
+        data = small_gpen.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "o.mp4"
+    proc = run_cli("--face", str(media["photo"]), "--audio", str(media["speech"]), "--outfile", str(out),
+                   "--face_detector", "haar", "--face_enhancement", "--enhancer_weights", str(path),
+                   tmpdir=scratch)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert ("does not match the GPEN model" if damage == "s3fd_file" else "damaged") in lines[0]
+    assert not out.exists() and list(scratch.iterdir()) == []
+
+
+@needs_paddle_2
+def test_cli_face_enhancement_says_the_cpu_time_first_and_writes_a_playable_video(media, astronaut_bgr, small_gpen,
+                                                                                    tmp_path):  # fmt: skip
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "enhanced.mp4"
+    proc = run_cli("--face", str(media["photo"]), "--audio", str(media["speech"]), "--outfile", str(out),
+                   "--face_detector", "haar", "--face-enhancement", "--enhancer_weights", str(small_gpen),
+                   "--cpu", tmpdir=scratch)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: face enhancement on the CPU adds")]
+    assert len(notes) == 1 and " faces at ~" in notes[0], proc.stderr
+    _check_output(out, media["speech"], (512, 512))
+    _face_changed_background_kept(read_video_frames(out)[20], astronaut_bgr)
     assert list(scratch.iterdir()) == []

@@ -51,9 +51,10 @@ def test_an_example_is_made_once_with_its_own_detector_and_kept(tmp_path, monkey
 
 def test_limits_come_from_the_environment():
     Limits = limits.Limits
-    assert Limits.from_env({}) == Limits(60.0, 100.0, 1000)
-    env = {"LIPSYNC_MAX_SECONDS": "0", "LIPSYNC_MAX_UPLOAD_MB": "12.5", "LIPSYNC_MAX_TEXT_CHARS": "200"}
-    assert Limits.from_env(env) == Limits(0.0, 12.5, 200)
+    assert Limits.from_env({}) == Limits(60.0, 100.0, 1000, 10.0)
+    env = {"LIPSYNC_MAX_SECONDS": "0", "LIPSYNC_MAX_UPLOAD_MB": "12.5", "LIPSYNC_MAX_TEXT_CHARS": "200",
+           "LIPSYNC_MAX_ENHANCED_SECONDS": "4"}
+    assert Limits.from_env(env) == Limits(0.0, 12.5, 200, 4.0)
     for bad in ("ten", "-1"):
         with pytest.raises(ValueError, match="LIPSYNC_MAX_SECONDS must be a number"):
             Limits.from_env({"LIPSYNC_MAX_SECONDS": bad})
@@ -155,6 +156,39 @@ def test_runs_take_turns_on_one_long_lived_thread(tmp_path, monkeypatch, media):
     assert thread.name.startswith(jobs.RUN_THREAD_PREFIX) and thread.is_alive()
 
 
+def test_the_sharpen_checkbox_reaches_the_engine_with_the_cpu_limit_and_its_own_progress(tmp_path, monkeypatch,
+                                                                                         media):  # fmt: skip
+    from lipsync.pipeline import RunResult
+
+    asked, seen = [], []
+
+    def engine(face, speech, outfile, options, progress):
+        asked.append(options)
+        for done in (8, 16):  # as the pipeline reports with enhancement on: each batch lip-synced, then enhanced
+            progress("lip-syncing", done, 16)
+            progress("enhancing faces", done, 16)
+        outfile.write_bytes(b"mp4")
+        return RunResult(outfile, 16, 25.0, 0.2, "cpu", "wav2lip_hq", "2.6.2")
+
+    monkeypatch.setattr(lipsync, "run", engine, raising=False)
+    monkeypatch.setattr(folders, "requests", folders.RequestFolders(tmp_path))
+    speech_s = _seconds(media["speech"])
+    short = limits.Limits(max_enhanced_seconds=speech_s + 1)
+    jobs.make_video(short, face_image=str(media["photo"]), audio=str(media["speech"]), face_enhancement=True,
+                    progress=lambda value, desc: seen.append((value, desc)))  # fmt: skip
+    assert [o.face_enhancement for o in asked] == [True]
+    values = [v for v, _ in seen]
+    assert values == sorted(values), "lip-syncing and enhancing take turns: the bar must not jump back"
+    assert seen[-1] == (jobs.ENHANCED_STAGES["enhancing faces"][1], "enhancing faces 16/16")
+    jobs.make_video(short, face_image=str(media["photo"]), audio=str(media["speech"]), progress=jobs.no_progress)
+    assert asked[-1].face_enhancement is False, "off by default"
+    with pytest.raises(gr.Error, match="sharpens the face \\(GPEN\\) for up to"):  # this machine has no GPU
+        jobs.make_video(limits.Limits(max_enhanced_seconds=speech_s / 2), face_image=str(media["photo"]),
+                        audio=str(media["speech"]), face_enhancement=True, progress=jobs.no_progress)  # fmt: skip
+    assert len(asked) == 2, "refused before the engine ran"
+    assert "No GPU here" in jobs.sharpen_note(threads=2) and " min per 10 s of video" in jobs.sharpen_note(2)
+
+
 def test_messages_reach_the_page_as_text_not_html(tmp_path, monkeypatch, media):
     """gr.Warning and gr.Error render HTML: a quoted "<urlopen error …>" hid the rest of the engine's note."""
     from lipsync.pipeline import RunResult
@@ -211,13 +245,15 @@ def test_progress_is_one_bar_across_the_stages():
 
 
 def test_every_engine_stage_has_its_own_share_of_the_bar():
-    from lipsync.types import STAGES
+    from lipsync.types import STAGE_ENHANCE, STAGES
 
-    assert list(jobs.STAGES) == list(STAGES)  # the engine's order
-    shares = [jobs.STAGES[stage] for stage in STAGES]
-    assert shares[0][0] == 0.0 and shares[-1][1] == 1.0
-    assert all(start < end for start, end in shares)
-    assert all(before[1] == after[0] for before, after in zip(shares, shares[1:]))  # no gaps, no overlaps
+    assert list(jobs.ENHANCED_STAGES) == list(STAGES)  # the engine's order
+    assert list(jobs.STAGES) == [stage for stage in STAGES if stage != STAGE_ENHANCE]  # without enhancement
+    for table in (jobs.STAGES, jobs.ENHANCED_STAGES):
+        shares = list(table.values())
+        assert shares[0][0] == 0.0 and shares[-1][1] == 1.0
+        assert all(start < end for start, end in shares)
+        assert all(before[1] == after[0] for before, after in zip(shares, shares[1:]))  # no gaps, no overlaps
 
 
 def test_the_status_line_names_the_detector_that_found_the_faces():

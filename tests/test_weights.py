@@ -167,6 +167,8 @@ def test_the_table_matches_the_names_and_is_complete() -> None:
         assert entry.sha256 is None or (len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0), name
         assert entry.size_mb > 0 and entry.licence, name
     assert weights.available_models("s3fd") == ["s3fd", "s3fd_paddle"]
+    assert weights.available_models("gpen") == [weights.DEFAULT_GPEN] == ["gpen512"]
+    assert "non-commercial" in weights.WEIGHTS["gpen512"].licence
     assert weights.DEFAULT_WAV2LIP in weights.available_models("wav2lip")
 
 
@@ -177,7 +179,8 @@ def test_every_file_is_pinned_by_sha256_and_commit_or_says_why_not() -> None:
             assert entry.hub.revision is not None or entry.hub.unpinned, f"{name}: no commit and no reason"
             assert entry.hub.revision is None or len(entry.hub.revision) == 40 and int(entry.hub.revision, 16) >= 0
     # Only PaddleGAN's files, which come with no published checksum, are unverifiable.
-    assert [name for name, entry in weights.WEIGHTS.items() if entry.sha256 is None] == ["wav2lip_hq", "s3fd_paddle"]
+    assert [name for name, entry in weights.WEIGHTS.items() if entry.sha256 is None] == ["wav2lip_hq", "s3fd_paddle",
+                                                                                      "gpen512"]
 
 
 def test_an_entry_cannot_leave_out_a_hash_or_a_commit_silently() -> None:

@@ -18,15 +18,17 @@ import lipsync
 from lipsync import tts
 from lipsync.errors import LipSyncError, first_line
 from lipsync.options import DEFAULT_PADS, LipSyncOptions
-from lipsync.types import STAGE_AUDIO, STAGE_ENCODE, STAGE_FACES, STAGE_LOAD, STAGE_SPEECH, STAGE_SYNC
+from lipsync.types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SPEECH,
+                           STAGE_SYNC)
 
 from . import folders
 from .form import plain
-from .limits import Limits, check_seconds, check_text
+from .limits import Limits, check_enhanced_seconds, check_seconds, check_text
 
 log = logging.getLogger("lipsync.app")
 
 OUTPUT_NAME = "lipsync.mp4"
+ENHANCE_NOTE_FRAMES = 250  # 10 s at 25 fps, the unit the checkbox's cost is told in
 DEFAULTS = LipSyncOptions()
 STAGES = {  # engine stage → share of the progress bar (start, end)
     STAGE_SPEECH: (0.0, 0.05),
@@ -36,6 +38,10 @@ STAGES = {  # engine stage → share of the progress bar (start, end)
     STAGE_SYNC: (0.3, 0.95),
     STAGE_ENCODE: (0.95, 1.0),
 }
+# With face enhancement on, GPEN takes most of the time: it gets most of the bar. Lip-syncing and enhancing are
+# reported in turn after each batch, so the bar only moves forward (see progress_reporter).
+ENHANCED_STAGES = {**{s: STAGES[s] for s in (STAGE_SPEECH, STAGE_AUDIO, STAGE_LOAD, STAGE_FACES)},
+                   STAGE_SYNC: (0.3, 0.4), STAGE_ENHANCE: (0.4, 0.95), STAGE_ENCODE: STAGES[STAGE_ENCODE]}
 HAAR_NOTE = "OpenCV's Haar detector found the faces"  # in the engine's note when S3FD had no weights
 SPOKEN_OFFLINE = "Spoken offline by espeak-ng"
 
@@ -67,14 +73,17 @@ def parse_box(text: str) -> Optional[Tuple[int, int, int, int]]:
     return numbers  # type: ignore[return-value]
 
 
-def progress_reporter(progress: Callable[..., object]) -> Reporter:
-    """The engine's (stage, done, total) callback drawn as one bar across all stages."""
+def progress_reporter(progress: Callable[..., object], enhanced: bool = False) -> Reporter:
+    """The engine's (stage, done, total) callback drawn as one bar across all stages, never moving back."""
+    stages = ENHANCED_STAGES if enhanced else STAGES
+    reached = [0.0]
 
     def report(stage: str, done: int, total: int) -> None:
-        start, end = STAGES.get(stage, (0.0, 1.0))
+        start, end = stages.get(stage, (0.0, 1.0))
         share = min(done / total, 1.0) if total > 0 else 0.0
         counts = f" {done}/{total}" if total > 1 else ""
-        progress(start + (end - start) * share, desc=f"{stage}{counts}")
+        reached[0] = max(reached[0], start + (end - start) * share)
+        progress(reached[0], desc=f"{stage}{counts}")
 
     return report
 
@@ -117,7 +126,8 @@ def speech_for(
     return str(speech.path), speech
 
 
-def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device) -> LipSyncOptions:
+def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device,
+                      face_enhancement=False) -> LipSyncOptions:  # fmt: skip
     return LipSyncOptions(
         checkpoint=model or DEFAULTS.checkpoint,
         pads=tuple(int(p or 0) for p in pads),  # type: ignore[arg-type]
@@ -129,6 +139,7 @@ def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blen
         blend=blend or DEFAULTS.blend,
         face_detector=detector or DEFAULTS.face_detector,
         device=device or DEFAULTS.device,
+        face_enhancement=bool(face_enhancement),
     )
 
 
@@ -173,20 +184,46 @@ def make_video(
     blend: str = DEFAULTS.blend,
     detector: str = DEFAULTS.face_detector,
     device: str = DEFAULTS.device,
+    face_enhancement: bool = DEFAULTS.face_enhancement,
     progress=gr.Progress(track_tqdm=True),  # tqdm too: a first run's weights download shows its bar
 ) -> Result:
     """Make the face speak: returns the video, the speech made from the text (if any) and a status line."""
-    report = progress_reporter(progress)
+    report = progress_reporter(progress, enhanced=bool(face_enhancement))
     with request_folder() as workdir:
         options = options_from_form(model, (pad_top, pad_bottom, pad_left, pad_right), resize_factor, smooth,
-                                    static, fps, box, blend, detector, device)  # fmt: skip
+                                    static, fps, box, blend, detector, device, face_enhancement)  # fmt: skip
         face = one_face(face_image, face_video, limits)
         speech_path, speech = speech_for(audio, text, voice, rate, workdir, limits, report)
+        if options.face_enhancement and not on_gpu(options):
+            check_enhanced_seconds(speech_path, limits)
         quiet_paddle_signals()
         result = run_engine(face, speech_path, workdir / OUTPUT_NAME, options, report)
         for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD
             gr.Warning(plain(note))
     return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
+
+
+def on_gpu(options: LipSyncOptions) -> bool:
+    """Whether a job with these options runs on the GPU (the device choice is made once per process)."""
+    from lipsync import runtime
+
+    return runtime.choose_device(options.device, announce=False).kind == "gpu"
+
+
+def sharpen_note(threads: int = 0) -> str:
+    """What face sharpening costs here, for the checkbox: GPEN-512 is fast on a GPU and slow on a CPU."""
+    from lipsync import cpu, enhance
+
+    if on_gpu(DEFAULTS):
+        return "GPEN-512 restores the redrawn mouth's detail; on this GPU it adds a few seconds per 10 s of video"
+    minutes = enhance.cpu_seconds(ENHANCE_NOTE_FRAMES, enhance.GPEN_SIZE, threads or cpu.cpu_threads()) / 60
+    return (f"No GPU here: GPEN-512 adds about {minutes:.0f} min per 10 s of video on this CPU "
+            f"(speech up to {Limits.from_env().max_enhanced_seconds:g} s with it)")
+
+
+def sharpen_checkbox() -> gr.Checkbox:
+    """On page load: the checkbox with what sharpening costs on this machine."""
+    return gr.Checkbox(info=sharpen_note())
 
 
 def preview_speech(

@@ -12,6 +12,7 @@ import gradio as gr
 MAX_SECONDS_ENV = "LIPSYNC_MAX_SECONDS"
 MAX_UPLOAD_MB_ENV = "LIPSYNC_MAX_UPLOAD_MB"
 MAX_TEXT_CHARS_ENV = "LIPSYNC_MAX_TEXT_CHARS"
+MAX_ENHANCED_SECONDS_ENV = "LIPSYNC_MAX_ENHANCED_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class Limits:
     max_seconds: float = 60.0  # LIPSYNC_MAX_SECONDS: longest speech or face video
     max_upload_mb: float = 100.0  # LIPSYNC_MAX_UPLOAD_MB: largest uploaded file
     max_text_chars: int = 1000  # LIPSYNC_MAX_TEXT_CHARS: longest text to speak
+    # LIPSYNC_MAX_ENHANCED_SECONDS: longest speech with face sharpening when no GPU is used (GPEN-512 takes
+    # seconds per frame on a CPU: 10 s of speech is minutes of work, during which the queue waits)
+    max_enhanced_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Limits":
@@ -28,6 +32,7 @@ class Limits:
             env_number(env, MAX_SECONDS_ENV, cls.max_seconds),
             env_number(env, MAX_UPLOAD_MB_ENV, cls.max_upload_mb),
             int(env_number(env, MAX_TEXT_CHARS_ENV, cls.max_text_chars)),
+            env_number(env, MAX_ENHANCED_SECONDS_ENV, cls.max_enhanced_seconds),
         )
 
 
@@ -70,6 +75,18 @@ def check_seconds(path: str | Path, what: str, limits: Limits, require_video: bo
         raise gr.Error(
             f"The {what} lasts {seconds:.1f} s; this app accepts up to {limits.max_seconds:g} s. "
             "Trim it, or run lipsync on your own machine (its command line has no limit)."
+        )
+
+
+def check_enhanced_seconds(path: str | Path, limits: Limits) -> None:
+    """gr.Error when speech is too long to sharpen the face on this CPU (the caller knows no GPU is used)."""
+    if limits.max_enhanced_seconds <= 0:
+        return
+    seconds = media_seconds(path)
+    if seconds > limits.max_enhanced_seconds:
+        raise gr.Error(
+            f"The speech lasts {seconds:.1f} s; without a GPU this app sharpens the face (GPEN) for up to "
+            f"{limits.max_enhanced_seconds:g} s of speech. Turn \"Sharpen the face\" off, or trim the speech."
         )
 
 

@@ -1,0 +1,61 @@
+"""The paths of one job: inputs that exist and are not empty, an .mp4 output that overwrites neither of them,
+in a folder that can be made, and taking back the folders a failed run made."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Tuple, Union
+
+from .errors import LipSyncError
+
+OUTPUT_SUFFIX = ".mp4"
+
+PathLike = Union[str, Path]
+
+
+def check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tuple[Path, Path, Path]:
+    """Inputs must be non-empty files; the output an .mp4 that is neither of them, in a folder we can make."""
+    face_p, audio_p, out_p = Path(face).expanduser(), Path(audio_path).expanduser(), Path(outfile).expanduser()
+    for what, path in (("face", face_p), ("audio", audio_p)):
+        if not path.is_file():
+            raise LipSyncError(f"{what} file not found: {path}")
+        if path.stat().st_size == 0:
+            raise LipSyncError(f"the {what} file {path.name} is empty (0 bytes); was the upload or copy complete?")
+    if out_p.suffix.lower() != OUTPUT_SUFFIX:
+        raise LipSyncError(f"the output must be an .mp4 file (got {out_p.name})")
+    if out_p.is_dir():
+        raise LipSyncError(f"the output {out_p} is a folder; give a file name ending in .mp4")
+    for what, path in (("face", face_p), ("audio", audio_p)):
+        if out_p.exists() and out_p.samefile(path):
+            raise LipSyncError(f"the output {out_p.name} is the {what} input: give another output name, "
+                               "so the input is not overwritten")
+    check_creatable(out_p.parent)
+    return face_p, audio_p, out_p.resolve()
+
+
+def missing_folders(folder: Path) -> List[Path]:
+    """The folders that do not exist yet on the way to `folder`, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def check_creatable(folder: Path) -> None:
+    """The output folder exists or can be made: its nearest existing ancestor is a writable folder."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise LipSyncError(f"cannot create the output folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LipSyncError(f"cannot write the output into {folder}: {existing} is not writable")
+
+
+def remove_empty(folders: List[Path]) -> None:
+    """Take back the folders a failed run made for its output (deepest first), if they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
