@@ -47,10 +47,9 @@ SPOKEN_OFFLINE = "Spoken offline by espeak-ng"
 
 RUN_THREAD_PREFIX = "lipsync-run"
 # lipsync runs execute on these threads, which live as long as the process, not on gradio's worker threads:
-# - gradio frees a cancelled job's concurrency slot at once, but its thread cannot be stopped and runs on, so the
-#   next job would run beside it; here it waits for a run thread, as many as the queue's limit;
-# - gradio's idle workers end, and a new one may get a dead one's thread id: paddle's oneDNN caches, kept per
-#   thread id, then fail the next run ("could not execute a primitive").
+# gradio frees a cancelled job's concurrency slot at once, but its thread cannot be stopped and runs on, so the
+# next job would run beside it; here it waits for a run thread, as many as the queue's limit. (Paddle Inference's
+# per-thread state is the engine's concern: each predictor runs on a thread of its own, see runtime.Predictor.)
 _runner = ThreadPoolExecutor(1, thread_name_prefix=RUN_THREAD_PREFIX)
 SPEECHES_AT_ONCE = 2  # texts spoken at once (a call to the edge-tts service, or espeak-ng): light, but bounded too
 _speech_slots = threading.BoundedSemaphore(SPEECHES_AT_ONCE)  # held also by a cancelled preview's thread
