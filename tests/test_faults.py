@@ -113,7 +113,14 @@ class CrashingEngine(Engine):
 
 
 def _children() -> List[str]:
-    return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+    """Child pids of every thread of this process; a thread that ends while we look has none."""
+    pids: List[str] = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended between listing and reading
+            continue
+    return pids
 
 
 def test_a_job_that_fails_midway_stops_ffmpeg_and_closes_files_without_the_garbage_collector(media, tmp_path):
