@@ -57,6 +57,7 @@ def run(jobs: JobsLike, outdir: Union[str, Path], workers: Optional[int] = None,
     finally:
         for job in planned:
             rows.setdefault(job.row, ResultRow.for_job(job, INTERRUPTED))
+            remove_stale_partials(job)  # what a killed worker's encoder left (no worker runs now)
         write_results(out / RESULTS_NAME, list(rows.values()))
     return [rows[job.row] for job in planned]
 

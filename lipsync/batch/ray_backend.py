@@ -142,10 +142,11 @@ class _Driver:
                 self._submit(self._idle.pop(), waiting.popleft())
             ready, _ = self._ray.wait(list(self._inflight), num_returns=1)
             actor, job = self._inflight.pop(ready[0])
-            self._idle.append(actor)  # a dead actor is restarted by Ray: it takes jobs again once it is back
-            retry = self._finish(job, ready[0])
-            if retry:
+            if self._finish(job, ready[0]):  # its actor died: Ray restarts it; a live actor takes the job first
+                self._idle.insert(0, actor)
                 waiting.appendleft(job)
+            else:
+                self._idle.append(actor)
 
     def _submit(self, actor, job: Job) -> None:
         self._attempts[job.row] = self._attempts.get(job.row, 0) + 1

@@ -1,8 +1,9 @@
 """What a batch did, row by row (results.csv), and whether a row's output from an earlier run is complete.
 
-An output is complete when ffprobe reads it (an mp4 cut short has no index, and ffprobe refuses it), it has
-an H.264 video and an AAC audio stream, they last as long as each other (lipsync makes them equal), and, for a
-row with an audio file, as long as that file's audio. lipsync itself never leaves a partial file under a final
+An output is complete when its MP4 boxes fill the file exactly (lipsync's index, the moov box, comes first, so
+ffprobe alone would still read a file cut short in its media data), ffprobe reads it, it has an H.264 video and
+an AAC audio stream, they last as long as each other (lipsync makes them equal), and, for a row with an audio
+file, as long as that file's audio. lipsync itself never leaves a partial file under a final
 name (it writes a hidden .part file and renames it), so this catches files cut short by other means, or made
 from other speech."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import secrets
+import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -24,6 +26,8 @@ DONE, FAILED, SKIPPED, INTERRUPTED = "done", "failed", "skipped", "interrupted"
 VIDEO_CODEC, AUDIO_CODEC = "h264", "aac"
 LENGTH_TOLERANCE_FRAMES = 2  # an output's length may differ from its speech's by this many frames…
 AAC_BLOCK_S = 0.07  # …plus one AAC block (1024 samples at 16 kHz: 64 ms)
+MP4_REQUIRED_BOXES = {b"ftyp", b"moov", b"mdat"}
+BOX_HEADER, LARGE_SIZE = 8, 8  # bytes: size (32-bit) + type; a size of 1 means a 64-bit size follows
 PARTIAL_GLOB = ".{name}.*.part"  # what lipsync.video.VideoWriter writes before renaming into place
 
 
@@ -74,7 +78,7 @@ def read_results(path: Path) -> List[dict]:
 def is_complete(job: Job) -> bool:
     """Whether the job's output exists from an earlier run and is a whole video of the right length."""
     assert job.outfile is not None
-    if not job.outfile.is_file():
+    if not job.outfile.is_file() or not mp4_boxes_complete(job.outfile):
         return False
     try:
         out = mediainfo.probe(job.outfile)
@@ -87,6 +91,28 @@ def is_complete(job: Job) -> bool:
     if abs(out.duration - out.audio_duration) > tolerance:
         return False
     return job.audio is None or _close_to_speech(job.audio, out.audio_duration, tolerance)
+
+
+def mp4_boxes_complete(path: Path) -> bool:
+    """Whether the file is a sequence of whole top-level MP4 boxes, ftyp, moov and mdat among them."""
+    seen, end, offset = set(), path.stat().st_size, 0
+    with path.open("rb") as handle:
+        while offset < end:
+            handle.seek(offset)
+            header = handle.read(BOX_HEADER)
+            if len(header) < BOX_HEADER:
+                return False
+            size, kind = struct.unpack(">I4s", header)
+            if size == 1:
+                large = handle.read(LARGE_SIZE)
+                size = struct.unpack(">Q", large)[0] if len(large) == LARGE_SIZE else 0
+            elif size == 0:  # "to the end of the file"
+                size = end - offset
+            if size < BOX_HEADER:
+                return False
+            seen.add(kind)
+            offset += size
+    return offset == end and MP4_REQUIRED_BOXES <= seen
 
 
 def _close_to_speech(speech: Path, seconds: float, tolerance: float) -> bool:
