@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from lipsync.batch.cli import main as batch_main
 from lipsync.options import LipSyncOptions
 
 CPU_HAAR = LipSyncOptions(device="cpu", face_detector="haar")
+INTERRUPT_DEADLINE_S = 120
 
 
 # ---------------------------------------------------------------- the manifest
@@ -132,22 +134,6 @@ def test_a_batch_on_two_workers_then_a_rerun_that_skips_what_is_done(small_media
     assert batch.results.is_complete(batch.place_outputs(read_manifest(manifest), outdir)[0])
 
 
-def _worker_pids() -> list:
-    """This process's spawned worker processes (not multiprocessing's resource tracker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = next(l for l in (entry / "status").read_text().splitlines() if l.startswith("PPid:"))
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, StopIteration):
-            continue
-        if int(parent.split()[1]) == os.getpid() and b"spawn_main" in command:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, tmp_path):
     media, _ = small_media
     jobs = [{"face": str(media["photo"]), "audio": str(media["speech"])},
@@ -167,3 +153,50 @@ def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, t
     listed = read_csv(tmp_path / "out" / "results.csv")
     assert [row["attempts"] for row in listed] == ["2", "1"]
     assert not list((tmp_path / "out").glob(".*.part")), "the killed encoder's partial file is cleaned up"
+
+
+def _worker_pids(parent: int = 0) -> list:
+    """The worker processes `parent` (default: this process) spawned, not multiprocessing's resource tracker."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+            command = (entry / "cmdline").read_bytes() if status else b""
+        except OSError:
+            continue
+        if f"\nPPid:\t{parent or os.getpid()}\n" in status and b"spawn_main" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(small_media, tmp_path):
+    _, manifest = small_media
+    outdir = tmp_path / "out"
+    command = [sys.executable, "-m", "lipsync", "batch", str(manifest), "--outdir", str(outdir), "--workers", "2",
+               "--set", "device=cpu", "--set", "face_detector=haar", "--quiet"]  # fmt: skip
+    env = {**os.environ, "HTTPS_PROXY": CLOSED_PORT_PROXY}
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + INTERRUPT_DEADLINE_S
+        while not list(outdir.glob(".*.part")) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)  # until a worker is encoding a video
+        workers = _worker_pids(driver.pid)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=INTERRUPT_DEADLINE_S)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, err
+    assert "interrupted" in err and workers
+    assert not list(outdir.rglob(".*.part")), "no partial file, hidden or not"
+    listed = read_csv(outdir / "results.csv")
+    assert len(listed) == 6 and "interrupted" in {row["status"] for row in listed}
+    for job in batch.place_outputs(read_manifest(manifest), outdir):
+        assert not job.outfile.exists() or batch.results.is_complete(job), job.outfile
+    assert not [pid for pid in workers if _alive(pid)], "the workers are gone"

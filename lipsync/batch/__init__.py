@@ -77,6 +77,7 @@ def _resume(jobs: Sequence[Job], rows: Dict[int, ResultRow]) -> List[Job]:
     """The jobs still to run; a job whose output is complete from an earlier run is recorded as skipped."""
     todo = []
     for job in jobs:
+        job.outfile.parent.mkdir(parents=True, exist_ok=True)  # the batch's: a failed job must not take it back
         remove_stale_partials(job)
         if is_complete(job):
             rows[job.row] = ResultRow.for_job(job, SKIPPED)
@@ -116,8 +117,7 @@ def usable_gpus(jobs: Sequence[Job]) -> List[str]:
         return []
     import os
 
-    import paddle
-
+    paddle = _import_paddle()
     if not paddle.is_compiled_with_cuda():
         return []
     try:
@@ -126,6 +126,22 @@ def usable_gpus(jobs: Sequence[Job]) -> List[str]:
         return []
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     return (visible or [str(i) for i in range(count)])[:count]
+
+
+def _import_paddle():
+    """paddle, imported without losing this process's SIGTERM handler (paddle's own aborts the process at once;
+    the batch command's stops the workers cleanly and writes results.csv)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        import paddle
+
+        return paddle
+    handler = signal.getsignal(signal.SIGTERM)
+    import paddle
+
+    signal.signal(signal.SIGTERM, handler)
+    return paddle
 
 
 class _Tracker:

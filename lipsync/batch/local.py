@@ -24,6 +24,9 @@ EVENT_READY, EVENT_START, EVENT_FRAMES = "ready", "start", "frames"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 STOPPED_EXIT = 3  # a worker's exit code after it stopped its job on a signal
 EVENT_WAIT_S = 0.2
+# How the driver (and Linux, when the driver dies) stops a worker: SIGINT, as Ctrl-C in a terminal does. Not SIGTERM:
+# paddle replaces that handler with its own, which aborts the process in the middle of a job.
+STOP_SIGNAL = signal.SIGINT
 
 Event = tuple  # (EVENT_READY, pid) | (EVENT_START, row, pid) | (EVENT_FRAMES, row, done, total)
 OnEvent = Callable[[Event], None]
@@ -33,6 +36,7 @@ OnOutcome = Callable[[Job, Outcome, int], None]  # job, its outcome, attempts
 
 _worker: Dict[str, object] = {}  # this worker's engine and event queue; one of each per process
 _busy = threading.Event()  # a job is running: a stop signal unwinds it (cleaning up) instead of exiting at once
+_stopping = threading.Event()  # a stop signal came: later ones must not interrupt the clean-up
 
 
 def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue", threads: int) -> None:
@@ -47,21 +51,23 @@ def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue",
         pass
     set_up_worker(threads, gpu)
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
-    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(STOP_SIGNAL, _on_stop)
     _worker.update(engine=Engine(), events=events)
     events.put((EVENT_READY, os.getpid()))
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM when the driver dies (killed): the job stops cleanly instead of running on."""
+    """Ask Linux to send the stop signal when the driver dies (killed): the job stops cleanly, not running on."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, STOP_SIGNAL)
     except (OSError, AttributeError):
         pass  # not Linux: the worker finishes its job, then exits when the pool's pipe closes
 
 
 def _on_stop(signum, frame) -> None:
+    if _stopping.is_set():
+        return
+    _stopping.set()
     if _busy.is_set():
         raise SystemExit(STOPPED_EXIT)  # unwinds the job: ffmpeg stopped, .part file and temp folder removed
     os._exit(STOPPED_EXIT)
@@ -161,10 +167,10 @@ def _collect(futures: Dict[Future, Job], state: _State, listener: "_Listener", o
 
 
 def _stop_workers(pids: set) -> None:
-    """SIGTERM each worker: a running job unwinds (ffmpeg stopped, partial file deleted), then the worker exits."""
+    """Signal each worker: a running job unwinds (ffmpeg stopped, partial file deleted), then the worker exits."""
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, STOP_SIGNAL)
         except ProcessLookupError:
             pass
 
