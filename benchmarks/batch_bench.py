@@ -57,7 +57,8 @@ def _time(jobs: list, outdir: Path, workers: int) -> dict:
     assert all(row.status == batch.DONE for row in rows), rows
     load = os.getloadavg()[0]
     return {"workers": workers, "wall_s": round(wall, 1), "jobs_per_min": round(len(jobs) * 60 / wall, 2),
-            "frames": sum(row.frames for row in rows), "load_avg_1min_after": round(load, 2)}  # fmt: skip
+            "frames": sum(row.frames for row in rows), "load_avg_1min_after": round(load, 2),
+            "job_seconds": [round(row.seconds, 1) for row in rows]}  # fmt: skip
 
 
 if __name__ == "__main__":

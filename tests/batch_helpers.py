@@ -50,8 +50,8 @@ def _clip(image: np.ndarray, path: Path, frames: int = 25) -> None:
 
 
 def write_manifest(folder: Path, media: Dict[str, Path]) -> Path:
-    """Six rows, paths relative to the manifest: picture+audio, typed text, video, a broken face, a per-row option
-    (fps), and a second picture with an outfile in a subfolder."""
+    """Seven rows, paths relative to the manifest: picture+audio, typed text, video, a broken face, a per-row option
+    (fps), a second picture with an outfile in a subfolder, and a missing audio file."""
     rel = {key: os.path.relpath(path, folder) for key, path in media.items()}
     rows = [
         {"face": rel["photo"], "audio": rel["speech"]},
@@ -60,6 +60,7 @@ def write_manifest(folder: Path, media: Dict[str, Path]) -> Path:
         {"face": rel["broken"], "audio": rel["speech"], "outfile": "broken.mp4"},
         {"face": rel["photo"], "audio": rel["speech"], "outfile": "slow.mp4", "fps": str(PER_ROW_FPS)},
         {"face": rel["photo2"], "audio": rel["speech"], "outfile": "sub/second.mp4", "pads": "0 12 0 0"},
+        {"face": rel["photo"], "audio": "nowhere.wav"},
     ]
     manifest = folder / "jobs.csv"
     with manifest.open("w", newline="") as handle:
@@ -80,10 +81,12 @@ def seconds_of(path: Path) -> float:
 
 
 def check_batch(rows: List[ResultRow], outdir: Path, media: Dict[str, Path], typed_seconds: float) -> None:
-    """Five rows done with correct videos, the broken face failed with its reason, results.csv says the same."""
+    """Five rows done with correct videos, the broken face and the missing audio failed with their reasons,
+    results.csv says the same."""
     by_row = {row.row: row for row in rows}
-    assert [row.row for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert [row.row for row in rows] == [1, 2, 3, 4, 5, 6, 7]
     assert by_row[4].status == FAILED and "broken.png" in by_row[4].error, by_row[4]
+    assert by_row[7].status == FAILED and "not found" in by_row[7].error and "nowhere.wav" in by_row[7].error
     assert not (outdir / "broken.mp4").exists()
     speech = seconds_of(media["speech"])
     expected = {1: speech, 2: typed_seconds, 3: speech, 5: speech, 6: speech}
@@ -95,7 +98,7 @@ def check_batch(rows: List[ResultRow], outdir: Path, media: Dict[str, Path], typ
     assert Path(by_row[6].outfile) == outdir / "sub" / "second.mp4"
     assert Path(by_row[1].outfile).parent == outdir and Path(by_row[1].outfile).name == "astronaut-hello.mp4"
     listed = read_csv(outdir / "results.csv")
-    assert [r["status"] for r in listed] == ["done", "done", "done", "failed", "done", "done"]
+    assert [r["status"] for r in listed] == ["done", "done", "done", "failed", "done", "done", "failed"]
     assert listed[3]["error"] == by_row[4].error and listed[1]["outfile"] == str(outdir / "typed.mp4")
     assert not list(outdir.rglob("*.part")), "no partial files are left"
 

@@ -121,7 +121,7 @@ def test_a_batch_on_two_workers_then_a_rerun_that_skips_what_is_done(small_media
     rows = batch.run(manifest, outdir, workers=2, options=CPU_HAAR, progress=lambda *a: seen.append(a))
     check_batch(rows, outdir, media, typed_speech_seconds(tmp_path))
     assert len({row.worker for row in rows if row.status == DONE}) == 2, "both workers took jobs"
-    assert ("jobs", 6, 6) in seen and any(stage == "frames" and done > 0 for stage, done, _ in seen)
+    assert ("jobs", 7, 7) in seen and any(stage == "frames" and done > 0 for stage, done, _ in seen)
     # a file cut short (as a copy or another tool might leave it) is redone; complete ones are skipped
     cut = Path(rows[0].outfile)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
@@ -129,8 +129,8 @@ def test_a_batch_on_two_workers_then_a_rerun_that_skips_what_is_done(small_media
                        "--set", "face_detector=haar", "--quiet"])  # fmt: skip
     assert code == 1, "a row failed"
     statuses = [row["status"] for row in read_csv(outdir / "results.csv")]
-    assert statuses == [DONE, SKIPPED, SKIPPED, "failed", SKIPPED, SKIPPED]
-    assert "4 skipped, 1 failed" in capsys.readouterr().out
+    assert statuses == [DONE, SKIPPED, SKIPPED, "failed", SKIPPED, SKIPPED, "failed"]
+    assert "4 skipped, 2 failed" in capsys.readouterr().out
     assert batch.results.is_complete(batch.place_outputs(read_manifest(manifest), outdir)[0])
 
 
@@ -196,7 +196,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(small_media, tmp_pa
     assert "interrupted" in err and workers
     assert not list(outdir.rglob(".*.part")), "no partial file, hidden or not"
     listed = read_csv(outdir / "results.csv")
-    assert len(listed) == 6 and "interrupted" in {row["status"] for row in listed}
+    assert len(listed) == 7 and "interrupted" in {row["status"] for row in listed}
     for job in batch.place_outputs(read_manifest(manifest), outdir):
         assert not job.outfile.exists() or batch.results.is_complete(job), job.outfile
     assert not [pid for pid in workers if _alive(pid)], "the workers are gone"

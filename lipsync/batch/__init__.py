@@ -39,6 +39,8 @@ def run(jobs: JobsLike, outdir: Union[str, Path], workers: Optional[int] = None,
     ray_address: run on Ray ('auto', 'host:port', 'ray://host:10001', or 'local' to start Ray here) instead.
     progress(stage, done, total): stage is "jobs" or "frames". options: the defaults rows' option columns change.
     Raises ManifestError (a LipSyncError) before any work when the jobs are malformed."""
+    if workers is not None and workers < 1:
+        raise ManifestError(f"workers must be at least 1 (got {workers})")
     out = Path(outdir).expanduser().resolve()
     planned = place_outputs(_jobs(jobs, options), out)
     rows: Dict[int, ResultRow] = {}
@@ -95,8 +97,6 @@ def _row(job: Job, outcome: Outcome, attempts: int) -> ResultRow:
 
 def _dispatch(jobs: List[Job], workers: Optional[int], ray_address: Optional[str], on_outcome,
               tracker: "_Tracker") -> None:  # fmt: skip
-    if workers is not None and workers < 1:
-        raise ManifestError(f"workers must be at least 1 (got {workers})")
     if ray_address:
         from .ray_backend import run_ray
 

@@ -17,6 +17,10 @@ from . import FAILED, INTERRUPTED, RESULTS_NAME, SKIPPED, STAGE_FRAMES, STAGE_JO
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "python -m lipsync batch"
+DESCRIPTION = ("Lip-sync many videos: one job per row of a CSV (with a header) or JSON Lines manifest, with the "
+               "columns face, audio or text (voice, rate), outfile, and any option by name.")
+EPILOG = ("results.csv in --outdir lists every row. Running the same command again skips the rows whose video is "
+          "complete. Exit code 0: all done or skipped; 1: some failed; 2: bad manifest; 130: interrupted.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,10 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Lip-sync many videos: one job per row of a CSV (with a header) or JSON Lines "
-                "manifest, with the columns face, audio or text (voice, rate), outfile, and any option by name.",
-                epilog="results.csv in --outdir lists every row. Running the same command again skips the rows whose "
-                       "video is complete. Exit code 0: all done or skipped; 1: some failed; 2: bad manifest.")  # fmt: skip
+    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("manifest", metavar="MANIFEST", help="jobs.csv or jobs.jsonl; relative paths in it are relative "
                    "to its folder")  # fmt: skip
     p.add_argument("--outdir", required=True, metavar="DIR", help="where the videos and results.csv go")

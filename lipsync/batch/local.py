@@ -41,8 +41,7 @@ _stopping = threading.Event()  # a stop signal came: later ones must not interru
 
 def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue", threads: int) -> None:
     """Once per worker process, before any job: environment, signals, and an empty engine to fill and keep."""
-    import lipsync  # noqa: F401  (before paddle: see lipsync/__init__.py)
-    from ..engine import Engine
+    from ..engine import Engine  # (this package's import loaded lipsync's __init__ first, before paddle)
 
     gpu = None
     try:
@@ -125,8 +124,8 @@ def _run_pool(jobs: Sequence[Job], workers: int, threads: int, gpus: Sequence[st
     """One pool for these jobs; the jobs it could not finish because a worker died (empty when none did)."""
     context = multiprocessing.get_context("spawn")
     events, gpu_ids = context.Queue(), context.Queue()
-    for gpu in gpus[:workers]:
-        gpu_ids.put(gpu)
+    for index in range(workers if gpus else 0):
+        gpu_ids.put(gpus[index % len(gpus)])  # more workers than GPUs share them
     listener = _Listener(events, state, on_event)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                initargs=(events, gpu_ids, threads))  # fmt: skip

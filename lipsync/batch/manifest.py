@@ -143,9 +143,10 @@ def _job(number: int, row: Dict[str, Any], folder: Path, base: LipSyncOptions, s
     for column in TEXT_ONLY_COLUMNS:
         if column in cells and AUDIO in cells:
             raise ManifestError(f"{where}, column {column!r}: only for text rows (this row has an audio file)")
-    return Job(row=number, face=_path(cells[FACE], folder), audio=_path(cells[AUDIO], folder) if AUDIO in cells else None,
-               text=cells.get(TEXT), voice=cells.get(VOICE, tts.DEFAULT_VOICE), rate=_rate(cells, where),
-               outfile=_outfile(cells, where), options=_options(cells, base, where))  # fmt: skip
+    audio = _path(cells[AUDIO], folder) if AUDIO in cells else None
+    return Job(row=number, face=_path(cells[FACE], folder), audio=audio, text=cells.get(TEXT),
+               voice=cells.get(VOICE, tts.DEFAULT_VOICE), rate=_rate(cells, where), outfile=_outfile(cells, where),
+               options=_options(cells, base, where))  # fmt: skip
 
 
 def _path(text: str, folder: Path) -> Path:

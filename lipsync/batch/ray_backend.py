@@ -39,8 +39,7 @@ class Dubber:
     """A Ray actor: one engine, many jobs; inputs arrive as bytes, the video leaves as bytes."""
 
     def __init__(self, threads: int) -> None:
-        import lipsync  # noqa: F401  (before paddle: see lipsync/__init__.py)
-        from ..engine import Engine
+        from ..engine import Engine  # (this package's import loaded lipsync's __init__ first, before paddle)
 
         set_up_worker(threads, None)  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU itself
         self._engine = Engine()
@@ -48,8 +47,9 @@ class Dubber:
     def dub(self, job: Job, face: bytes, speech: Optional[bytes]) -> Tuple[Outcome, Optional[bytes]]:
         with tempfile.TemporaryDirectory(prefix="lipsync-ray-") as tmp:
             folder = Path(tmp)
-            local = replace(job, face=_unpack(folder / "face", job.face.name, face), outfile=folder / "out.mp4",
-                            audio=_unpack(folder / "speech", job.audio.name, speech) if job.audio else None)  # fmt: skip
+            audio = _unpack(folder / "speech", job.audio.name, speech) if job.audio else None
+            local = replace(job, face=_unpack(folder / "face", job.face.name, face), audio=audio,
+                            outfile=folder / "out.mp4")  # fmt: skip
             outcome = dub(local, local.outfile, self._engine)  # type: ignore[arg-type]
             video = local.outfile.read_bytes() if outcome.ok else None  # type: ignore[union-attr]
         return outcome, video
@@ -140,6 +140,8 @@ class _Driver:
         while waiting or self._inflight:
             while waiting and self._idle:
                 self._submit(self._idle.pop(), waiting.popleft())
+            if not self._inflight:
+                continue
             ready, _ = self._ray.wait(list(self._inflight), num_returns=1)
             actor, job = self._inflight.pop(ready[0])
             if self._finish(job, ready[0]):  # its actor died: Ray restarts it; a live actor takes the job first
@@ -149,6 +151,12 @@ class _Driver:
                 self._idle.append(actor)
 
     def _submit(self, actor, job: Job) -> None:
+        missing = next((f"{what} file not found: {path}" for what, path in (("face", job.face), ("audio", job.audio))
+                        if path is not None and not path.is_file()), None)  # fmt: skip
+        if missing:  # inputs travel from this machine: one that is not here fails here
+            self._idle.append(actor)
+            self._on_outcome(job, Outcome(False, error=missing), 0)
+            return
         self._attempts[job.row] = self._attempts.get(job.row, 0) + 1
         face, speech = self._ray.put(_read(job.face)), self._ray.put(_read(job.audio))
         self._inflight[actor.dub.remote(job, face, speech)] = (actor, job)
