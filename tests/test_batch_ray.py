@@ -98,3 +98,22 @@ def test_a_job_whose_actor_is_killed_is_done_by_another(cluster, small_media, tm
     assert (rows[0].status, rows[0].attempts) == (DONE, 2), rows[0]
     assert not rows[0].worker.endswith(f":{killed[0]}") and "retried" in rows[0].notes
     assert read_csv(tmp_path / "out" / "results.csv")[0]["attempts"] == "2"
+
+
+@pytest.mark.parametrize("resources, workers, expected", [
+    ({"GPU": 4.0, "CPU": 16.0}, None, (4, {"num_gpus": 1, "num_cpus": 1}, 4)),  # one actor per GPU
+    ({"GPU": 4.0, "CPU": 16.0}, 8, (4, {"num_gpus": 1, "num_cpus": 1}, 4)),  # never more than the GPUs
+    ({"CPU": 16.0}, None, (4, {"num_cpus": 4}, 4)),  # CPU slots of 4
+    ({"CPU": 2.0}, None, (1, {"num_cpus": 2}, 2)),
+    ({"CPU": 2.0}, 5, (2, {"num_cpus": 1}, 1)),  # never more than the CPUs
+])  # fmt: skip
+def test_actors_fit_the_cluster(monkeypatch, resources, workers, expected):
+    from lipsync.batch import ray_backend
+
+    class FakeRay:
+        @staticmethod
+        def cluster_resources():
+            return resources
+
+    monkeypatch.setattr(ray_backend, "_ray", lambda: FakeRay)
+    assert ray_backend.actor_shape(workers) == expected

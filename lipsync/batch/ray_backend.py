@@ -98,14 +98,16 @@ def _forwarded_env() -> Dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
-def actor_shape(workers: Optional[int]) -> Tuple[int, Dict[str, float]]:
-    """(number of actors, resources of each): one per GPU when the cluster has GPUs, else CPU slots."""
+def actor_shape(workers: Optional[int]) -> Tuple[int, Dict[str, float], int]:
+    """(number of actors, Ray resources of each, CPU threads of each): one actor per GPU when the cluster has GPUs
+    (asking for one CPU, which any GPU node has, and using its share of the cluster's), else slots of CPUs. Never
+    more actors than the cluster has room for now: an actor waiting for resources would hold its jobs forever."""
     resources = _ray().cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus:
-        return (workers or gpus), {"num_gpus": 1, "num_cpus": max(1, cpus // max(gpus, 1))}
-    count = workers or max(1, cpus // CPU_SLOT)
-    return count, {"num_cpus": max(1, cpus // count)}
+        return min(workers or gpus, gpus), {"num_gpus": 1, "num_cpus": 1}, max(1, cpus // gpus)
+    count = min(workers or max(1, cpus // CPU_SLOT), cpus)
+    return count, {"num_cpus": cpus // count}, cpus // count
 
 
 def run_ray(jobs: Sequence[Job], address: str, workers: Optional[int], on_outcome: OnOutcome) -> None:
@@ -113,9 +115,9 @@ def run_ray(jobs: Sequence[Job], address: str, workers: Optional[int], on_outcom
     ray = _ray()
     owned = connect(address)
     try:
-        count, shape = actor_shape(workers)
+        count, shape, threads = actor_shape(workers)
         actor = ray.remote(max_restarts=-1, max_task_retries=0)(Dubber)
-        actors = [actor.options(runtime_env={"env_vars": _forwarded_env()}, **shape).remote(int(shape["num_cpus"]))
+        actors = [actor.options(runtime_env={"env_vars": _forwarded_env()}, **shape).remote(threads)
                   for _ in range(count)]  # fmt: skip
         try:
             _Driver(ray, actors, on_outcome).run(jobs)
