@@ -10,25 +10,21 @@ from typing import Dict, List, Optional, Sequence
 from . import native
 from .errors import LipSyncError
 from .options import BLEND_MODES, DEVICES, LipSyncOptions
+from .optiontext import NO_BOX, bool_value, box_value, detector_value
 
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
 EXIT_INTERRUPTED = 130
-NO_BOX = [-1, -1, -1, -1]  # the seed's "no box" value
 SEED_DETECTORS = ("sfd", "s3fd", "haar", "blazeface")  # s3fd = sfd; blazeface, the seed's second, is served by haar
-DETECTOR_ALIASES = {"s3fd": "sfd", "blazeface": "haar"}
 HELP_HINT = "python -m lipsync --help explains every option"
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
+BATCH_COMMAND = "batch"  # `python -m lipsync batch MANIFEST ...`: lipsync/batch/cli.py
 
 
 def _flag_value(text: str) -> bool:
     """Value of an optional-argument flag, so old `--static False` scripts keep meaning False."""
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    try:
+        return bool_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -68,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="divide the video's resolution by this first (faster; 720p often looks as good)")
     _add(p, "crop", type=int, nargs=4, default=list(d.crop), metavar=("Y1", "Y2", "X1", "X2"),
          help="keep only this part of each frame; -1 means the frame edge (default 0 -1 0 -1)")
-    _add(p, "box", type=int, nargs=4, default=NO_BOX, metavar=("Y1", "Y2", "X1", "X2"),
+    _add(p, "box", type=int, nargs=4, default=list(NO_BOX), metavar=("Y1", "Y2", "X1", "X2"),
          help="fixed face box, skipping detection: a last resort when no face is found (-1 -1 -1 -1 = detect)")
     _add(p, "rotate", action="store_true", help="rotate frames 90° clockwise first (phone videos without metadata)")
     _add(p, "nosmooth", action="store_true", help="do not average face boxes over neighbouring frames")
@@ -121,7 +117,7 @@ class _DoctorAction(argparse.Action):
 
 def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
     """The options a parsed command line asks for (raises LipSyncError on contradictions)."""
-    detector = DETECTOR_ALIASES.get(args.face_detector, args.face_detector)
+    detector = detector_value(args.face_detector)
     return LipSyncOptions(
         checkpoint=args.checkpoint_path,
         static=args.static,
@@ -131,7 +127,7 @@ def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
         wav2lip_batch_size=args.wav2lip_batch_size,
         resize_factor=args.resize_factor,
         crop=tuple(args.crop),
-        box=None if list(args.box) == NO_BOX else tuple(args.box),
+        box=box_value(args.box),
         rotate=args.rotate,
         smooth=not args.nosmooth,
         face_detector=detector,
@@ -212,4 +208,9 @@ def _entry(argv: Optional[List[str]] = None) -> None:
     from .cuda import bootstrap
 
     bootstrap()  # before paddle loads: may restart this process once, with pip's CUDA libraries on LD_LIBRARY_PATH
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == [BATCH_COMMAND]:
+        from .batch.cli import main as batch_main
+
+        sys.exit(batch_main(words[1:]))
     sys.exit(main(argv))

@@ -66,6 +66,7 @@ def test_the_wheel_holds_only_the_package_under_its_own_name(wheel: Path) -> Non
         names = archive.namelist()
         entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "lipsync/__init__.py" in names and "lipsync/cli.py" in names and "lipsync/testing.py" in names
+    assert "lipsync/batch/__init__.py" in names and "lipsync/batch/cli.py" in names, "subpackages ship too"
     assert all(name.startswith(("lipsync/", "lipsync_paddle-")) for name in names), names
     assert not [name for name in names if name.startswith(NOT_SHIPPED)]
     assert re.search(r"^lipsync = lipsync\.cli:_entry$", entry_points, re.MULTILINE), entry_points
@@ -104,6 +105,8 @@ def test_the_console_script_is_python_m_lipsync(wheel: Path, tmp_path: Path) -> 
     command = _run([str(venv / "bin" / "lipsync"), "--help"], tmp_path)
     module = _run([str(python), "-m", "lipsync", "--help"], tmp_path)
     assert command == module and command.startswith("usage: ") and "--checkpoint_path" in command
+    batch = _run([str(venv / "bin" / "lipsync"), "batch", "--help"], tmp_path)
+    assert batch.startswith("usage: python -m lipsync batch") and "--outdir" in batch
 
 
 def _run(argv: List[str], cwd: Path) -> str:
