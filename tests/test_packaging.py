@@ -66,6 +66,7 @@ def test_the_wheel_holds_only_the_package_under_its_own_name(wheel: Path) -> Non
         names = archive.namelist()
         entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "lipsync/__init__.py" in names and "lipsync/cli.py" in names and "lipsync/testing.py" in names
+    assert "lipsync/data/gate_inputs.npz" in names, "the precision gate needs its inputs in the wheel"
     assert all(name.startswith(("lipsync/", "lipsync_paddle-")) for name in names), names
     assert not [name for name in names if name.startswith(NOT_SHIPPED)]
     assert re.search(r"^lipsync = lipsync\.cli:_entry$", entry_points, re.MULTILINE), entry_points
