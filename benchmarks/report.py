@@ -77,6 +77,12 @@ def target_lines(results: Dict[str, Any]) -> List[str]:
         if key in cases:
             share = cases[key]["e2e"]["fps"] / _generator_fps(cases[key]["e2e"], gen)
             lines.append(_target(name, share, TARGETS[f"{key}_vs_generator"], "%"))
+    if "startup" in results:
+        found = results["startup"]
+        lines.append(_target("picture job: process start to first generated frames (s)", found["marks"]["first frames"],
+                             TARGETS["startup_s"], " s", at_most=True))
+        lines.append(_target("picture job as a user runs it: peak RSS (MB)", max(found["peaks"]),
+                             TARGETS["picture_job_mb"], "", at_most=True))
     if len(memory) == 2:
         short, long = memory.values()
         growth = long["peak_rss_mb"] / short["peak_rss_mb"]
@@ -96,6 +102,7 @@ def _target(name: str, value: float, goal: float, unit: str, at_most: bool = Fal
 def print_report(results: Dict[str, Any]) -> None:
     results = {**results, "generator": _generator_summary(results["generator"])}
     box = results["machine"]
+    print(f"cpu features: {box.get('features', '?')}; {box.get('threads', '?')} threads for the networks")
     print(f"machine: {box['cpu']}, {box['cores']} cores, avx2 {_yes(box['avx2'])}, avx512 {_yes(box['avx512'])}, "
           f"amx {_yes(box['amx'])}; paddle {box['paddle']} ({box['paddle_commit']}), numpy {box['numpy']}, "
           f"opencv {box['opencv']}, ffmpeg {box['ffmpeg']}, python {box['python']}")
@@ -117,11 +124,24 @@ def print_report(results: Dict[str, Any]) -> None:
             print(f"{case['label']}, {len(runs)} runs: e2e {_nums(r['fps'] for r in runs)} frames/s, generator after "
                   f"each {_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
                   f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)}")
+    startup_lines(results.get("startup"))
     print("\n".join(["targets:", *target_lines(results)]))
     if results.get("profile"):
         print(f"\n{results.get('profiled', 'video case')}, share of wall time inside lipsync functions "
               "(py-spy, idle included):")
         print("\n".join(f"- {100 * share:5.1f}%  {name}" for name, share in results["profile"]))
+
+
+def startup_lines(found: Optional[Dict[str, Any]]) -> None:
+    """The fresh-process picture job: when each stage began, its first frames, and the precision it chose."""
+    if not found:
+        return
+    marks = ", ".join(f"{stage} {at:.2f} s" for stage, at in sorted(found["marks"].items(), key=lambda m: m[1]))
+    print(f"picture job in a fresh process (--box, export cached), {len(found['runs'])} runs: first generated frames "
+          f"at {_nums(found['runs'])} s, whole run {_nums(found['walls'])} s, peak RSS {_nums(found['peaks'])} MB")
+    print(f"  the soonest run, from process start: {marks}")
+    gate = [note for note in found["notes"] if note.startswith("The generator ran in")]
+    print(f"  precision: {gate[0] if gate else 'fp32 (no faster precision on this device)'}")
 
 
 def _percent(share: float) -> str:

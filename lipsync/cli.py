@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from . import native
 from .errors import LipSyncError
-from .options import BLEND_MODES, DEVICES, LipSyncOptions
+from .options import BLEND_MODES, DEVICES, PRECISIONS, LipSyncOptions
 from .optiontext import NO_BOX, bool_value, box_value, detector_value
 
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
@@ -94,6 +94,10 @@ def _add_machine_options(p: argparse.ArgumentParser, d: LipSyncOptions) -> None:
     """Where and how the job runs, what it shows, and --doctor."""
     # fmt: off
     _add(p, "device", default=d.device, choices=DEVICES, help="auto (GPU if usable), cpu or gpu")
+    _add(p, "precision", default=d.precision, choices=PRECISIONS,
+         help="the generator's arithmetic: auto (default) = bf16 on CPUs with AMX/AVX-512 BF16, fp16 on a GPU, when "
+              "its mouths are indistinguishable from fp32's (the gate's numbers are in the notes and --doctor); "
+              "fp32, bf16 or fp16 force one")
     _add(p, "threads", type=int, default=d.threads, metavar="N",
          help="CPU threads for the networks and OpenCV (default 0 = auto: follows the CPU quota/affinity "
               "this process has, or $LIPSYNC_THREADS)")
@@ -139,6 +143,7 @@ def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
         threads=args.threads,
         face_enhancement=args.face_enhancement,
         enhancer_weights=args.enhancer_weights,
+        precision=args.precision,
     )
 
 

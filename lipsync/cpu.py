@@ -24,13 +24,31 @@ MIN_THREADS = 1
 
 def cpu_flags() -> frozenset:
     """The CPU feature flags Linux reports (empty elsewhere)."""
+    return frozenset(_cpuinfo_field("flags").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it ("" elsewhere)."""
+    return _cpuinfo_field("model name")
+
+
+def cpu_features() -> str:
+    """What picks the CPU paths, for --doctor and the benchmark: the model and the features that matter."""
+    flags = cpu_flags()
+    wanted = ("avx2", "avx512f", *CPU_BF16_FLAGS, "amx_tile", "amx_int8")
+    present = [flag for flag in wanted if flag in flags]
+    return f"{cpu_model() or 'unknown CPU'}; {' '.join(present) or 'no AVX2'}"
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The first value of a /proc/cpuinfo field ("" when absent or unreadable)."""
     try:
         for line in CPUINFO.read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
 
 
 def bf16_capable(flags: Optional[frozenset] = None) -> bool:

@@ -125,6 +125,40 @@ def _device() -> List[Line]:
     return [Line("device auto", f"{device.kind}: {device.reason}")]
 
 
+def _cpu() -> List[Line]:
+    from . import cpu
+
+    return [Line("cpu", f"{cpu.cpu_features()}; {cpu.cpu_threads()} threads for the networks")]
+
+
+def _precision() -> List[Line]:
+    """The precision gate's verdict on the default generator, as a picture's and a video's job use it (measured now
+    if no job has yet); it needs the generator's weights on this machine."""
+    from . import precision, weights
+    from .engine import Engine
+    from .options import LipSyncOptions
+    from .runtime import choose_device
+
+    device = choose_device("auto", announce=False)
+    faster = precision.faster_precision(device)
+    if faster is None:
+        return [Line("precision", "fp32: this CPU has neither AMX nor AVX-512 BF16, so there is no faster precision")]
+    status = {s.name: s for s in weights.cached_status()}.get(weights.DEFAULT_WAV2LIP)
+    if status is None or status.path is None:
+        return [Line("precision", f"{faster} not measured yet: {weights.DEFAULT_WAV2LIP} is not on this machine "
+                                  "(the first job measures it)")]  # fmt: skip
+    engine, options = Engine(), LipSyncOptions(device=device.kind)
+    networks = (("picture", engine.still_generator(options, device).decoder),
+                ("video", engine.generator(options, device)))  # fmt: skip
+    return [Line("precision", f"{job}: {_verdict_text(predictor)}") for job, predictor in networks]
+
+
+def _verdict_text(predictor: "object") -> str:
+    verdict = getattr(predictor, "verdict", None)
+    used = getattr(predictor, "precision", "fp32")
+    return used if verdict is None else f"{used} ({verdict.describe()})"
+
+
 def _tools() -> List[Line]:
     lines = []
     for tool, needed_for in (("ffmpeg", ""), ("ffprobe", ""), ("espeak-ng", "the app's offline text-to-speech")):
@@ -275,5 +309,5 @@ def connection_problem(host: str, port: int, timeout: float) -> Optional[str]:
 
 
 CHECKS: List[Callable[[], List[Line]]] = [
-    _python, _paddle, _cuda_libraries, _gpus, _device, _tools, _weights, _job_weights, _edge_tts,
+    _python, _paddle, _cuda_libraries, _gpus, _device, _cpu, _tools, _weights, _job_weights, _precision, _edge_tts,
 ]  # fmt: skip

@@ -10,13 +10,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import audio, cpu, faces, runtime, weights
+from . import audio, cpu, faces, mouth, precision, runtime, weights
 from .errors import LipSyncError, first_line
 from .options import LipSyncOptions
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 96  # generator input/output side, px
+FACE_SIZE = mouth.FACE_SIZE  # generator input/output side, px
 WAV2LIP_SPECS = [((None, 1, audio.N_MELS, audio.MEL_STEP), "float32"), ((None, 6, FACE_SIZE, FACE_SIZE), "float32")]
 FACE_ENCODER_SPECS = [WAV2LIP_SPECS[1]]
 S3FD_SPECS = [((None, 3, None, None), "float32")]
@@ -29,7 +29,6 @@ CPU_ENHANCER_BATCH = 1  # faces per GPEN call on CPU: batch 2 took 2.87 s per 51
 GPU_ENHANCER_BATCH = 8  # faces per GPEN call on a GPU (out of memory halves it)
 GPEN_GPU_ITEM_MB = 400  # GPU activations per 512-px face in a GPEN batch (fp32); scales with the side squared
 GPEN_PROBE_BATCH = 1  # faces in the fixed input fp16/bf16 is compared with fp32 on: one 512 face is 138 GMAC
-PROBE_BATCH = 4  # faces in the fixed inputs a faster precision is compared with fp32 on
 PROBE_SEED = 0
 REASON_CHARS = 400  # of the error quoted in the note below: its first sentence, which holds the reason
 SENTENCE_END = ". "
@@ -70,7 +69,7 @@ class Engine:
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
         build = _wav2lip_builder(path)
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, options, probe=_generator_probe)
+        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, options, probe=generator_probe)
 
     def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
         """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
@@ -82,8 +81,8 @@ class Engine:
                                   device, (1, WAV2LIP_GPU_ITEM_MB), options)  # fmt: skip
 
         def probe() -> Tuple[np.ndarray, ...]:
-            mel, face_in = _generator_probe()
-            return (mel, *encoder.run(face_in[:1]))
+            mel, face_in = generator_probe()
+            return (mel, *encoder.run(face_in[:1]))  # the decoder shares one face's features across the batch
 
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
         decoder = self._predictor(path, "wav2lip-still-decoder", lambda: StillFaceDecoder(build()),
@@ -120,7 +119,7 @@ class Engine:
             # AMX Xeon, and trying it costs a second 512-px predictor (memory, and a probe face's seconds).
             probe = (lambda: (_enhancer_probe(size),)) if device.kind == "gpu" else None
             predictor = self._predictor(path, "gpen", lambda: enhance.build_gpen(state, size, str(path)), specs,
-                                        device, pool, options, probe=probe)  # fmt: skip
+                                        device, pool, options, probe=probe, pixels=_gpen_pixels)  # fmt: skip
             return Enhancer(predictor, size, batch)
 
         key = ("gpen-enhancer", runtime.export_key(path, "gpen"), device.kind, str(cpu_threads(options)))
@@ -128,20 +127,20 @@ class Engine:
 
     def _predictor(self, path: Path, arch: str, build: Callable[[], object], specs: List[runtime.InputSpec],
                    device: runtime.Device, pool: Tuple[int, float], options: LipSyncOptions,
-                   probe: Optional[Callable[[], Tuple[np.ndarray, ...]]] = None) -> runtime.Predictor:  # fmt: skip
-        """A predictor per (weights, device, threads); pool = (batch, MB per item) sizes the GPU memory pool;
-        probe() gives inputs to compare a faster precision with fp32 on (none: fp32)."""
+                   probe: Optional[runtime.Probe] = None, pixels: precision.Pixels = mouth.to_pixels,
+                   ) -> runtime.Predictor:  # fmt: skip
+        """A predictor per (weights, device, threads, precision asked); pool = (batch, MB per item) sizes the GPU
+        memory pool; probe() gives the gate's inputs, pixels() turns outputs into 8-bit pixels (no probe: fp32)."""
         key = runtime.export_key(path, arch)
         threads = cpu_threads(options)
+        wanted = options.precision if probe is not None else "fp32"
 
         def make() -> runtime.Predictor:
             prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
             pool_mb = runtime.gpu_pool_mb(prefix, *pool)
-            if probe is None:
-                return runtime.Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
-            return runtime.fastest_predictor(prefix, device, probe(), pool_mb=pool_mb, threads=threads)
+            return runtime.gated_predictor(prefix, device, wanted, probe, pixels, pool_mb=pool_mb, threads=threads)
 
-        return self._cached((arch, key, device.kind, str(threads)), make)  # type: ignore[return-value]
+        return self._cached((arch, key, device.kind, str(threads), wanted), make)  # type: ignore[return-value]
 
     def _cached(self, key: Tuple[str, ...], make: Callable[[], object]) -> object:
         with self._lock:
@@ -224,13 +223,17 @@ def _still_decoder_specs() -> List[runtime.InputSpec]:
     return [WAV2LIP_SPECS[0], *(((1, *shape), "float32") for shape in FACE_FEATURE_SHAPES)]
 
 
-def _generator_probe(batch: int = PROBE_BATCH, seed: int = PROBE_SEED) -> Tuple[np.ndarray, np.ndarray]:
-    """Fixed generator inputs (speech-range mel, face-like pixel values) to compare precisions on."""
-    rng = np.random.default_rng(seed)
-    mel = rng.uniform(-audio.MAX_ABS, 0.0, (batch, 1, audio.N_MELS, audio.MEL_STEP)).astype(np.float32)
-    faces_in = rng.uniform(0.2, 0.8, (batch, 6, FACE_SIZE, FACE_SIZE)).astype(np.float32)
-    faces_in[:, :3, FACE_SIZE // 2 :] = 0.0
-    return mel, faces_in
+def generator_probe() -> Tuple[np.ndarray, np.ndarray]:
+    """The precision gate's generator inputs: real faces and speech (lipsync/data/gate_inputs.npz)."""
+    crops, mels = precision.gate_inputs()
+    return np.ascontiguousarray(mels[:, None]), mouth.face_input(crops)
+
+
+def _gpen_pixels(output: np.ndarray) -> np.ndarray:
+    """GPEN's output as the 8-bit faces a run pastes (the gate's measure on a GPU)."""
+    from .facecrop import network_faces
+
+    return np.stack(network_faces(output))
 
 
 def _enhancer_probe(size: int, batch: int = GPEN_PROBE_BATCH, seed: int = PROBE_SEED) -> np.ndarray:

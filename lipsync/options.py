@@ -10,10 +10,12 @@ from .errors import LipSyncError
 FaceDetector = Literal["sfd", "haar"]
 Device = Literal["auto", "cpu", "gpu"]
 BlendMode = Literal["feather", "box"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 FACE_DETECTORS: Tuple[str, ...] = get_args(FaceDetector)
 DEVICES: Tuple[str, ...] = get_args(Device)
 BLEND_MODES: Tuple[str, ...] = get_args(BlendMode)
+PRECISIONS: Tuple[str, ...] = get_args(Precision)
 
 DEFAULT_PADS = (0, 10, 0, 0)
 NO_CROP = (0, -1, 0, -1)
@@ -43,11 +45,15 @@ class LipSyncOptions:
     threads: int = 0  # CPU threads for the networks and OpenCV; 0 = automatic (the CPU quota and affinity)
     face_enhancement: bool = False  # GPEN on the redrawn lower face (sharper mouth; slow on a CPU)
     enhancer_weights: str = "gpen512"  # known GPEN weights name or a .pdparams/.pth path
+    # the generator's arithmetic: auto = bf16 (CPUs with AMX / AVX-512 BF16) or fp16 (GPU) where its pixels pass
+    # the perceptual gate (lipsync/precision.py), else fp32; fp32, bf16 and fp16 force one
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("face_detector", self.face_detector, FACE_DETECTORS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("blend", self.blend, BLEND_MODES)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_positive("fps", self.fps)
         _check_positive("face_det_batch_size", self.face_det_batch_size)
         _check_positive("wav2lip_batch_size", self.wav2lip_batch_size)

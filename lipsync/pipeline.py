@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 
-from . import audio, blend, cpu, facecrop, faces, geometry, native, paths, runtime, video
+from . import audio, blend, cpu, facecrop, faces, geometry, mouth, native, paths, precision, runtime, video
 from .engine import (DEFAULT_ENGINE, FACE_SIZE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch,
                      generator_batch, run_detector)
 from .errors import LipSyncError
@@ -24,6 +26,7 @@ from .types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE
 log = logging.getLogger(__name__)
 
 FACES_REPORT_EVERY = 25  # frames between progress reports while reading and detecting
+OVERLAP_LOADING = True  # load the networks while the audio and a picture decode (False: one after the other)
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 
 PathLike = Union[str, Path]
@@ -58,6 +61,7 @@ class _Job:
     seconds: float  # of decoded speech: the output's length
     size: Tuple[int, int]  # width, height of the frames worked on (after resize, rotation, crop and fit)
     notes: Tuple[str, ...]
+    still_frame: Optional[Frame] = None  # a still's one frame, decoded while the networks load
 
 
 def run(
@@ -78,37 +82,98 @@ def run(
     created = paths.missing_folders(out_p.parent)
     try:
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
-            job = _prepare(face_p, audio_p, out_p, options, report)  # bad input is told before paddle loads
-            device = runtime.choose_device(options.device)
-            notes = _render(job, options, engine, device, Path(tmp), report)
+            job, networks = _prepare_while_loading(face_p, audio_p, out_p, options, engine, report)
+            _render(job, options, networks, Path(tmp), report)
     except BaseException:
         paths.remove_empty(created)
         raise
     finally:
         native.release_freed_memory()
     seconds = time.perf_counter() - started
-    return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint,
-                     runtime.paddle_version(), job.notes + notes)  # fmt: skip
+    return RunResult(out_p, job.frames, job.fps, seconds, _describe(networks.device), options.checkpoint,
+                     runtime.paddle_version(), job.notes + networks.notes)  # fmt: skip
 
 
-def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path,
-            report: Progress) -> Tuple[str, ...]:
-    """Load the networks, find the faces, then generate, blend and encode; returns notes for the user."""
+def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, engine: Engine,
+                           report: Progress) -> Tuple[_Job, _Networks]:  # fmt: skip
+    """Probe the face input (bad input is told before paddle loads), then decode the audio, the mel and a
+    picture while the networks load on a thread of their own: start-up is paid once, not twice."""
+    info = video.probe(face)
+    geometry.check_source(info)
+    still = info.is_image or options.static
+    load = functools.partial(_load_networks, engine, options, still)
+    loading = _Background(load) if OVERLAP_LOADING else None
+    job = _prepare(face, info, audio_path, outfile, options, report)
     report(STAGE_LOAD, 0, 1)
-    cpu.use_opencv_threads(cpu_threads(options))
-    generator = engine.still_generator(options, device) if job.still else engine.generator(options, device)
+    networks = loading.result() if loading is not None else load()
+    report(STAGE_LOAD, 1, 1)
+    return job, networks
+
+
+class _Background:
+    """One call on a thread of its own; result() waits for it and re-raises its error. If the caller fails first,
+    the thread still ends by itself (loaded networks stay in the engine's cache for the next run)."""
+
+    def __init__(self, call: Callable[[], object]):
+        self._done = threading.Event()
+        self._value: object = None
+        self._error: Optional[BaseException] = None
+        threading.Thread(target=self._run, args=(call,), name="lipsync-load").start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            self._value = call()
+        except BaseException as exc:  # handed to result(), in the caller's thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass(frozen=True)
+class _Networks:
+    """What a run computes with: the device, the loaded predictors, and notes about them for the user."""
+
+    device: runtime.Device
+    generator: Union[runtime.Predictor, StillGenerator]
+    detect: Optional[faces.DetectFn]
+    enhancer: Optional[Enhancer]
+    notes: Tuple[str, ...]
+
+
+def _load_networks(engine: Engine, options: LipSyncOptions, still: bool) -> _Networks:
+    """The device and the networks a run needs (the engine's cached ones when warm)."""
+    device = runtime.choose_device(options.device)
+    generator = engine.still_generator(options, device) if still else engine.generator(options, device)
     detect, notes = run_detector(engine, options, device)
     enhancer = engine.enhancer(options, device) if options.face_enhancement else None
-    report(STAGE_LOAD, 1, 1)
+    return _Networks(device, generator, detect, enhancer, notes + _precision_notes(generator, options))
+
+
+def _render(job: _Job, options: LipSyncOptions, networks: _Networks, tmp: Path, report: Progress) -> None:
+    """Find the faces, then generate, blend, enhance and encode."""
+    device, enhancer = networks.device, networks.enhancer
+    cpu.use_opencv_threads(cpu_threads(options))
     if enhancer is not None and device.kind == "cpu":
         facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
-    found = _locate_faces(job, options, detect, detection_batch(options, device), tmp, report)
+    found = _locate_faces(job, options, networks.detect, detection_batch(options, device), tmp, report)
     try:
-        _synthesize(job, options, generator, generator_batch(options, device), found, tmp, report, enhancer)
+        _synthesize(job, options, networks.generator, generator_batch(options, device), found, tmp, report, enhancer)
     finally:
         if found.cache is not None:
             found.cache.close()
-    return notes
+
+
+def _precision_notes(generator: Union[runtime.Predictor, StillGenerator], options: LipSyncOptions) -> Tuple[str, ...]:
+    """The precision gate's verdict on the generator (the still decoder for a picture), for the user."""
+    predictor = generator.decoder if isinstance(generator, StillGenerator) else generator
+    note = precision.run_note(predictor.precision, predictor.verdict, options.precision)
+    return (note,) if note else ()
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -119,20 +184,31 @@ def _describe(device: runtime.Device) -> str:
     return device.kind if device.reason == "requested" else f"{device.kind} ({device.reason})"
 
 
-def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, report: Progress) -> _Job:
-    """Decode the audio to mel windows and probe the face input."""
+def _prepare(face: Path, info: video.MediaInfo, audio_path: Path, outfile: Path, options: LipSyncOptions,
+             report: Progress) -> _Job:  # fmt: skip
+    """Decode the audio to mel windows, and a picture's one frame."""
     report(STAGE_AUDIO, 0, 1)
-    info = video.probe(face)
-    geometry.check_source(info)
     size = geometry.frame_size(info, options)
     wav = audio.load_audio(audio_path)
     mel = audio.melspectrogram(wav)
     still = info.is_image or options.static
     fps = options.fps if info.is_image else info.fps
-    report(STAGE_AUDIO, 1, 1)
     frames = audio.frame_count(mel.shape[1], fps)
-    return _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
-                _size_notes(info, options))
+    job = _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
+               _size_notes(info, options))
+    if still:
+        job = replace(job, still_frame=_first_frame(job, options))
+    report(STAGE_AUDIO, 1, 1)
+    return job
+
+
+def _first_frame(job: _Job, options: LipSyncOptions) -> Frame:
+    """A still's one frame, decoded once (while the networks load)."""
+    with contextlib.closing(_source_frames(job, options)) as frames:
+        frame = next(frames, None)
+    if frame is None:
+        raise LipSyncError(f"no frame could be read from {job.face.name}")
+    return frame
 
 
 def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
@@ -147,6 +223,9 @@ def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ..
 
 def _source_frames(job: _Job, options: LipSyncOptions) -> Iterator[Frame]:
     """The face input's frames after the seed's resize/rotate/crop edits (one for a still)."""
+    if job.still_frame is not None:
+        yield job.still_frame
+        return
     with contextlib.closing(video.read_frames(job.face, job.info)) as stream:
         for frame in stream:
             yield video.fit(video.transform(frame, options.resize_factor, options.rotate, options.crop))
@@ -271,17 +350,9 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
 
 
 def _face_inputs(frames: List[Frame], boxes: List[Tuple[int, ...]]) -> np.ndarray:
-    """Generator face input: [lower-half-masked crop, crop] on channels, /255, NCHW float32."""
+    """Generator face input for each frame's box (x1, y1, x2, y2), cut and scaled to 96 px."""
     crops = np.stack([cv2.resize(f[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)) for f, (x1, y1, x2, y2) in zip(frames, boxes)])
-    masked = crops.copy()
-    masked[:, FACE_SIZE // 2 :] = 0
-    stacked = np.concatenate([masked, crops], axis=3).astype(np.float32) / 255.0
-    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
-
-
-def _mouths(predicted: np.ndarray) -> np.ndarray:
-    """Generator output [B,3,96,96] in [0,1] → B×96×96×3 uint8 BGR, truncated like the reference."""
-    return (predicted.transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+    return mouth.face_input(crops)
 
 
 def _synthesize(
@@ -313,7 +384,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
         for chunk in _batches(_chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
-            mouths = _mouths(generate(mels, frames, boxes))
+            mouths = mouth.to_pixels(generate(mels, frames, boxes))
             synced = [blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
                       for frame, box, mouth in zip(frames, boxes, mouths)]  # fmt: skip
             report(STAGE_SYNC, done + len(chunk), job.frames)

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import cpu, native
+from . import precision as gate
 from .device import GPU_DEVICE_ID, Device, choose_device  # noqa: F401  (callers use runtime.Device)
 from .errors import LipSyncError, first_line
 
@@ -41,9 +42,6 @@ OOM_MARKERS = (
 )
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
 MIN_BATCH = 1
-FP16_MAX_DIFF = 1 / 255  # fp16 on GPU is kept only if no output moves more than one 8-bit level from fp32
-BF16_MAX_DIFF = 4 / 255  # bf16 is kept only if no output value moves more than this from fp32 …
-BF16_MEAN_DIFF = 1 / 255  # … and the average moves less than one 8-bit level
 PASS_STATS = re.compile(r"^---\s")  # paddle's IR-pass statistics lines ("---    squashed 6 quantize op")
 
 InputSpec = Tuple[Tuple[Optional[int], ...], str]  # shape with None for free dims, dtype
@@ -140,6 +138,7 @@ class Predictor:
             config.enable_mkldnn_bfloat16()
         self.device = device
         self.precision = precision
+        self.verdict: Optional[gate.Verdict] = None  # the gate's measurement, when one chose the precision
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"lipsync-{prefix.parent.name[:8]}")
         try:
             self._predictor = self._thread.submit(_create_predictor, config).result()
@@ -245,44 +244,44 @@ class BatchRunner:
         return [np.concatenate(outs) for outs in zip(*parts)]
 
 
-def close_to_fp32(
-    reference: np.ndarray, candidate: np.ndarray, max_diff: float = BF16_MAX_DIFF, mean_diff: float = BF16_MEAN_DIFF
-) -> bool:
-    """Whether a low-precision output stays within the tolerances that keep 8-bit pixels the same."""
-    diff = np.abs(reference.astype(np.float32) - candidate.astype(np.float32))
-    return bool(np.isfinite(candidate).all() and diff.max() <= max_diff and diff.mean() <= mean_diff)
+Probe = Callable[[], Sequence[np.ndarray]]  # the gate's fixed inputs for one network, made only when measured
 
 
-def fastest_predictor(
-    prefix: Path,
-    device: Device,
-    probe: Sequence[np.ndarray],
-    pool_mb: int = GPU_MEMORY_POOL_MB,
-    threads: Optional[int] = None,
-) -> Predictor:
-    """fp32, or the faster precision of the device (fp16 on GPU, bf16 on CPUs that run it natively)
-    when its output on `probe` stays close to fp32's."""
+def gated_predictor(prefix: Path, device: Device, wanted: str, probe: Optional[Probe], pixels: gate.Pixels,
+                    pool_mb: int = GPU_MEMORY_POOL_MB, threads: Optional[int] = None) -> Predictor:  # fmt: skip
+    """A predictor in the precision `wanted` names: fp32, a faster one by name, or (auto) the device's faster one
+    when the perceptual gate passes it on `probe` (measured once per export and machine, then remembered)."""
+    if wanted != "auto":
+        if wanted != "fp32":
+            gate.check_forced(wanted, device)
+        return Predictor(prefix, device, threads=threads, precision=wanted, pool_mb=pool_mb)
+    faster = gate.faster_precision(device)
+    if faster is None or probe is None:
+        return Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
+    machine = gate.machine_key(device, paddle_version())
+    verdict = gate.cached(prefix.parent, faster, machine)
+    if verdict is None:
+        return _measured_predictor(prefix, device, faster, probe(), pixels, pool_mb, threads, machine)
+    chosen = faster if verdict.passed else "fp32"
+    predictor = Predictor(prefix, device, threads=threads, precision=chosen, pool_mb=pool_mb)
+    predictor.verdict = verdict
+    return predictor
+
+
+def _measured_predictor(prefix: Path, device: Device, faster: str, probe: Sequence[np.ndarray],
+                        pixels: gate.Pixels, pool_mb: int, threads: Optional[int], machine: str) -> Predictor:
+    """Both precisions on the probe; the faster one is kept only if the gate passes it; the verdict is remembered."""
     exact = Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
-    faster = _faster_precision(device)
-    if faster is None:
-        return exact
-    precision, max_diff, mean_diff = faster
     fast = None
     try:
-        fast = Predictor(prefix, device, threads=threads, precision=precision, pool_mb=pool_mb)
-        close = close_to_fp32(exact.run(*probe)[0], fast.run(*probe)[0], max_diff, mean_diff)
-        verdict = f"outputs within {max_diff:.4f} of fp32" if close else "output drifted from fp32"
+        fast = Predictor(prefix, device, threads=threads, precision=faster, pool_mb=pool_mb)
+        verdict = gate.compare(lambda *a: exact.run(*a)[0], lambda *a: fast.run(*a)[0], probe, pixels, faster)
     except Exception as exc:  # an older oneDNN may refuse bf16 for some op, a GPU fp16: fp32 still works
-        close, verdict = False, f"unavailable ({first_line(exc)})"
-    kept, dropped = (fast, exact) if close else (exact, fast)
+        verdict = gate.Verdict(faster, math.nan, math.nan, 0, False, problem=first_line(exc))
+    gate.remember(prefix.parent, machine, verdict)
+    kept, dropped = (fast, exact) if verdict.passed else (exact, fast)
     if dropped is not None:
         dropped.close()  # its thread ends with it
-    log.info("%s on this %s: %s; using %s", precision, device.kind.upper(), verdict, kept.precision)
+    log.info("precision gate on this %s: %s", device.kind.upper(), verdict.describe())
+    kept.verdict = verdict
     return kept
-
-
-def _faster_precision(device: Device) -> Optional[Tuple[str, float, float]]:
-    """(precision, max diff, mean diff) worth trying on this device, or None."""
-    if device.kind == "gpu":
-        return "fp16", FP16_MAX_DIFF, FP16_MAX_DIFF
-    return ("bf16", BF16_MAX_DIFF, BF16_MEAN_DIFF) if cpu.bf16_capable() else None

@@ -218,7 +218,7 @@ def test_gpu_pool_covers_weights_batch_and_headroom_up_to_a_cap(tmp_path):
 
 
 class FakePredictor:
-    """Stands in for a GPU predictor: fp16 output differs from fp32 by `HALF_SHIFT`."""
+    """Stands in for a GPU predictor: fp16 output differs from fp32 by `HALF_SHIFT` (pixels in [0, 1])."""
 
     HALF_SHIFT = 0.0
     made: List[tuple] = []
@@ -229,28 +229,34 @@ class FakePredictor:
             raise RuntimeError("no fp16 kernel for this op")
         FakePredictor.made.append((precision, pool_mb))
         self.precision = precision
+        self.verdict = None
 
     def run(self, *arrays):
         shift = FakePredictor.HALF_SHIFT if self.precision == "fp16" else 0.0
-        return [np.linspace(0, 1, 512, dtype=np.float32) + shift]
+        return [np.linspace(0, 1, 4096, dtype=np.float32).reshape(1, 1, 64, 64) + shift]
 
     def close(self):
         FakePredictor.closed.append(self.precision)
 
 
+def _pixels(output):
+    return (np.nan_to_num(output, nan=-1.0).clip(0, 1) * 255).astype(np.uint8)
+
+
 @pytest.mark.parametrize(
     "shift, expected",
-    [(0.5 / 255, "fp16"), (2 / 255, "fp32"), (np.nan, "fp32"), (None, "fp32")],
-    ids=["within-one-level", "two-levels-off", "nan", "fp16-refused"],
+    [(1 / 255, "fp16"), (30 / 255, "fp32"), (np.nan, "fp32"), (None, "fp32")],
+    ids=["one-level-drift", "thirty-levels-off", "nan", "fp16-refused"],
 )
-def test_gpu_keeps_fp16_only_within_one_8bit_level_of_fp32(monkeypatch, shift, expected):
+def test_gpu_keeps_fp16_only_when_the_gate_passes_its_pixels(monkeypatch, tmp_path, shift, expected):
     monkeypatch.setattr(runtime, "Predictor", FakePredictor)
     monkeypatch.setattr(FakePredictor, "HALF_SHIFT", shift)
     monkeypatch.setattr(FakePredictor, "made", [])
     monkeypatch.setattr(FakePredictor, "closed", [])
+    monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda index=0: "Tesla T4")
     gpu = runtime.Device("gpu", "Tesla T4")
-    chosen = runtime.fastest_predictor(Path("model"), gpu, (np.zeros(1),), pool_mb=1290)
-    assert chosen.precision == expected
+    chosen = runtime.gated_predictor(tmp_path / "model", gpu, "auto", lambda: (np.zeros(1),), _pixels, pool_mb=1290)
+    assert chosen.precision == expected and chosen.verdict is not None and chosen.verdict.precision == "fp16"
     made = [precision for precision, _ in FakePredictor.made]
     assert sorted(FakePredictor.closed + [expected]) == sorted(made), "the predictor not kept is closed"
     assert {pool for _, pool in FakePredictor.made} == {1290}

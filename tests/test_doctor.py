@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,12 +17,12 @@ from typing import Dict, Iterator, Tuple
 import huggingface_hub.constants
 import pytest
 
-from lipsync import cuda, doctor, weights
+from lipsync import cpu, cuda, doctor, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("python", "paddle", "cuda links", "libcudnn.so", "libcublas.so", "gpus", "device auto",
-          "ffmpeg", "ffprobe", "espeak-ng", "models dir", "wav2lip_hq", "s3fd", "generator", "detector", "edge-tts",
-          "verdict")  # fmt: skip
+          "cpu", "ffmpeg", "ffprobe", "espeak-ng", "models dir", "wav2lip_hq", "s3fd", "generator", "detector",
+          "precision", "edge-tts", "verdict")  # fmt: skip
 
 
 def _closed_port() -> int:
@@ -93,6 +94,20 @@ def test_reports_every_line_and_passes_on_this_machine():
     assert found["generator"] == "wav2lip_hq ready (models dir)"
     assert found["gpen512"].startswith("not on this machine (downloaded on first use, ~287 MB); NOT verifiable")
     assert "unreachable" in found["edge-tts"] or "not installed" in found["edge-tts"]
+    assert ("amx_bf16" in found["cpu"]) == ("amx_bf16" in cpu.cpu_flags()), "the features found at run time"
+
+
+def test_the_precision_lines_give_the_gates_verdict_with_its_numbers(capsys):
+    out = io.StringIO()
+    doctor.main(out)
+    lines = [line.split(None, 1)[1] for line in out.getvalue().splitlines() if line.startswith("precision ")]
+    if not cpu.bf16_capable():
+        assert lines == ["fp32: this CPU has neither AMX nor AVX-512 BF16, so there is no faster precision"]
+        return
+    assert [line.split(":")[0] for line in lines] == ["picture", "video"], lines
+    for line in lines:
+        assert re.match(r"(picture|video): (bf16|fp32) \(bf16 against fp32: PSNR [\d.]+ dB, p99\.9 \d+, max \d+ "
+                        r"levels \((passed|failed); bounds", line), line  # fmt: skip
 
 
 def test_without_ffmpeg_no_job_can_run(monkeypatch, tmp_path):

@@ -67,6 +67,7 @@ def test_the_wheel_holds_only_the_package_under_its_own_name(wheel: Path) -> Non
         entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "lipsync/__init__.py" in names and "lipsync/cli.py" in names and "lipsync/testing.py" in names
     assert "lipsync/batch/__init__.py" in names and "lipsync/batch/cli.py" in names, "subpackages ship too"
+    assert "lipsync/data/gate_inputs.npz" in names, "the precision gate needs its inputs in the wheel"
     assert all(name.startswith(("lipsync/", "lipsync_paddle-")) for name in names), names
     assert not [name for name in names if name.startswith(NOT_SHIPPED)]
     assert re.search(r"^lipsync = lipsync\.cli:_entry$", entry_points, re.MULTILINE), entry_points

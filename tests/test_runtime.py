@@ -92,7 +92,8 @@ def test_the_precision_left_out_does_not_keep_a_thread(tmp_path, monkeypatch):
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
     before = threading.active_count()
-    chosen = runtime.fastest_predictor(prefix, runtime.Device("cpu", "requested"), probe, threads=1)
+    chosen = runtime.gated_predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe,
+                                     lambda out: (out.clip(0, 1) * 255).astype(np.uint8), threads=1)
     assert threading.active_count() == before + 1, "one predictor kept, one thread; the other one's thread ended"
     chosen.close()
     assert threading.active_count() == before
@@ -176,22 +177,13 @@ def test_bf16_only_on_cpus_that_run_it_natively():
     assert not cpu.bf16_capable(frozenset({"avx2", "avx512f", "fma"}))
 
 
-def test_low_precision_kept_only_when_close_to_fp32():
-    ref = np.linspace(0, 1, 1000, dtype=np.float32)
-    assert runtime.close_to_fp32(ref, ref + 0.5 / 255)
-    assert not runtime.close_to_fp32(ref, ref + 2 / 255), "a shift of two levels everywhere is visible"
-    spiky = ref.copy()
-    spiky[10] += 10 / 255
-    assert not runtime.close_to_fp32(ref, spiky)
-    assert not runtime.close_to_fp32(ref, np.full_like(ref, np.nan))
-
-
-def test_fastest_predictor_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
+def test_auto_precision_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
-    chosen = runtime.fastest_predictor(prefix, runtime.Device("cpu", "requested"), probe)
-    assert chosen.precision == "fp32"
+    chosen = runtime.gated_predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe, np.uint8)
+    assert chosen.precision == "fp32" and chosen.verdict is None
+    assert not list(prefix.parent.glob("gate-*")), "nothing was measured, so nothing is remembered"
 
 
 @pytest.fixture
