@@ -43,6 +43,7 @@ class LipSyncOptions:
     threads: int = 0  # CPU threads for the networks and OpenCV; 0 = automatic (the CPU quota and affinity)
     face_enhancement: bool = False  # GPEN on the redrawn lower face (sharper mouth; slow on a CPU)
     enhancer_weights: str = "gpen512"  # known GPEN weights name or a .pdparams/.pth path
+    face_index: Optional[int] = None  # who speaks: n-th face from the left in the first frame with faces; None: best
 
     def __post_init__(self) -> None:
         _check_choice("face_detector", self.face_detector, FACE_DETECTORS)
@@ -61,6 +62,7 @@ class LipSyncOptions:
         _check_quad("crop", self.crop)
         if self.box is not None:
             _check_box(self.box)
+        _check_face_index(self.face_index, self.box)
 
 
 def option_names() -> Tuple[str, ...]:
@@ -81,6 +83,15 @@ def _check_positive(name: str, value: float) -> None:
 def _check_quad(name: str, value: Tuple[int, ...]) -> None:
     if len(value) != 4 or not all(isinstance(v, int) for v in value):
         raise LipSyncError(f"{name} takes four whole numbers (got {value!r})")
+
+
+def _check_face_index(index: Optional[int], box: Optional[Tuple[int, ...]]) -> None:
+    if index is None:
+        return
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise LipSyncError(f"face_index counts faces from 0 at the left: a whole number ≥ 0 (got {index!r})")
+    if box is not None:
+        raise LipSyncError("face_index and box both say where the face is: give one of them")
 
 
 def _check_box(box: Tuple[int, ...]) -> None:
