@@ -221,20 +221,29 @@ class FaceTracker:
             self._bisect(middle, last, frames)
 
     def _find(self, index: int, frame: Frame) -> Optional[Box]:
+        if self._track is None and self._face_index is not None:
+            self._track = self._choose(index, frame)
+            if self._track is None:
+                return None
         if self._track is None:
-            return self._in_whole([frame], None)[0] if self._face_index is None else self._choose(index, frame)
+            return self._in_whole([frame], None)[0]
         return self._in_crops([frame], self._track)[0] or self._in_whole([frame], self._track)[0]
 
     def _choose(self, index: int, frame: Frame) -> Optional[Box]:
-        """The face_index-th face from the left, in the first frame with faces (an error if there are fewer)."""
+        """The face_index-th face from the left in the first frame with faces (an error if it has fewer): this
+        keyframe, or one of the frames since the last, which had none."""
         numbered = self._numbered(frame)
         if not numbered:
             return None
+        for earlier, before in self._between:
+            found = self._numbered(before)
+            if found:
+                index, numbered = earlier, found
+                break
         self.first_faces = FirstFaces(index, tuple(numbered))
         if self._face_index >= len(numbered):  # type: ignore[operator]
             raise LipSyncError(index_beyond(self._face_index, len(numbered), index))  # type: ignore[arg-type]
-        box = numbered[self._face_index][0]  # type: ignore[index]
-        return self._in_crops([frame], box)[0] or box
+        return numbered[self._face_index][0]  # type: ignore[index]
 
     def _numbered(self, frame: Frame) -> List[Scored]:
         """Every face of a frame, left to right: from the search size that finds the most (the coarser on a tie)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -66,16 +66,15 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
     assert detect is not None  # no box: a detector
     tracker = faces.FaceTracker(detect, 1 if still else options.detect_every, options.detect_max_side,
                                 detection_batch(options, device), retry_larger=still, face_index=0)  # fmt: skip
-    recent: List[Frame] = []
+    recent: Dict[int, Frame] = {}  # the frames since the last keyframe: the first with faces may be among them
     with contextlib.closing(source_frames(path, info, options, still)) as frames:
         for index, frame in enumerate(frames):
             if index >= SCAN_FRAMES:
                 break
-            recent = (recent + [frame])[-2:]  # a cut makes the frame before a keyframe
+            recent = {i: f for i, f in recent.items() if i > index - options.detect_every - 1} | {index: frame}
             tracker.push(frame)
             if tracker.first_faces is not None:
-                first = tracker.first_faces
-                return _numbered(first, recent[first.frame - index - 1])
+                return _numbered(tracker.first_faces, recent[tracker.first_faces.frame])
     return []
 
 
