@@ -42,6 +42,7 @@ class RunResult:
     model: str
     paddle: str  # paddle version, for status lines and bug reports
     notes: Tuple[str, ...] = ()  # what the run changed about the input, for the user (e.g. a picture scaled down)
+    frames_without_face: int = 0  # output frames the followed face was not in: passed through unchanged
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
             job = _prepare(face_p, audio_p, out_p, options, report)  # bad input is told before paddle loads
             device = runtime.choose_device(options.device)
-            notes = _render(job, options, engine, device, Path(tmp), report)
+            notes, absent = _render(job, options, engine, device, Path(tmp), report)
     except BaseException:
         paths.remove_empty(created)
         raise
@@ -89,12 +90,13 @@ def run(
         native.release_freed_memory()
     seconds = time.perf_counter() - started
     return RunResult(out_p, job.frames, job.fps, seconds, _describe(device), options.checkpoint,
-                     runtime.paddle_version(), job.notes + notes)  # fmt: skip
+                     runtime.paddle_version(), job.notes + notes, absent)  # fmt: skip
 
 
 def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.Device, tmp: Path,
-            report: Progress) -> Tuple[str, ...]:
-    """Load the networks, find the faces, then generate, blend and encode; returns notes for the user."""
+            report: Progress) -> Tuple[Tuple[str, ...], int]:
+    """Load the networks, find the faces, then generate, blend and encode; returns notes for the user and the
+    number of frames without the face."""
     report(STAGE_LOAD, 0, 1)
     cpu.use_opencv_threads(cpu_threads(options))
     generator = engine.still_generator(options, device) if job.still else engine.generator(options, device)
@@ -110,7 +112,7 @@ def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.
         if found.cache is not None:
             found.cache.close()
     absent = found.absent_frames(job)
-    return notes + ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ())
+    return notes + ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
