@@ -33,6 +33,7 @@ SPEECH_GROUP = "speak"  # the voice previews: light (a network call or espeak-ng
 SPEECH_CONCURRENCY = jobs.SPEECHES_AT_ONCE  # previews spoken at once
 FACES_GROUP = "faces"  # the face picker's detection, one upload at a time
 FACE_COLUMNS = 6  # thumbnails per row in the face picker
+FACES_HEIGHT = 130  # px: the picker shows one row of thumbnails (more rows scroll)
 MODEL_NOTES = {
     "wav2lip_hq": "PaddleGAN's HQ model (default)",
     "wav2lip_gan": "sharper faces",
@@ -60,21 +61,24 @@ def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
     return tabs, image, video
 
 
-def _face_picker() -> Tuple[gr.Column, gr.Gallery, gr.Button, gr.Number]:
+def _face_picker() -> Tuple[gr.Column, gr.Markdown, gr.Gallery, gr.Button, gr.Number]:
     """The faces found, to click one; the number clicked is the /lipsync endpoint's face_index."""
     with gr.Column(visible=False, elem_id="picker") as column:
-        gallery = gr.Gallery(label="Who speaks", columns=FACE_COLUMNS, height="auto", allow_preview=False,
-                             object_fit="contain", interactive=False, elem_id="faces")  # fmt: skip
+        heading = gr.Markdown(elem_id="picker-heading")  # a gallery's own label would cover the faces' tops
+        gallery = gr.Gallery(show_label=False, columns=FACE_COLUMNS, fit_columns=False, height=FACES_HEIGHT,
+                             allow_preview=False, object_fit="contain", interactive=False, buttons=[],
+                             elem_id="faces")  # fmt: skip
         automatic = gr.Button("Most confident face (automatic)", size="sm", elem_id="auto-face")
     index = gr.Number(value=None, precision=0, label="Face index", visible="hidden", elem_id="face-index")
-    return column, gallery, automatic, index
+    return column, heading, gallery, automatic, index
 
 
-def _wire_picker(image, video, advanced: list, column, gallery, automatic, index) -> None:
+def _wire_picker(image, video, advanced: list, column, heading, gallery, automatic, index) -> None:
     resize, detector = advanced[4], advanced[10]  # _advanced_inputs' order
     for changed in (image.change, video.change, detector.change, resize.change):
-        changed(picker.faces_of, [image, video, detector, resize], [column, gallery, index], api_visibility="private",
-                concurrency_id=FACES_GROUP, concurrency_limit=1, show_progress="minimal")  # fmt: skip
+        changed(picker.faces_of, [image, video, detector, resize], [column, heading, gallery, index],
+                api_visibility="private", concurrency_id=FACES_GROUP, concurrency_limit=1,
+                show_progress="minimal")  # fmt: skip
     light = dict(queue=False, show_progress="hidden", api_visibility="private")
     gallery.select(picker.chosen, None, index, **light)
     automatic.click(picker.automatic, None, [index, gallery], **light)

@@ -14,18 +14,18 @@ from lipsync.options import LipSyncOptions
 
 log = logging.getLogger("lipsync.app")
 
-LABEL = "Who speaks: {count} found. Click one, or leave none chosen for the most confident face"
-ONE_LABEL = "Who speaks: 1 face found"
+HEADING = "**Who speaks?** {count} faces found: click one (none chosen: the most confident face speaks)"
+ONE_HEADING = "**Who speaks?** 1 face found"
 CACHED_FACES = 8  # uploads whose faces are kept (thumbnails of 96 px: a few kB each)
 
 
 def faces_of(face_image: Optional[str], face_video: Optional[str], detector: str,
-             resize_factor: float) -> Tuple[dict, gr.Gallery, None]:  # fmt: skip
-    """The picker (shown only when there are faces) with the faces of the face given, nothing chosen yet."""
+             resize_factor: float) -> Tuple[dict, str, gr.Gallery, None]:  # fmt: skip
+    """The picker (shown only when there are faces): its heading and the faces of the face given, nothing
+    chosen yet."""
     items = thumbnails(face_image or face_video, detector, int(resize_factor or 1))
-    label = ONE_LABEL if len(items) == 1 else LABEL.format(count=f"{len(items)} faces")
-    gallery = gr.Gallery(value=items or None, selected_index=None, label=label)
-    return gr.update(visible=bool(items)), gallery, None
+    heading = ONE_HEADING if len(items) == 1 else HEADING.format(count=len(items))
+    return gr.update(visible=bool(items)), heading, gr.Gallery(value=items or None, selected_index=None), None
 
 
 @functools.lru_cache(maxsize=CACHED_FACES)  # a picture and a video both change when one replaces the other
