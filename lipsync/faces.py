@@ -3,6 +3,7 @@ was away), numbered faces for choosing who speaks, gaps, pads, smoothing."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -10,10 +11,12 @@ import cv2
 import numpy as np
 
 from . import shots
-from .shots import NO_FACE_ADVICE, fill_gaps, smooth  # noqa: F401  (as before the split)
-from .detectors import (Candidates, CandidatesFn, DetectFn, Detections, HaarDetector, S3FDDetector,  # noqa: F401
-                        Scored, candidates_of)
+# detectors, gaps and smoothing were split out of this module: their names stay importable from it
+from .detectors import (Candidates, DetectFn, Detections, HaarDetector, S3FDDetector, Scored,  # noqa: F401
+                        candidates_of)
 from .errors import LipSyncError
+from .follow import FOLLOW_RADIUS, REACQUIRE_RADIUS, FirstFaces, index_beyond, nearest
+from .shots import NO_FACE_ADVICE, fill_gaps, smooth  # noqa: F401
 from .types import Box, Frame
 
 KEYFRAME_DRIFT = 0.08  # keyframe boxes further apart than this fraction of the face size: detect the frames between
@@ -22,10 +25,6 @@ ROI_CONTEXT = 2.5  # that square spans this many face sizes: room for the face t
 ROI_EDGE_PX = 1  # a box this close to a side where the crop cut the frame is a face the cut may have clipped
 COARSE_SIDE = 320  # px: whole frames are searched at this size first (a face found is then placed by a crop)
 RETRY_SIDE_FACTOR = 2  # a still without a face found is searched again on a copy this much larger (small faces)
-# The followed face, in face sizes (the larger side of its last box) between its centre and a candidate's:
-FOLLOW_RADIUS = 0.75  # in a crop around it: a whole face of its size in the crop lies this close, a neighbour further
-REACQUIRE_RADIUS = 1.0  # in the whole frame, once the crop lost it: the nearest face this close is it
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 
 
 def detection_scale(shape: Tuple[int, ...], max_side: int) -> float:
@@ -114,14 +113,6 @@ def roi_crop(frame: Frame, box: Box) -> Tuple[Frame, Crop]:
         shrink = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         patch[py1:py2, px1:px2] = cv2.resize(frame[fy1:fy2, fx1:fx2], (px2 - px1, py2 - py1), interpolation=shrink)
     return patch, Crop(left, top, scale, (px1, py1, px2, py2))
-
-
-@dataclass(frozen=True)
-class FirstFaces:
-    """The faces of the first frame that has faces, numbered from 0 left to right by their box's centre."""
-
-    frame: int
-    faces: Tuple[Scored, ...]
 
 
 class FaceTracker:
@@ -289,12 +280,14 @@ class FaceTracker:
         it at the tracker's usual size); frames without the face are searched again at the next size."""
         found: Detections = [None] * len(frames)
         for side in self._search_sides(frames[0].shape) if frames else []:
-            pick = lambda chosen, side=side: [self._pick(faces, followed) for faces in self._downscaled(chosen, side)]
-            self._fill(found, frames, pick)
+            self._fill(found, frames, functools.partial(self._whole_at, side=side, followed=followed))
         for i, box in enumerate(found):
             if box is not None:
                 found[i] = self._in_crops([frames[i]], box)[0] or box
         return found
+
+    def _whole_at(self, frames: Sequence[Frame], side: int, followed: Optional[Box]) -> Detections:
+        return [self._pick(faces, followed) for faces in self._downscaled(frames, side)]
 
     def _pick(self, faces: List[Scored], followed: Optional[Box]) -> Optional[Box]:
         """Of a whole frame's faces: the followed one (the nearest, if near where it was); else the most
@@ -332,29 +325,6 @@ class FaceTracker:
         for start in range(0, len(frames), self._batch):
             found += self._candidates(frames[start : start + self._batch])
         return found
-
-
-def nearest(faces: Sequence[Tuple[Optional[Box], float]], followed: Box, radius: float) -> Optional[Box]:
-    """The face whose centre is nearest the followed box's, if within `radius` face sizes of it."""
-    size = max(followed[2] - followed[0], followed[3] - followed[1], 1)
-    cx, cy = (followed[0] + followed[2]) / 2, (followed[1] + followed[3]) / 2
-    best, best_distance = None, radius
-    for box, _ in faces:
-        if box is None:
-            continue
-        distance = max(abs((box[0] + box[2]) / 2 - cx), abs((box[1] + box[3]) / 2 - cy)) / size
-        if distance <= best_distance and (best is None or distance < best_distance):
-            best, best_distance = box, distance
-    return best
-
-
-def index_beyond(index: int, count: int, frame: int) -> str:
-    """The error for a face_index past the faces found."""
-    wanted = ORDINALS[index] if index < len(ORDINALS) else f"number {index + 1}"
-    faces = "1 face was" if count == 1 else f"{count} faces were"
-    choices = "0" if count == 1 else f"0–{count - 1}"
-    return (f"face_index {index} asks for the {wanted} face from the left, but only {faces} found in the first "
-            f"frame with faces (frame {frame}); use {choices}, or leave it out for the most confident face")
 
 
 def _interpolate(a: Box, b: Box, t: float) -> Box:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from . import faces, geometry, paths, video
+from .follow import FirstFaces
 from .options import LipSyncOptions
 from .types import Frame
 
@@ -78,7 +79,7 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
     return []
 
 
-def _numbered(first: faces.FirstFaces, frame: Frame) -> List[FoundFace]:
+def _numbered(first: FirstFaces, frame: Frame) -> List[FoundFace]:
     found = []
     for index, ((x1, y1, x2, y2), score) in enumerate(first.faces):
         found.append(FoundFace(index, (y1, y2, x1, x2), score, first.frame, thumbnail(frame, (x1, y1, x2, y2))))

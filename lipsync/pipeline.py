@@ -106,12 +106,12 @@ def _render(job: _Job, options: LipSyncOptions, engine: Engine, device: runtime.
     if enhancer is not None and device.kind == "cpu":
         facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
     found = _locate_faces(job, options, detect, detection_batch(options, device), tmp, report)
+    absent = found.absent_frames(job)
     try:
         _synthesize(job, options, generator, generator_batch(options, device), found, tmp, report, enhancer)
     finally:
         if found.cache is not None:
             found.cache.close()
-    absent = found.absent_frames(job)
     return notes + ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
 
 
@@ -247,7 +247,7 @@ def _finish_boxes(tracker: faces.FaceTracker, shape: Tuple[int, ...], job: _Job,
     if not found:
         raise LipSyncError(f"no frame could be read from {job.face.name}")
     boxes = faces.fill_gaps(found, job.face.name, _no_face_advice(options, shape, job.still))
-    present = ~np.array(tracker.absent(), dtype=bool)
+    present = ~np.array(shots.bridge_misses(tracker.absent(), tracker.cuts), dtype=bool)
     padded = faces.apply_pads(boxes, options.pads, shape)
     geometry.check_padded(boxes, padded, options.pads, job.face.name)
     boxes = padded

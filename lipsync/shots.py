@@ -16,6 +16,9 @@ CUT_SIDE = 64  # px: frames are compared as grey thumbnails this wide (noise and
 # test clip gives about 3, a fast pan 10–20, a cut between two shots 30 or more.
 CUT_MEAN_DIFF = 30.0
 SMOOTH_WINDOW = 5  # boxes averaged per frame, as the reference does
+# A face not found in at most this many frames in a row, with it on both sides in one shot, was missed by the
+# detector (motion blur, a blink of a turn): those frames take interpolated boxes instead of passing through.
+MISSED_FRAMES = 2
 
 
 class CutDetector:
@@ -55,6 +58,24 @@ def runs(present: Sequence[bool], cuts: Sequence[int] = ()) -> List[Tuple[int, i
     if start is not None:
         found.append((start, len(present)))
     return found
+
+
+def bridge_misses(absent: Sequence[bool], cuts: Sequence[int] = (), longest: int = MISSED_FRAMES) -> List[bool]:
+    """`absent` without its short gaps (at most `longest` frames) that have the face on both sides in one shot."""
+    out, cut_set, n = list(absent), set(cuts), len(absent)
+    start = 0
+    while start < n:
+        if not absent[start]:
+            start += 1
+            continue
+        stop = start
+        while stop < n and absent[stop]:
+            stop += 1
+        inside = start > 0 and stop < n and not cut_set.intersection(range(start, stop + 1))
+        if inside and stop - start <= longest:
+            out[start:stop] = [False] * (stop - start)
+        start = stop
+    return out
 
 
 def smooth(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:

@@ -355,3 +355,13 @@ def test_haar_numbers_two_real_faces_left_to_right(astronaut_bgr):
     for index, (low, high) in enumerate([(0, 512), (512, 1024)]):
         [box] = _track(faces.FaceTracker(faces.HaarDetector(), 1, 640, 1, retry_larger=True, face_index=index), [twice])
         assert box is not None and low < box[0] < box[2] < high
+
+
+def test_a_face_missed_in_a_frame_or_two_within_a_shot_is_a_miss_not_an_absence():
+    from lipsync import shots
+
+    away = [False, True, False, False, True, True, False, True, True, True, False, True]
+    bridged = [False, False, False, False, False, False, False, True, True, True, False, True]
+    assert shots.bridge_misses(away) == bridged, "three in a row, or at the end: the face is away"
+    assert shots.bridge_misses([False, True, False], cuts=[1]) == [False, True, False], "a cut on either side"
+    assert shots.bridge_misses([False, True, False], cuts=[2]) == [False, True, False]

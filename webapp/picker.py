@@ -28,10 +28,10 @@ def faces_of(face_image: Optional[str], face_video: Optional[str], detector: str
     return gr.update(visible=bool(items)), heading, gr.Gallery(value=items or None, selected_index=None), None
 
 
-@functools.lru_cache(maxsize=CACHED_FACES)  # a picture and a video both change when one replaces the other
+@functools.lru_cache(maxsize=CACHED_FACES)
 def thumbnails(face: Optional[str], detector: str, resize_factor: int) -> List[Tuple[object, str]]:
     """(RGB picture, "face n") for each face, left to right; [] without a face or when the file cannot be read
-    (making the video says why)."""
+    (making the video says why). Cached: a picture and a video both change when one replaces the other."""
     if not face:
         return []
     import lipsync
@@ -39,8 +39,11 @@ def thumbnails(face: Optional[str], detector: str, resize_factor: int) -> List[T
     try:
         options = LipSyncOptions(face_detector=detector or "sfd", resize_factor=resize_factor)
         found = lipsync.find_faces(face, options)
-    except LipSyncError as exc:
+    except LipSyncError as exc:  # the run will say it, as an error the visitor can act on
         log.info("no faces to pick from: %s", exc)
+        return []
+    except Exception:  # the picker is a help: the form still works without it
+        log.exception("the face picker failed")
         return []
     return [(face.thumbnail, f"face {face.index}") for face in found]
 
