@@ -19,7 +19,7 @@ import gradio as gr
 import lipsync
 from lipsync import tts
 from lipsync.options import BLEND_MODES, DEFAULT_PADS, DEVICES, FACE_DETECTORS
-from webapp import form, jobs, voices
+from webapp import form, jobs, picker, voices
 from webapp.examples import EXAMPLE_SET, ExampleResults, example_voice, run_example
 from webapp.folders import examples_cache
 from webapp.jobs import DEFAULTS, make_video, preview_speech
@@ -31,6 +31,9 @@ CONCURRENCY_ENV = "LIPSYNC_CONCURRENCY"  # jobs run at once; 1 suits one GPU (th
 GPU_GROUP = "lipsync"  # concurrency group shared by every event that runs the networks
 SPEECH_GROUP = "speak"  # the voice previews: light (a network call or espeak-ng), but bounded too
 SPEECH_CONCURRENCY = jobs.SPEECHES_AT_ONCE  # previews spoken at once
+FACES_GROUP = "faces"  # the face picker's detection, one upload at a time
+FACE_COLUMNS = 6  # thumbnails per row in the face picker
+FACES_HEIGHT = 130  # px: the picker shows one row of thumbnails (more rows scroll)
 MODEL_NOTES = {
     "wav2lip_hq": "PaddleGAN's HQ model (default)",
     "wav2lip_gan": "sharper faces",
@@ -56,6 +59,29 @@ def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
         with gr.Tab("Video", id="video"):
             video = gr.Video(label="Face video", sources=["upload", "webcam"], height=320, elem_id="face-video")
     return tabs, image, video
+
+
+def _face_picker() -> Tuple[gr.Column, gr.Markdown, gr.Gallery, gr.Button, gr.Number]:
+    """The faces found, to click one; the number clicked is the /lipsync endpoint's face_index."""
+    with gr.Column(visible=False, elem_id="picker") as column:
+        heading = gr.Markdown(elem_id="picker-heading")  # a gallery's own label would cover the faces' tops
+        gallery = gr.Gallery(show_label=False, columns=FACE_COLUMNS, fit_columns=False, height=FACES_HEIGHT,
+                             allow_preview=False, object_fit="contain", interactive=False, buttons=[],
+                             elem_id="faces")  # fmt: skip
+        automatic = gr.Button("Most confident face (automatic)", size="sm", elem_id="auto-face")
+    index = gr.Number(value=None, precision=0, label="Face index", visible="hidden", elem_id="face-index")
+    return column, heading, gallery, automatic, index
+
+
+def _wire_picker(image, video, advanced: list, column, heading, gallery, automatic, index) -> None:
+    resize, detector = advanced[4], advanced[10]  # _advanced_inputs' order
+    for changed in (image.change, video.change, detector.change, resize.change):
+        changed(picker.faces_of, [image, video, detector, resize], [column, heading, gallery, index],
+                api_visibility="private", concurrency_id=FACES_GROUP, concurrency_limit=1,
+                show_progress="minimal")  # fmt: skip
+    light = dict(queue=False, show_progress="hidden", api_visibility="private")
+    gallery.select(picker.chosen, None, index, **light)
+    automatic.click(picker.automatic, None, [index, gallery], **light)
 
 
 def _voice_inputs():
@@ -136,6 +162,7 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column():
                 face_tabs, image, video = _face_inputs()
+                picked = _face_picker()
                 voice_tabs, text, language, voice, rate, preview, audio = _voice_inputs()
                 models = [(f"{m}: {MODEL_NOTES.get(m, '')}", m) for m in lipsync.available_models("wav2lip")]
                 model = gr.Dropdown(models, value=DEFAULTS.checkpoint, label="Model")
@@ -145,7 +172,7 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
                 run = gr.Button("Make it speak", variant="primary", elem_id="run")
             with gr.Column():
                 result, speech, status = _outputs()
-        inputs = [image, video, audio, text, voice, rate, model, *advanced, sharpen]  # make_video's order
+        inputs = [image, video, audio, text, voice, rate, model, *advanced, sharpen, picked[-1]]  # make_video's order
         run.click(generate, inputs, [result, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
         preview.click(functools.partial(preview_speech, limits), [text, voice, rate], [speech, status],
                       api_name="speak", concurrency_id=SPEECH_GROUP, concurrency_limit=SPEECH_CONCURRENCY)  # fmt: skip
@@ -153,6 +180,7 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
                   [language, voice, voice_tabs], [result, speech, status])  # fmt: skip
         language.change(voices.voices_for_language, [language, voice], voice, queue=False, api_visibility="private")
         _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs)
+        _wire_picker(image, video, advanced, *picked)
         demo.load(voices.refresh_voice_picker, [language, voice], [language, voice], queue=False,
                   api_visibility="private")  # fmt: skip
         demo.load(jobs.sharpen_checkbox, None, sharpen, queue=False, api_visibility="private")  # slow on a CPU?

@@ -27,7 +27,8 @@ from .errors import LipSyncError
 from .options import LipSyncOptions
 
 __version__ = "0.1.0"
-__all__ = ["LipSyncError", "LipSyncOptions", "run", "RunResult", "Engine", "load_wav2lip", "available_models"]
+__all__ = ["LipSyncError", "LipSyncOptions", "run", "RunResult", "Engine", "load_wav2lip", "available_models",
+           "find_faces", "FoundFace"]
 
 _LAZY = {
     "run": "pipeline",
@@ -35,10 +36,13 @@ _LAZY = {
     "Engine": "engine",
     "load_wav2lip": "weights",
     "available_models": "weights",
+    "find_faces": "picker",
+    "FoundFace": "picker",
 }
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .picker import FoundFace, find_faces
     from .pipeline import RunResult, run
     from .weights import available_models, load_wav2lip
 

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="keep only this part of each frame; -1 means the frame edge (default 0 -1 0 -1)")
     _add(p, "box", type=int, nargs=4, default=list(NO_BOX), metavar=("Y1", "Y2", "X1", "X2"),
          help="fixed face box, skipping detection: a last resort when no face is found (-1 -1 -1 -1 = detect)")
+    _add(p, "face_index", type=int, default=None, metavar="N",
+         help="who speaks: the N-th face from the left (0 = leftmost) in the first frame with faces, then followed; "
+              "default: the most confident face")
     _add(p, "rotate", action="store_true", help="rotate frames 90° clockwise first (phone videos without metadata)")
     _add(p, "nosmooth", action="store_true", help="do not average face boxes over neighbouring frames")
     _add(p, "cpu", action="store_true", help="run on the CPU (same as --device cpu)")
@@ -144,6 +147,7 @@ def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
         face_enhancement=args.face_enhancement,
         enhancer_weights=args.enhancer_weights,
         precision=args.precision,
+        face_index=args.face_index,
     )
 
 

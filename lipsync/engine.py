@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import audio, cpu, faces, mouth, precision, runtime, weights
+from . import audio, cpu, detectors, mouth, precision, runtime, weights
 from .errors import LipSyncError, first_line
 from .options import LipSyncOptions
 
@@ -89,17 +89,17 @@ class Engine:
                                   _still_decoder_specs(), device, pool, options, probe=probe)  # fmt: skip
         return StillGenerator(encoder, decoder)
 
-    def detector(self, options: LipSyncOptions, device: runtime.Device) -> faces.DetectFn:
+    def detector(self, options: LipSyncOptions, device: runtime.Device) -> detectors.DetectFn:
         """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar."""
         if options.face_detector == "haar":
-            return self._cached(("haar",), faces.HaarDetector)  # type: ignore[return-value]
+            return self._cached(("haar",), detectors.HaarDetector)  # type: ignore[return-value]
         from . import s3fd
 
         path = weights.resolve_weights(options.detector_weights, "s3fd")
         batch = detection_batch(options, device)
         predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
                                     (batch, S3FD_GPU_ITEM_MB), options)  # fmt: skip
-        return faces.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
+        return detectors.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
 
     def enhancer(self, options: LipSyncOptions, device: runtime.Device) -> Enhancer:
         """GPEN from options.enhancer_weights, its side read from the weights (its encoder's depth)."""
@@ -188,7 +188,7 @@ def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
 
 
 def run_detector(engine: Engine, options: LipSyncOptions,
-                 device: runtime.Device) -> Tuple[Optional[faces.DetectFn], Tuple[str, ...]]:  # fmt: skip
+                 device: runtime.Device) -> Tuple[Optional[detectors.DetectFn], Tuple[str, ...]]:  # fmt: skip
     """The detector a run uses (None with a fixed --box), and notes for the user: when the S3FD weights, a
     known name, cannot be found or downloaded here, OpenCV's Haar detector stands in, and the notes say so."""
     if options.box is not None:

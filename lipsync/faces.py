@@ -1,34 +1,30 @@
-"""Face boxes per frame: detectors (S3FD, OpenCV Haar), downscaled batched detection, gaps, pads, smoothing."""
+"""Face boxes per frame: one face followed through a video (detected in crops around it, re-found after it
+was away), numbered faces for choosing who speaks, gaps, pads, smoothing."""
 
 from __future__ import annotations
 
-import threading
+import functools
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from . import shots
+# detectors, gaps and smoothing were split out of this module: their names stay importable from it
+from .detectors import (Candidates, DetectFn, Detections, HaarDetector, S3FDDetector, Scored,  # noqa: F401
+                        candidates_of)
 from .errors import LipSyncError
+from .follow import FOLLOW_RADIUS, REACQUIRE_RADIUS, FirstFaces, index_beyond, nearest
+from .shots import NO_FACE_ADVICE, fill_gaps, smooth  # noqa: F401
 from .types import Box, Frame
 
-SMOOTH_WINDOW = 5  # boxes averaged per frame, as the reference does
-HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-HAAR_SCALE_STEP = 1.1
-HAAR_MIN_NEIGHBOURS = 5
-HAAR_MIN_FACE = 24  # px on the detection copy
-# Haar boxes run from the brows to the lower lip; S3FD's (what Wav2Lip was trained on) reach the chin.
-HAAR_TO_S3FD = (0.0, 0.08, 0.0, 0.18)  # grow (left, top, right, bottom) by these fractions of the box size
 KEYFRAME_DRIFT = 0.08  # keyframe boxes further apart than this fraction of the face size: detect the frames between
 ROI_SIDE = 160  # px: the square the detector looks at while it follows a face (a 640x360 frame is 9x the pixels)
 ROI_CONTEXT = 2.5  # that square spans this many face sizes: room for the face to move between keyframes
 ROI_EDGE_PX = 1  # a box this close to a side where the crop cut the frame is a face the cut may have clipped
 COARSE_SIDE = 320  # px: whole frames are searched at this size first (a face found is then placed by a crop)
 RETRY_SIDE_FACTOR = 2  # a still without a face found is searched again on a copy this much larger (small faces)
-
-Detections = List[Optional[Box]]
-DetectFn = Callable[[Sequence[Frame]], Detections]
 
 
 def detection_scale(shape: Tuple[int, ...], max_side: int) -> float:
@@ -71,56 +67,6 @@ def map_back(box: Optional[Box], scale: float, shape: Tuple[int, ...]) -> Option
 def _usable(box: Box) -> Optional[Box]:
     """The box, or None when clipping to the frame left no room for a face crop."""
     return box if valid_box(box) else None
-
-
-class S3FDDetector:
-    """S3FD through a predictor: the highest-scoring face per frame (boxes in the given frames' pixels)."""
-
-    def __init__(self, run: Callable[[np.ndarray], List[np.ndarray]]):
-        self._run = run
-
-    def __call__(self, frames: Sequence[Frame]) -> Detections:
-        from . import s3fd
-
-        found = s3fd.decode(self._run(s3fd.preprocess(frames)))
-        return [_best(dets) for dets in found]
-
-
-def _best(dets: np.ndarray) -> Optional[Box]:
-    if len(dets) == 0:
-        return None
-    x1, y1, x2, y2 = (int(v) for v in np.maximum(dets[0, :4], 0))
-    return (x1, y1, x2, y2)
-
-
-class HaarDetector:
-    """OpenCV's Haar cascade (ships with opencv): no download; the most confident face, box stretched to the chin."""
-
-    def __init__(self) -> None:
-        path = Path(cv2.data.haarcascades) / HAAR_CASCADE
-        self._cascade = cv2.CascadeClassifier(str(path))
-        if self._cascade.empty():
-            raise LipSyncError(f"OpenCV's face cascade is missing ({path}); reinstall opencv-python-headless")
-        self._lock = threading.Lock()  # one cascade object is not safe to share between threads
-
-    def __call__(self, frames: Sequence[Frame]) -> Detections:
-        with self._lock:
-            return [self._detect(f) for f in frames]
-
-    def _detect(self, frame: Frame) -> Optional[Box]:
-        grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-        found, votes = self._cascade.detectMultiScale2(
-            grey, HAAR_SCALE_STEP, HAAR_MIN_NEIGHBOURS, minSize=(HAAR_MIN_FACE, HAAR_MIN_FACE)
-        )
-        if len(found) == 0:
-            return None
-        # the most confident box (most overlapping hits; false positives get few), the larger on a tie
-        x, y, w, h = max(zip(found, votes), key=lambda hit: (hit[1], hit[0][2] * hit[0][3]))[0]
-        left, top, right, bottom = HAAR_TO_S3FD
-        box = (x - left * w, y - top * h, x + w + right * w, y + h + bottom * h)
-        height, width = frame.shape[:2]
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        return (max(0, x1), max(0, y1), min(width, x2), min(height, y2))
 
 
 @dataclass(frozen=True)
@@ -170,41 +116,70 @@ def roi_crop(frame: Frame, box: Box) -> Tuple[Frame, Crop]:
 
 
 class FaceTracker:
-    """Face boxes for a stream of frames, detecting as little as the motion allows.
+    """The boxes of one face through a stream of frames, detecting as little as the motion allows.
 
-    Every `every`-th frame (and the last) is a keyframe: the detector looks at a small crop around the face it
-    found last (the whole frame, at COARSE_SIDE then at `max_side`, when it has none or the crop misses). Between two
-    keyframes whose boxes differ, the middle frame is checked against linear motion, and halves that break it
-    are checked the same way; where the face came or went, every frame is. The others stay None for fill_gaps,
-    which interpolates. The crop keeps one face across frames even when the picture holds several.
+    Every `every`-th frame (and the last, and the frames on both sides of a scene cut) is a keyframe: the
+    detector looks at a small crop around the face it follows (the whole frame, at COARSE_SIDE then at
+    `max_side`, when it has none or the crop misses). Between two keyframes whose boxes differ, the middle frame
+    is checked against linear motion, and halves that break it are checked the same way; where the face came or
+    went, every frame is. The others stay None for fill_gaps, which interpolates, unless the face is away on both
+    sides: then absent() says so. Of several faces, the one followed is the nearest to where it was; the first is
+    the most confident, or the `face_index`-th from the left in the first frame with faces.
     """
 
-    def __init__(self, detect: DetectFn, every: int, max_side: int, batch: int, retry_larger: bool = False):
+    def __init__(self, detect: DetectFn, every: int, max_side: int, batch: int, retry_larger: bool = False,
+                 face_index: Optional[int] = None):  # fmt: skip
         self.boxes: Detections = []
-        self._detect, self._every, self._max_side, self._batch = detect, max(1, every), max_side, max(1, batch)
+        self.cuts: List[int] = []  # frames that begin a new shot
+        self.first_faces: Optional[FirstFaces] = None  # with a face_index, once faces were found
+        self._candidates = candidates_of(detect)
+        self._every, self._max_side, self._batch = max(1, every), max_side, max(1, batch)
         self._retry_larger = retry_larger  # a still: look again, larger, if no face was found
+        self._face_index = face_index
+        self._looked: List[bool] = []  # whether the detector looked at each frame
         self._between: List[Tuple[int, Frame]] = []  # frames since the last keyframe
         self._last_key: Optional[int] = None
         self._track: Optional[Box] = None
+        self._shots = shots.CutDetector()
 
     def push(self, frame: Frame) -> None:
         """Take the next frame (it is kept until the next keyframe only if it lies between two)."""
         index = len(self.boxes)
         self.boxes.append(None)
-        if index % self._every == 0:
+        self._looked.append(False)
+        if self._shots.cut(frame):  # no box is interpolated across a cut: keyframes on both sides
+            self.cuts.append(index)
+            if self._between:
+                self._keyframe(*self._between.pop())
+            self._keyframe(index, frame)
+        elif self._last_key is None or index - self._last_key >= self._every:
             self._keyframe(index, frame)
         else:
             self._between.append((index, frame))
 
     def finish(self) -> Detections:
-        """Every frame's box (None: not detected or no face); the last frame is always a keyframe."""
+        """Every frame's box (None: not detected, or no face); the last frame is always a keyframe."""
         if self._between:
             self._keyframe(*self._between.pop())
         return self.boxes
 
-    def _keyframe(self, index: int, frame: Frame) -> None:
-        box = self._find(frame)
+    def absent(self) -> List[bool]:
+        """Per frame (after finish): whether the followed face is not in it: looked at and not found, or between
+        two frames where it was not."""
+        away, previous_away = [], True
+        for box, looked in zip(self.boxes, self._looked):
+            if looked:
+                previous_away = box is None
+            away.append(box is None and (looked or previous_away))
+        return away
+
+    def _set(self, index: int, box: Optional[Box]) -> None:
         self.boxes[index] = box
+        self._looked[index] = True
+
+    def _keyframe(self, index: int, frame: Frame) -> None:
+        box = self._find(index, frame)
+        self._set(index, box)
         if self._last_key is not None and self._between:
             self._between_keyframes(self._last_key, index)
         self._between = []
@@ -229,26 +204,57 @@ class FaceTracker:
         middle = (first + last) // 2
         expected = _interpolate(self.boxes[first], self.boxes[last], (middle - first) / (last - first))
         found = self._in_crops([frames[middle]], expected)[0]
-        self.boxes[middle] = found
+        self._set(middle, found)
         if found is None:  # lost in the middle: look at every frame
             self._refine([(i, frames[i]) for i in range(first + 1, last)], (self.boxes[first], self.boxes[last]))
         elif _moved(expected, found):
             self._bisect(first, middle, frames)
             self._bisect(middle, last, frames)
 
-    def _find(self, frame: Frame) -> Optional[Box]:
-        near = self._in_crops([frame], self._track)[0] if self._track is not None else None
-        return near or self._in_whole([frame])[0]
+    def _find(self, index: int, frame: Frame) -> Optional[Box]:
+        if self._track is None and self._face_index is not None:
+            self._track = self._choose(index, frame)
+            if self._track is None:
+                return None
+        if self._track is None:
+            return self._in_whole([frame], None)[0]
+        return self._in_crops([frame], self._track)[0] or self._in_whole([frame], self._track)[0]
+
+    def _choose(self, index: int, frame: Frame) -> Optional[Box]:
+        """The face_index-th face from the left in the first frame with faces (an error if it has fewer): this
+        keyframe, or one of the frames since the last, which had none."""
+        numbered = self._numbered(frame)
+        if not numbered:
+            return None
+        for earlier, before in self._between:
+            found = self._numbered(before)
+            if found:
+                index, numbered = earlier, found
+                break
+        self.first_faces = FirstFaces(index, tuple(numbered))
+        if self._face_index >= len(numbered):  # type: ignore[operator]
+            raise LipSyncError(index_beyond(self._face_index, len(numbered), index))  # type: ignore[arg-type]
+        return numbered[self._face_index][0]  # type: ignore[index]
+
+    def _numbered(self, frame: Frame) -> List[Scored]:
+        """Every face of a frame, left to right: from the search size that finds the most (the coarser on a tie)."""
+        most: List[Scored] = []
+        for side in self._search_sides(frame.shape):
+            found = self._downscaled([frame], side)[0]
+            if len(found) > len(most):
+                most = found
+        return sorted(most, key=lambda face: face[0][0] + face[0][2])
 
     def _refine(self, items: Sequence[Tuple[int, Frame]], near: Sequence[Optional[Box]]) -> None:
         """Detect each of these (index, frame): near either keyframe's face, else in the whole frame."""
         frames = [frame for _, frame in items]
+        known = [box for box in near if box is not None]
         found: Detections = [None] * len(frames)
-        for around in [box for box in near if box is not None]:
+        for around in known:
             self._fill(found, frames, lambda chosen, around=around: self._in_crops(chosen, around))
-        self._fill(found, frames, self._in_whole)
+        self._fill(found, frames, lambda chosen: self._in_whole(chosen, known[0] if known else None))
         for (index, _), box in zip(items, found):
-            self.boxes[index] = box
+            self._set(index, box)
 
     @staticmethod
     def _fill(found: Detections, frames: Sequence[Frame], detect: DetectFn) -> None:
@@ -260,22 +266,39 @@ class FaceTracker:
             found[i] = box
 
     def _in_crops(self, frames: Sequence[Frame], around: Box) -> Detections:
+        """The followed face in a crop around where it is expected: the nearest whole face found there."""
         if not frames:
             return []
         crops = [roi_crop(frame, around) for frame in frames]
         found = self._batched([patch for patch, _ in crops])
-        return [crop.to_frame(box, frame.shape) for (_, crop), box, frame in zip(crops, found, frames)]
+        mapped = [[(crop.to_frame(box, frame.shape), score) for box, score in faces]
+                  for (_, crop), faces, frame in zip(crops, found, frames)]  # fmt: skip
+        return [nearest([(b, s) for b, s in faces if b is not None], around, FOLLOW_RADIUS) for faces in mapped]
 
-    def _in_whole(self, frames: Sequence[Frame]) -> Detections:
+    def _in_whole(self, frames: Sequence[Frame], followed: Optional[Box]) -> Detections:
         """Search whole frames, coarse first (a face found there is then placed by a crop search, which sees
-        it at the tracker's usual size); frames without a face are searched again at the next size."""
+        it at the tracker's usual size); frames without the face are searched again at the next size."""
         found: Detections = [None] * len(frames)
         for side in self._search_sides(frames[0].shape) if frames else []:
-            self._fill(found, frames, lambda chosen, side=side: self._downscaled(chosen, side))
+            self._fill(found, frames, functools.partial(self._whole_at, side=side, followed=followed))
         for i, box in enumerate(found):
             if box is not None:
                 found[i] = self._in_crops([frames[i]], box)[0] or box
         return found
+
+    def _whole_at(self, frames: Sequence[Frame], side: int, followed: Optional[Box]) -> Detections:
+        return [self._pick(faces, followed) for faces in self._downscaled(frames, side)]
+
+    def _pick(self, faces: List[Scored], followed: Optional[Box]) -> Optional[Box]:
+        """Of a whole frame's faces: the followed one (the nearest, if near where it was); else the most
+        confident, unless a face_index chose who speaks: then that face is not in this frame."""
+        if not faces:
+            return None
+        if followed is not None:
+            near = nearest(faces, followed, REACQUIRE_RADIUS)
+            if near is not None or self._face_index is not None:
+                return near
+        return faces[0][0]
 
     def _search_sides(self, shape: Tuple[int, ...]) -> List[int]:
         """Longest sides to search whole frames at, coarse to fine; each one that actually changes the size."""
@@ -290,15 +313,17 @@ class FaceTracker:
                 kept.append(side)
         return kept
 
-    def _downscaled(self, frames: Sequence[Frame], max_side: int) -> Detections:
+    def _downscaled(self, frames: Sequence[Frame], max_side: int) -> Candidates:
         scale = detection_scale(frames[0].shape, max_side)
         small = [pad_to_square(frame, max_side) for frame in downscale(frames, scale)]
-        return [map_back(box, scale, frames[0].shape) for box in self._batched(small)]
+        mapped = [[(map_back(box, scale, frames[0].shape), score) for box, score in faces]
+                  for faces in self._batched(small)]  # fmt: skip
+        return [[(box, score) for box, score in faces if box is not None] for faces in mapped]
 
-    def _batched(self, frames: Sequence[Frame]) -> Detections:
-        found: Detections = []
+    def _batched(self, frames: Sequence[Frame]) -> Candidates:
+        found: Candidates = []
         for start in range(0, len(frames), self._batch):
-            found += self._detect(frames[start : start + self._batch])
+            found += self._candidates(frames[start : start + self._batch])
         return found
 
 
@@ -316,20 +341,6 @@ def _moved(a: Optional[Box], b: Optional[Box]) -> bool:
     return max(abs(p - q) for p, q in zip(a, b)) > KEYFRAME_DRIFT * size
 
 
-NO_FACE_ADVICE = "try a clearer, front-facing picture, --face_detector haar, or give the face position with --box y1 y2 x1 x2"
-
-
-def fill_gaps(boxes: Detections, source: str, advice: str = NO_FACE_ADVICE) -> np.ndarray:
-    """Frames without a face take a box interpolated between the nearest frames that have one."""
-    found = [i for i, b in enumerate(boxes) if b is not None]
-    if not found:
-        raise LipSyncError(f"No face found in any frame of {source} — {advice}")
-    known = np.array([boxes[i] for i in found], dtype=np.float64)
-    index = np.arange(len(boxes))
-    filled = np.stack([np.interp(index, found, known[:, k]) for k in range(4)], axis=1)
-    return np.round(filled).astype(np.int64)
-
-
 def apply_pads(boxes: np.ndarray, pads: Tuple[int, int, int, int], shape: Tuple[int, ...]) -> np.ndarray:
     """Grow (x1, y1, x2, y2) boxes by pads (top, bottom, left, right), clipped to the frame."""
     top, bottom, left, right = pads
@@ -339,19 +350,6 @@ def apply_pads(boxes: np.ndarray, pads: Tuple[int, int, int, int], shape: Tuple[
     out[:, 1] = np.maximum(0, boxes[:, 1] - top)
     out[:, 2] = np.minimum(w, boxes[:, 2] + right)
     out[:, 3] = np.minimum(h, boxes[:, 3] + bottom)
-    return out
-
-
-def smooth(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
-    """The reference's smoothing: each box becomes the mean of the `window` boxes from it on, in place, truncated."""
-    out = boxes.astype(np.int64).copy()
-    n = len(out)
-    if n < window:
-        out[:] = out.mean(axis=0).astype(np.int64)
-        return out
-    for i in range(n):
-        span = out[n - window :] if i + window > n else out[i : i + window]
-        out[i] = np.mean(span, axis=0)
     return out
 
 

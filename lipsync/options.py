@@ -48,6 +48,7 @@ class LipSyncOptions:
     # the generator's arithmetic: auto = bf16 (CPUs with AMX / AVX-512 BF16) or fp16 (GPU) where its pixels pass
     # the perceptual gate (lipsync/precision.py), else fp32; fp32, bf16 and fp16 force one
     precision: Precision = "auto"
+    face_index: Optional[int] = None  # who speaks: n-th face from the left in the first frame with faces; None: best
 
     def __post_init__(self) -> None:
         _check_choice("face_detector", self.face_detector, FACE_DETECTORS)
@@ -67,6 +68,7 @@ class LipSyncOptions:
         _check_quad("crop", self.crop)
         if self.box is not None:
             _check_box(self.box)
+        _check_face_index(self.face_index, self.box)
 
 
 def option_names() -> Tuple[str, ...]:
@@ -87,6 +89,15 @@ def _check_positive(name: str, value: float) -> None:
 def _check_quad(name: str, value: Tuple[int, ...]) -> None:
     if len(value) != 4 or not all(isinstance(v, int) for v in value):
         raise LipSyncError(f"{name} takes four whole numbers (got {value!r})")
+
+
+def _check_face_index(index: Optional[int], box: Optional[Tuple[int, ...]]) -> None:
+    if index is None:
+        return
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise LipSyncError(f"face_index counts faces from 0 at the left: a whole number ≥ 0 (got {index!r})")
+    if box is not None:
+        raise LipSyncError("face_index and box both say where the face is: give one of them")
 
 
 def _check_box(box: Tuple[int, ...]) -> None:

@@ -16,12 +16,7 @@ PathLike = Union[str, Path]
 
 def check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tuple[Path, Path, Path]:
     """Inputs must be non-empty files; the output an .mp4 that is neither of them, in a folder we can make."""
-    face_p, audio_p, out_p = Path(face).expanduser(), Path(audio_path).expanduser(), Path(outfile).expanduser()
-    for what, path in (("face", face_p), ("audio", audio_p)):
-        if not path.is_file():
-            raise LipSyncError(f"{what} file not found: {path}")
-        if path.stat().st_size == 0:
-            raise LipSyncError(f"the {what} file {path.name} is empty (0 bytes); was the upload or copy complete?")
+    face_p, audio_p, out_p = check_input(face, "face"), check_input(audio_path, "audio"), Path(outfile).expanduser()
     if out_p.suffix.lower() != OUTPUT_SUFFIX:
         raise LipSyncError(f"the output must be an .mp4 file (got {out_p.name})")
     if out_p.is_dir():
@@ -32,6 +27,16 @@ def check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tupl
                                "so the input is not overwritten")
     check_creatable(out_p.parent)
     return face_p, audio_p, out_p.resolve()
+
+
+def check_input(given: PathLike, what: str) -> Path:
+    """An input file that exists and is not empty."""
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise LipSyncError(f"{what} file not found: {path}")
+    if path.stat().st_size == 0:
+        raise LipSyncError(f"the {what} file {path.name} is empty (0 bytes); was the upload or copy complete?")
+    return path
 
 
 def missing_folders(folder: Path) -> List[Path]:

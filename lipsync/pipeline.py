@@ -10,17 +10,17 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
-import cv2
 import numpy as np
 
-from . import audio, blend, cpu, facecrop, faces, geometry, mouth, native, paths, precision, runtime, video
-from .engine import (DEFAULT_ENGINE, FACE_SIZE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch,
-                     generator_batch, run_detector)
+from . import (audio, blend, cpu, facecrop, faces, geometry, native, paths, picker, precision, runtime, shots, synth,
+               video)
+from .engine import (DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch,
+                     run_detector)
 from .errors import LipSyncError
 from .options import LipSyncOptions
-from .types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame,
+from .types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Box, Frame,
                     Progress)
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ OVERLAP_LOADING = True  # load the networks while the audio and a picture decode
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 
 PathLike = Union[str, Path]
+Pair = Tuple[Frame, Optional[Box]]  # an output frame and its face box (None: the face is not in it)
+NO_FACE_NOTE = "{absent} of {total} frames had no face; they are passed through unchanged"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class RunResult:
     model: str
     paddle: str  # paddle version, for status lines and bug reports
     notes: Tuple[str, ...] = ()  # what the run changed about the input, for the user (e.g. a picture scaled down)
+    frames_without_face: int = 0  # output frames the followed face was not in: passed through unchanged
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def run(
     try:
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
             job, networks = _prepare_while_loading(face_p, audio_p, out_p, options, engine, report)
-            _render(job, options, networks, Path(tmp), report)
+            notes, absent = _render(job, options, networks, Path(tmp), report)
     except BaseException:
         paths.remove_empty(created)
         raise
@@ -91,7 +94,7 @@ def run(
         native.release_freed_memory()
     seconds = time.perf_counter() - started
     return RunResult(out_p, job.frames, job.fps, seconds, _describe(networks.device), options.checkpoint,
-                     runtime.paddle_version(), job.notes + networks.notes)  # fmt: skip
+                     runtime.paddle_version(), job.notes + networks.notes + notes, absent)  # fmt: skip
 
 
 def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, engine: Engine,
@@ -155,18 +158,22 @@ def _load_networks(engine: Engine, options: LipSyncOptions, still: bool) -> _Net
     return _Networks(device, generator, detect, enhancer, notes + _precision_notes(generator, options))
 
 
-def _render(job: _Job, options: LipSyncOptions, networks: _Networks, tmp: Path, report: Progress) -> None:
-    """Find the faces, then generate, blend, enhance and encode."""
+def _render(job: _Job, options: LipSyncOptions, networks: _Networks, tmp: Path,
+            report: Progress) -> Tuple[Tuple[str, ...], int]:  # fmt: skip
+    """Find the faces, then generate, blend, enhance and encode; returns notes for the user and the number of
+    frames without the face."""
     device, enhancer = networks.device, networks.enhancer
     cpu.use_opencv_threads(cpu_threads(options))
     if enhancer is not None and device.kind == "cpu":
         facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
     found = _locate_faces(job, options, networks.detect, detection_batch(options, device), tmp, report)
+    absent = found.absent_frames(job)
     try:
         _synthesize(job, options, networks.generator, generator_batch(options, device), found, tmp, report, enhancer)
     finally:
         if found.cache is not None:
             found.cache.close()
+    return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
 
 
 def _precision_notes(generator: Union[runtime.Predictor, StillGenerator], options: LipSyncOptions) -> Tuple[str, ...]:
@@ -224,13 +231,12 @@ def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ..
 def _source_frames(job: _Job, options: LipSyncOptions) -> Iterator[Frame]:
     """The face input's frames after the seed's resize/rotate/crop edits (one for a still)."""
     if job.still_frame is not None:
-        yield job.still_frame
-        return
-    with contextlib.closing(video.read_frames(job.face, job.info)) as stream:
-        for frame in stream:
-            yield video.fit(video.transform(frame, options.resize_factor, options.rotate, options.crop))
-            if job.still:
-                return
+        return _once(job.still_frame)
+    return picker.source_frames(job.face, job.info, options, job.still)
+
+
+def _once(frame: Frame) -> Iterator[Frame]:
+    yield frame
 
 
 @dataclass
@@ -239,10 +245,24 @@ class _Faces:
 
     boxes: np.ndarray  # (n, 4) x1, y1, x2, y2; one row serves every frame of a still or a fixed --box
     cache: Optional[video.FrameCache] = None
+    present: Optional[np.ndarray] = None  # per source frame, whether the face is in it (None: in every frame)
 
-    def box(self, index: int) -> Tuple[int, int, int, int]:
-        x1, y1, x2, y2 = self.boxes[min(index, len(self.boxes) - 1)]
+    def box(self, index: int) -> Optional[Box]:
+        """The face box of a source frame; None when the face is not in it."""
+        index = min(index, len(self.boxes) - 1)
+        if self.present is not None and not self.present[index]:
+            return None
+        x1, y1, x2, y2 = self.boxes[index]
         return int(x1), int(y1), int(x2), int(y2)
+
+    def absent_frames(self, job: "_Job") -> int:
+        """How many output frames show no face (passed through unchanged)."""
+        if self.present is None or job.still:
+            return 0
+        last = len(self.present) - 1
+        sources = [video.pingpong_index(i, len(self.cache)) if self.cache is not None else min(i, last)
+                   for i in range(job.frames)]  # fmt: skip
+        return int(np.count_nonzero(~self.present[sources]))
 
 
 def _needs_loop(job: _Job) -> bool:
@@ -262,21 +282,26 @@ def _locate_faces(
         if cache is None:
             return _Faces(fixed)
     try:
-        boxes = _pass_frames(job, options, detect, batch, cache, report)
+        tracked = _pass_frames(job, options, detect, batch, cache, report)
     except BaseException:
         if cache is not None:
             cache.close()
         raise
-    return _Faces(boxes if boxes is not None else fixed, cache)  # type: ignore[arg-type]
+    if tracked is None:
+        return _Faces(fixed, cache)  # type: ignore[arg-type]
+    boxes, present = tracked
+    return _Faces(boxes, cache, None if present.all() else present)
 
 
 def _pass_frames(job: _Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], batch: int,
-                 cache: Optional[video.FrameCache], report: Progress) -> Optional[np.ndarray]:  # fmt: skip
-    """Read the frames, caching and/or tracking the face in them; the boxes found (None without a detector)."""
+                 cache: Optional[video.FrameCache], report: Progress) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Read the frames, caching and/or tracking the face in them; the boxes found and whether the face is in
+    each frame (None without a detector)."""
     tracker = None
     if detect is not None:
         every = 1 if job.still else options.detect_every
-        tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still)
+        tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still,
+                                    face_index=options.face_index)  # fmt: skip
     total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
     shape: Tuple[int, ...] = ()
     with contextlib.closing(_source_frames(job, options)) as frames:  # ffmpeg stops here, not when collected
@@ -289,7 +314,7 @@ def _pass_frames(job: _Job, options: LipSyncOptions, detect: Optional[faces.Dete
             if index % FACES_REPORT_EVERY == 0:
                 report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
-    return None if tracker is None else _finish_boxes(tracker.finish(), shape, job, options)
+    return None if tracker is None else _finish_boxes(tracker, shape, job, options)
 
 
 def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
@@ -299,17 +324,21 @@ def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
         yield frame
 
 
-def _finish_boxes(found: faces.Detections, shape: Tuple[int, ...], job: _Job, options: LipSyncOptions) -> np.ndarray:
-    """Fill frames without a face, add the pads, smooth over time (boxes only: frames are gone)."""
+def _finish_boxes(tracker: faces.FaceTracker, shape: Tuple[int, ...], job: _Job,
+                  options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Fill the frames between detections, add the pads, smooth over time within each stretch of frames with
+    the face (boxes only: frames are gone); also whether the face is in each frame."""
+    found = tracker.finish()
     if not found:
         raise LipSyncError(f"no frame could be read from {job.face.name}")
     boxes = faces.fill_gaps(found, job.face.name, _no_face_advice(options, shape, job.still))
+    present = ~np.array(shots.bridge_misses(tracker.absent(), tracker.cuts), dtype=bool)
     padded = faces.apply_pads(boxes, options.pads, shape)
     geometry.check_padded(boxes, padded, options.pads, job.face.name)
     boxes = padded
     if options.smooth and not job.still:
-        boxes = faces.smooth(boxes)
-    return boxes
+        boxes = shots.smooth_runs(boxes, present, tracker.cuts)
+    return boxes, present
 
 
 def _no_face_advice(options: LipSyncOptions, shape: Tuple[int, ...], still: bool) -> str:
@@ -322,7 +351,7 @@ def _no_face_advice(options: LipSyncOptions, shape: Tuple[int, ...], still: bool
     return advice
 
 
-def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterator[Tuple[Frame, Tuple[int, ...]]]:
+def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterator[Pair]:
     """Pass 2: (frame, box) for each output frame; video loops forward and back when the audio is longer."""
     if found.cache is not None:
         for i in range(job.frames):
@@ -338,96 +367,38 @@ def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterato
             yield frame, found.box(0 if job.still else i)
 
 
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _face_inputs(frames: List[Frame], boxes: List[Tuple[int, ...]]) -> np.ndarray:
-    """Generator face input for each frame's box (x1, y1, x2, y2), cut and scaled to 96 px."""
-    crops = np.stack([cv2.resize(f[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)) for f, (x1, y1, x2, y2) in zip(frames, boxes)])
-    return mouth.face_input(crops)
-
-
-def _synthesize(
-    job: _Job,
-    options: LipSyncOptions,
-    generator: Union[runtime.Predictor, StillGenerator],
-    batch: int,
-    found: _Faces,
-    tmp: Path,
-    report: Progress,
-    enhancer: Optional[Enhancer] = None,
-) -> None:
+def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
+                found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer] = None) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
-    frames into the encoder."""
+    frames into the encoder; frames without the face go through as they are."""
     with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
         _encode(job, options, generator, batch, pairs, tmp, report, enhancer)
 
 
 def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-            pairs: Iterator[Tuple[Frame, Tuple[int, ...]]], tmp: Path, report: Progress,
-            enhancer: Optional[Enhancer]) -> None:  # fmt: skip
+            pairs: Iterator[Pair], tmp: Path, report: Progress, enhancer: Optional[Enhancer]) -> None:  # fmt: skip
     first = next(pairs)
-    generate = _mouth_generator(generator, batch, first)
-    enhance = _face_enhancer(enhancer)
+    generate = synth.mouth_generator(generator, batch, first)
+    enhance = synth.face_enhancer(enhancer)
     height, width = first[0].shape[:2]
     done = 0
+
+    def paste(frame: Frame, box: Box, mouth: np.ndarray) -> Frame:
+        return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
+
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                            audio_seconds=job.seconds) as writer:
-        for chunk in _batches(_chain_first(first, pairs), batch):
+        for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
-            mouths = mouth.to_pixels(generate(mels, frames, boxes))
-            synced = [blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
-                      for frame, box, mouth in zip(frames, boxes, mouths)]  # fmt: skip
+            synced, live = synth.sync_chunk(frames, boxes, mels, generate, paste)
             report(STAGE_SYNC, done + len(chunk), job.frames)
             if enhance is not None:
-                enhance(synced, boxes)
+                if live:
+                    enhance([synced[i] for i in live], [boxes[i] for i in live])
                 report(STAGE_ENHANCE, done + len(chunk), job.frames)
             for frame in synced:
                 writer.write(frame)
             done += len(chunk)
         report(STAGE_ENCODE, 0, 1)
     report(STAGE_ENCODE, 1, 1)
-
-
-def _face_enhancer(enhancer: Optional[Enhancer]) -> Optional[Callable[[List[Frame], list], None]]:
-    """(frames, boxes) -> None, enhancing each frame's redrawn lower face in place; None when off."""
-    if enhancer is None:
-        return None
-    runner = runtime.BatchRunner(enhancer.predictor.run, enhancer.batch)  # per run: out-of-memory halves it
-    return lambda frames, boxes: facecrop.enhance_frames(frames, boxes, enhancer.size,
-                                                         lambda faces: _generate(runner, faces))  # fmt: skip
-
-
-def _mouth_generator(generator: Union[runtime.Predictor, StillGenerator], batch: int,
-                     first: Tuple[Frame, Tuple[int, ...]]) -> Callable[[np.ndarray, List[Frame], list], np.ndarray]:
-    """(mels, frames, boxes) → generator output; a still face is encoded once, from the first frame."""
-    if isinstance(generator, StillGenerator):
-        features = generator.encoder.run(_face_inputs([first[0]], [first[1]]))
-        still = runtime.BatchRunner(lambda mels: generator.decoder.run(mels, *features), batch)
-        return lambda mels, frames, boxes: _generate(still, mels)
-    runner = runtime.BatchRunner(generator.run, batch)
-    return lambda mels, frames, boxes: _generate(runner, mels, _face_inputs(frames, boxes))
-
-
-def _generate(runner: runtime.BatchRunner, *inputs: np.ndarray) -> np.ndarray:
-    """Generator output for one batch; a short batch is padded to the full one, so one input shape reaches
-    the predictor: each new shape costs oneDNN/cuDNN set-up time and memory that a long-lived app keeps."""
-    count = len(inputs[0])
-    size = runner.batch
-    if size > count:
-        inputs = tuple(np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in inputs)
-    return runner(*inputs)[0][:count]
-
-
-def _chain_first(first, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest

@@ -211,10 +211,12 @@ def test_the_api_documents_voice_as_any_voice_name(client):
         ({"face_image": "blank", "audio": "long"}, TOO_LONG),
         ({"face_image": "blank", "text": "x" * 1001}, "speaks up to 1000"),
         ({"face_image": "blank", "audio": "hello", "box": "1 2 3"}, "four whole numbers"),
+        ({"face_image": "photo", "audio": "hello", "face_index": 2}, "only 1 face was found"),
     ],
 )
-def test_mistakes_reach_the_user_as_their_message(client, voice_files, inputs, message):
-    args = {k: handle_file(str(voice_files[v])) if k in ("face_image", "audio") else v for k, v in inputs.items()}
+def test_mistakes_reach_the_user_as_their_message(client, voice_files, media, inputs, message):
+    files = {**voice_files, "photo": media["photo"]}
+    args = {k: handle_file(str(files[v])) if k in ("face_image", "audio") else v for k, v in inputs.items()}
     with pytest.raises(AppError, match=message):
         client.predict(**args, api_name="/lipsync")
 
@@ -299,17 +301,19 @@ def test_every_event_that_runs_the_networks_shares_the_gpu_group():
     assert {app.demo.fns[run].concurrency_id for run in runs} == {app.GPU_GROUP}
 
 
-def test_the_sharpen_checkbox_is_the_lipsync_endpoints_last_input_and_off():
-    """GPEN is off by default; the page's checkbox and the API's `face_enhancement` are make_video's last input
-    (appended: positional API calls written before it keep working)."""
+def test_the_sharpen_checkbox_and_then_the_face_index_are_the_lipsync_endpoints_last_inputs():
+    """GPEN is off by default; the page's checkbox and the API's `face_enhancement`, then the face picker's
+    `face_index` (none: the most confident face), are make_video's last inputs (appended: positional API calls
+    written before them keep working)."""
     import inspect
 
-    sharpen = _component("sharpen")
-    props = {c["id"]: c["props"] for c in app.demo.config["components"]}[sharpen]
-    assert props["label"] == "Sharpen the face (GPEN)" and props["value"] is False
-    assert _dependency("lipsync")["inputs"][-1] == sharpen
+    sharpen, index = _component("sharpen"), _component("face-index")
+    props = {c["id"]: c["props"] for c in app.demo.config["components"]}
+    assert props[sharpen]["label"] == "Sharpen the face (GPEN)" and props[sharpen]["value"] is False
+    assert props[index].get("value") is None and props[index]["visible"] == "hidden"
+    assert _dependency("lipsync")["inputs"][-2:] == [sharpen, index]
     names = list(inspect.signature(app.make_video).parameters)
-    assert names[names.index("device") + 1] == "face_enhancement"
+    assert names[names.index("device") + 1 :][:2] == ["face_enhancement", "face_index"]
 
 
 def test_the_voice_preview_runs_in_its_own_bounded_group():

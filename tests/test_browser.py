@@ -178,3 +178,35 @@ def test_the_readme_iframe_snippet_embeds_the_app(page, server):
     frame = page.frame_locator("iframe")
     playwright.expect(frame.locator("#run")).to_be_visible()
     playwright.expect(frame.get_by_text("Cartoon + typed text")).to_be_visible()
+
+
+def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_path, screenshots):
+    """The astronaut twice, side by side: the picker shows two faces; the second one clicked is the one that
+    speaks (its mouth changes in the result, the first one's does not)."""
+    import urllib.request
+
+    import cv2
+    import numpy as np
+    from conftest import read_video_frames
+    from test_who_speaks import CHANGED, CODEC_NOISE, _mouth_change
+
+    expect = playwright.expect
+    twice = np.concatenate([astronaut_bgr, astronaut_bgr], axis=1)
+    photo = tmp_path / "two.png"
+    cv2.imwrite(str(photo), twice)
+    page.locator("#face-image input[type=file]").set_input_files(str(photo))
+    faces = page.locator("#faces button.thumbnail-item")
+    expect(faces).to_have_count(2, timeout=RUN_TIMEOUT_MS)  # found by the app's detector (Haar stands in here)
+    faces.nth(1).click()
+    expect(faces.nth(1)).to_have_class(re.compile(r"\bselected\b"))
+    expect(faces.nth(0)).not_to_have_class(re.compile(r"\bselected\b"))
+    shoot(page, screenshots, "picker")
+    page.locator("#text textarea").fill("Hello from the browser.")
+    page.locator("#run").click()
+    src = wait_for_a_new_result(page, "")
+    expect(page.locator("#status textarea")).to_have_value(re.compile(STATUS.pattern + ", face 1 from the left · "))
+    result = tmp_path / "result.mp4"
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(src) as answer:
+        result.write_bytes(answer.read())
+    frame = read_video_frames(result)[8]
+    assert _mouth_change(frame, twice, 512) > CHANGED and _mouth_change(frame, twice, 0) < CODEC_NOISE

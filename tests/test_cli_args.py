@@ -100,3 +100,12 @@ def test_threads_must_be_a_number(capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(BASE + ["--threads", "many"])
     assert exc.value.code == 2 and "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_face_index_in_both_spellings_and_checked():
+    assert parse().face_index is None
+    assert parse("--face_index", "1").face_index == 1 and parse("--face-index", "0").face_index == 0
+    with pytest.raises(LipSyncError, match="whole number ≥ 0"):
+        parse("--face_index", "-1")
+    with pytest.raises(LipSyncError, match="face_index and box"):
+        parse("--face_index", "1", "--box", "10", "90", "20", "80")

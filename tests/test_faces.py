@@ -167,14 +167,16 @@ def test_frames_between_keyframes_are_detected_where_the_face_jumped():
     assert sum(box is not None for box in found) < 20, "by halving the stretch, not by detecting every frame"
 
 
-def test_a_face_that_leaves_is_none_and_filled_from_its_neighbours():
+def test_a_face_that_leaves_is_none_and_said_to_be_absent():
     truth = [(300, 200, 500, 420)] * 24
     frames = [_frame([b]) for b in truth] + [_frame([])] * 16
-    found = _track(faces.FaceTracker(SquareFinder(), every=8, max_side=640, batch=4), frames)
+    tracker = faces.FaceTracker(SquareFinder(), every=8, max_side=640, batch=4)
+    found = _track(tracker, frames)
     assert found[24] is None and found[39] is None and found[16] is not None
     last = max(i for i, b in enumerate(found) if b is not None)
     assert last == 23, "the frames before the keyframe that lost it were looked at"
-    assert faces.fill_gaps(found, "clip")[-1].tolist() == list(found[last])
+    assert tracker.absent() == [False] * 24 + [True] * 16
+    assert faces.fill_gaps(found, "clip")[-1].tolist() == list(found[last]), "boxes exist for every frame"
 
 
 def test_the_tracked_face_is_kept_when_a_bigger_one_appears():
@@ -235,3 +237,131 @@ def test_a_face_the_crop_cuts_through_is_not_taken_for_a_whole_one():
     [inside] = SquareFinder()([patch])
     assert inside is not None and inside[0] == 0, "the detector sees the visible part of the face"
     assert crop.to_frame(inside, frame.shape) is None, "which must not pass for the face"
+
+
+class ManySquares(SquareFinder):
+    """Every bright square of an image, the brightest (most confident) first: a detector of several faces."""
+
+    def __call__(self, frames):
+        return [found[0][0] if found else None for found in self.faces(frames)]
+
+    def faces(self, frames):
+        import cv2
+
+        found = []
+        for frame in frames:
+            self.shapes.append(frame.shape[:2])
+            count, labels, stats, _ = cv2.connectedComponentsWithStats((frame[..., 0] > 128).astype(np.uint8))
+            blobs = [(tuple(int(v) for v in (x, y, x + w, y + h)), float(frame[..., 0][labels == i].mean()))
+                     for i, (x, y, w, h, _) in enumerate(stats) if i and min(w, h) >= self.min_side]
+            found.append(sorted(blobs, key=lambda blob: -blob[1]))
+        return found
+
+
+def _faces_frame(boxes, shades, shape=(720, 1280), background=0):
+    frame = np.full((*shape, 3), background, np.uint8)
+    for (x1, y1, x2, y2), shade in zip(boxes, shades):
+        frame[y1:y2, x1:x2] = shade
+    return frame
+
+
+LEFT, MIDDLE, RIGHT = (100, 200, 260, 380), (560, 220, 720, 400), (1000, 200, 1160, 380)
+
+
+def _near(box, truth, tolerance=3):
+    return box is not None and np.abs(np.array(box) - truth).max() <= tolerance
+
+
+@pytest.mark.parametrize("index, truth", [(None, MIDDLE), (0, LEFT), (1, MIDDLE), (2, RIGHT)])
+def test_face_index_counts_from_the_left_and_the_default_is_the_most_confident(index, truth):
+    frames = [_faces_frame([RIGHT, LEFT, MIDDLE], [200, 180, 250])] * 20
+    tracker = faces.FaceTracker(ManySquares(), every=8, max_side=640, batch=4, face_index=index)
+    found = _track(tracker, frames)
+    assert all(_near(box, truth) for box in found if box is not None) and found[0] is not None
+    if index is not None:
+        numbered = [box for box, _ in tracker.first_faces.faces]
+        assert tracker.first_faces.frame == 0 and [b[0] < 600 for b in numbered] == [True, True, False]
+        assert all(_near(b, t, 4) for b, t in zip(numbered, (LEFT, MIDDLE, RIGHT)))
+
+
+def test_a_face_index_beyond_the_faces_found_says_how_many_there_are():
+    frames = [_frame([])] * 9 + [_faces_frame([LEFT, RIGHT], [200, 200])] * 4
+    with pytest.raises(LipSyncError) as caught:
+        _track(faces.FaceTracker(ManySquares(), every=8, max_side=640, batch=4, face_index=2), frames)
+    assert str(caught.value) == ("face_index 2 asks for the third face from the left, but only 2 faces were found in "
+                                 "the first frame with faces (frame 9); use 0–1, or leave it out for the most "
+                                 "confident face")
+
+
+def test_the_followed_face_is_the_nearest_not_the_most_confident_and_absent_when_it_is_away():
+    """Two faces drifting right; the dimmer left one is chosen, turns away for frames 12–27, then returns."""
+    frames, truth = [], []
+    for i in range(40):
+        left = (100 + 3 * i, 200, 260 + 3 * i, 380)
+        right = (500 + 3 * i, 200, 660 + 3 * i, 380)  # 2.5 face sizes away: inside a crop around the left one
+        away = 12 <= i < 28
+        frames.append(_faces_frame([right] if away else [left, right], [250] if away else [150, 250]))
+        truth.append(None if away else left)
+    tracker = faces.FaceTracker(ManySquares(), every=8, max_side=640, batch=4, face_index=0)
+    found = _track(tracker, frames)
+    assert tracker.absent() == [t is None for t in truth], "absent exactly while away: never the other face"
+    filled = faces.fill_gaps(found, "clip")
+    assert all(np.abs(filled[i] - truth[i]).max() <= 3 for i in range(40) if truth[i] is not None)
+
+
+def test_the_default_follows_the_face_it_started_with_when_a_more_confident_one_comes_close():
+    frames = [_faces_frame([LEFT], [150])] * 8 + [_faces_frame([LEFT, (300, 200, 460, 380)], [150, 250])] * 17
+    found = _track(faces.FaceTracker(ManySquares(), every=8, max_side=640, batch=4), frames)
+    assert all(_near(box, LEFT) for box in found if box is not None)
+
+
+def test_no_box_is_interpolated_across_a_scene_cut():
+    """Shot 1: a face at the left; shot 2 (another background): the face at the right. Keyframes every 8 frames
+    would interpolate frames 17–23 between the two places; the cut at frame 21 makes 20 and 21 keyframes."""
+    frames = [_faces_frame([LEFT], [250])] * 21 + [_faces_frame([RIGHT], [250], background=90)] * 19
+    tracker = faces.FaceTracker(SquareFinder(), every=8, max_side=640, batch=4)
+    found = _track(tracker, frames)
+    assert tracker.cuts == [21] and found[20] is not None and found[21] is not None
+    filled = faces.fill_gaps(found, "clip")
+    assert all(_near(b, LEFT) for b in filled[:21]) and all(_near(b, RIGHT) for b in filled[21:])
+    smoothed = faces.shots.smooth_runs(filled, [True] * 40, tracker.cuts)
+    assert all(_near(b, LEFT) for b in smoothed[:21]) and all(_near(b, RIGHT) for b in smoothed[21:])
+    assert not any(_near(b, LEFT) for b in faces.smooth(filled)[17:21]), "plain smoothing would mix the shots"
+
+
+def test_runs_split_at_gaps_and_cuts_and_smoothing_within_one_run_is_the_references():
+    from lipsync import shots
+
+    assert shots.runs([True, True, False, True, True, True], cuts=[4]) == [(0, 2), (3, 4), (4, 6)]
+    assert shots.runs([False, False]) == []
+    rng = np.random.default_rng(1)
+    boxes = rng.integers(0, 500, size=(23, 4)).astype(np.int64)
+    np.testing.assert_array_equal(shots.smooth_runs(boxes, [True] * 23), reference_smooth(boxes))
+
+
+def test_cuts_are_big_changes_of_the_whole_picture_not_motion(astronaut_bgr):
+    from lipsync import shots
+
+    detector = shots.CutDetector()
+    shifted = np.roll(astronaut_bgr, 9, axis=1)
+    plain = np.full_like(astronaut_bgr, 120)
+    assert [detector.cut(f) for f in (astronaut_bgr, shifted, astronaut_bgr, plain, plain, astronaut_bgr)] == [
+        False, False, False, True, False, True]
+
+
+def test_haar_numbers_two_real_faces_left_to_right(astronaut_bgr):
+    twice = np.concatenate([astronaut_bgr, astronaut_bgr], axis=1)
+    assert len(faces.HaarDetector().faces([twice])[0]) == 2
+    for index, (low, high) in enumerate([(0, 512), (512, 1024)]):
+        [box] = _track(faces.FaceTracker(faces.HaarDetector(), 1, 640, 1, retry_larger=True, face_index=index), [twice])
+        assert box is not None and low < box[0] < box[2] < high
+
+
+def test_a_face_missed_in_a_frame_or_two_within_a_shot_is_a_miss_not_an_absence():
+    from lipsync import shots
+
+    away = [False, True, False, False, True, True, False, True, True, True, False, True]
+    bridged = [False, False, False, False, False, False, False, True, True, True, False, True]
+    assert shots.bridge_misses(away) == bridged, "three in a row, or at the end: the face is away"
+    assert shots.bridge_misses([False, True, False], cuts=[1]) == [False, True, False], "a cut on either side"
+    assert shots.bridge_misses([False, True, False], cuts=[2]) == [False, True, False]

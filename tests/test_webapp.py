@@ -271,6 +271,18 @@ def test_the_status_line_names_the_detector_that_found_the_faces():
     assert jobs.faces_found_by(ran, LipSyncOptions(box=(0, 10, 0, 10))) == "fixed box"
     speech = tts.Speech(Path("s.wav"), tts.ENGINE_ESPEAK, "en-us", "offline")
     assert jobs.status_line(ran, LipSyncOptions(), speech).endswith("faces: sfd · voice: espeak-ng en-us")
+    cutaway = replace(ran, frames_without_face=12)
+    assert jobs.status_line(cutaway, LipSyncOptions(face_index=1), None).endswith(
+        "faces: sfd, face 1 from the left · 12 of 30 frames had no face (left unchanged)")
+
+
+def test_the_face_index_comes_from_the_form_as_a_whole_number():
+    form_args = ("wav2lip_hq", (0, 10, 0, 0), 1, True, False, 25, "", "feather", "sfd", "cpu", False)
+    assert jobs.options_from_form(*form_args).face_index is None
+    assert jobs.options_from_form(*form_args, 1.0).face_index == 1
+    for bad, message in ((1.5, "whole number"), (-1, "≥ 0")):
+        with pytest.raises(LipSyncError, match=message):
+            jobs.options_from_form(*form_args, bad)
 
 
 def test_one_face_and_one_voice_at_a_time(tmp_path):

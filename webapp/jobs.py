@@ -126,7 +126,7 @@ def speech_for(
 
 
 def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device,
-                      face_enhancement=False) -> LipSyncOptions:  # fmt: skip
+                      face_enhancement=False, face_index=None) -> LipSyncOptions:  # fmt: skip
     return LipSyncOptions(
         checkpoint=model or DEFAULTS.checkpoint,
         pads=tuple(int(p or 0) for p in pads),  # type: ignore[arg-type]
@@ -139,7 +139,17 @@ def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blen
         face_detector=detector or DEFAULTS.face_detector,
         device=device or DEFAULTS.device,
         face_enhancement=bool(face_enhancement),
+        face_index=whole_number(face_index, "face_index"),
     )
+
+
+def whole_number(value: Optional[float], name: str) -> Optional[int]:
+    """A form's or API caller's number as an int (None stays None); 1.5 is an error, not 1."""
+    if value is None or value == "":
+        return None
+    if float(value) != int(float(value)):
+        raise LipSyncError(f"{name} must be a whole number (got {value})")
+    return int(float(value))
 
 
 def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Optional[tts.Speech]) -> str:
@@ -148,6 +158,10 @@ def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Op
         f"{result.model} on {result.device} · paddle {result.paddle} · {result.frames} frames at "
         f"{result.fps:g} fps · {result.seconds:.1f} s · faces: {faces_found_by(result, options)}"
     )
+    if options.face_index is not None:
+        line += f", face {options.face_index} from the left"
+    if result.frames_without_face:
+        line += f" · {result.frames_without_face} of {result.frames} frames had no face (left unchanged)"
     if speech is not None:
         line += f" · voice: {speech.engine} {speech.voice}"
     return line
@@ -184,20 +198,22 @@ def make_video(
     detector: str = DEFAULTS.face_detector,
     device: str = DEFAULTS.device,
     face_enhancement: bool = DEFAULTS.face_enhancement,
+    face_index: Optional[float] = None,
     progress=gr.Progress(track_tqdm=True),  # tqdm too: a first run's weights download shows its bar
 ) -> Result:
     """Make the face speak: returns the video, the speech made from the text (if any) and a status line."""
     report = progress_reporter(progress, enhanced=bool(face_enhancement))
     with request_folder() as workdir:
         options = options_from_form(model, (pad_top, pad_bottom, pad_left, pad_right), resize_factor, smooth,
-                                    static, fps, box, blend, detector, device, face_enhancement)  # fmt: skip
+                                    static, fps, box, blend, detector, device, face_enhancement,
+                                    face_index)  # fmt: skip
         face = one_face(face_image, face_video, limits)
         speech_path, speech = speech_for(audio, text, voice, rate, workdir, limits, report)
         if options.face_enhancement and not on_gpu(options):
             check_enhanced_seconds(speech_path, limits)
         quiet_paddle_signals()
         result = run_engine(face, speech_path, workdir / OUTPUT_NAME, options, report)
-        for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD
+        for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD, frames without a face
             gr.Warning(plain(note))
     return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
 

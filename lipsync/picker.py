@@ -1,0 +1,96 @@
+"""Who can speak: the faces of a picture or video numbered left to right as face_index counts them (in the first
+frame with faces, as a run finds them), each with a small picture for a front end to show; and the frames a run
+works on, read from the face file."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+
+from . import faces, geometry, paths, video
+from .follow import FirstFaces
+from .options import LipSyncOptions
+from .types import Frame
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+SCAN_FRAMES = 250  # frames of a video looked through for the first with faces (10 s at 25 fps)
+THUMB_SIDE = 96  # px: the side of each face's picture
+THUMB_MARGIN = 0.2  # of the face's size, shown around its box
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class FoundFace:
+    """One face a run can be asked to follow with face_index=index."""
+
+    index: int  # from 0 at the left, by the box's centre
+    box: Tuple[int, int, int, int]  # y1, y2, x1, x2 (as --box takes it) in the frames a run works on (after resize, rotation, crop)
+    score: float  # the detector's confidence
+    frame: int  # the frame it was found in: the first with faces
+    thumbnail: np.ndarray  # THUMB_SIDE² RGB uint8
+
+
+def source_frames(path: Path, info: video.MediaInfo, options: LipSyncOptions, still: bool) -> Iterator[Frame]:
+    """The face input's frames after the seed's resize/rotate/crop edits and the fit to playable sizes (one for
+    a still)."""
+    with contextlib.closing(video.read_frames(path, info)) as stream:
+        for frame in stream:
+            yield video.fit(video.transform(frame, options.resize_factor, options.rotate, options.crop))
+            if still:
+                return
+
+
+def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
+               engine: Optional["Engine"] = None) -> List[FoundFace]:  # fmt: skip
+    """The faces a run with these options numbers for face_index, left to right; [] when the picture (or the
+    video's first SCAN_FRAMES frames) has none. Loads the face detector (once per engine)."""
+    from . import runtime
+    from .engine import DEFAULT_ENGINE, detection_batch, run_detector
+
+    options = replace(options or LipSyncOptions(), box=None, face_index=None)
+    video.require_ffmpeg()
+    path = paths.check_input(face, "face")
+    info = video.probe(path)
+    geometry.check_source(info)
+    geometry.frame_size(info, options)
+    still = info.is_image or options.static
+    device = runtime.choose_device(options.device, announce=False)
+    detect, _ = run_detector(engine or DEFAULT_ENGINE, options, device)
+    assert detect is not None  # no box: a detector
+    tracker = faces.FaceTracker(detect, 1 if still else options.detect_every, options.detect_max_side,
+                                detection_batch(options, device), retry_larger=still, face_index=0)  # fmt: skip
+    recent: Dict[int, Frame] = {}  # the frames since the last keyframe: the first with faces may be among them
+    with contextlib.closing(source_frames(path, info, options, still)) as frames:
+        for index, frame in enumerate(frames):
+            if index >= SCAN_FRAMES:
+                break
+            recent = {i: f for i, f in recent.items() if i > index - options.detect_every - 1} | {index: frame}
+            tracker.push(frame)
+            if tracker.first_faces is not None:
+                return _numbered(tracker.first_faces, recent[tracker.first_faces.frame])
+    return []
+
+
+def _numbered(first: FirstFaces, frame: Frame) -> List[FoundFace]:
+    found = []
+    for index, ((x1, y1, x2, y2), score) in enumerate(first.faces):
+        found.append(FoundFace(index, (y1, y2, x1, x2), score, first.frame, thumbnail(frame, (x1, y1, x2, y2))))
+    return found
+
+
+def thumbnail(frame: Frame, box: tuple) -> np.ndarray:
+    """The face with a margin, THUMB_SIDE² RGB (black where the margin runs past the frame)."""
+    x1, y1, x2, y2 = box
+    side = int(max(x2 - x1, y2 - y1) * (1 + 2 * THUMB_MARGIN))
+    left, top = (x1 + x2 - side) // 2, (y1 + y2 - side) // 2
+    padded = cv2.copyMakeBorder(frame, side, side, side, side, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    square = padded[top + side : top + 2 * side, left + side : left + 2 * side]
+    return np.ascontiguousarray(cv2.resize(square, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)[..., ::-1])
