@@ -47,6 +47,7 @@ class RunResult:
     paddle: str  # paddle version, for status lines and bug reports
     notes: Tuple[str, ...] = ()  # what the run changed about the input, for the user (e.g. a picture scaled down)
     frames_without_face: int = 0  # output frames the followed face was not in: passed through unchanged
+    precision: str = "fp32"  # the generator's arithmetic: bf16/fp16 where the precision gate passed it, or forced
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def run(
         native.release_freed_memory()
     seconds = time.perf_counter() - started
     return RunResult(out_p, job.frames, job.fps, seconds, _describe(networks.device), options.checkpoint,
-                     runtime.paddle_version(), job.notes + networks.notes + notes, absent)  # fmt: skip
+                     runtime.paddle_version(), job.notes + networks.notes + notes, absent,
+                     _generator_precision(networks.generator))  # fmt: skip
 
 
 def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, engine: Engine,
@@ -174,6 +176,10 @@ def _render(job: _Job, options: LipSyncOptions, networks: _Networks, tmp: Path,
         if found.cache is not None:
             found.cache.close()
     return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
+
+
+def _generator_precision(generator: Union[runtime.Predictor, StillGenerator]) -> str:
+    return (generator.decoder if isinstance(generator, StillGenerator) else generator).precision
 
 
 def _precision_notes(generator: Union[runtime.Predictor, StillGenerator], options: LipSyncOptions) -> Tuple[str, ...]:

@@ -40,6 +40,7 @@ PIXEL_PEAK = 255.0
 GATE_INPUTS = Path(__file__).resolve().parent / "data" / "gate_inputs.npz"
 GATE_VERSION = 1  # bump when the bounds, inputs or measure change: cached verdicts are then measured again
 GATE_FILE = "gate-{precision}-{machine}.json"
+NOTE_START = "The generator ran in "  # how a run's note about its precision begins (the app shows it in its status)
 
 Pixels = Callable[[np.ndarray], np.ndarray]  # network output → uint8 pixels as a run pastes them
 
@@ -145,8 +146,8 @@ def compare(run_exact: Callable[..., np.ndarray], run_fast: Callable[..., np.nda
 def run_note(used: str, verdict: Optional[Verdict], wanted: str) -> Optional[str]:
     """What a run's notes say about the generator's precision: the gate's verdict, or that one was forced."""
     if wanted not in ("auto", "fp32"):
-        return f"The generator ran in {used}, as --precision asked (the gate was not consulted)."
+        return f"{NOTE_START}{used}, as --precision asked (the gate was not consulted)."
     if verdict is None:
         return None  # fp32 asked for, or no faster precision on this device
     switch = "--precision fp32 turns it off" if used != "fp32" else "--precision forces one"
-    return f"The generator ran in {used}: {verdict.describe()}; {switch}."
+    return f"{NOTE_START}{used}: {verdict.describe()}; {switch}."

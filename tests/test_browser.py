@@ -28,7 +28,7 @@ ESPEAK_WARNING = "Spoken offline by espeak-ng"
 STAGE_LABEL = re.compile("^(" + "|".join(re.escape(stage) for stage in jobs.STAGES) + ")")
 # what ran, from the start of the status line; the device may say why not the GPU
 STATUS = re.compile(
-    r"^wav2lip_hq on cpu( \([^)]*\))? · paddle \S+ · \d+ frames at 25 fps · \d+\.\d s · faces: haar"
+    r"^wav2lip_hq on cpu( \([^)]*\))? · (fp32|bf16) · paddle \S+ · \d+ frames at 25 fps · \d+\.\d s · faces: haar"
 )
 # Every toast's text, collected as toasts appear: they vanish after a few seconds.
 RECORD_TOASTS = """

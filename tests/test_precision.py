@@ -207,10 +207,11 @@ def test_a_run_says_which_precision_the_generator_used(media, tmp_path, monkeypa
     """On a CPU with bf16 the notes carry the gate's verdict; elsewhere a forced fp32 run says nothing of it."""
     options = LipSyncOptions(device="cpu", face_detector="haar")
     result = lipsync.run(media["photo"], media["speech"], tmp_path / "auto.mp4", options)
-    said = [note for note in result.notes if note.startswith("The generator ran in")]
+    said = [note for note in result.notes if note.startswith(precision.NOTE_START)]
     if cpu.bf16_capable():
         assert len(said) == 1 and "against fp32: " in said[0], result.notes
+        assert result.precision == said[0][len(precision.NOTE_START):].split(":")[0]
     else:
-        assert not said, result.notes
+        assert not said and result.precision == "fp32", result.notes
     forced = lipsync.run(media["photo"], media["speech"], tmp_path / "fp32.mp4", replace(options, precision="fp32"))
-    assert not [note for note in forced.notes if note.startswith("The generator ran in")]
+    assert not [note for note in forced.notes if note.startswith(precision.NOTE_START)] and forced.precision == "fp32"

@@ -271,6 +271,8 @@ def test_the_status_line_names_the_detector_that_found_the_faces():
     assert jobs.faces_found_by(ran, LipSyncOptions(box=(0, 10, 0, 10))) == "fixed box"
     speech = tts.Speech(Path("s.wav"), tts.ENGINE_ESPEAK, "en-us", "offline")
     assert jobs.status_line(ran, LipSyncOptions(), speech).endswith("faces: sfd · voice: espeak-ng en-us")
+    assert jobs.status_line(replace(ran, precision="bf16"), LipSyncOptions(), None).startswith(
+        "wav2lip_hq on cpu · bf16 · paddle 2.6.2 · 30 frames"), "the precision the gate chose is named"
     cutaway = replace(ran, frames_without_face=12)
     assert jobs.status_line(cutaway, LipSyncOptions(face_index=1), None).endswith(
         "faces: sfd, face 1 from the left · 12 of 30 frames had no face (left unchanged)")

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Tuple
 import gradio as gr
 
 import lipsync
-from lipsync import tts
+from lipsync import precision, tts
 from lipsync.errors import LipSyncError, first_line
 from lipsync.options import DEFAULT_PADS, LipSyncOptions
 from lipsync.types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SPEECH,
@@ -153,9 +153,9 @@ def whole_number(value: Optional[float], name: str) -> Optional[int]:
 
 
 def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Optional[tts.Speech]) -> str:
-    """What ran, in one line: model, device, paddle, frames, time, detector, voice."""
+    """What ran, in one line: model, device, precision, paddle, frames, time, detector, voice."""
     line = (
-        f"{result.model} on {result.device} · paddle {result.paddle} · {result.frames} frames at "
+        f"{result.model} on {result.device} · {result.precision} · paddle {result.paddle} · {result.frames} frames at "
         f"{result.fps:g} fps · {result.seconds:.1f} s · faces: {faces_found_by(result, options)}"
     )
     if options.face_index is not None:
@@ -214,7 +214,8 @@ def make_video(
         quiet_paddle_signals()
         result = run_engine(face, speech_path, workdir / OUTPUT_NAME, options, report)
         for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD, frames without a face
-            gr.Warning(plain(note))
+            if not note.startswith(precision.NOTE_START):  # the precision is in the status line; its gate in --doctor
+                gr.Warning(plain(note))
     return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
 
 
