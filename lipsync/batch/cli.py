@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..cli import one_line
 from ..errors import LipSyncError
 from ..options import LipSyncOptions, option_names
 from ..optiontext import option_value
@@ -92,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    options=defaults_from(args.defaults))  # fmt: skip
     except LipSyncError as exc:
         bar.close()
-        print(f"error: {' | '.join(str(exc).split(chr(10)))}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         bar.close()
