@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from . import audio, blend, cpu, facecrop, faces, geometry, native, paths, runtime, video
+from .segments import SegmentSink
 from .engine import (DEFAULT_ENGINE, FACE_SIZE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch,
                      generator_batch, run_detector)
 from .errors import LipSyncError
@@ -58,6 +59,7 @@ class _Job:
     seconds: float  # of decoded speech: the output's length
     size: Tuple[int, int]  # width, height of the frames worked on (after resize, rotation, crop and fit)
     notes: Tuple[str, ...]
+    segments: Optional[SegmentSink] = None  # where finished pieces of the output go while it is encoded
 
 
 def run(
@@ -67,8 +69,12 @@ def run(
     options: Optional[LipSyncOptions] = None,
     progress: Optional[Progress] = None,
     engine: Optional[Engine] = None,
+    segments: Optional[SegmentSink] = None,
 ) -> RunResult:
-    """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`."""
+    """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`.
+
+    `segments`, when given, receives the output while it is encoded, as short MPEG-TS files of the same encode
+    (H.264 + AAC, about a second each, in order; see lipsync.segments), all of them before `run` returns."""
     options = options or LipSyncOptions()
     report = progress or _no_progress
     engine = engine or DEFAULT_ENGINE
@@ -78,7 +84,7 @@ def run(
     created = paths.missing_folders(out_p.parent)
     try:
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
-            job = _prepare(face_p, audio_p, out_p, options, report)  # bad input is told before paddle loads
+            job = _prepare(face_p, audio_p, out_p, options, report, segments)  # bad input: told before paddle loads
             device = runtime.choose_device(options.device)
             notes = _render(job, options, engine, device, Path(tmp), report)
     except BaseException:
@@ -119,7 +125,8 @@ def _describe(device: runtime.Device) -> str:
     return device.kind if device.reason == "requested" else f"{device.kind} ({device.reason})"
 
 
-def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, report: Progress) -> _Job:
+def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, report: Progress,
+             segments: Optional[SegmentSink] = None) -> _Job:
     """Decode the audio to mel windows and probe the face input."""
     report(STAGE_AUDIO, 0, 1)
     info = video.probe(face)
@@ -132,7 +139,7 @@ def _prepare(face: Path, audio_path: Path, outfile: Path, options: LipSyncOption
     report(STAGE_AUDIO, 1, 1)
     frames = audio.frame_count(mel.shape[1], fps)
     return _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
-                _size_notes(info, options))
+                _size_notes(info, options), segments)
 
 
 def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
@@ -309,7 +316,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
     height, width = first[0].shape[:2]
     done = 0
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
-                           audio_seconds=job.seconds) as writer:
+                           audio_seconds=job.seconds, segments=job.segments) as writer:
         for chunk in _batches(_chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]

@@ -5,19 +5,21 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO
 
 import cv2
 import numpy as np
 
-from lipsync import ffmpeg
+from lipsync import ffmpeg, segments
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg, probe_args, rate_arg
 from lipsync.ffmpeg import require as require_ffmpeg
 from lipsync.framecache import FrameCache, pingpong_index
 from lipsync.mediainfo import MediaInfo, probe
 from lipsync.picture import read_image
+from lipsync.segments import SegmentSink, SegmentWatcher
 from lipsync.types import Frame
 
 __all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoWriter", "file_arg", "fit",
@@ -76,8 +78,10 @@ def write_args(
     audio_channels: int = 0,
     crf: int = VIDEO_CRF,
     preset: str = VIDEO_PRESET,
+    segments_folder: str | Path | None = None,
 ) -> list[str]:
-    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4.
+    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
+    (and, given `segments_folder`, the same encoded streams cut into segments there: see lipsync.segments).
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video.
@@ -91,7 +95,7 @@ def write_args(
     args += ["-vf", _video_filters(width, height, hold_last_frame=timed),
              "-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
-             "-color_range", "tv"]
+             "-color_range", "tv", *segments.keyframe_args()]
     if audio is not None:
         args += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:
@@ -100,6 +104,9 @@ def write_args(
             args += ["-ac", str(MAX_AUDIO_CHANNELS)]
     if timed:
         args += ["-t", f"{audio_duration:.6f}"]
+    if segments_folder is not None:
+        maps = [] if audio is not None else ["-map", "0:v:0"]
+        return [*args, *maps, *segments.tee_output_args(output, segments_folder)]
     return [*args, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
 
 
@@ -272,11 +279,13 @@ class VideoWriter:
     name next to it, then renamed), so a failed run leaves nothing behind, and `path` may even be one
     of the inputs. With audio, the output lasts exactly as long as the audio: the last frame is held
     if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
+    Given `segments`, the same encode is also handed over in short segments as it goes (lipsync.segments),
+    the last ones by close(), before the mp4 is moved into place.
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
-                 preset: str = VIDEO_PRESET) -> None:
+                 preset: str = VIDEO_PRESET, segments: SegmentSink | None = None) -> None:
         self.path = Path(path)
         self.width, self.height = size
         self.frames_written = 0
@@ -286,12 +295,22 @@ class VideoWriter:
             raise LipSyncError(f"{audio} has no audio track")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
+        self._segments = self._segment_folder(temp_dir) if segments else None
         seconds = audio_seconds if audio_seconds is not None else (sound.audio_duration if sound else 0.0)
         args = write_args(self._partial, width=self.width, height=self.height, fps=fps, audio=audio,
                           audio_duration=seconds,
                           audio_sample_rate=sound.audio_sample_rate if sound else 0,
-                          audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
+                          audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
+                          segments_folder=self._segments)
         self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
+        self._watcher = SegmentWatcher(self._segments, segments) if segments and self._segments else None
+
+    @staticmethod
+    def _segment_folder(temp_dir: str | Path) -> Path:
+        """A new folder for a writer's segments, in the run's temp dir (which goes with the run)."""
+        folder = Path(temp_dir) / f"segments-{secrets.token_hex(4)}"
+        folder.mkdir()
+        return folder
 
     def write(self, frame: Frame) -> None:
         """Send one height x width x 3 uint8 BGR frame (copied only if it is not contiguous)."""
@@ -323,9 +342,17 @@ class VideoWriter:
             raise
         process.stop()
         if code != 0 or self.frames_written == 0 or not self._partial.is_file():
-            self._partial.unlink(missing_ok=True)
+            self._discard(process)
             detail = reason if self.frames_written else "no frames were written"
             raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
+        try:
+            if self._watcher is not None:
+                self._watcher.finish()  # the last segments before the mp4
+        except BaseException:
+            self._partial.unlink(missing_ok=True)
+            raise
+        finally:
+            self._drop_segments()
         try:
             os.replace(self._partial, self.path)
         except OSError as error:
@@ -340,11 +367,20 @@ class VideoWriter:
         self._discard(process)
 
     def _discard(self, process: ffmpeg.Process) -> None:
-        """Kill and reap ffmpeg, then delete what it wrote (once it is dead it can write no more)."""
+        """Kill and reap ffmpeg, stop handing over segments, then delete what it wrote (once it is dead it can
+        write no more)."""
         try:
             process.stop()
         finally:
+            if self._watcher is not None:
+                self._watcher.stop()
+            self._drop_segments()
             self._partial.unlink(missing_ok=True)
+
+    def _drop_segments(self) -> None:
+        """Remove the segments' folder (with any segment not handed over)."""
+        if self._segments is not None:
+            shutil.rmtree(self._segments, ignore_errors=True)
 
     def __enter__(self) -> VideoWriter:
         return self
