@@ -85,6 +85,7 @@ def run_example(results: ExampleResults, selected: Tuple[int, list],
                 progress=gr.Progress(track_tqdm=True)) -> Iterator[Update]:  # fmt: skip
     """The clicked example's result (selected: gr.Examples' index and row), made at its first click, for the
     streaming player (as one segment) and the download button."""
+    yield gr.skip(), download_button(), None, ""  # the last result's download and status go, as for a new job
     video, speech, status = results.get(selected[0], progress)
     yield video, download_button(video), speech, status
 
