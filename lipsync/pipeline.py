@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 
 from . import audio, blend, cpu, facecrop, faces, geometry, native, paths, runtime, video
-from .segments import SegmentSink
 from .engine import (DEFAULT_ENGINE, FACE_SIZE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch,
                      generator_batch, run_detector)
 from .errors import LipSyncError
 from .options import LipSyncOptions
+from .segments import SegmentSink
 from .types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Frame,
                     Progress)
 
@@ -73,8 +73,9 @@ def run(
 ) -> RunResult:
     """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`.
 
-    `segments`, when given, receives the output while it is encoded, as short MPEG-TS files of the same encode
-    (H.264 + AAC, about a second each, in order; see lipsync.segments), all of them before `run` returns."""
+    `segments`, when given, receives the output while it is encoded, as one-second MPEG-TS files of the same
+    frames and audio (H.264 + AAC, in order; see lipsync.segments), all of them before `run` returns; the mp4
+    is the same as without."""
     options = options or LipSyncOptions()
     report = progress or _no_progress
     engine = engine or DEFAULT_ENGINE

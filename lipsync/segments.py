@@ -1,10 +1,12 @@
 """Finished pieces of a video while it is still being encoded, for players that start before the end (the app's
 streaming result).
 
-The writer's one ffmpeg sends the same encoded packets to the mp4 and, through ffmpeg's tee muxer, to its
-segment muxer, which cuts them into SEGMENT_SECONDS-long MPEG-TS files (H.264 + AAC, each starting on a
-keyframe, each playable alone). Frames are encoded once, and the mp4 is byte for byte the one written without
-segments. A watcher thread hands each file to a callback as soon as ffmpeg has moved on to the next one.
+The writer's one ffmpeg encodes the frames it is given twice: into the mp4, exactly as without segments (its
+long GOP keeps a still picture's background steady and the file small), and into SEGMENT_SECONDS-long MPEG-TS
+segments (H.264 + AAC, each starting on a keyframe, each playable alone) by ffmpeg's segment muxer. The segment
+encode has no lookahead and no B-frames (x264's zerolatency), so a segment is out as soon as its last frame is
+in; it costs a few milliseconds a frame next to the networks' tens. A watcher thread hands each file to a
+callback as soon as ffmpeg has moved on to the next one.
 """
 
 from __future__ import annotations
@@ -15,35 +17,22 @@ from typing import Callable, Optional
 
 from lipsync.ffmpeg import file_arg
 
-SEGMENT_SECONDS = 1  # every mp4 lipsync writes has a keyframe each second: where a segment may end (and seeks land)
+SEGMENT_SECONDS = 1  # a keyframe and a new segment every second of the streamed encode
 SEGMENT_PATTERN = "segment-%05d.ts"  # ffmpeg's name for the n-th segment …
 SEGMENT_NAME = "segment-{:05d}.ts"  # … and ours
 WATCH_INTERVAL_S = 0.05  # how often the watcher looks for a new segment: small next to a segment's length
 
 SegmentSink = Callable[[Path], None]
 """Called with each finished segment, in order, on the watcher's thread (or the writer's, for the last ones). The
-file is the callee's to move or copy before it returns: the folder it is in goes when the run ends."""
+file is the callee's to move or copy before it returns: the folder it is in goes when the writer closes."""
 
 
-def keyframe_args() -> list[str]:
-    """A keyframe every SEGMENT_SECONDS of output, by time, whatever the frame rate (in every encode, so the mp4
-    is the same with or without segments)."""
-    return ["-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_SECONDS})"]
-
-
-def tee_name(path: str | Path) -> str:
-    """A file name as one output of ffmpeg's tee muxer: quoted, since | [ ] : ' and spaces mean something there."""
-    return "'" + file_arg(path).replace("'", "'\\''") + "'"
-
-
-def tee_output_args(mp4: str | Path, folder: str | Path) -> list[str]:
-    """Output options writing the encoded streams both to `mp4` (as `-movflags +faststart -f mp4` would) and as
-    numbered segments into `folder`. Streams must be mapped explicitly (-map): tee selects none by itself."""
-    outputs = (f"[f=mp4:movflags=+faststart]{tee_name(mp4)}"
-               f"|[f=segment:segment_time={SEGMENT_SECONDS}:segment_format=mpegts]"
-               f"{tee_name(Path(folder) / SEGMENT_PATTERN)}")  # fmt: skip
-    # global headers: the mp4 needs them, and the segment muxer adds them in-band to every keyframe itself
-    return ["-flags", "+global_header", "-f", "tee", outputs]
+def output_args(folder: str | Path) -> list[str]:
+    """The options that make an output (after its streams and codecs) the streamed segments, written into
+    `folder`: a keyframe every SEGMENT_SECONDS, each frame out of the encoder at once, a segment at each keyframe."""
+    pattern = file_arg(Path(str(folder).replace("%", "%%")) / SEGMENT_PATTERN)  # the folder's own % are no fields
+    return ["-tune", "zerolatency", "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_SECONDS})",
+            "-f", "segment", "-segment_time", str(SEGMENT_SECONDS), "-segment_format", "mpegts", pattern]
 
 
 class SegmentWatcher:

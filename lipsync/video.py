@@ -81,7 +81,8 @@ def write_args(
     segments_folder: str | Path | None = None,
 ) -> list[str]:
     """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
-    (and, given `segments_folder`, the same encoded streams cut into segments there: see lipsync.segments).
+    (and, given `segments_folder`, a second encode of the same frames and audio cut into one-second segments
+    there, from the same ffmpeg: see lipsync.segments).
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video.
@@ -91,23 +92,32 @@ def write_args(
             "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}",
             "-framerate", rate_arg(fps), "-i", "pipe:0"]
     if audio is not None:
-        args += ["-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
-    args += ["-vf", _video_filters(width, height, hold_last_frame=timed),
+        args += ["-i", file_arg(audio)]
+    encode = _encode_args(width, height, audio is not None, audio_duration if timed else 0.0, audio_sample_rate,
+                          audio_channels, crf, preset)  # fmt: skip
+    maps = ["-map", "0:v:0", "-map", "1:a:0"] if audio is not None else []
+    args += [*maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+    if segments_folder is not None:
+        args += [*maps, *encode, *segments.output_args(segments_folder)]
+    return args
+
+
+def _encode_args(width: int, height: int, with_audio: bool, seconds: float, audio_sample_rate: int,
+                 audio_channels: int, crf: int, preset: str) -> list[str]:  # fmt: skip
+    """One output's codecs: H.264 (and AAC), lasting `seconds` when that is known (> 0)."""
+    args = ["-vf", _video_filters(width, height, hold_last_frame=seconds > 0),
              "-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
-             "-color_range", "tv", *segments.keyframe_args()]
-    if audio is not None:
+             "-color_range", "tv"]
+    if with_audio:
         args += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:
             args += ["-ar", str(MAX_AUDIO_RATE)]
         if audio_channels > MAX_AUDIO_CHANNELS:
             args += ["-ac", str(MAX_AUDIO_CHANNELS)]
-    if timed:
-        args += ["-t", f"{audio_duration:.6f}"]
-    if segments_folder is not None:
-        maps = [] if audio is not None else ["-map", "0:v:0"]
-        return [*args, *maps, *segments.tee_output_args(output, segments_folder)]
-    return [*args, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+    if seconds > 0:
+        args += ["-t", f"{seconds:.6f}"]
+    return args
 
 
 # ---------------------------------------------------------------- reading frames
@@ -279,8 +289,8 @@ class VideoWriter:
     name next to it, then renamed), so a failed run leaves nothing behind, and `path` may even be one
     of the inputs. With audio, the output lasts exactly as long as the audio: the last frame is held
     if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
-    Given `segments`, the same encode is also handed over in short segments as it goes (lipsync.segments),
-    the last ones by close(), before the mp4 is moved into place.
+    Given `segments`, the same frames and audio are also encoded into one-second segments handed over as they
+    are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,

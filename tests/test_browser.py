@@ -177,8 +177,9 @@ def test_the_result_plays_while_it_is_being_made_then_the_mp4_downloads(page, se
     seen = page.evaluate("window.run")
     playing, encoding = seen["playing"], seen["stages"].get(ENCODING)
     assert playing is not None and encoding is not None, seen
-    print(f"click to result playing: {(playing - seen['clicked']) / 1000:.1f} s (picture + "
-          f"{_seconds(speech):.1f} s of speech; the job's last stage began after {(encoding - seen['clicked']) / 1000:.1f} s)")
+    after = {name: (at - seen["clicked"]) / 1000 for name, at in (("playing", playing), ("encoding", encoding))}
+    print(f"click to result playing: {after['playing']:.1f} s (picture + {_seconds(speech):.1f} s of speech; "
+          f"the job's last stage began after {after['encoding']:.1f} s)")
     assert playing < encoding, "the result plays while it is being made"
     shoot(page, screenshots, "4-streamed")
     mp4 = download_the_mp4(page, tmp_path)
