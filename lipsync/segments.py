@@ -1,20 +1,25 @@
 """Finished pieces of a video while it is still being encoded, for players that start before the end (the app's
 streaming result).
 
-The writer's one ffmpeg encodes the frames it is given twice: into the mp4, exactly as without segments (its
-long GOP keeps a still picture's background steady and the file small), and into SEGMENT_SECONDS-long MPEG-TS
-segments (H.264 + AAC, each starting on a keyframe, each playable alone) by ffmpeg's segment muxer. The segment
-encode has no lookahead and no B-frames (x264's zerolatency), so a segment is out as soon as its last frame is
-in; it costs a few milliseconds a frame next to the networks' tens. A watcher thread hands each file to a
-callback as soon as ffmpeg has moved on to the next one.
+The writer feeds the frames it is given to a second ffmpeg as well, which encodes them with the same audio into
+SEGMENT_SECONDS-long MPEG-TS segments (H.264 + AAC, each starting on a keyframe, each playable alone) through
+its segment muxer; the mp4's own ffmpeg command and bytes stay exactly as without segments (its long GOP keeps a
+still picture's background steady and the file small). The segment encode has no lookahead and no B-frames
+(x264's zerolatency), so a segment is out as soon as its last frame is in: in the mp4's own ffmpeg it would wait
+for the mp4's encoder, which holds ~20 frames back. It costs a few milliseconds a frame next to the networks'
+tens. A watcher thread hands each file to a callback as soon as ffmpeg has moved on to the next one.
 """
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+from lipsync import ffmpeg
+from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg
 
 SEGMENT_SECONDS = 1  # a keyframe and a new segment every second of the streamed encode
@@ -25,6 +30,7 @@ WATCH_INTERVAL_S = 0.05  # how often the watcher looks for a new segment: small 
 SegmentSink = Callable[[Path], None]
 """Called with each finished segment, in order, on the watcher's thread (or the writer's, for the last ones). The
 file is the callee's to move or copy before it returns: the folder it is in goes when the writer closes."""
+SegmentArgs = Callable[[Path], "list[str]"]  # the segment encoder's ffmpeg command, writing into a folder
 
 
 def output_args(folder: str | Path) -> list[str]:
@@ -79,3 +85,48 @@ class SegmentWatcher:
         if self._error is not None:
             raise self._error
         self._hand_over(last=True)
+
+
+class SegmentEncoder:
+    """The second ffmpeg (its command from `make_args(folder)`, reading raw frames on stdin) writing segments into
+    a new folder in `temp_dir`, and the watcher handing them to `sink`. finish() once every frame was written;
+    stop() to give up. Either way ffmpeg is reaped, the watcher stopped and the folder removed."""
+
+    def __init__(self, make_args: SegmentArgs, sink: SegmentSink, temp_dir: str | Path) -> None:
+        self.folder = Path(temp_dir) / f"segments-{secrets.token_hex(4)}"
+        self.folder.mkdir()
+        self._reading = True  # ffmpeg takes frames until the audio's end (-t), then stops reading
+        try:
+            self._process = ffmpeg.Process(make_args(self.folder), stdin=True, temp_dir=temp_dir)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        self._watcher = SegmentWatcher(self.folder, sink)
+
+    def write(self, data: memoryview) -> None:
+        """One raw frame, as the mp4's ffmpeg gets it."""
+        if not self._reading:
+            return
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(data)
+        except BrokenPipeError:
+            self._reading = False  # finish() tells the audio's end from a failure
+
+    def finish(self) -> None:
+        """End of the frames: wait for ffmpeg, then hand over the last segments; LipSyncError if it failed."""
+        try:
+            code = self._process.finish()
+            if code != 0:
+                raise LipSyncError(f"ffmpeg could not write the streamed segments ({self._process.said()})")
+            self._watcher.finish()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill and reap ffmpeg, stop the watcher, remove the folder; idempotent."""
+        try:
+            self._process.stop()
+            self._watcher.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import IO
 
@@ -19,7 +18,7 @@ from lipsync.ffmpeg import require as require_ffmpeg
 from lipsync.framecache import FrameCache, pingpong_index
 from lipsync.mediainfo import MediaInfo, probe
 from lipsync.picture import read_image
-from lipsync.segments import SegmentSink, SegmentWatcher
+from lipsync.segments import SegmentEncoder, SegmentSink
 from lipsync.types import Frame
 
 __all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoWriter", "file_arg", "fit",
@@ -81,8 +80,7 @@ def write_args(
     segments_folder: str | Path | None = None,
 ) -> list[str]:
     """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
-    (and, given `segments_folder`, a second encode of the same frames and audio cut into one-second segments
-    there, from the same ffmpeg: see lipsync.segments).
+    (or, given `segments_folder`, to one-second segments there instead: see lipsync.segments).
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video.
@@ -96,10 +94,9 @@ def write_args(
     encode = _encode_args(width, height, audio is not None, audio_duration if timed else 0.0, audio_sample_rate,
                           audio_channels, crf, preset)  # fmt: skip
     maps = ["-map", "0:v:0", "-map", "1:a:0"] if audio is not None else []
-    args += [*maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
     if segments_folder is not None:
-        args += [*maps, *encode, *segments.output_args(segments_folder)]
-    return args
+        return [*args, *maps, *encode, *segments.output_args(segments_folder)]
+    return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
 
 
 def _encode_args(width: int, height: int, with_audio: bool, seconds: float, audio_sample_rate: int,
@@ -289,8 +286,8 @@ class VideoWriter:
     name next to it, then renamed), so a failed run leaves nothing behind, and `path` may even be one
     of the inputs. With audio, the output lasts exactly as long as the audio: the last frame is held
     if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
-    Given `segments`, the same frames and audio are also encoded into one-second segments handed over as they
-    are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
+    Given `segments`, a second ffmpeg encodes the same frames and audio into one-second segments handed over
+    as they are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
@@ -305,22 +302,20 @@ class VideoWriter:
             raise LipSyncError(f"{audio} has no audio track")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
-        self._segments = self._segment_folder(temp_dir) if segments else None
         seconds = audio_seconds if audio_seconds is not None else (sound.audio_duration if sound else 0.0)
-        args = write_args(self._partial, width=self.width, height=self.height, fps=fps, audio=audio,
-                          audio_duration=seconds,
-                          audio_sample_rate=sound.audio_sample_rate if sound else 0,
-                          audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
-                          segments_folder=self._segments)
+        options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
+                       audio_sample_rate=sound.audio_sample_rate if sound else 0,
+                       audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
+        args = write_args(self._partial, **options)  # type: ignore[arg-type]
         self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
-        self._watcher = SegmentWatcher(self._segments, segments) if segments and self._segments else None
-
-    @staticmethod
-    def _segment_folder(temp_dir: str | Path) -> Path:
-        """A new folder for a writer's segments, in the run's temp dir (which goes with the run)."""
-        folder = Path(temp_dir) / f"segments-{secrets.token_hex(4)}"
-        folder.mkdir()
-        return folder
+        self._stream: SegmentEncoder | None = None
+        if segments is not None:
+            try:
+                self._stream = SegmentEncoder(lambda folder: write_args(self._partial, segments_folder=folder,
+                                                                        **options), segments, temp_dir)  # type: ignore
+            except BaseException:
+                self._process.stop()
+                raise
 
     def write(self, frame: Frame) -> None:
         """Send one height x width x 3 uint8 BGR frame (copied only if it is not contiguous)."""
@@ -330,11 +325,14 @@ class VideoWriter:
         if self._process is None:
             raise ValueError("VideoWriter is closed")
         self.frames_written += 1
+        data = memoryview(np.ascontiguousarray(frame)).cast("B")
+        if self._stream is not None:
+            self._stream.write(data)
         if self._stopped:
             return
         assert self._process.stdin is not None
         try:
-            self._process.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+            self._process.stdin.write(data)
         except BrokenPipeError:
             self._stopped = True  # close() tells success (audio end reached) from failure
 
@@ -356,13 +354,11 @@ class VideoWriter:
             detail = reason if self.frames_written else "no frames were written"
             raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
         try:
-            if self._watcher is not None:
-                self._watcher.finish()  # the last segments before the mp4
+            if self._stream is not None:
+                self._stream.finish()  # the last segments before the mp4
         except BaseException:
             self._partial.unlink(missing_ok=True)
             raise
-        finally:
-            self._drop_segments()
         try:
             os.replace(self._partial, self.path)
         except OSError as error:
@@ -382,15 +378,9 @@ class VideoWriter:
         try:
             process.stop()
         finally:
-            if self._watcher is not None:
-                self._watcher.stop()
-            self._drop_segments()
+            if self._stream is not None:
+                self._stream.stop()
             self._partial.unlink(missing_ok=True)
-
-    def _drop_segments(self) -> None:
-        """Remove the segments' folder (with any segment not handed over)."""
-        if self._segments is not None:
-            shutil.rmtree(self._segments, ignore_errors=True)
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ff
 
 FPS = 25
 SECONDS = 3.4  # three whole segments and a short last one
-WHILE_WRITING = 2  # segments out by 3.2 s of frames: the second ends at 2 s, plus the mp4's x264 lookahead (~0.8 s)
+WHILE_WRITING = 3  # segments out once 3.2 s of frames are in: each as soon as its last frame is (zero latency)
 SIZE = (321, 241)  # odd: the writer pads it
 AWKWARD = "a|b [c]:d 'e' 100%d"  # what means something to ffmpeg (% to the segment muxer's names)
 
@@ -124,15 +124,15 @@ def test_a_sink_that_fails_fails_the_writer_and_an_abort_stops_the_watcher(speec
     assert not out.exists() and not list((tmp_path / "t1").iterdir())
 
 
-def test_a_writer_without_segments_is_as_before_and_one_with_no_frames_hands_over_none(speech, tmp_path):
+def test_the_segment_encoder_gets_the_mp4s_command_and_one_with_no_frames_hands_over_none(speech, tmp_path):
     from lipsync.video import write_args
 
     plain = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS)
     assert plain[-4:] == ["+faststart", "-f", "mp4", f"file:{tmp_path / 'o.mp4'}"] and "segment" not in plain
-    both = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS,
+    segmented = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS,
                       segments_folder=tmp_path / "s")  # fmt: skip
-    assert both[: len(plain)] == plain, "the mp4's part of the command is the same"
-    assert both[len(plain) + 1 :].count("-t") == 1 and both[-1].endswith(segments.SEGMENT_PATTERN)
+    assert segmented[: len(plain) - 5] == plain[:-5], "the same frames, audio and codecs as the mp4's"
+    assert segmented[len(plain) - 5 :] == segments.output_args(tmp_path / "s")
     (tmp_path / "t").mkdir()
     with pytest.raises(LipSyncError, match="no frames were written"):
         with VideoWriter(tmp_path / "none.mp4", size=(64, 48), fps=FPS, audio=speech, temp_dir=tmp_path / "t",
