@@ -70,7 +70,7 @@ def download_button(path: Any = None) -> dict:
     return gr.update(value=path, visible=path is not None)
 
 
-@functools.wraps(jobs.make_video)  # make_video's parameters, under their names: the API's
+@functools.wraps(jobs.make_video, assigned=())  # its parameters, under their names (the API's); our own doc
 def make_video_stream(limits: Limits, *args: Any, **kwargs: Any) -> Iterator[Update]:
     """Make the face speak, yielding the video's segments as they are encoded, then the mp4 to download, the
     speech made from the text (if any) and the status line."""
