@@ -23,6 +23,7 @@ from webapp import form, jobs, picker, voices
 from webapp.examples import EXAMPLE_SET, ExampleResults, example_voice, run_example
 from webapp.folders import examples_cache
 from webapp.jobs import DEFAULTS, make_video, preview_speech
+from webapp.stream import make_video_stream
 from webapp.limits import Limits, env_number, launch_options
 
 GRADIO_CACHE_CLEANUP = (3600, 6 * 3600)  # hourly, delete gradio's cached uploads/results older than 6 h
@@ -127,14 +128,16 @@ def _advanced_inputs() -> list:
     return [*pads, resize, smooth, static, fps, box, blend, detector, device]
 
 
-def _examples(results: ExampleResults, inputs: list, voice_form: list, outputs: list) -> gr.Examples:
-    """The example buttons: a click fills the form, then shows the example's result (made once, in the GPU group)."""
-    examples = gr.Examples([e.row() for e in EXAMPLE_SET], inputs, cache_examples=False, label="Examples",
-                           example_labels=[e.label for e in EXAMPLE_SET])  # fmt: skip
+def _examples(results: ExampleResults, inputs: list, voice_form: list, outputs: list, status) -> gr.Examples:
+    """The example buttons, each its face's thumbnail and label: a click fills the form, then plays the example's
+    result (made once, in the GPU group)."""
+    shown = [gr.Image(visible=False, label="Face", type="filepath"), gr.Textbox(visible=False, label="Example")]
+    examples = gr.Examples([e.shown_row() for e in EXAMPLE_SET], [*shown, *inputs], cache_examples=False,
+                           label="Examples", visible_columns=[0, 1], elem_id="examples")  # fmt: skip
     voice_set = examples.load_input_event.then(example_voice, examples.dataset, voice_form, queue=False,
                                                show_progress="hidden", api_visibility="private")  # fmt: skip
     voice_set.then(functools.partial(run_example, results), examples.dataset, outputs, concurrency_id=GPU_GROUP,
-                   api_visibility="private")  # fmt: skip
+                   show_progress_on=[status], api_visibility="private")  # fmt: skip
     return examples
 
 
@@ -146,11 +149,20 @@ def _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs) -> None
     text.input(functools.partial(form.keep_one, tab="text"), text, [audio, voice_tabs], **light)
 
 
-def _outputs() -> Tuple[gr.Video, gr.Audio, gr.Textbox]:
-    result = gr.Video(label="Result", buttons=["download"], interactive=False, autoplay=True, elem_id="result")
+def _outputs() -> Tuple[gr.Video, gr.DownloadButton, gr.Audio, gr.Textbox]:
+    # streamed: it plays while the job runs; the download button offers the finished mp4 (the same as the CLI's)
+    result = gr.Video(label="Result", streaming=True, autoplay=True, interactive=False, buttons=[], elem_id="result")
+    download = gr.DownloadButton("Download the mp4", visible=False, elem_id="download")
     speech = gr.Audio(label="Speech made from the text", type="filepath", interactive=False, elem_id="speech")
     status = gr.Textbox(label="Status", interactive=False, lines=1, elem_id="status")
-    return result, speech, status
+    return result, download, speech, status
+
+
+def _api_endpoint(generate, inputs: list, speech: gr.Audio, status: gr.Textbox) -> None:
+    """/lipsync: the finished mp4, speech and status in one answer, for API clients (the page streams instead)."""
+    trigger = gr.Button(visible=False, elem_id="api-run")
+    video = gr.Video(label="Result", visible=False, interactive=False)
+    trigger.click(generate, inputs, [video, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
 
 
 def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
@@ -171,13 +183,15 @@ def build_demo(limits: Optional[Limits] = None) -> gr.Blocks:
                 advanced = _advanced_inputs()
                 run = gr.Button("Make it speak", variant="primary", elem_id="run")
             with gr.Column():
-                result, speech, status = _outputs()
+                result, download, speech, status = _outputs()
         inputs = [image, video, audio, text, voice, rate, model, *advanced, sharpen, picked[-1]]  # make_video's order
-        run.click(generate, inputs, [result, speech, status], api_name="lipsync", concurrency_id=GPU_GROUP)
+        run.click(functools.partial(make_video_stream, limits), inputs, [result, download, speech, status],
+                  api_name="lipsync_stream", concurrency_id=GPU_GROUP, show_progress_on=[status])  # fmt: skip
+        _api_endpoint(generate, inputs, speech, status)
         preview.click(functools.partial(preview_speech, limits), [text, voice, rate], [speech, status],
                       api_name="speak", concurrency_id=SPEECH_GROUP, concurrency_limit=SPEECH_CONCURRENCY)  # fmt: skip
         _examples(ExampleResults(generate, examples_cache()), [image, video, audio, text],
-                  [language, voice, voice_tabs], [result, speech, status])  # fmt: skip
+                  [language, voice, voice_tabs], [result, download, speech, status], status)  # fmt: skip
         language.change(voices.voices_for_language, [language, voice], voice, queue=False, api_visibility="private")
         _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs)
         _wire_picker(image, video, advanced, *picked)

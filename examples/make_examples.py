@@ -18,6 +18,7 @@ SUPERSAMPLE = 4  # draw this much larger, then shrink: smooth edges without anti
 CLIP_FPS = 25
 CLIP_SECONDS = 3
 CLIP_SIDE = 384  # px: small file, still a clear face
+STILL_WIDTH = 160  # px: the clip's thumbnail in the app
 JPEG_QUALITY = 90
 SPEECH = {
     "astronaut.mp3": "Hello from orbit. The view up here is wonderful.",
@@ -128,6 +129,12 @@ def write_clip(image: np.ndarray, target: Path) -> None:
         raise RuntimeError("ffmpeg could not write the clip")
 
 
+def write_still(clip: Path, target: Path) -> None:
+    """The clip's first frame, small: the thumbnail of its example in the app."""
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", f"file:{clip}", "-frames:v", "1",
+                    "-vf", f"scale={STILL_WIDTH}:-2", "-q:v", "4", f"file:{target}"], check=True)  # fmt: skip
+
+
 def main() -> None:
     cv2.imwrite(str(HERE / "cartoon.png"), draw_cartoon(), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     photo = astronaut()
@@ -135,6 +142,7 @@ def main() -> None:
     for name, text in SPEECH.items():
         speak(text, HERE / name)
     write_clip(photo, HERE / "clip.mp4")
+    write_still(HERE / "clip.mp4", HERE / "clip.jpg")
 
 
 if __name__ == "__main__":

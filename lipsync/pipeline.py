@@ -20,6 +20,7 @@ from .engine import (DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threa
                      run_detector)
 from .errors import LipSyncError
 from .options import LipSyncOptions
+from .segments import SegmentSink
 from .types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SYNC, Box, Frame,
                     Progress)
 
@@ -65,6 +66,7 @@ class _Job:
     seconds: float  # of decoded speech: the output's length
     size: Tuple[int, int]  # width, height of the frames worked on (after resize, rotation, crop and fit)
     notes: Tuple[str, ...]
+    segments: Optional[SegmentSink] = None  # where finished pieces of the output go while it is encoded
     still_frame: Optional[Frame] = None  # a still's one frame, decoded while the networks load
 
 
@@ -75,8 +77,13 @@ def run(
     options: Optional[LipSyncOptions] = None,
     progress: Optional[Progress] = None,
     engine: Optional[Engine] = None,
+    segments: Optional[SegmentSink] = None,
 ) -> RunResult:
-    """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`."""
+    """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`.
+
+    `segments`, when given, receives the output while it is encoded, as one-second MPEG-TS files of the same
+    frames and audio (H.264 + AAC, in order; see lipsync.segments), all of them before `run` returns; the mp4
+    is the same as without."""
     options = options or LipSyncOptions()
     report = progress or _no_progress
     engine = engine or DEFAULT_ENGINE
@@ -86,7 +93,7 @@ def run(
     created = paths.missing_folders(out_p.parent)
     try:
         with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
-            job, networks = _prepare_while_loading(face_p, audio_p, out_p, options, engine, report)
+            job, networks = _prepare_while_loading(face_p, audio_p, out_p, options, engine, report, segments)
             notes, absent = _render(job, options, networks, Path(tmp), report)
     except BaseException:
         paths.remove_empty(created)
@@ -100,7 +107,7 @@ def run(
 
 
 def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, engine: Engine,
-                           report: Progress) -> Tuple[_Job, _Networks]:  # fmt: skip
+                           report: Progress, segments: Optional[SegmentSink]) -> Tuple[_Job, _Networks]:  # fmt: skip
     """Probe the face input (bad input is told before paddle loads), then decode the audio, the mel and a
     picture while the networks load on a thread of their own: start-up is paid once, not twice."""
     info = video.probe(face)
@@ -108,7 +115,7 @@ def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options:
     still = info.is_image or options.static
     load = functools.partial(_load_networks, engine, options, still)
     loading = _Background(load) if OVERLAP_LOADING else None
-    job = _prepare(face, info, audio_path, outfile, options, report)
+    job = _prepare(face, info, audio_path, outfile, options, report, segments)
     report(STAGE_LOAD, 0, 1)
     networks = loading.result() if loading is not None else load()
     report(STAGE_LOAD, 1, 1)
@@ -198,7 +205,7 @@ def _describe(device: runtime.Device) -> str:
 
 
 def _prepare(face: Path, info: video.MediaInfo, audio_path: Path, outfile: Path, options: LipSyncOptions,
-             report: Progress) -> _Job:  # fmt: skip
+             report: Progress, segments: Optional[SegmentSink] = None) -> _Job:  # fmt: skip
     """Decode the audio to mel windows, and a picture's one frame."""
     report(STAGE_AUDIO, 0, 1)
     size = geometry.frame_size(info, options)
@@ -208,7 +215,7 @@ def _prepare(face: Path, info: video.MediaInfo, audio_path: Path, outfile: Path,
     fps = options.fps if info.is_image else info.fps
     frames = audio.frame_count(mel.shape[1], fps)
     job = _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
-               _size_notes(info, options))
+               _size_notes(info, options), segments)
     if still:
         job = replace(job, still_frame=_first_frame(job, options))
     report(STAGE_AUDIO, 1, 1)
@@ -393,7 +400,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
         return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
 
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
-                           audio_seconds=job.seconds) as writer:
+                           audio_seconds=job.seconds, segments=job.segments) as writer:
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]

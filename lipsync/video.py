@@ -11,13 +11,14 @@ from typing import IO
 import cv2
 import numpy as np
 
-from lipsync import ffmpeg
+from lipsync import ffmpeg, segments
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg, probe_args, rate_arg
 from lipsync.ffmpeg import require as require_ffmpeg
 from lipsync.framecache import FrameCache, pingpong_index
 from lipsync.mediainfo import MediaInfo, probe
 from lipsync.picture import read_image
+from lipsync.segments import SegmentEncoder, SegmentSink
 from lipsync.types import Frame
 
 __all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoWriter", "file_arg", "fit",
@@ -76,8 +77,10 @@ def write_args(
     audio_channels: int = 0,
     crf: int = VIDEO_CRF,
     preset: str = VIDEO_PRESET,
+    segments_folder: str | Path | None = None,
 ) -> list[str]:
-    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4.
+    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
+    (or, given `segments_folder`, to one-second segments there instead: see lipsync.segments).
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video.
@@ -87,20 +90,31 @@ def write_args(
             "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}",
             "-framerate", rate_arg(fps), "-i", "pipe:0"]
     if audio is not None:
-        args += ["-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
-    args += ["-vf", _video_filters(width, height, hold_last_frame=timed),
+        args += ["-i", file_arg(audio)]
+    encode = _encode_args(width, height, audio is not None, audio_duration if timed else 0.0, audio_sample_rate,
+                          audio_channels, crf, preset)  # fmt: skip
+    maps = ["-map", "0:v:0", "-map", "1:a:0"] if audio is not None else []
+    if segments_folder is not None:
+        return [*args, *maps, *encode, *segments.output_args(segments_folder)]
+    return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+
+
+def _encode_args(width: int, height: int, with_audio: bool, seconds: float, audio_sample_rate: int,
+                 audio_channels: int, crf: int, preset: str) -> list[str]:  # fmt: skip
+    """One output's codecs: H.264 (and AAC), lasting `seconds` when that is known (> 0)."""
+    args = ["-vf", _video_filters(width, height, hold_last_frame=seconds > 0),
              "-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
              "-color_range", "tv"]
-    if audio is not None:
+    if with_audio:
         args += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:
             args += ["-ar", str(MAX_AUDIO_RATE)]
         if audio_channels > MAX_AUDIO_CHANNELS:
             args += ["-ac", str(MAX_AUDIO_CHANNELS)]
-    if timed:
-        args += ["-t", f"{audio_duration:.6f}"]
-    return [*args, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+    if seconds > 0:
+        args += ["-t", f"{seconds:.6f}"]
+    return args
 
 
 # ---------------------------------------------------------------- reading frames
@@ -272,11 +286,13 @@ class VideoWriter:
     name next to it, then renamed), so a failed run leaves nothing behind, and `path` may even be one
     of the inputs. With audio, the output lasts exactly as long as the audio: the last frame is held
     if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
+    Given `segments`, a second ffmpeg encodes the same frames and audio into one-second segments handed over
+    as they are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
-                 preset: str = VIDEO_PRESET) -> None:
+                 preset: str = VIDEO_PRESET, segments: SegmentSink | None = None) -> None:
         self.path = Path(path)
         self.width, self.height = size
         self.frames_written = 0
@@ -287,11 +303,19 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
         seconds = audio_seconds if audio_seconds is not None else (sound.audio_duration if sound else 0.0)
-        args = write_args(self._partial, width=self.width, height=self.height, fps=fps, audio=audio,
-                          audio_duration=seconds,
-                          audio_sample_rate=sound.audio_sample_rate if sound else 0,
-                          audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
+        options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
+                       audio_sample_rate=sound.audio_sample_rate if sound else 0,
+                       audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
+        args = write_args(self._partial, **options)  # type: ignore[arg-type]
         self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
+        self._stream: SegmentEncoder | None = None
+        if segments is not None:
+            try:
+                self._stream = SegmentEncoder(lambda folder: write_args(self._partial, segments_folder=folder,
+                                                                        **options), segments, temp_dir)  # type: ignore
+            except BaseException:
+                self._process.stop()
+                raise
 
     def write(self, frame: Frame) -> None:
         """Send one height x width x 3 uint8 BGR frame (copied only if it is not contiguous)."""
@@ -301,11 +325,14 @@ class VideoWriter:
         if self._process is None:
             raise ValueError("VideoWriter is closed")
         self.frames_written += 1
+        data = memoryview(np.ascontiguousarray(frame)).cast("B")
+        if self._stream is not None:
+            self._stream.write(data)
         if self._stopped:
             return
         assert self._process.stdin is not None
         try:
-            self._process.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+            self._process.stdin.write(data)
         except BrokenPipeError:
             self._stopped = True  # close() tells success (audio end reached) from failure
 
@@ -323,9 +350,15 @@ class VideoWriter:
             raise
         process.stop()
         if code != 0 or self.frames_written == 0 or not self._partial.is_file():
-            self._partial.unlink(missing_ok=True)
+            self._discard(process)
             detail = reason if self.frames_written else "no frames were written"
             raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
+        try:
+            if self._stream is not None:
+                self._stream.finish()  # the last segments before the mp4
+        except BaseException:
+            self._partial.unlink(missing_ok=True)
+            raise
         try:
             os.replace(self._partial, self.path)
         except OSError as error:
@@ -340,10 +373,13 @@ class VideoWriter:
         self._discard(process)
 
     def _discard(self, process: ffmpeg.Process) -> None:
-        """Kill and reap ffmpeg, then delete what it wrote (once it is dead it can write no more)."""
+        """Kill and reap ffmpeg, stop handing over segments, then delete what it wrote (once it is dead it can
+        write no more)."""
         try:
             process.stop()
         finally:
+            if self._stream is not None:
+                self._stream.stop()
             self._partial.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:

@@ -167,6 +167,21 @@ def test_photo_and_audio_make_a_talking_video(client, media, voice_files):
     assert 0.75 * _seconds(voice_files["hello"]) * 25 < frames <= _seconds(voice_files["hello"]) * 25 + 1  # mel windows
 
 
+def test_the_stream_endpoint_hands_over_segments_while_it_works_then_the_mp4(client, media):
+    """/lipsync_stream (the page's button): each segment comes as an update of the result's playlist, before the
+    job ends; the last update brings the complete mp4 to download and the status line."""
+    job = client.submit(face_image=handle_file(str(media["photo"])), audio=handle_file(str(media["speech"])),
+                        api_name="/lipsync_stream")  # fmt: skip
+    _, mp4, speech, status = job.result()
+    streamed = [out[0] for out in job.outputs() if isinstance(out[0], str)]  # the playlist, downloaded each time
+    listed = [Path(playlist).read_text().count(".ts\n") for playlist in streamed]
+    assert len(streamed) > 1 and listed == list(range(1, len(streamed) + 1)), listed  # one more segment each time
+    assert job.outputs()[-1][0] == {"__type__": "update"} and mp4["visible"] is True
+    _check_video(mp4["value"], media["speech"], (512, 512))
+    assert speech is None and status.startswith("wav2lip_hq on cpu") and "faces: haar" in status
+    assert listed[-1] == int(_seconds(media["speech"])) + 1, "a segment a second, the last one shorter"
+
+
 def readme_block(marker: str) -> str:
     """The code inside README's fenced block between <!-- marker --> and <!-- /marker -->."""
     text = (ROOT / "README.md").read_text()
@@ -294,10 +309,12 @@ def _dependency(api_name: str) -> dict:
 
 
 def test_every_event_that_runs_the_networks_shares_the_gpu_group():
-    """'Make it speak' and an example's first click both write the result: one job at a time on the GPU."""
+    """'Make it speak' and an example's first click both write the result, /lipsync the API's: one job at a time
+    on the GPU."""
     result = _component("result")
     runs = [d["id"] for d in app.demo.config["dependencies"] if result in d["outputs"]]
-    assert len(runs) == 2
+    runs.append(_dependency("lipsync")["id"])
+    assert len(set(runs)) == 3 and _dependency("lipsync_stream")["id"] in runs
     assert {app.demo.fns[run].concurrency_id for run in runs} == {app.GPU_GROUP}
 
 

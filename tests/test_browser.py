@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
-from test_app import launch_app, readme_block  # noqa: E402  (tests/ is on sys.path: conftest puts it there)
+from conftest import SPEECH_TEXT, ffprobe  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+from test_app import AV_TOLERANCE_S, _seconds, launch_app, readme_block  # noqa: E402  (conftest put tests/ on sys.path)
 
 from lipsync.options import DEFAULT_PADS  # noqa: E402
 from webapp import examples, folders, jobs  # noqa: E402  (test_app put the repository on sys.path)
@@ -30,6 +33,26 @@ STAGE_LABEL = re.compile("^(" + "|".join(re.escape(stage) for stage in jobs.STAG
 STATUS = re.compile(
     r"^wav2lip_hq on cpu( \([^)]*\))? · (fp32|bf16) · paddle \S+ · \d+ frames at 25 fps · \d+\.\d s · faces: haar"
 )
+ENCODING = jobs.STAGE_ENCODE
+STREAM_PADDING_S = 0.1  # gradio's stream re-times its AAC frames: its end may differ from the mp4's by a frame or two
+# When the result starts playing, and when each progress stage first shows, from the click on "Make it speak".
+WATCH_THE_RUN = """
+window.run = {clicked: performance.now(), playing: null, stages: {}};
+document.querySelector('#run').addEventListener('click', () => { window.run.clicked = performance.now(); },
+                                                {capture: true, once: true});
+const stage = () => {
+  const bar = document.querySelector('#status [role=progressbar]');
+  const label = bar && bar.getAttribute('aria-label');
+  const name = label && label.split(' ').filter(w => !/^[0-9]+[/][0-9]+$/.test(w)).join(' ');
+  if (name && !(name in window.run.stages)) window.run.stages[name] = performance.now();
+  const video = document.querySelector('#result video');
+  if (window.run.playing === null && video && !video.paused && video.currentTime > 0) {
+    window.run.playing = performance.now();
+  }
+};
+new MutationObserver(stage).observe(document, {childList: true, subtree: true, attributes: true});
+setInterval(stage, 20);
+"""
 # Every toast's text, collected as toasts appear: they vanish after a few seconds.
 RECORD_TOASTS = """
 window.toasts = [];
@@ -89,13 +112,24 @@ def _haar_stood_in(seen: list) -> bool:
 
 
 def wait_for_a_new_result(page, previous_src: str) -> str:
-    """Wait until the result video changes and the browser can play it; its src."""
+    """Wait until the result video changes (a new stream), the job ended (the mp4 can be downloaded) and the
+    browser can play the video; its src."""
     page.wait_for_function("([previous, ready]) => { const v = document.querySelector('#result video');"
                            " return v && v.src && v.src !== previous && v.readyState >= ready; }",
                            arg=[previous_src, HAVE_CURRENT_DATA], timeout=RUN_TIMEOUT_MS)  # fmt: skip
+    playwright.expect(page.locator("#download")).to_be_visible(timeout=RUN_TIMEOUT_MS)
     video = page.locator("#result video")
-    assert video.evaluate("v => v.duration") > MIN_VIDEO_S
+    page.wait_for_function("min => document.querySelector('#result video').duration > min", arg=MIN_VIDEO_S)
     return video.get_attribute("src")
+
+
+def download_the_mp4(page, folder: Path) -> Path:
+    """Click "Download the mp4"; the file the browser saved."""
+    with page.expect_download() as saving:
+        page.locator("#download").click()
+    path = folder / saving.value.suggested_filename
+    saving.value.save_as(path)
+    return path
 
 
 def expect_progress(page) -> None:
@@ -126,12 +160,45 @@ def test_a_visitor_makes_the_photo_speak_typed_text(page, media, screenshots):
     shoot(page, screenshots, "3-result")
 
 
+def test_the_result_plays_while_it_is_being_made_then_the_mp4_downloads(page, server, media, screenshots, tmp_path):
+    """A picture + about 10 s of speech with the networks warm: the result is playing before the job's last
+    stage (encoding); then "Download the mp4" gives the whole video. Prints the time from the click to playing."""
+    speech = tmp_path / "ten-seconds.wav"
+    subprocess.run(["espeak-ng", "-w", str(speech), " ".join([SPEECH_TEXT] * 3)], check=True, capture_output=True)
+    Client(server.url, verbose=False, analytics_enabled=False).predict(  # the networks load on a first job
+        face_image=handle_file(str(media["photo"])), audio=handle_file(str(media["speech"])), api_name="/lipsync")
+    page.locator("#face-image input[type=file]").set_input_files(str(media["photo"]))
+    page.get_by_role("tab", name="Audio file").click()
+    page.locator("#audio input[type=file]").set_input_files(str(speech))
+    playwright.expect(page.locator("#audio [data-testid=waveform-controls]")).to_be_visible()
+    page.evaluate(WATCH_THE_RUN)
+    page.locator("#run").click()
+    playwright.expect(page.locator("#download")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    seen = page.evaluate("window.run")
+    playing, encoding = seen["playing"], seen["stages"].get(ENCODING)
+    assert playing is not None and encoding is not None, seen
+    after = {name: (at - seen["clicked"]) / 1000 for name, at in (("playing", playing), ("encoding", encoding))}
+    print(f"click to result playing: {after['playing']:.1f} s (picture + {_seconds(speech):.1f} s of speech; "
+          f"the job's last stage began after {after['encoding']:.1f} s)")
+    assert playing < encoding, "the result plays while it is being made"
+    shoot(page, screenshots, "4-streamed")
+    mp4 = download_the_mp4(page, tmp_path)
+    info = ffprobe(mp4)
+    assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
+    assert abs(float(info["format"]["duration"]) - _seconds(speech)) <= AV_TOLERANCE_S
+    streamed = page.locator("#result video").evaluate("v => v.duration")
+    assert abs(streamed - _seconds(speech)) <= AV_TOLERANCE_S + STREAM_PADDING_S, "every segment was streamed"
+
+
 def test_every_example_plays_leaves_the_options_alone_and_comes_from_the_cache_again(page, server, screenshots):
     expect = playwright.expect
     page.locator("#advanced button").click()  # open Advanced, to see the options after each example
     detector = page.locator(f"#detector input[value={jobs.DEFAULTS.face_detector}]")
     expect(detector).to_be_checked()
     src, first = "", {}
+    thumbnails = page.locator("#examples img")
+    playwright.expect(thumbnails).to_have_count(len(examples.EXAMPLE_SET))  # each example shows its face
+    assert all(img.evaluate("i => i.complete && i.naturalWidth > 0") for img in thumbnails.all())
     for index, example in enumerate(examples.EXAMPLE_SET):
         page.get_by_text(example.label).click()
         expect_progress(page)  # the first click runs the job, with its progress bar
@@ -145,11 +212,10 @@ def test_every_example_plays_leaves_the_options_alone_and_comes_from_the_cache_a
         first[index] = (src, status, _kept(server, index).stat())
         shoot(page, screenshots, f"example-{index}")
 
-    page.get_by_text(examples.EXAMPLE_SET[0].label).click()
+    page.locator("#examples img").first.click()  # the thumbnail works as well as the label
     wait_for_a_new_result(page, src)
-    again = page.locator("#result video").get_attribute("src")
     expect(page.locator("#status textarea")).to_have_value(first[0][1])
-    assert again == first[0][0]
+    assert download_the_mp4(page, screenshots).read_bytes() == _kept(server, 0).read_bytes()
     kept = _kept(server, 0).stat()
     assert (kept.st_ino, kept.st_mtime_ns) == (first[0][2].st_ino, first[0][2].st_mtime_ns), "made again"
 

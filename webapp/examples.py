@@ -7,13 +7,14 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import gradio as gr
 
 from lipsync import tts
 
 from .jobs import DEFAULTS, Result, no_progress
+from .stream import Update, download_button
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE_TEXT = "Hi! I'm a cartoon, and now I can talk. Type anything, and I will say it."
@@ -30,17 +31,23 @@ class Example:
     text: str = ""
     voice: str = tts.DEFAULT_VOICE
     detector: str = DEFAULTS.face_detector
+    thumbnail: Optional[str] = None  # what the example's button shows: its face (a still, for a video)
 
     def row(self) -> list:
         """Its values for gr.Examples' inputs: face picture, face video, audio, text."""
         return [self.face_image, self.face_video, self.audio, self.text]
+
+    def shown_row(self) -> list:
+        """row(), after what its button shows: the face's thumbnail and the label."""
+        return [self.thumbnail or self.face_image, self.label, *self.row()]
 
 
 EXAMPLE_SET = (
     Example("Cartoon + typed text", face_image=str(EXAMPLES / "cartoon.png"), text=EXAMPLE_TEXT,
             voice="en-US-AndrewMultilingualNeural", detector="haar"),  # S3FD finds no face in a drawing
     Example("Photo + speech", face_image=str(EXAMPLES / "astronaut.jpg"), audio=str(EXAMPLES / "astronaut.mp3")),
-    Example("Video + speech", face_video=str(EXAMPLES / "clip.mp4"), audio=str(EXAMPLES / "clip.mp3")),
+    Example("Video + speech", face_video=str(EXAMPLES / "clip.mp4"), audio=str(EXAMPLES / "clip.mp3"),
+            thumbnail=str(EXAMPLES / "clip.jpg")),  # made by make_examples.py from the clip's first frame
 )  # fmt: skip
 
 
@@ -74,9 +81,13 @@ def keep_result(made: Result, folder: Path) -> Result:
     return kept_video, kept_speech, status
 
 
-def run_example(results: ExampleResults, selected: Tuple[int, list], progress=gr.Progress(track_tqdm=True)) -> Result:
-    """The clicked example's result (selected: gr.Examples' index and row), made at its first click."""
-    return results.get(selected[0], progress)
+def run_example(results: ExampleResults, selected: Tuple[int, list],
+                progress=gr.Progress(track_tqdm=True)) -> Iterator[Update]:  # fmt: skip
+    """The clicked example's result (selected: gr.Examples' index and row), made at its first click, for the
+    streaming player (as one segment) and the download button."""
+    yield gr.skip(), download_button(), None, ""  # the last result's download and status go, as for a new job
+    video, speech, status = results.get(selected[0], progress)
+    yield video, download_button(video), speech, status
 
 
 def example_voice(selected: Tuple[int, list]) -> tuple:

@@ -8,7 +8,8 @@ import contextvars
 import functools
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
 
@@ -18,6 +19,7 @@ import lipsync
 from lipsync import precision, tts
 from lipsync.errors import LipSyncError, first_line
 from lipsync.options import DEFAULT_PADS, LipSyncOptions
+from lipsync.segments import SegmentSink
 from lipsync.types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES, STAGE_LOAD, STAGE_SPEECH,
                            STAGE_SYNC)
 
@@ -202,21 +204,76 @@ def make_video(
     progress=gr.Progress(track_tqdm=True),  # tqdm too: a first run's weights download shows its bar
 ) -> Result:
     """Make the face speak: returns the video, the speech made from the text (if any) and a status line."""
+    form = Form(**{name: value for name, value in locals().items() if name in FORM_FIELDS})  # the parameters above
     report = progress_reporter(progress, enhanced=bool(face_enhancement))
     with request_folder() as workdir:
-        options = options_from_form(model, (pad_top, pad_bottom, pad_left, pad_right), resize_factor, smooth,
-                                    static, fps, box, blend, detector, device, face_enhancement,
-                                    face_index)  # fmt: skip
-        face = one_face(face_image, face_video, limits)
-        speech_path, speech = speech_for(audio, text, voice, rate, workdir, limits, report)
-        if options.face_enhancement and not on_gpu(options):
-            check_enhanced_seconds(speech_path, limits)
-        quiet_paddle_signals()
-        result = run_engine(face, speech_path, workdir / OUTPUT_NAME, options, report)
-        for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD, frames without a face
-            if not note.startswith(precision.NOTE_START):  # the precision is in the status line; its gate in --doctor
-                gr.Warning(plain(note))
-    return str(result.outfile), speech and str(speech.path), status_line(result, options, speech)
+        job = prepare(limits, form, workdir, report)
+        return finished(job, start_engine(job, report).result())
+
+
+@dataclass(frozen=True)
+class Form:
+    """What the page's form (and the API) asks for: make_video's parameters, under their names."""
+
+    face_image: Optional[str] = None
+    face_video: Optional[str] = None
+    audio: Optional[str] = None
+    text: Optional[str] = None
+    voice: str = tts.DEFAULT_VOICE
+    rate: float = 0
+    model: str = DEFAULTS.checkpoint
+    pad_top: float = DEFAULT_PADS[0]
+    pad_bottom: float = DEFAULT_PADS[1]
+    pad_left: float = DEFAULT_PADS[2]
+    pad_right: float = DEFAULT_PADS[3]
+    resize_factor: float = DEFAULTS.resize_factor
+    smooth: bool = DEFAULTS.smooth
+    static: bool = DEFAULTS.static
+    fps: float = DEFAULTS.fps
+    box: Optional[str] = None
+    blend: str = DEFAULTS.blend
+    detector: str = DEFAULTS.face_detector
+    device: str = DEFAULTS.device
+    face_enhancement: bool = DEFAULTS.face_enhancement
+    face_index: Optional[float] = None
+
+    def options(self) -> LipSyncOptions:
+        return options_from_form(self.model, (self.pad_top, self.pad_bottom, self.pad_left, self.pad_right),
+                                 self.resize_factor, self.smooth, self.static, self.fps, self.box, self.blend,
+                                 self.detector, self.device, self.face_enhancement, self.face_index)  # fmt: skip
+
+
+FORM_FIELDS = frozenset(f.name for f in fields(Form))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request checked and ready for the engine: its face, its speech (made from the text, if typed), options."""
+
+    face: str
+    speech_path: str
+    speech: Optional[tts.Speech]
+    options: LipSyncOptions
+    outfile: Path
+
+
+def prepare(limits: Limits, form: Form, workdir: Path, report: Reporter) -> Job:
+    """Check the request against the limits and speak its text (in `workdir`): everything before the engine."""
+    options = form.options()
+    face = one_face(form.face_image, form.face_video, limits)
+    speech_path, speech = speech_for(form.audio, form.text, form.voice, form.rate, workdir, limits, report)
+    if options.face_enhancement and not on_gpu(options):
+        check_enhanced_seconds(speech_path, limits)
+    quiet_paddle_signals()
+    return Job(face, speech_path, speech, options, workdir / OUTPUT_NAME)
+
+
+def finished(job: Job, result: "lipsync.RunResult") -> Result:
+    """A run's answer for the page: its notes as warnings; the video, the speech made from the text, the status."""
+    for note in result.notes:  # e.g. a huge picture scaled down, Haar standing in for S3FD, frames without a face
+        if not note.startswith(precision.NOTE_START):  # the precision is in the status line; its gate in --doctor
+            gr.Warning(plain(note))
+    return str(result.outfile), job.speech and str(job.speech.path), status_line(result, job.options, job.speech)
 
 
 def on_gpu(options: LipSyncOptions) -> bool:
@@ -252,10 +309,12 @@ def preview_speech(
     return path, f"voice: {speech.engine} {speech.voice}"
 
 
-def run_engine(face: str, speech: str, outfile: Path, options: LipSyncOptions, report: Reporter) -> "lipsync.RunResult":
-    """lipsync.run on one of the run threads; this request's context (gradio's progress bar) goes with it."""
-    job = _runner.submit(contextvars.copy_context().run, lipsync.run, face, speech, outfile, options, progress=report)
-    return job.result()
+def start_engine(job: Job, report: Reporter, segments: Optional[SegmentSink] = None) -> "Future[lipsync.RunResult]":
+    """lipsync.run on one of the run threads (it waits for one); this request's context (gradio's progress bar)
+    goes with it. `segments` receives the video while it is encoded (see lipsync.segments)."""
+    extra = {"segments": segments} if segments is not None else {}
+    return _runner.submit(contextvars.copy_context().run, lipsync.run, job.face, job.speech_path, job.outfile,
+                          job.options, progress=report, **extra)  # fmt: skip
 
 
 def set_runs_at_once(count: int) -> None:
@@ -269,9 +328,15 @@ def set_runs_at_once(count: int) -> None:
 def request_folder() -> Iterator[Path]:
     """A request's folder (kept while the job runs); when the request fails it is removed and the error put in
     the visitor's words."""
+    with visitor_errors(), folders.requests.job() as workdir:
+        yield workdir
+
+
+@contextlib.contextmanager
+def visitor_errors() -> Iterator[None]:
+    """Any error raised inside, in the visitor's words (see for_visitor)."""
     try:
-        with folders.requests.job() as workdir:
-            yield workdir
+        yield
     except BaseException as exc:
         shown = for_visitor(exc)
         if shown is None:

@@ -1,0 +1,127 @@
+"""webapp.stream in-process, with a stand-in engine: segments reach the page as they come, then the mp4; a visitor
+who leaves stops the run without anyone waiting for it, and the request folder goes once the run has ended."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+import lipsync
+from webapp import folders, jobs, limits, stream  # test_app put the repository on sys.path (conftest)
+
+SEGMENTS = 3
+DEADLINE_S = 30  # for the run thread to get somewhere; never reached when things work
+
+
+@pytest.fixture
+def requests(tmp_path, monkeypatch) -> folders.RequestFolders:
+    made = folders.RequestFolders(tmp_path / "requests")
+    monkeypatch.setattr(folders, "requests", made)
+    jobs.set_runs_at_once(1)
+    return made
+
+
+class Engine:
+    """lipsync.run's stand-in: hands over SEGMENTS segments with progress between them; with `hold`, it then
+    keeps reporting progress until released (a long run)."""
+
+    def __init__(self, hold: bool = False, fail: bool = False) -> None:
+        self.hold, self.fail = hold, fail
+        self.release, self.ended = threading.Event(), threading.Event()
+        self.raised: list = []
+
+    def __call__(self, face, speech, outfile, options, progress, segments):
+        try:
+            for index in range(SEGMENTS):
+                made = Path(outfile).parent / f"made-{index}.ts"
+                made.write_bytes(b"ts")
+                segments(made)
+                progress("lip-syncing", index + 1, SEGMENTS)
+            while self.hold and not self.release.wait(0.01):
+                progress("lip-syncing", SEGMENTS, SEGMENTS)
+            if self.fail:
+                raise lipsync.LipSyncError("No face found in face.png")
+            Path(outfile).write_bytes(b"mp4")
+            from lipsync.pipeline import RunResult
+
+            return RunResult(Path(outfile), 25, 25.0, 1.0, "cpu", "wav2lip_hq", "2.6.2", ("a note",))
+        except BaseException as exc:
+            self.raised.append(exc)
+            raise
+        finally:
+            self.ended.set()
+
+
+def _eventually(condition) -> bool:
+    """The run thread finishes a request folder just after the run's result is out: wait for it."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def _stream(media, seen: list):
+    return stream.make_video_stream(limits.Limits(), face_image=str(media["photo"]), audio=str(media["speech"]),
+                                    progress=lambda value, desc: seen.append(desc))  # fmt: skip
+
+
+def test_segments_reach_the_page_as_they_come_then_the_mp4(requests, monkeypatch, media):
+    engine = Engine()
+    monkeypatch.setattr(lipsync, "run", engine, raising=False)
+    seen: list = []
+    updates = _stream(media, seen)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        every = list(updates)
+    assert "a note" in [str(w.message) for w in caught], "the run's notes are warnings, as on /lipsync"
+    first = every[0]
+    assert first[1]["visible"] is False and first[2:] == (None, ""), "the last result's download and status go"
+    streamed = []
+    for update in every[1:]:
+        if not isinstance(update[0], dict):  # a segment; gr.skip() is a dict
+            assert Path(update[0]).is_file(), "still there when gradio reads it"
+            assert update[1:] == (gr.skip(),) * 3
+            streamed.append(Path(update[0]))
+        else:
+            final = update
+    assert [p.name for p in streamed] == [f"made-{i}.ts" for i in range(SEGMENTS)]
+    assert final[1]["visible"] is True and Path(final[1]["value"]).read_bytes() == b"mp4"
+    assert final[2] is None and "25 frames at 25 fps" in final[3]
+    assert seen == [f"lip-syncing {i}/{SEGMENTS}" for i in range(1, SEGMENTS + 1)]
+    assert _eventually(lambda: not requests.active()), "no longer active once the run ended"
+    [folder] = requests.root.iterdir()
+    assert streamed[0].parent.parent == folder, "kept after the run"
+
+
+def test_a_visitor_who_leaves_stops_the_run_and_its_folder_goes_when_it_ends(requests, monkeypatch, media):
+    engine = Engine(hold=True)
+    monkeypatch.setattr(lipsync, "run", engine, raising=False)
+    updates = _stream(media, [])
+    next(updates), next(updates)  # the first segment is playing
+    [folder] = requests.active()
+    updates.close()  # gradio closes the generator on the event loop: this must not wait for the run
+    assert not engine.ended.is_set(), "close() returned while the run still ran"
+    assert engine.ended.wait(DEADLINE_S)
+    assert [type(e) for e in engine.raised] == [stream.Stopped], "stopped at its next progress report"
+    assert _eventually(lambda: not folder.exists() and not requests.active())
+
+
+def test_a_run_that_fails_tells_the_visitor_and_leaves_no_folder(requests, monkeypatch, media):
+    monkeypatch.setattr(lipsync, "run", Engine(fail=True), raising=False)
+    updates = _stream(media, [])
+    with pytest.raises(gr.Error, match="No face found in face.png"):
+        for _ in updates:
+            pass
+    assert _eventually(lambda: not list(requests.root.iterdir()) and not requests.active())
+
+
+def test_the_stream_takes_the_lipsync_endpoints_parameters():
+    import inspect
+
+    assert inspect.signature(stream.make_video_stream) == inspect.signature(jobs.make_video)
+    assert inspect.isgeneratorfunction(stream.make_video_stream)
