@@ -6,13 +6,10 @@ The reference is never shipped: it is a checkout of REFERENCE_URL at REFERENCE_C
 fetches, run as a subprocess with its own Python (torch CPU; benchmarks/README.md, "Against the
 reference", sets it up). Both tools load the same torch checkpoints: a random Wav2Lip and an S3FD
 whose stride-64 head is planted (lipsync.testing), written by torch.save in the reference's Python
-from arrays this process exports. Each tool runs in a copy of its inputs' folder as a user would run
-it: lipsync's `python -m lipsync` with its export cache warm, inference.py from a scratch copy of its
-tree (it writes temp/result.avi into its working directory and calls ffmpeg through a shell).
-
-Wall time is the whole fresh process. Peak RSS is what wait4 reports for the direct child: Linux
-gives the larger of the child's own high-water RSS and that of any descendant it waited for (ffmpeg),
-which is `/usr/bin/time -f %M`'s figure; in both tools the Python process is the largest.
+from arrays this process exports. lipsync runs as `python -m lipsync` with its export cache warm;
+inference.py runs in a scratch copy of its tree (it writes temp/result.avi into its working
+directory and calls ffmpeg through a shell). fresh_process.measure times each run and reads its
+peak RSS and CPU time.
 """
 
 from __future__ import annotations
@@ -25,13 +22,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fresh_process import Run, measure
 from workload import FPS, PLANTED_HEAD, SEED, make_photo, make_speech, make_video, note
 
 REFERENCE_URL = "https://github.com/Rudrabha/Wav2Lip"
@@ -47,9 +44,11 @@ PICTURE_SECONDS = 13.8  # the issue's measurement: 342 output frames
 VIDEO_SECONDS = 4.0  # the reference runs S3FD on every 720p frame: seconds per frame on 2 CPU cores
 VIDEO_SIZE = (1280, 720)
 VIDEO_MARGIN_S = 1.0  # the clip outlasts the speech (the reference uses its first frames only)
+# The reference's S3FD batch on the video. Its default, 16, peaks at 11.6 GB at 720p (a 1-s run here) and was
+# killed by the kernel's OOM killer on this shared 23 GB machine; 4 frames per batch take the same time per frame.
+REFERENCE_DETECT_BATCH = 4
 WARM_SECONDS = 1.0  # speech of the untimed warm-up runs
 REPEATS = 2
-MB = 1024  # ru_maxrss is in KiB on Linux
 CPU_FEATURES = frozenset({"amx_bf16", "amx_int8", "amx_tile", "avx512f", "avx512_bf16"})  # shown with the table
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LIPSYNC_THREADS")
 
@@ -60,35 +59,6 @@ arrays = numpy.load(sys.argv[1])
 state = {name: torch.from_numpy(arrays[name].copy()) for name in arrays.files}
 torch.save({"state_dict": state} if sys.argv[3] == "wrapped" else state, sys.argv[2])
 """
-
-
-# A small process between us and the measured one. Linux carries the exec-ing process's old memory high-water mark
-# into ru_maxrss (a child spawned straight from this process, which holds paddle, would report at least our peak);
-# a child forked from this launcher starts from the launcher's few MB. wait4 gives its peak and CPU time.
-LAUNCHER = """
-import ctypes, json, os, signal, subprocess, sys, time
-def end_with_us():  # the measured process gets SIGTERM if this launcher dies (prctl PR_SET_PDEATHSIG)
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-began = time.perf_counter()
-child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=end_with_us)
-_, status, usage = os.wait4(child.pid, 0)
-figures = {"seconds": time.perf_counter() - began, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-           "peak_kb": usage.ru_maxrss, "returncode": os.waitstatus_to_exitcode(status)}
-child.returncode = figures["returncode"]
-with open(sys.argv[1], "w") as out:
-    json.dump(figures, out)
-"""
-
-
-@dataclass
-class Run:
-    """One fresh process: its wall time, CPU time (its own and its waited-for children's), peak RSS (MB), exit."""
-
-    seconds: float
-    cpu_seconds: float
-    peak_mb: float
-    returncode: int
-    stderr: str = ""
 
 
 @dataclass
@@ -170,11 +140,12 @@ def lipsync_command(face: Path, speech: Path, out: Path, checkpoint: Path, detec
 
 
 def reference_command(python: Path, face: str, speech: str, out: str, checkpoint: Path,
-                      box: Optional[Sequence[int]] = None) -> List[str]:  # fmt: skip
-    """inference.py with its defaults. `face`, `speech` and `out` are names inside its working directory:
-    it tells a picture from a video by what follows the path's first dot."""
+                      box: Optional[Sequence[int]] = None, detect_batch: int = 0) -> List[str]:  # fmt: skip
+    """inference.py with its defaults but the S3FD batch (`detect_batch`, 0: its default). `face`, `speech` and
+    `out` are names inside its working directory: it tells a picture from a video by what follows the first dot."""
     cmd = [str(python), "inference.py", "--checkpoint_path", str(checkpoint), "--face", face, "--audio", speech,
            "--outfile", out]  # fmt: skip
+    cmd += ["--face_det_batch_size", str(detect_batch)] if detect_batch else []
     return cmd + (["--box", *map(str, box)] if box else [])
 
 
@@ -184,21 +155,6 @@ def thread_env(threads: int) -> Dict[str, str]:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def measure(cmd: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Run:
-    """Run one fresh process to its end through LAUNCHER: wall time, CPU time and peak RSS (see the module doc)."""
-    with tempfile.TemporaryDirectory(prefix="lipsync-measure-") as tmp:
-        figures, err = Path(tmp) / "figures.json", Path(tmp) / "stderr"
-        with err.open("wb") as stderr:
-            launcher = [sys.executable, "-c", LAUNCHER, str(figures), *cmd]
-            done = subprocess.run(launcher, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stderr=stderr,
-                                  check=False)  # fmt: skip
-        text = err.read_text(errors="replace")[-3000:]
-        if done.returncode != 0 or not figures.exists():
-            return Run(0.0, 0.0, 0.0, done.returncode or 1, text)
-        found = json.loads(figures.read_text())
-    return Run(found["seconds"], found["cpu_seconds"], found["peak_kb"] / MB, found["returncode"], text)
 
 
 def run_interleaved(jobs: Sequence[Job], repeats: int, env: Mapping[str, str], cwd: Path) -> None:
@@ -239,6 +195,7 @@ class Setup:
     checkpoint: Path  # shared Wav2Lip torch checkpoint
     detector: Path  # shared planted S3FD torch state_dict
     folder: Path  # inputs and lipsync's outputs
+    detect_batch: int  # the reference's S3FD batch (0: its default)
 
 
 def _reference_input(setup: Setup, source: Path, name: str) -> str:
@@ -259,7 +216,8 @@ def make_job(setup: Setup, key: str, label: str, face: Path, speech: Path,
     frames = audio.frame_count(audio.melspectrogram(audio.load_audio(speech)).shape[1], FPS)
     return Job(key, label,
                lipsync_command(face, speech, setup.folder / f"lipsync-{key}.mp4", setup.checkpoint, setup.detector, box),
-               reference_command(setup.python, ref_face, ref_speech, f"results/{key}.mp4", setup.checkpoint, box),
+               reference_command(setup.python, ref_face, ref_speech, f"results/{key}.mp4", setup.checkpoint, box,
+                                 0 if box else setup.detect_batch),
                setup.reference, frames)  # fmt: skip
 
 
@@ -304,19 +262,22 @@ def _check(run: Run, what: str) -> None:
 
 def compare(reference: Path, python: Path, folder: Path, *, picture_seconds: float = PICTURE_SECONDS,
             video_seconds: float = VIDEO_SECONDS, repeats: int = REPEATS,
-            cases: Sequence[str] = ("picture", "video")) -> Dict[str, object]:  # fmt: skip
+            cases: Sequence[str] = ("picture", "video"),
+            detect_batch: int = REFERENCE_DETECT_BATCH) -> Dict[str, object]:  # fmt: skip
     """Every figure of the comparison, with inputs, weights and the reference's copy under `folder`."""
     from lipsync import cpu
 
     threads = cpu.cpu_threads()
     env = thread_env(threads)
     checkpoint, detector = checkpoints(python, folder / "weights")
-    setup = Setup(reference_copy(reference, folder / "reference", detector), python, checkpoint, detector, folder)
+    tree = reference_copy(reference, folder / "reference", detector)
+    setup = Setup(tree, python, checkpoint, detector, folder, detect_batch)
     jobs = make_jobs(setup, picture_seconds, video_seconds, cases)
     note(f"against the reference: warm-up runs, then {repeats} interleaved rounds on {threads} threads")
     warm_up(setup, jobs, env)
     run_interleaved(jobs, repeats, env, Path.cwd())
     return {"threads": threads, "torch": _reference_version(python), "commit": REFERENCE_COMMIT,
+            "reference_detect_batch": detect_batch,
             "cpu": f"{_cpu_model()} ({', '.join(sorted(cpu.cpu_flags() & CPU_FEATURES)) or 'no AMX/AVX-512'})",
             "cases": {job.key: summary(job) for job in jobs}}  # fmt: skip
 
@@ -347,7 +308,7 @@ def print_comparison(results: Optional[Mapping[str, object]]) -> None:
         print(NOT_MEASURED)
         return
     print(f"{results['cpu']}; {results['torch']}; reference commit {str(results['commit'])[:10]}; "
-          f"{results['threads']} threads each\n")
+          f"{results['threads']} threads each; reference S3FD batch {results['reference_detect_batch'] or 16}\n")
     print("| " + " | ".join(HEADER) + " |")
     print("| --- " + "| ---: " * (len(HEADER) - 1) + "|")
     cases = results["cases"]
@@ -374,6 +335,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"speech of the picture case (default {PICTURE_SECONDS})")
     parser.add_argument("--reference-video-seconds", type=float, default=VIDEO_SECONDS,
                         help=f"speech of the 720p video case (default {VIDEO_SECONDS})")
+    parser.add_argument("--reference-detect-batch", type=int, default=REFERENCE_DETECT_BATCH,
+                        help=f"the reference's --face_det_batch_size on the video (default {REFERENCE_DETECT_BATCH}; "
+                             "0 = its own 16, which needs ~12 GB at 720p)")
 
 
 def against_reference(args: argparse.Namespace, folder: Path,
@@ -385,7 +349,8 @@ def against_reference(args: argparse.Namespace, folder: Path,
         raise SystemExit("--reference needs a checkout with inference.py and --reference-python (its torch Python)")
     return compare(args.reference.resolve(), args.reference_python.absolute(), folder / "against-reference",
                    picture_seconds=args.reference_picture_seconds, video_seconds=args.reference_video_seconds,
-                   repeats=args.reference_repeats, cases=cases)  # fmt: skip
+                   repeats=args.reference_repeats, cases=cases,
+                   detect_batch=args.reference_detect_batch)  # fmt: skip
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -72,12 +72,15 @@ def test_command_lines_give_both_tools_the_same_box_and_files(tmp_path):
     args = cli.build_parser().parse_args(ours[3:])  # lipsync's own parser takes the command as built
     assert (args.box, Path(args.detector_weights)) == (list(BOX), s3fd)
     assert "--box" not in reference.lipsync_command(face, speech, out, ckpt, s3fd, None)
-    assert "--box" not in reference.reference_command(Path("/py"), "v.mp4", "v.wav", "o.mp4", ckpt, None)
+    video = reference.reference_command(Path("/py"), "v.mp4", "v.wav", "o.mp4", ckpt, None, detect_batch=4)
+    assert "--box" not in video and video[video.index("--face_det_batch_size") + 1] == "4"
+    assert "--face_det_batch_size" not in theirs, "the reference's own default unless a batch is given"
 
 
 def test_measure_reports_the_childs_peak_rss_exit_status_and_cpu(tmp_path):
     big = reference.measure(_child(ALLOCATE), tmp_path, {})
     assert big.returncode == 0 and big.peak_mb >= ALLOCATED_MB and big.cpu_seconds > 0
+    # spawned straight from this process (paddle loaded), the child's ru_maxrss would be at least ours
     small = reference.measure(_child("import sys; sys.stderr.write('oops'); sys.exit(3)"), tmp_path, {})
     assert (small.returncode, small.stderr) == (3, "oops") and small.peak_mb < SMALL_PEAK_MB
 
@@ -108,7 +111,8 @@ def test_summary_takes_each_tools_best_and_the_table_shows_it():
     found = reference.summary(job)
     assert (found["lipsync_seconds"], found["reference_seconds"], found["speedup"]) == (10.0, 40.0, 4.0)
     assert (found["cpu_ratio"], found["lipsync_peak_mb"], found["reference_peak_mb"]) == (70 / 25, 1100.0, 2100.0)
-    results = {"cpu": "a CPU", "torch": "torch 2", "commit": "abc", "threads": 2, "cases": {"picture": found}}
+    results = {"cpu": "a CPU", "torch": "torch 2", "commit": "abc", "threads": 2, "reference_detect_batch": 4,
+               "cases": {"picture": found}}  # fmt: skip
     printed = io.StringIO()
     with redirect_stdout(printed):
         reference.print_comparison(results)
