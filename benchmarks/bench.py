@@ -4,6 +4,7 @@
     python benchmarks/bench.py --quick          # seconds-long smoke run on tiny inputs
     python benchmarks/bench.py --memory-check   # adds peak RSS of a 1-minute and a --minutes 720p video
     python benchmarks/bench.py --enhancement --cases still   # adds face enhancement (GPEN-512) rows
+    python benchmarks/bench.py --reference DIR --reference-python PY   # + against Rudrabha's inference.py
 
 Timing does not depend on weight values, so the networks are the real architectures with random
 weights. The S3FD classifier heads are planted so a few face-sized anchors per frame score as faces
