@@ -4,6 +4,7 @@
     python benchmarks/bench.py --quick          # seconds-long smoke run on tiny inputs
     python benchmarks/bench.py --memory-check   # adds peak RSS of a 1-minute and a --minutes 720p video
     python benchmarks/bench.py --enhancement --cases still   # adds face enhancement (GPEN-512) rows
+    python benchmarks/bench.py --reference DIR --reference-python PY   # + against Rudrabha's inference.py
 
 Timing does not depend on weight values, so the networks are the real architectures with random
 weights. The S3FD classifier heads are planted so a few face-sized anchors per frame score as faces
@@ -29,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from reference import add_arguments as add_reference_arguments
+from reference import against_reference, print_comparison
 from report import _generator_summary, _nums, print_report
 from startup import STARTUP_RUNS, startup
 from stages import _batches, bench_engine, compare_generators, generator_inputs, runtime_fps, stage_figures, timed
@@ -289,6 +292,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--report", type=Path, help="print the table of a saved --json file and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_reference_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -350,7 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         child_main(args.child)
         return
     if args.report:
-        print_report(json.loads(args.report.read_text()))
+        saved = json.loads(args.report.read_text())
+        print_report(saved)
+        print_comparison(saved.get("reference"))
         return
     box = machine()  # imports paddle, which installs its own SIGTERM handler: ours must come after
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so children stop and the temp dir is removed
@@ -359,9 +365,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         os.environ.update({"LIPSYNC_MODELS": str(folder / "models"), "LIPSYNC_CACHE": str(folder / "cache"),
                            "HF_HUB_OFFLINE": "1"})  # fmt: skip
         results = measure(args, folder)
+        results["reference"] = against_reference(args, folder)  # None unless --reference is given
     results["machine"] = box
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print_report(results)
+    print_comparison(results["reference"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
