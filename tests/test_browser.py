@@ -249,8 +249,6 @@ def test_the_readme_iframe_snippet_embeds_the_app(page, server):
 def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_path, screenshots):
     """The astronaut twice, side by side: the picker shows two faces; the second one clicked is the one that
     speaks (its mouth changes in the result, the first one's does not)."""
-    import urllib.request
-
     import cv2
     import numpy as np
     from conftest import read_video_frames
@@ -269,10 +267,8 @@ def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_pa
     shoot(page, screenshots, "picker")
     page.locator("#text textarea").fill("Hello from the browser.")
     page.locator("#run").click()
-    src = wait_for_a_new_result(page, "")
+    wait_for_a_new_result(page, "")
     expect(page.locator("#status textarea")).to_have_value(re.compile(STATUS.pattern + ", face 1 from the left · "))
-    result = tmp_path / "result.mp4"
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(src) as answer:
-        result.write_bytes(answer.read())
+    result = download_the_mp4(page, tmp_path)
     frame = read_video_frames(result)[8]
     assert _mouth_change(frame, twice, 512) > CHANGED and _mouth_change(frame, twice, 0) < CODEC_NOISE
