@@ -50,6 +50,9 @@ class RunsOutOfMemory:
             raise RuntimeError("ResourceExhaustedError: Out of memory error on GPU 0. Cannot allocate 1.2GB memory")
         return self.predictor.run(*arrays)
 
+    def __getattr__(self, name: str):  # precision, verdict, device: the wrapped predictor's
+        return getattr(self.predictor, name)
+
 
 class FullGpuEngine(Engine):
     """The engine with its generator on a GPU that fits only `fits` faces per batch."""
@@ -105,6 +108,9 @@ class CrashesAfter:
             raise RuntimeError("the generator crashed")
         self.good -= 1
         return self.predictor.run(*arrays)
+
+    def __getattr__(self, name: str):  # precision, verdict, device: the wrapped predictor's
+        return getattr(self.predictor, name)
 
 
 class CrashingEngine(Engine):
