@@ -6,18 +6,16 @@ import contextlib
 import functools
 import logging
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from . import (audio, blend, cpu, facecrop, faces, geometry, native, paths, picker, precision, runtime, shots, synth,
+from . import (audio, blend, cpu, facecrop, faces, geometry, loading, native, paths, picker, runtime, shots, synth,
                video)
-from .engine import (DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch,
-                     run_detector)
+from .engine import DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .options import LipSyncOptions
 from .segments import SegmentSink
@@ -103,71 +101,26 @@ def run(
     seconds = time.perf_counter() - started
     return RunResult(out_p, job.frames, job.fps, seconds, _describe(networks.device), options.checkpoint,
                      runtime.paddle_version(), job.notes + networks.notes + notes, absent,
-                     _generator_precision(networks.generator))  # fmt: skip
+                     loading.generator_precision(networks.generator))  # fmt: skip
 
 
 def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, engine: Engine,
-                           report: Progress, segments: Optional[SegmentSink]) -> Tuple[_Job, _Networks]:  # fmt: skip
+                           report: Progress, segments: Optional[SegmentSink]) -> Tuple[_Job, loading.Networks]:  # fmt: skip
     """Probe the face input (bad input is told before paddle loads), then decode the audio, the mel and a
     picture while the networks load on a thread of their own: start-up is paid once, not twice."""
     info = video.probe(face)
     geometry.check_source(info)
     still = info.is_image or options.static
-    load = functools.partial(_load_networks, engine, options, still)
-    loading = _Background(load) if OVERLAP_LOADING else None
+    load = functools.partial(loading.load_networks, engine, options, still)
+    pending = loading.Background(load) if OVERLAP_LOADING else None
     job = _prepare(face, info, audio_path, outfile, options, report, segments)
     report(STAGE_LOAD, 0, 1)
-    networks = loading.result() if loading is not None else load()
+    networks = pending.result() if pending is not None else load()
     report(STAGE_LOAD, 1, 1)
     return job, networks
 
 
-class _Background:
-    """One call on a thread of its own; result() waits for it and re-raises its error. If the caller fails first,
-    the thread still ends by itself (loaded networks stay in the engine's cache for the next run)."""
-
-    def __init__(self, call: Callable[[], object]):
-        self._done = threading.Event()
-        self._value: object = None
-        self._error: Optional[BaseException] = None
-        threading.Thread(target=self._run, args=(call,), name="lipsync-load").start()
-
-    def _run(self, call: Callable[[], object]) -> None:
-        try:
-            self._value = call()
-        except BaseException as exc:  # handed to result(), in the caller's thread
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def result(self):
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-@dataclass(frozen=True)
-class _Networks:
-    """What a run computes with: the device, the loaded predictors, and notes about them for the user."""
-
-    device: runtime.Device
-    generator: Union[runtime.Predictor, StillGenerator]
-    detect: Optional[faces.DetectFn]
-    enhancer: Optional[Enhancer]
-    notes: Tuple[str, ...]
-
-
-def _load_networks(engine: Engine, options: LipSyncOptions, still: bool) -> _Networks:
-    """The device and the networks a run needs (the engine's cached ones when warm)."""
-    device = runtime.choose_device(options.device)
-    generator = engine.still_generator(options, device) if still else engine.generator(options, device)
-    detect, notes = run_detector(engine, options, device)
-    enhancer = engine.enhancer(options, device) if options.face_enhancement else None
-    return _Networks(device, generator, detect, enhancer, notes + _precision_notes(generator, options))
-
-
-def _render(job: _Job, options: LipSyncOptions, networks: _Networks, tmp: Path,
+def _render(job: _Job, options: LipSyncOptions, networks: loading.Networks, tmp: Path,
             report: Progress) -> Tuple[Tuple[str, ...], int]:  # fmt: skip
     """Find the faces, then generate, blend, enhance and encode; returns notes for the user and the number of
     frames without the face."""
@@ -183,17 +136,6 @@ def _render(job: _Job, options: LipSyncOptions, networks: _Networks, tmp: Path,
         if found.cache is not None:
             found.cache.close()
     return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
-
-
-def _generator_precision(generator: Union[runtime.Predictor, StillGenerator]) -> str:
-    return (generator.decoder if isinstance(generator, StillGenerator) else generator).precision
-
-
-def _precision_notes(generator: Union[runtime.Predictor, StillGenerator], options: LipSyncOptions) -> Tuple[str, ...]:
-    """The precision gate's verdict on the generator (the still decoder for a picture), for the user."""
-    predictor = generator.decoder if isinstance(generator, StillGenerator) else generator
-    note = precision.run_note(predictor.precision, predictor.verdict, options.precision)
-    return (note,) if note else ()
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
