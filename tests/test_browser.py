@@ -142,6 +142,8 @@ def test_a_visitor_makes_the_photo_speak_typed_text(page, media, screenshots):
     expect = playwright.expect
     page.locator("#face-image input[type=file]").set_input_files(str(media["photo"]))
     expect(page.locator("#face-image img")).to_be_visible()
+    # the picker has shown the face, none chosen: the run must still use the most confident face, not face 0
+    expect(page.locator("#faces button.thumbnail-item")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
     page.locator("#text textarea").fill("Hello from the browser.")
     page.locator("#preview").click()
     expect(page.locator("#status textarea")).to_have_value(re.compile(r"^voice: espeak-ng en-us$"))
