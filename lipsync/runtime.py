@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -40,6 +42,10 @@ OOM_MARKERS = (
     "cublas_status_alloc_failed",
     "cublas error(3)",
 )
+OPTIMIZED_FORMAT_VERSION = 1  # bump when what is kept of paddle's IR passes changes
+OPTIMIZED_DIR = "optimized-{precision}-{key}"  # beside the export: its program after paddle's passes, per CPU
+OPTIMIZED_STEM = "_optimized"  # the file name paddle's enable_save_optim_model writes (.pdmodel, .pdiparams)
+OPTIMIZED_SEAL = "sealed.json"  # beside them: what they were when written (a damaged program crashes paddle)
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
 MIN_BATCH = 1
 PASS_STATS = re.compile(r"^---\s")  # paddle's IR-pass statistics lines ("---    squashed 6 quantize op")
@@ -91,12 +97,12 @@ def _free_dims(shape: Tuple[Optional[int], ...]) -> Tuple[int, ...]:
     return tuple(-1 if d is None else d for d in shape)
 
 
-def _publish(staging: Path, target: Path) -> None:
+def _publish(staging: Path, target: Path, stem: str = "model") -> None:
     """Move a finished export into place; a concurrent exporter that won the race is fine."""
     try:
         os.replace(staging, target)
     except OSError:
-        if _model_file(target / "model") is None:
+        if _model_file(target / stem) is None:
             raise
 
 
@@ -125,23 +131,20 @@ class Predictor:
         threads: Optional[int] = None,
         precision: str = "fp32",
         pool_mb: int = GPU_MEMORY_POOL_MB,
+        scope: str = gate.ALL_OPS,
     ):
-        from paddle import inference
-
         model_file = _model_file(prefix)
         if model_file is None:
             raise LipSyncError(f"static model missing under {prefix.parent}; delete that folder and run again")
-        config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
-        _configure(config, device, threads or cpu.cpu_threads(), precision, pool_mb,
-                   memory_optim=model_file.suffix == LEGACY_PROGRAM_SUFFIX)
-        if precision == "bf16":
-            config.enable_mkldnn_bfloat16()
         self.device = device
         self.precision = precision
+        self.scope = scope
         self.verdict: Optional[gate.Verdict] = None  # the gate's measurement, when one chose the precision
+        self.checked: object = None  # what a trial run of this predictor found (runtime._widest_scope)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"lipsync-{prefix.parent.name[:8]}")
+        settings = _Settings(device, threads or cpu.cpu_threads(), precision, scope, pool_mb)
         try:
-            self._predictor = self._thread.submit(_create_predictor, config).result()
+            self._predictor = self._thread.submit(_build_predictor, prefix, model_file, settings).result()
         except BaseException:
             self._thread.shutdown(wait=False)
             raise
@@ -168,6 +171,111 @@ class Predictor:
         return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """What a predictor is made for: where it runs, its threads, precision (and bf16 scope) and GPU pool."""
+
+    device: Device
+    threads: int
+    precision: str
+    scope: str
+    pool_mb: int
+
+
+def _build_predictor(prefix: Path, model_file: Path, settings: _Settings) -> "object":
+    """A Paddle Inference predictor for the export at `prefix`. On a CPU, paddle's IR passes (0.1-0.6 s a network,
+    most for bf16) run once: their result is kept beside the export, per precision and CPU, and loaded after."""
+    optimized = _optimized_folder(prefix, model_file, settings)
+    if optimized is not None and _sealed(optimized):
+        try:
+            return _create_predictor(_optimized_config(optimized / OPTIMIZED_STEM, settings))
+        except Exception as exc:  # a program paddle refuses: passes run again and it is written anew
+            log.info("the optimized program in %s could not be loaded (%s); optimizing again", optimized, exc)
+            shutil.rmtree(optimized, ignore_errors=True)
+    elif optimized is not None and optimized.exists():  # damaged (or left by a crash): written anew
+        shutil.rmtree(optimized, ignore_errors=True)
+    config = _export_config(prefix, model_file, settings)
+    staging = _saving_to(config, optimized)
+    try:
+        predictor = _create_predictor(config)
+        if staging is not None and optimized is not None:
+            _seal(staging)
+            _publish(staging, optimized, OPTIMIZED_STEM)
+        return predictor
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _optimized_folder(prefix: Path, model_file: Path, settings: _Settings) -> Optional[Path]:
+    """Where the IR-optimised program of this export, precision and CPU is kept: CPU and paddle 2.x-style
+    programs only (a GPU's passes depend on its libraries; paddle 3's PIR programs are left as they are)."""
+    if settings.device.kind != "cpu" or model_file.suffix != LEGACY_PROGRAM_SUFFIX:
+        return None
+    ident = (f"{OPTIMIZED_FORMAT_VERSION}|{settings.precision}|{settings.scope}|{paddle_version()}|"
+             f"{cpu.cpu_model()}|{' '.join(sorted(cpu.cpu_flags()))}")  # fmt: skip
+    return prefix.parent / OPTIMIZED_DIR.format(precision=settings.precision,
+                                                key=hashlib.sha256(ident.encode()).hexdigest()[:12])
+
+
+def _seal(folder: Path) -> None:
+    """Note what the optimised program's files are (the program's sha256, the parameters' size): paddle crashes
+    the process, rather than raising, on a damaged program, so one is checked before it is loaded."""
+    stem = folder / OPTIMIZED_STEM
+    (folder / OPTIMIZED_SEAL).write_text(json.dumps(_fingerprint(stem)))
+
+
+def _sealed(folder: Path) -> bool:
+    """Whether `folder` holds an optimised program whose files are as they were written."""
+    try:
+        return json.loads((folder / OPTIMIZED_SEAL).read_text()) == _fingerprint(folder / OPTIMIZED_STEM)
+    except (OSError, ValueError):
+        return False
+
+
+def _fingerprint(stem: Path) -> dict:
+    program = stem.with_suffix(LEGACY_PROGRAM_SUFFIX).read_bytes()
+    return {"program_sha256": hashlib.sha256(program).hexdigest(),
+            "parameters_bytes": stem.with_suffix(".pdiparams").stat().st_size}  # fmt: skip
+
+
+def _export_config(prefix: Path, model_file: Path, settings: _Settings) -> "object":
+    """The export's program with paddle's IR passes to run (and bf16 placed on the scope's ops)."""
+    from paddle import inference
+
+    config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
+    _configure(config, settings.device, settings.threads, settings.precision, settings.pool_mb,
+               memory_optim=model_file.suffix == LEGACY_PROGRAM_SUFFIX)  # fmt: skip
+    if settings.precision == "bf16":
+        config.enable_mkldnn_bfloat16()
+        if gate.scope_ops(settings.scope):
+            config.set_bfloat16_op(set(gate.scope_ops(settings.scope)))
+    return config
+
+
+def _optimized_config(stem: Path, settings: _Settings) -> "object":
+    """A kept optimised program: its passes (bf16 placement included) already ran, so none run again."""
+    from paddle import inference
+
+    config = inference.Config(str(stem.with_suffix(LEGACY_PROGRAM_SUFFIX)), str(stem.with_suffix(".pdiparams")))
+    _configure(config, settings.device, settings.threads, settings.precision, settings.pool_mb, ir_optim=False)
+    return config
+
+
+def _saving_to(config: "object", optimized: Optional[Path]) -> Optional[Path]:
+    """Have paddle write the optimised program into a new staging folder beside `optimized` (None: not kept)."""
+    if optimized is None:
+        return None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".optimizing-", dir=optimized.parent))
+    except OSError as exc:  # a read-only cache: the passes run on every start
+        log.info("cannot keep the optimized program in %s: %s", optimized.parent, exc)
+        return None
+    config.enable_save_optim_model(True)
+    config.set_optim_cache_dir(str(staging))
+    return staging
+
+
 def _create_predictor(config: "object") -> "object":
     from paddle import inference
 
@@ -182,11 +290,12 @@ def _configure(
     precision: str = "fp32",
     pool_mb: int = GPU_MEMORY_POOL_MB,
     memory_optim: bool = True,
+    ir_optim: bool = True,
 ) -> None:
     """Paddle Inference settings; memory_optim only for legacy programs: paddle 3.3's predictor fails on a PIR
     program with it ("Not find predictor_id 0 and pass_name memory_optimize_pass")."""
     config.disable_glog_info()
-    config.switch_ir_optim(True)
+    config.switch_ir_optim(ir_optim)
     if memory_optim:
         config.enable_memory_optim()
     if device.kind == "gpu":
@@ -252,9 +361,7 @@ def gated_predictor(prefix: Path, device: Device, wanted: str, probe: Optional[P
     """A predictor in the precision `wanted` names: fp32, a faster one by name, or (auto) the device's faster one
     when the perceptual gate passes it on `probe` (measured once per export and machine, then remembered)."""
     if wanted != "auto":
-        if wanted != "fp32":
-            gate.check_forced(wanted, device)
-        return Predictor(prefix, device, threads=threads, precision=wanted, pool_mb=pool_mb)
+        return _forced_predictor(prefix, device, wanted, probe, pool_mb, threads)
     faster = gate.faster_precision(device)
     if faster is None or probe is None:
         return Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
@@ -262,22 +369,59 @@ def gated_predictor(prefix: Path, device: Device, wanted: str, probe: Optional[P
     verdict = gate.cached(prefix.parent, faster, machine)
     if verdict is None:
         return _measured_predictor(prefix, device, faster, probe(), pixels, pool_mb, threads, machine)
-    chosen = faster if verdict.passed else "fp32"
-    predictor = Predictor(prefix, device, threads=threads, precision=chosen, pool_mb=pool_mb)
+    chosen, scope = (faster, verdict.scope) if verdict.passed else ("fp32", gate.ALL_OPS)
+    predictor = Predictor(prefix, device, threads=threads, precision=chosen, pool_mb=pool_mb, scope=scope)
     predictor.verdict = verdict
     return predictor
+
+
+def _forced_predictor(prefix: Path, device: Device, wanted: str, probe: Optional[Probe], pool_mb: int,
+                      threads: Optional[int]) -> Predictor:  # fmt: skip
+    """The precision asked for by name; a faster one in the widest scope that runs the probe (no gate)."""
+    if wanted == "fp32" or probe is None:
+        if wanted != "fp32":
+            gate.check_forced(wanted, device)
+        return Predictor(prefix, device, threads=threads, precision=wanted, pool_mb=pool_mb)
+    gate.check_forced(wanted, device)
+    inputs = probe()
+    fast, problem = _widest_scope(prefix, device, wanted, pool_mb, threads, lambda p: p.run(*inputs))
+    if fast is None:
+        raise LipSyncError(f"--precision {wanted} failed on this {device.kind.upper()} ({problem}); "
+                           "use --precision auto or fp32")  # fmt: skip
+    return fast
+
+
+def _widest_scope(prefix: Path, device: Device, faster: str, pool_mb: int, threads: Optional[int],
+                  check: Callable[[Predictor], object]) -> Tuple[Optional[Predictor], str]:
+    """The faster precision's predictor in the widest scope whose `check` runs (oneDNN may refuse some op only
+    when it first runs), with check's result kept in `.checked`; else None and the last problem."""
+    problem = ""
+    for scope in gate.scopes(faster):
+        fast = None
+        try:
+            fast = Predictor(prefix, device, threads=threads, precision=faster, pool_mb=pool_mb, scope=scope)
+            fast.checked = check(fast)
+            return fast, ""
+        except Exception as exc:  # an older oneDNN may refuse bf16 for some op, a GPU fp16: fp32 still works
+            problem = first_line(exc)
+            log.info("%s on every op of scope %r failed: %s", faster, scope, problem)
+            if fast is not None:
+                fast.close()
+    return None, problem
 
 
 def _measured_predictor(prefix: Path, device: Device, faster: str, probe: Sequence[np.ndarray],
                         pixels: gate.Pixels, pool_mb: int, threads: Optional[int], machine: str) -> Predictor:
     """Both precisions on the probe; the faster one is kept only if the gate passes it; the verdict is remembered."""
     exact = Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
-    fast = None
-    try:
-        fast = Predictor(prefix, device, threads=threads, precision=faster, pool_mb=pool_mb)
-        verdict = gate.compare(lambda *a: exact.run(*a)[0], lambda *a: fast.run(*a)[0], probe, pixels, faster)
-    except Exception as exc:  # an older oneDNN may refuse bf16 for some op, a GPU fp16: fp32 still works
-        verdict = gate.Verdict(faster, math.nan, math.nan, 0, False, problem=first_line(exc))
+    reference = pixels(exact.run(*probe)[0])
+
+    def judge(fast: Predictor) -> gate.Verdict:
+        verdict = gate.judge(reference, pixels(fast.run(*probe)[0]), faster)
+        return dataclasses.replace(verdict, scope=fast.scope)
+
+    fast, problem = _widest_scope(prefix, device, faster, pool_mb, threads, judge)
+    verdict = fast.checked if fast is not None else gate.Verdict(faster, math.nan, math.nan, 0, False, problem=problem)
     gate.remember(prefix.parent, machine, verdict)
     kept, dropped = (fast, exact) if verdict.passed else (exact, fast)
     if dropped is not None:

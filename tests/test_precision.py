@@ -19,6 +19,7 @@ from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
 CPU = runtime.Device("cpu", "requested")
+ALL_OPS = precision.ALL_OPS
 GPU = runtime.Device("gpu", "Tesla T4")
 
 
@@ -111,13 +112,16 @@ class _Fake:
     """A predictor whose bf16 output drifts by `DRIFT` (pixels in [0, 1]); counts what was made."""
 
     DRIFT = 0.0
+    REFUSED: tuple = ()  # bf16 scopes whose first run fails, as oneDNN refusing an op
     made: list = []
 
-    def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=0):
-        _Fake.made.append(precision)
-        self.precision, self.verdict = precision, None
+    def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=0, scope=ALL_OPS):
+        _Fake.made.append(precision if scope == ALL_OPS else f"{precision}/{scope}")
+        self.precision, self.scope, self.verdict, self.checked = precision, scope, None, None
 
     def run(self, *arrays):
+        if self.precision == "bf16" and self.scope in _Fake.REFUSED:
+            raise RuntimeError("could not construct a memory descriptor using strides")
         base = np.linspace(0, 1, 96 * 96 * 3, dtype=np.float32).reshape(1, 3, 96, 96)
         return [base + (_Fake.DRIFT if self.precision == "bf16" else 0.0)]
 
@@ -175,6 +179,37 @@ def test_a_forced_precision_skips_the_gate(tmp_path, fake_predictors):
     chosen = _gated(tmp_path, "bf16")
     assert chosen.precision == "bf16" and fake_predictors.made == ["bf16"] and chosen.verdict is None
     assert "as --precision asked" in precision.run_note("bf16", None, "bf16")
+
+
+def test_where_onednn_refuses_some_op_bf16_runs_on_the_convolutions(tmp_path, fake_predictors, monkeypatch):
+    """paddle 2.6.2 on an AMD Zen 4 (AVX-512 BF16, no AMX) fails transposed convolutions in bf16 on their first
+    run: the gate must fall back to bf16 on the convolutions alone, not to fp32 for the whole network."""
+    monkeypatch.setattr(_Fake, "REFUSED", (precision.ALL_OPS,))
+    first = _gated(tmp_path)
+    assert first.precision == "bf16" and first.scope == precision.CONVOLUTIONS
+    assert fake_predictors.made == ["fp32", "bf16", "bf16/convolutions"], fake_predictors.made
+    assert first.verdict.passed and first.verdict.scope == precision.CONVOLUTIONS
+    assert "bf16 (transposed convolutions in fp32) against fp32: " in first.verdict.describe()
+    fake_predictors.made.clear()
+    again = _gated(tmp_path)
+    assert fake_predictors.made == ["bf16/convolutions"], "the remembered verdict names its scope"
+    assert again.scope == precision.CONVOLUTIONS and again.verdict == first.verdict
+
+
+def test_when_every_scope_is_refused_fp32_runs_and_the_verdict_says_why(tmp_path, fake_predictors, monkeypatch):
+    monkeypatch.setattr(_Fake, "REFUSED", tuple(precision.BF16_SCOPES))
+    chosen = _gated(tmp_path)
+    assert chosen.precision == "fp32" and not chosen.verdict.passed
+    assert chosen.verdict.describe() == "bf16 unavailable (could not construct a memory descriptor using strides)"
+
+
+def test_a_forced_bf16_takes_the_widest_scope_that_runs_or_says_it_cannot(tmp_path, fake_predictors, monkeypatch):
+    monkeypatch.setattr(_Fake, "REFUSED", (precision.ALL_OPS,))
+    forced = _gated(tmp_path, "bf16")
+    assert forced.precision == "bf16" and forced.scope == precision.CONVOLUTIONS and forced.verdict is None
+    monkeypatch.setattr(_Fake, "REFUSED", tuple(precision.BF16_SCOPES))
+    with pytest.raises(LipSyncError, match=r"^--precision bf16 failed on this CPU \(could not construct"):
+        _gated(tmp_path, "bf16")
 
 
 def test_run_notes_carry_the_verdict():

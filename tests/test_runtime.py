@@ -171,6 +171,101 @@ def test_real_gpu_probe_answers_on_this_machine():
         assert isinstance(problem, str) and problem
 
 
+def _optimized(prefix):
+    return sorted(prefix.parent.glob("optimized-*"))
+
+
+def _legacy_export(tmp_path):
+    """The tiny network's export; paddle 3's PIR programs are loaded as they are (nothing optimised is kept)."""
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+    if runtime._model_file(prefix).suffix != runtime.LEGACY_PROGRAM_SUFFIX:
+        pytest.skip("paddle 3 PIR program: its optimised form is not kept")
+    return prefix
+
+
+def _tiny_inputs():
+    rng = np.random.default_rng(5)
+    return rng.standard_normal((3, 1, 8, 4)).astype(np.float32), rng.standard_normal((3, 6, 12, 12)).astype(np.float32)
+
+
+def test_paddles_passes_run_once_then_their_program_is_loaded(tmp_path, monkeypatch):
+    """The IR-optimised program is kept beside the export (per precision and CPU) and later predictors load it
+    without running paddle's passes again, with outputs equal bit for bit."""
+    prefix = _legacy_export(tmp_path)
+    cpu_device = runtime.Device("cpu", "requested")
+    (first,) = runtime.Predictor(prefix, cpu_device, threads=1).run(*_tiny_inputs())
+    (kept,) = _optimized(prefix)
+    assert kept.name.startswith("optimized-fp32-") and (kept / "_optimized.pdmodel").is_file()
+    assert not list(prefix.parent.glob(".optimizing-*")), "no staging folder is left behind"
+
+    def no_passes(*args):
+        raise AssertionError("paddle's passes ran again")
+
+    monkeypatch.setattr(runtime, "_export_config", no_passes)
+    (again,) = runtime.Predictor(prefix, cpu_device, threads=1).run(*_tiny_inputs())
+    assert np.array_equal(first, again)
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu, "cpu_model", lambda: "another CPU")
+    runtime.Predictor(prefix, cpu_device, threads=1)
+    assert len(_optimized(prefix)) == 2, "another CPU keeps its own optimised program"
+
+
+def test_a_damaged_optimized_program_is_optimized_again(tmp_path):
+    """paddle crashes the process on a damaged program: the kept one is checked against its seal first."""
+    prefix = _legacy_export(tmp_path)
+    cpu_device = runtime.Device("cpu", "requested")
+    (first,) = runtime.Predictor(prefix, cpu_device, threads=1).run(*_tiny_inputs())
+    (kept,) = _optimized(prefix)
+    (kept / "_optimized.pdmodel").write_bytes(b"not a program")
+    (again,) = runtime.Predictor(prefix, cpu_device, threads=1).run(*_tiny_inputs())
+    assert np.array_equal(first, again)
+    assert (kept / "_optimized.pdmodel").stat().st_size > len(b"not a program"), "written anew"
+
+
+def test_a_cache_that_cannot_be_written_only_costs_the_passes(tmp_path, monkeypatch):
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runtime.tempfile, "mkdtemp", read_only)
+    (got,) = runtime.Predictor(prefix, runtime.Device("cpu", "requested"), threads=1).run(*_tiny_inputs())
+    assert got.shape == (3, 4, 12, 12) and not _optimized(prefix)
+
+
+class TinyUp(paddle.nn.Layer):
+    """A convolution, then a stride-2 transposed convolution as Wav2Lip's decoder has (which paddle 2.6.2's
+    oneDNN refuses in bf16 on an AMD Zen 4), then a sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(6, 8, 3, padding=1)
+        self.up = paddle.nn.Conv2DTranspose(8, 4, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, audio, face):
+        x = paddle.nn.functional.relu(self.conv(face))
+        return paddle.nn.functional.sigmoid(self.up(x) + audio.mean(axis=[1, 2, 3], keepdim=True))
+
+
+@pytest.mark.skipif(not cpu.bf16_capable(), reason="this CPU has neither AMX nor AVX-512 BF16")
+def test_on_a_bf16_cpu_the_gate_measures_bf16_in_some_scope(tmp_path):
+    """Whatever op this CPU's oneDNN refuses in bf16, the gate measures bf16 in the widest scope that runs
+    (before, one refused op made the whole network fp32 on an AMD Zen 4)."""
+    from lipsync import precision
+
+    def build():
+        paddle.seed(4)
+        return TinyUp()
+
+    prefix = runtime.export_static(build, SPECS, tmp_path / "export")
+    probe = _tiny_inputs()
+    chosen = runtime.gated_predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe,
+                                     lambda out: (out.clip(0, 1) * 255).astype(np.uint8), threads=1)  # fmt: skip
+    verdict = chosen.verdict
+    assert not verdict.problem and verdict.scope in precision.BF16_SCOPES, verdict
+    assert verdict.passed and chosen.precision == "bf16" and chosen.scope == verdict.scope, verdict
+
+
 def test_bf16_only_on_cpus_that_run_it_natively():
     assert cpu.bf16_capable(frozenset({"avx2", "amx_bf16", "amx_tile"}))
     assert cpu.bf16_capable(frozenset({"avx512f", "avx512_bf16"}))
