@@ -239,12 +239,17 @@ def test_loading_while_decoding_changes_no_pixel(media, tmp_path, monkeypatch):
 
 
 def test_a_run_says_which_precision_the_generator_used(media, tmp_path, monkeypatch):
-    """On a CPU with bf16 the notes carry the gate's verdict; elsewhere a forced fp32 run says nothing of it."""
+    """On a CPU with bf16 the notes carry the gate's verdict; elsewhere a forced fp32 run says nothing of it.
+    paddle 2.6.2 (what lipsync pins) runs bf16 on AMX and on AVX-512 BF16 alike, so the gate must measure it there;
+    paddle 3.3.1's PIR passes fail the generator in bf16 on an AMD Zen 4 whatever ops are chosen ("std::exception"),
+    and then the note must say so."""
     options = LipSyncOptions(device="cpu", face_detector="haar")
     result = lipsync.run(media["photo"], media["speech"], tmp_path / "auto.mp4", options)
     said = [note for note in result.notes if note.startswith(precision.NOTE_START)]
     if cpu.bf16_capable():
-        assert len(said) == 1 and "against fp32: " in said[0], result.notes
+        measured = "against fp32: " in said[0] if said else False
+        refused = runtime.paddle_version().startswith("3.") and "bf16 unavailable (" in (said or [""])[0]
+        assert len(said) == 1 and (measured or refused), result.notes
         assert result.precision == said[0][len(precision.NOTE_START):].split(":")[0]
     else:
         assert not said and result.precision == "fp32", result.notes
