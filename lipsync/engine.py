@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import audio, cpu, detectors, mouth, precision, runtime, weights
+from . import audio, cpu, detectors, gated, mouth, precision, runtime, weights
 from .errors import LipSyncError, first_line
 from .options import LipSyncOptions
 
@@ -127,7 +127,7 @@ class Engine:
 
     def _predictor(self, path: Path, arch: str, build: Callable[[], object], specs: List[runtime.InputSpec],
                    device: runtime.Device, pool: Tuple[int, float], options: LipSyncOptions,
-                   probe: Optional[runtime.Probe] = None, pixels: precision.Pixels = mouth.to_pixels,
+                   probe: Optional[gated.Probe] = None, pixels: precision.Pixels = mouth.to_pixels,
                    ) -> runtime.Predictor:  # fmt: skip
         """A predictor per (weights, device, threads, precision asked); pool = (batch, MB per item) sizes the GPU
         memory pool; probe() gives the gate's inputs, pixels() turns outputs into 8-bit pixels (no probe: fp32)."""
@@ -138,7 +138,7 @@ class Engine:
         def make() -> runtime.Predictor:
             prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
             pool_mb = runtime.gpu_pool_mb(prefix, *pool)
-            return runtime.gated_predictor(prefix, device, wanted, probe, pixels, pool_mb=pool_mb, threads=threads)
+            return gated.predictor(prefix, device, wanted, probe, pixels, pool_mb=pool_mb, threads=threads)
 
         return self._cached((arch, key, device.kind, str(threads), wanted), make)  # type: ignore[return-value]
 

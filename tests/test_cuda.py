@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync import cuda, device, runtime
+from lipsync import cuda, device, gated, runtime
 from lipsync.errors import LipSyncError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,12 +224,13 @@ class FakePredictor:
     made: List[tuple] = []
     closed: List[str] = []
 
-    def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=runtime.GPU_MEMORY_POOL_MB):
+    def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=runtime.GPU_MEMORY_POOL_MB,
+                 scope="all"):  # fmt: skip
         if precision == "fp16" and FakePredictor.HALF_SHIFT is None:
             raise RuntimeError("no fp16 kernel for this op")
         FakePredictor.made.append((precision, pool_mb))
-        self.precision = precision
-        self.verdict = None
+        self.precision, self.scope = precision, scope
+        self.verdict = self.checked = None
 
     def run(self, *arrays):
         shift = FakePredictor.HALF_SHIFT if self.precision == "fp16" else 0.0
@@ -255,7 +256,7 @@ def test_gpu_keeps_fp16_only_when_the_gate_passes_its_pixels(monkeypatch, tmp_pa
     monkeypatch.setattr(FakePredictor, "closed", [])
     monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda index=0: "Tesla T4")
     gpu = runtime.Device("gpu", "Tesla T4")
-    chosen = runtime.gated_predictor(tmp_path / "model", gpu, "auto", lambda: (np.zeros(1),), _pixels, pool_mb=1290)
+    chosen = gated.predictor(tmp_path / "model", gpu, "auto", lambda: (np.zeros(1),), _pixels, pool_mb=1290)
     assert chosen.precision == expected and chosen.verdict is not None and chosen.verdict.precision == "fp16"
     made = [precision for precision, _ in FakePredictor.made]
     assert sorted(FakePredictor.closed + [expected]) == sorted(made), "the predictor not kept is closed"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lipsync
-from lipsync import cpu, mouth, pipeline, precision, runtime
+from lipsync import cpu, gated, mouth, pipeline, precision, runtime
 from lipsync.cli import build_parser, options_from_args
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
@@ -138,7 +138,7 @@ def fake_predictors(monkeypatch):
 
 
 def _gated(folder, wanted="auto"):
-    return runtime.gated_predictor(folder / "model", CPU, wanted, lambda: (np.zeros(1),), mouth.to_pixels)
+    return gated.predictor(folder / "model", CPU, wanted, lambda: (np.zeros(1),), mouth.to_pixels)
 
 
 def test_the_verdict_is_measured_once_then_remembered(tmp_path, fake_predictors):

@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync import cpu, device, native, runtime
+from lipsync import cpu, device, gated, native, runtime
 from lipsync.errors import LipSyncError
 
 from conftest import ROOT
@@ -92,7 +92,7 @@ def test_the_precision_left_out_does_not_keep_a_thread(tmp_path, monkeypatch):
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
     before = threading.active_count()
-    chosen = runtime.gated_predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe,
+    chosen = gated.predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe,
                                      lambda out: (out.clip(0, 1) * 255).astype(np.uint8), threads=1)
     assert threading.active_count() == before + 1, "one predictor kept, one thread; the other one's thread ended"
     chosen.close()
@@ -259,7 +259,7 @@ def test_on_a_bf16_cpu_the_gate_measures_bf16_in_some_scope(tmp_path):
 
     prefix = runtime.export_static(build, SPECS, tmp_path / "export")
     probe = _tiny_inputs()
-    chosen = runtime.gated_predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe,
+    chosen = gated.predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe,
                                      lambda out: (out.clip(0, 1) * 255).astype(np.uint8), threads=1)  # fmt: skip
     verdict = chosen.verdict
     assert not verdict.problem and verdict.scope in precision.BF16_SCOPES, verdict
@@ -276,7 +276,7 @@ def test_auto_precision_is_fp32_without_bf16_hardware(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     probe = (np.zeros((1, 1, 8, 4), np.float32), np.zeros((1, 6, 12, 12), np.float32))
-    chosen = runtime.gated_predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe, np.uint8)
+    chosen = gated.predictor(prefix, runtime.Device("cpu", "requested"), "auto", lambda: probe, np.uint8)
     assert chosen.precision == "fp32" and chosen.verdict is None
     assert not list(prefix.parent.glob("gate-*")), "nothing was measured, so nothing is remembered"
 
