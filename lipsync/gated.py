@@ -72,7 +72,7 @@ def _widest_scope(prefix: Path, device: Device, faster: str, pool_mb: int, threa
             problem = first_line(exc)
             log.info("%s on every op of scope %r failed: %s", faster, scope, problem)
             if fast is not None:
-                fast.close()
+                fast.forget()
     return None, problem
 
 
@@ -91,7 +91,7 @@ def _measured_predictor(prefix: Path, device: Device, faster: str, probe: Sequen
     gate.remember(prefix.parent, machine, verdict)
     kept, dropped = (fast, exact) if verdict.passed else (exact, fast)
     if dropped is not None:
-        dropped.close()  # its thread ends with it
+        dropped.forget()  # its thread ends with it, and its kept program goes
     log.info("precision gate on this %s: %s", device.kind.upper(), verdict.describe())
     kept.verdict = verdict
     return kept

@@ -143,8 +143,10 @@ class Predictor:
         self.checked: object = None  # what a trial run of this predictor found (runtime._widest_scope)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"lipsync-{prefix.parent.name[:8]}")
         settings = _Settings(device, threads or cpu.cpu_threads(), precision, scope, pool_mb)
+        self.optimized = _optimized_folder(prefix, model_file, settings)  # its kept optimised program, if any
         try:
-            self._predictor = self._thread.submit(_build_predictor, prefix, model_file, settings).result()
+            self._predictor = self._thread.submit(_build_predictor, prefix, model_file, settings,
+                                                  self.optimized).result()  # fmt: skip
         except BaseException:
             self._thread.shutdown(wait=False)
             raise
@@ -155,6 +157,13 @@ class Predictor:
         if self._predictor is None:
             raise RuntimeError("this predictor is closed")
         return self._thread.submit(self._run, *arrays).result()
+
+    def forget(self) -> None:
+        """Close it and delete its kept optimised program: a precision the gate dropped, or one that failed to
+        run, should not keep ~100 MB of cache for a program no run will load."""
+        self.close()
+        if self.optimized is not None:
+            shutil.rmtree(self.optimized, ignore_errors=True)
 
     def close(self) -> None:
         """Let the predictor go and end its thread (a predictor that is never used again)."""
@@ -182,10 +191,9 @@ class _Settings:
     pool_mb: int
 
 
-def _build_predictor(prefix: Path, model_file: Path, settings: _Settings) -> "object":
+def _build_predictor(prefix: Path, model_file: Path, settings: _Settings, optimized: Optional[Path]) -> "object":
     """A Paddle Inference predictor for the export at `prefix`. On a CPU, paddle's IR passes (0.1-0.6 s a network,
-    most for bf16) run once: their result is kept beside the export, per precision and CPU, and loaded after."""
-    optimized = _optimized_folder(prefix, model_file, settings)
+    most for bf16) run once: their result is kept in `optimized`, per precision and CPU, and loaded after."""
     if optimized is not None and _sealed(optimized):
         try:
             return _create_predictor(_optimized_config(optimized / OPTIMIZED_STEM, settings))

@@ -239,6 +239,8 @@ class FakePredictor:
     def close(self):
         FakePredictor.closed.append(self.precision)
 
+    forget = close
+
 
 def _pixels(output):
     return (np.nan_to_num(output, nan=-1.0).clip(0, 1) * 255).astype(np.uint8)

@@ -128,6 +128,8 @@ class _Fake:
     def close(self):
         pass
 
+    forget = close
+
 
 @pytest.fixture
 def fake_predictors(monkeypatch):

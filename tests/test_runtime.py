@@ -264,6 +264,8 @@ def test_on_a_bf16_cpu_the_gate_measures_bf16_in_some_scope(tmp_path):
     verdict = chosen.verdict
     assert not verdict.problem and verdict.scope in precision.BF16_SCOPES, verdict
     assert verdict.passed and chosen.precision == "bf16" and chosen.scope == verdict.scope, verdict
+    if chosen.optimized is not None:  # what was dropped (fp32, a refused scope) keeps no optimised program
+        assert _optimized(prefix) == [chosen.optimized], _optimized(prefix)
 
 
 def test_bf16_only_on_cpus_that_run_it_natively():
