@@ -23,7 +23,7 @@ Probe = Callable[[], Sequence[np.ndarray]]  # the gate's fixed inputs for one ne
 
 
 def predictor(prefix: Path, device: Device, wanted: str, probe: Optional[Probe], pixels: gate.Pixels,
-                    pool_mb: int = runtime.GPU_MEMORY_POOL_MB, threads: Optional[int] = None) -> runtime.Predictor:  # fmt: skip
+              pool_mb: int = runtime.GPU_MEMORY_POOL_MB, threads: Optional[int] = None) -> runtime.Predictor:  # fmt: skip
     """A predictor in the precision `wanted` names: fp32, a faster one by name, or (auto) the device's faster one
     when the perceptual gate passes it on `probe` (measured once per export and machine, then remembered)."""
     if wanted != "auto":
@@ -50,35 +50,43 @@ def _forced_predictor(prefix: Path, device: Device, wanted: str, probe: Optional
         return runtime.Predictor(prefix, device, threads=threads, precision=wanted, pool_mb=pool_mb)
     gate.check_forced(wanted, device)
     inputs = probe()
-    fast, problem = _widest_scope(prefix, device, wanted, pool_mb, threads, lambda p: p.run(*inputs))
+    fast, found = _widest_scope(prefix, device, wanted, pool_mb, threads, lambda p: p.run(*inputs), lambda _: True)
     if fast is None:
-        raise LipSyncError(f"--precision {wanted} failed on this {device.kind.upper()} ({problem}); "
+        raise LipSyncError(f"--precision {wanted} failed on this {device.kind.upper()} ({found}); "
                            "use --precision auto or fp32")  # fmt: skip
     return fast
 
 
 def _widest_scope(prefix: Path, device: Device, faster: str, pool_mb: int, threads: Optional[int],
-                  check: Callable[[runtime.Predictor], object]) -> Tuple[Optional[runtime.Predictor], str]:
-    """The faster precision's predictor in the widest scope whose `check` runs (oneDNN may refuse some op only
-    when it first runs), with check's result kept in `.checked`; else None and the last problem."""
-    problem = ""
+                  check: Callable[[runtime.Predictor], object],
+                  good: Callable[[object], bool]) -> Tuple[Optional[runtime.Predictor], object]:  # fmt: skip
+    """The faster precision's predictor in the widest scope whose `check` runs (oneDNN may refuse some op only when
+    it first runs) and is `good` (the gate passes it), with check's result in `.checked`. Else None, and the last
+    check's result or, if none ran, the last problem (one line)."""
+    found: object = ""
     for scope in gate.scopes(faster):
         fast = None
         try:
             fast = runtime.Predictor(prefix, device, threads=threads, precision=faster, pool_mb=pool_mb, scope=scope)
-            fast.checked = check(fast)
-            return fast, ""
+            result = check(fast)
         except Exception as exc:  # an older oneDNN may refuse bf16 for some op, a GPU fp16: fp32 still works
-            problem = first_line(exc)
-            log.info("%s on every op of scope %r failed: %s", faster, scope, problem)
+            log.info("%s on the ops of scope %r failed: %s", faster, scope, first_line(exc))
             if fast is not None:
                 fast.forget()
-    return None, problem
+            found = found if isinstance(found, gate.Verdict) else first_line(exc)  # numbers say more than errors
+            continue
+        if good(result):
+            fast.checked = result
+            return fast, result
+        fast.forget()  # measured and refused: a narrower scope keeps more of the network in fp32
+        found = result
+    return None, found
 
 
 def _measured_predictor(prefix: Path, device: Device, faster: str, probe: Sequence[np.ndarray],
                         pixels: gate.Pixels, pool_mb: int, threads: Optional[int], machine: str) -> runtime.Predictor:
-    """Both precisions on the probe; the faster one is kept only if the gate passes it; the verdict is remembered."""
+    """fp32 and the faster precision (widest scope first) on the probe; the faster one is kept only if the gate
+    passes it in some scope; the verdict is remembered."""
     exact = runtime.Predictor(prefix, device, threads=threads, pool_mb=pool_mb)
     reference = pixels(exact.run(*probe)[0])
 
@@ -86,12 +94,15 @@ def _measured_predictor(prefix: Path, device: Device, faster: str, probe: Sequen
         verdict = gate.judge(reference, pixels(fast.run(*probe)[0]), faster)
         return dataclasses.replace(verdict, scope=fast.scope)
 
-    fast, problem = _widest_scope(prefix, device, faster, pool_mb, threads, judge)
-    verdict = fast.checked if fast is not None else gate.Verdict(faster, math.nan, math.nan, 0, False, problem=problem)
+    fast, found = _widest_scope(prefix, device, faster, pool_mb, threads, judge, lambda v: v.passed)  # type: ignore
+    if isinstance(found, gate.Verdict):
+        verdict = found
+    else:
+        verdict = gate.Verdict(faster, math.nan, math.nan, 0, False, problem=str(found))
     gate.remember(prefix.parent, machine, verdict)
-    kept, dropped = (fast, exact) if verdict.passed else (exact, fast)
-    if dropped is not None:
-        dropped.forget()  # its thread ends with it, and its kept program goes
+    kept = exact if fast is None else fast
+    if fast is not None:
+        exact.forget()  # its thread ends with it, and its kept program goes
     log.info("precision gate on this %s: %s", device.kind.upper(), verdict.describe())
     kept.verdict = verdict
     return kept

@@ -112,6 +112,7 @@ class _Fake:
     """A predictor whose bf16 output drifts by `DRIFT` (pixels in [0, 1]); counts what was made."""
 
     DRIFT = 0.0
+    SCOPE_DRIFT: dict = {}  # a bf16 scope's own drift, where it differs from DRIFT
     REFUSED: tuple = ()  # bf16 scopes whose first run fails, as oneDNN refusing an op
     made: list = []
 
@@ -123,7 +124,8 @@ class _Fake:
         if self.precision == "bf16" and self.scope in _Fake.REFUSED:
             raise RuntimeError("could not construct a memory descriptor using strides")
         base = np.linspace(0, 1, 96 * 96 * 3, dtype=np.float32).reshape(1, 3, 96, 96)
-        return [base + (_Fake.DRIFT if self.precision == "bf16" else 0.0)]
+        drift = _Fake.SCOPE_DRIFT.get(self.scope, _Fake.DRIFT) if self.precision == "bf16" else 0.0
+        return [np.clip(base + drift, 0, 1)]  # a sigmoid output stays in [0, 1]
 
     def close(self):
         pass
@@ -196,6 +198,18 @@ def test_where_onednn_refuses_some_op_bf16_runs_on_the_convolutions(tmp_path, fa
     again = _gated(tmp_path)
     assert fake_predictors.made == ["bf16/convolutions"], "the remembered verdict names its scope"
     assert again.scope == precision.CONVOLUTIONS and again.verdict == first.verdict
+
+
+def test_when_bf16_on_every_op_fails_the_gate_the_convolutions_alone_are_measured(tmp_path, fake_predictors,
+                                                                                monkeypatch):  # fmt: skip
+    monkeypatch.setattr(_Fake, "SCOPE_DRIFT", {ALL_OPS: 0.2, precision.CONVOLUTIONS: 1 / 255})
+    chosen = _gated(tmp_path)
+    assert chosen.precision == "bf16" and chosen.scope == precision.CONVOLUTIONS and chosen.verdict.passed
+    assert fake_predictors.made == ["fp32", "bf16", "bf16/convolutions"], fake_predictors.made
+    monkeypatch.setattr(_Fake, "SCOPE_DRIFT", {ALL_OPS: 0.2, precision.CONVOLUTIONS: 0.1})
+    refused = _gated(tmp_path / "again")
+    assert refused.precision == "fp32" and not refused.verdict.passed and not refused.verdict.problem
+    assert refused.verdict.scope == precision.CONVOLUTIONS, "the narrowest scope's numbers are remembered"
 
 
 def test_when_every_scope_is_refused_fp32_runs_and_the_verdict_says_why(tmp_path, fake_predictors, monkeypatch):
