@@ -44,11 +44,10 @@ def predictor(prefix: Path, device: Device, wanted: str, probe: Optional[Probe],
 def _forced_predictor(prefix: Path, device: Device, wanted: str, probe: Optional[Probe], pool_mb: int,
                       threads: Optional[int]) -> runtime.Predictor:  # fmt: skip
     """The precision asked for by name; a faster one in the widest scope that runs the probe (no gate)."""
+    if wanted != "fp32":
+        gate.check_forced(wanted, device)
     if wanted == "fp32" or probe is None:
-        if wanted != "fp32":
-            gate.check_forced(wanted, device)
         return runtime.Predictor(prefix, device, threads=threads, precision=wanted, pool_mb=pool_mb)
-    gate.check_forced(wanted, device)
     inputs = probe()
     fast, found = _widest_scope(prefix, device, wanted, pool_mb, threads, lambda p: p.run(*inputs), lambda _: True)
     if fast is None:
@@ -61,8 +60,8 @@ def _widest_scope(prefix: Path, device: Device, faster: str, pool_mb: int, threa
                   check: Callable[[runtime.Predictor], object],
                   good: Callable[[object], bool]) -> Tuple[Optional[runtime.Predictor], object]:  # fmt: skip
     """The faster precision's predictor in the widest scope whose `check` runs (oneDNN may refuse some op only when
-    it first runs) and is `good` (the gate passes it), with check's result in `.checked`. Else None, and the last
-    check's result or, if none ran, the last problem (one line)."""
+    it first runs) and is `good` (the gate passes it), with check's result. Else None, and the last check's result
+    or, if none ran, the last problem (one line)."""
     found: object = ""
     for scope in gate.scopes(faster):
         fast = None
@@ -76,7 +75,6 @@ def _widest_scope(prefix: Path, device: Device, faster: str, pool_mb: int, threa
             found = found if isinstance(found, gate.Verdict) else first_line(exc)  # numbers say more than errors
             continue
         if good(result):
-            fast.checked = result
             return fast, result
         fast.forget()  # measured and refused: a narrower scope keeps more of the network in fp32
         found = result

@@ -14,8 +14,9 @@ shifted by two pixels fails all three; a drift of one level everywhere passes.
 
 Where bf16 runs: a CPU's oneDNN may refuse bf16 for some op. paddle 2.6.2 on an AMD Zen 4 (AVX-512 BF16, no AMX)
 fails the generator's transposed convolutions ("could not construct a memory descriptor using strides"), so the
-gate tries the widest scope first (every op), then convolutions only (transposed ones stay fp32): 1.41x the fp32
-decoder's frames/s there, against none at all. The scope that ran is part of the verdict.
+gate tries the widest scope first (every op), then convolutions only (transposed ones stay fp32), moving on when a
+scope fails to run or fails the bounds: 1.33x the fp32 decoder's frames/s there, against none at all. The scope
+that ran is part of the verdict.
 """
 
 from __future__ import annotations

@@ -140,7 +140,6 @@ class Predictor:
         self.precision = precision
         self.scope = scope
         self.verdict: Optional[gate.Verdict] = None  # the gate's measurement, when one chose the precision
-        self.checked: object = None  # what a trial run of this predictor found (runtime._widest_scope)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"lipsync-{prefix.parent.name[:8]}")
         settings = _Settings(device, threads or cpu.cpu_threads(), precision, scope, pool_mb)
         self.optimized = _optimized_folder(prefix, model_file, settings)  # its kept optimised program, if any

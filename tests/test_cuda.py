@@ -230,7 +230,7 @@ class FakePredictor:
             raise RuntimeError("no fp16 kernel for this op")
         FakePredictor.made.append((precision, pool_mb))
         self.precision, self.scope = precision, scope
-        self.verdict = self.checked = None
+        self.verdict = None
 
     def run(self, *arrays):
         shift = FakePredictor.HALF_SHIFT if self.precision == "fp16" else 0.0

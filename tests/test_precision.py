@@ -118,7 +118,7 @@ class _Fake:
 
     def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=0, scope=ALL_OPS):
         _Fake.made.append(precision if scope == ALL_OPS else f"{precision}/{scope}")
-        self.precision, self.scope, self.verdict, self.checked = precision, scope, None, None
+        self.precision, self.scope, self.verdict = precision, scope, None
 
     def run(self, *arrays):
         if self.precision == "bf16" and self.scope in _Fake.REFUSED:
