@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from lipsync.mouth import FACE_SIZE
 from lipsync.options import BLEND_MODES, BlendMode
 from lipsync.types import Box, Frame
 
@@ -43,6 +45,16 @@ def feather_weights(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     mask.flags.writeable = False
     inverse.flags.writeable = False
     return mask, inverse
+
+
+def first_row_read(mode: BlendMode, face_size: int = FACE_SIZE) -> int:
+    """The first row of a generated face (face_size rows) that a paste in `mode` can read, whatever the box: the
+    generator need not draw the rows above it. "box" reads them all. "feather" gives weight 0 to box rows
+    y <= RISE_START * (height - 1); the first row after them samples the face (bilinear, half-pixel centres) at
+    (y + 0.5) * face_size / height - 0.5 > face_size * RISE_START - 0.5, as RISE_START < 0.5."""
+    if mode == "box":
+        return 0
+    return math.floor(face_size * RISE_START - 0.5)
 
 
 def _fit(mouth: Frame, width: int, height: int) -> Frame:

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import audio, cpu, detectors, gated, mouth, precision, runtime, weights
+from . import audio, blend, cpu, detectors, gated, mouth, precision, runtime, weights
 from .errors import LipSyncError, first_line
 from .options import LipSyncOptions
 
@@ -66,16 +66,22 @@ class Engine:
         self._lock = threading.RLock()  # re-entrant: the enhancer's maker asks for its predictor
 
     def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
+        """The whole generator; it draws only the rows of each face that options.blend reads (see first_row)."""
+        from .model import LowerFaceGenerator
+
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
-        build = _wav2lip_builder(path)
+        build, row = _wav2lip_builder(path), first_row(options)
+        arch, make = ("wav2lip", build) if row == 0 else (f"wav2lip-from-row-{row}",
+                                                            lambda: LowerFaceGenerator(build(), row))  # fmt: skip
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        return self._predictor(path, "wav2lip", build, WAV2LIP_SPECS, device, pool, options, probe=generator_probe)
+        return self._predictor(path, arch, make, WAV2LIP_SPECS, device, pool, options, probe=generator_probe)
 
     def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
         """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
         from .model import FaceEncoder, StillFaceDecoder
 
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
+        row = first_row(options)
         build = _wav2lip_builder(path)
         encoder = self._predictor(path, "wav2lip-face-encoder", lambda: FaceEncoder(build()), FACE_ENCODER_SPECS,
                                   device, (1, WAV2LIP_GPU_ITEM_MB), options)  # fmt: skip
@@ -85,8 +91,9 @@ class Engine:
             return (mel, *encoder.run(face_in[:1]))  # the decoder shares one face's features across the batch
 
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        decoder = self._predictor(path, "wav2lip-still-decoder", lambda: StillFaceDecoder(build()),
-                                  _still_decoder_specs(), device, pool, options, probe=probe)  # fmt: skip
+        arch = "wav2lip-still-decoder" + (f"-from-row-{row}" if row else "")
+        decoder = self._predictor(path, arch, lambda: StillFaceDecoder(build(), row), _still_decoder_specs(), device,
+                                  pool, options, probe=probe)  # fmt: skip
         return StillGenerator(encoder, decoder)
 
     def detector(self, options: LipSyncOptions, device: runtime.Device) -> detectors.DetectFn:
@@ -156,6 +163,12 @@ def _wav2lip_builder(path: Path) -> Callable[[], object]:
     """A fresh generator per call, for one export: never the shared model lipsync.load_wav2lip() hands out,
     which paddle.jit.to_static would change (it replaces the traced layer's forward)."""
     return lambda: weights.build_wav2lip(str(path))
+
+
+def first_row(options: LipSyncOptions) -> int:
+    """The first row of each 96-px face the generator draws: the first one the paste in options.blend reads
+    (35 for the feathered paste, which skips about a fifth of the generator's work; 0, all, for the box paste)."""
+    return blend.first_row_read(options.blend, FACE_SIZE)
 
 
 def cpu_threads(options: LipSyncOptions) -> int:

@@ -17,5 +17,15 @@ def face_input(crops: np.ndarray) -> np.ndarray:
 
 
 def to_pixels(predicted: np.ndarray) -> np.ndarray:
-    """Generator output [B,3,96,96] in [0,1] → B×96×96×3 uint8 BGR, truncated like the reference."""
+    """Generator output [B,3,H,96] in [0,1] → B×H×96×3 uint8 BGR, truncated like the reference."""
     return (predicted.transpose(0, 2, 3, 1) * PIXEL_LEVELS).astype(np.uint8)
+
+
+def to_faces(predicted: np.ndarray) -> np.ndarray:
+    """Generator output → B×96×96×3 uint8 BGR faces. A generator that drew only the lower rows (the ones the
+    paste reads) gets its top rows filled with copies of its first row, which the paste gives no weight."""
+    pixels = to_pixels(predicted)
+    missing = FACE_SIZE - pixels.shape[1]
+    if missing <= 0:
+        return pixels
+    return np.pad(pixels, ((0, 0), (missing, 0), (0, 0), (0, 0)), mode="edge")

@@ -74,7 +74,7 @@ def sync_chunk(frames: List[Frame], boxes: List[Optional[Box]], mels: np.ndarray
     out = list(frames)
     if not live:
         return out, live
-    drawn = mouth.to_pixels(generate(mels[live], [frames[i] for i in live], [boxes[i] for i in live]))
+    drawn = mouth.to_faces(generate(mels[live], [frames[i] for i in live], [boxes[i] for i in live]))
     for i, pixels in zip(live, drawn):
         out[i] = paste(frames[i], boxes[i], pixels)  # type: ignore[arg-type]
     return out, live

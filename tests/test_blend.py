@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync.blend import RISE_START, feather_weights, feather_mask, paste
+from lipsync.blend import RISE_START, feather_weights, feather_mask, first_row_read, paste
 
 RNG = np.random.default_rng(0)
 FRAME = RNG.integers(0, 256, (120, 160, 3), np.uint8)
@@ -79,6 +79,26 @@ def test_feather_blends_by_the_mask() -> None:
     np.testing.assert_array_equal(got[mask[..., 0] == 0], FRAME[y1:y2, x1:x2][mask[..., 0] == 0])
 
 
+@pytest.mark.parametrize("mode", ["feather", "box"])
+def test_paste_never_reads_the_rows_above_first_row_read(mode: str) -> None:
+    """The generator skips the rows above first_row_read: whatever they hold, every box size pastes the same
+    frame (so a change to the mask's geometry that reads them fails here, not as smears in users' videos)."""
+    row = first_row_read(mode)
+    assert row == (0 if mode == "box" else 35)
+    frame = RNG.integers(0, 256, (720, 720, 3), np.uint8)
+    other = MOUTH.copy()
+    other[:row] = 255 - other[:row]  # every unread pixel changed, by at least one level
+    for height in [*range(8, 200, 7), 95, 96, 97, 191, 192, 193, 288, 480, 700]:
+        for width in (height, height // 2 + 5, height + 31):
+            box = (3, 5, 3 + width, 5 + height)
+            np.testing.assert_array_equal(paste(frame, box, other, mode), paste(frame, box, MOUTH, mode),
+                                          err_msg=f"box {width}x{height}")  # fmt: skip
+    if row:  # and the bound is tight: two rows more are read (a big box samples row 36 and below)
+        other[row : row + 2] = 255 - other[row : row + 2]
+        box = (0, 0, 700, 700)
+        assert not np.array_equal(paste(frame, box, other, mode), paste(frame, box, MOUTH, mode))
+
+
 def test_inplace_changes_the_given_frame() -> None:
     frame = FRAME.copy()
     assert paste(frame, BOX, MOUTH, inplace=True) is frame
@@ -104,3 +124,15 @@ def test_rejects_bad_arguments() -> None:
         paste(FRAME, (50, 20, 50, 100), MOUTH)
     with pytest.raises(ValueError):
         paste(FRAME, BOX, MOUTH.astype(np.float32))
+
+
+def test_lower_rows_become_whole_faces_for_the_paste() -> None:
+    from lipsync.mouth import to_faces, to_pixels
+
+    drawn = RNG.uniform(0, 1, (2, 3, 61, 96)).astype(np.float32)
+    faces = to_faces(drawn)
+    assert faces.shape == (2, 96, 96, 3) and faces.dtype == np.uint8
+    np.testing.assert_array_equal(faces[:, 35:], to_pixels(drawn))
+    np.testing.assert_array_equal(faces[:, :35], np.repeat(faces[:, 35:36], 35, axis=1))
+    whole = RNG.uniform(0, 1, (1, 3, 96, 96)).astype(np.float32)
+    np.testing.assert_array_equal(to_faces(whole), to_pixels(whole))

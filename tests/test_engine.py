@@ -82,3 +82,23 @@ def test_predictors_are_kept_per_thread_count():
     from dataclasses import replace
 
     assert engine.generator(replace(OPTIONS, threads=2), CPU) is not one
+
+
+def test_the_feathered_paste_gets_the_generators_that_draw_only_the_rows_it_reads():
+    """Blend "feather" runs exports that draw rows 35..95, equal to the whole generator's rows there under
+    Paddle Inference as well; "box" (the reference's paste) keeps the whole face."""
+    from dataclasses import replace
+
+    engine = Engine()
+    feather = replace(OPTIONS, precision="fp32")
+    box = replace(feather, blend="box")
+    rng = np.random.default_rng(4)
+    mel = rng.uniform(-4, 0, (3, 1, 80, 16)).astype(np.float32)
+    face = rng.uniform(0, 1, (3, 6, 96, 96)).astype(np.float32)
+    whole, lower = engine.generator(box, CPU).run(mel, face)[0], engine.generator(feather, CPU).run(mel, face)[0]
+    assert whole.shape == (3, 3, 96, 96) and lower.shape == (3, 3, 61, 96)
+    np.testing.assert_allclose(lower, whole[:, :, 35:], rtol=0, atol=1e-5)
+    still_whole, still_lower = engine.still_generator(box, CPU), engine.still_generator(feather, CPU)
+    features = still_whole.encoder.run(face[:1])
+    np.testing.assert_allclose(still_lower.decoder.run(mel, *features)[0],
+                               still_whole.decoder.run(mel, *features)[0][:, :, 35:], rtol=0, atol=1e-5)  # fmt: skip

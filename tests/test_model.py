@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync.model import FACE_FEATURE_SHAPES, FaceEncoder, StillFaceDecoder, Wav2Lip
+from lipsync.model import FACE_FEATURE_SHAPES, FaceEncoder, LowerFaceGenerator, StillFaceDecoder, Wav2Lip, decoder_row_starts
 
 # Trainable parameters of Rudrabha/Wav2Lip models/wav2lip.py (counted on the PyTorch module).
 PUBLISHED_PARAMETERS = 36_298_035
@@ -139,3 +139,31 @@ def test_still_face_split_equals_forward_over_many_mel_windows(model, inputs):
     assert split.shape == (2, 3, 96, 96)
     np.testing.assert_allclose(split, whole, atol=1e-6)
     assert np.abs(split[1] - split[0]).max() > 1e-4, "each mel window still gets its own mouth"
+
+
+@pytest.mark.parametrize("first_row", [0, 1, 10, 35, 50, 95])
+def test_lower_rows_are_the_whole_faces_rows(model, inputs, batched, first_row):
+    """Drawing rows first_row..95 only gives those rows of the whole face (bit-equal where no map is cut below
+    12 px; within float rounding where a cut changes the convolutions' shapes), for the video and still splits."""
+    audio, face = inputs
+    with paddle.no_grad():
+        lower = LowerFaceGenerator(model, first_row)(audio, face).numpy()
+        features = FaceEncoder(model)(face[:1])
+        still = StillFaceDecoder(model, first_row)(audio[:2], *features).numpy()
+        still_whole = StillFaceDecoder(model)(audio[:2], *features).numpy()
+    assert lower.shape == (3, 3, 96 - first_row, 96) and still.shape == (2, 3, 96 - first_row, 96)
+    np.testing.assert_allclose(lower, batched[:, :, first_row:], atol=2e-5)
+    np.testing.assert_allclose(still, still_whole[:, :, first_row:], atol=2e-5)
+    if first_row == 35:  # the feathered paste's: cuts at 12, 24 and 48 px
+        np.testing.assert_array_equal(lower, batched[:, :, first_row:])
+
+
+def test_row_starts_cut_every_stage_it_can():
+    assert decoder_row_starts(0) == {} and decoder_row_starts(2) == {}
+    assert decoder_row_starts(35) == {6: 16, 5: 7, 4: 2}  # 48-, 24- and 12-px maps: a fifth less work
+    for first_row in range(96):  # each cut leaves room for the rows its residual convs spoil at the cut
+        needed = first_row - 1
+        for index in sorted(decoder_row_starts(first_row), reverse=True):
+            start = decoder_row_starts(first_row)[index]
+            assert 2 * start + 2 <= needed, (first_row, index)
+            needed = start
