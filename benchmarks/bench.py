@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -202,14 +203,20 @@ def _warm_detector(detect: Callable, options: Any) -> None:
 
 
 def _generator_after(engine: Any, case: Case, spec: Dict[str, Any], options: Any) -> float:
-    """Generator-only frames/s on the case's inputs, in the process that just ran the case (after one warm batch)."""
+    """Generator-only frames/s on the case's inputs as the case runs the generator (a picture: its face encoded
+    once, then the still decoder per batch), in the process that just ran the case (after one warm batch)."""
     from lipsync import runtime
     from lipsync.engine import generator_batch
 
     count = spec.get("sizes", asdict(FULL))["stage_frames"]
     device = runtime.choose_device(options.device, announce=False)
-    predictor, batch = engine.generator(options, device), generator_batch(options, device)
+    batch = generator_batch(options, device)
     mels, faces_in = generator_inputs(case, count)
+    predictor: Any = engine.generator(options, device)
+    if case.still:
+        split = engine.still_generator(options, device)
+        features = split.encoder.run(faces_in[:1])
+        predictor = SimpleNamespace(run=lambda mel, _faces: split.decoder.run(mel, *features))
     predictor.run(mels[:batch], faces_in[:batch])
     return runtime_fps(predictor, mels, faces_in, batch)
 
