@@ -66,6 +66,7 @@ class _Job:
     notes: Tuple[str, ...]
     segments: Optional[SegmentSink] = None  # where finished pieces of the output go while it is encoded
     still_frame: Optional[Frame] = None  # a still's one frame, decoded while the networks load
+    sound: Optional[video.MediaInfo] = None  # the audio file's streams, for the encoder (probed while they load)
 
 
 def run(
@@ -160,6 +161,7 @@ def _prepare(face: Path, info: video.MediaInfo, audio_path: Path, outfile: Path,
                _size_notes(info, options), segments)
     if still:
         job = replace(job, still_frame=_first_frame(job, options))
+    job = replace(job, sound=video.probe(audio_path, require_video=False))
     report(STAGE_AUDIO, 1, 1)
     return job
 
@@ -342,7 +344,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
         return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
 
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
-                           audio_seconds=job.seconds, segments=job.segments) as writer:
+                           audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound) as writer:
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]

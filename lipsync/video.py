@@ -292,12 +292,15 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
-                 preset: str = VIDEO_PRESET, segments: SegmentSink | None = None) -> None:
+                 preset: str = VIDEO_PRESET, segments: SegmentSink | None = None,
+                 audio_info: MediaInfo | None = None) -> None:
         self.path = Path(path)
         self.width, self.height = size
         self.frames_written = 0
         self._stopped = False  # ffmpeg stopped reading: it reached the audio's end, or failed
-        sound = probe(audio, require_video=False) if audio is not None else None
+        sound = audio_info  # `audio` probed already (a run does it while the networks load), else probed here
+        if sound is None and audio is not None:
+            sound = probe(audio, require_video=False)
         if sound is not None and not sound.has_audio:
             raise LipSyncError(f"{audio} has no audio track")
         self.path.parent.mkdir(parents=True, exist_ok=True)
