@@ -161,8 +161,15 @@ DEFAULT_ENGINE = Engine()  # the one a process shares when a caller does not bri
 
 def _wav2lip_builder(path: Path) -> Callable[[], object]:
     """A fresh generator per call, for one export: never the shared model lipsync.load_wav2lip() hands out,
-    which paddle.jit.to_static would change (it replaces the traced layer's forward)."""
-    return lambda: weights.build_wav2lip(str(path))
+    which paddle.jit.to_static would change (it replaces the traced layer's forward). Its conv biases are
+    folded into its BatchNorms (model.fold_conv_biases), which lets bf16 reach the transposed convs."""
+
+    def build() -> object:
+        from .model import fold_conv_biases
+
+        return fold_conv_biases(weights.build_wav2lip(str(path)))
+
+    return build
 
 
 def first_row(options: LipSyncOptions) -> int:

@@ -64,6 +64,20 @@ class ConvTransposeBNReLU(nn.Layer):
         return self.act(self.conv_block(x))
 
 
+def fold_conv_biases(generator: "Wav2Lip") -> "Wav2Lip":
+    """The same function with each conv's bias moved into the BatchNorm after it (its running mean less the bias),
+    for export: paddle's passes then fuse conv and BatchNorm into one kernel with no broadcast bias add left
+    between them (which oneDNN refuses in bf16 beside a bf16 transposed conv). Changes the model in place."""
+    with paddle.no_grad():
+        for layer in generator.sublayers():
+            if isinstance(layer, (ConvBNReLU, ConvTransposeBNReLU)):
+                conv, norm = layer.conv_block[0], layer.conv_block[1]
+                if conv.bias is not None:
+                    norm._mean.set_value(norm._mean - conv.bias)
+                    conv.bias = None
+    return generator
+
+
 def _residuals(channels: int, count: int) -> List[nn.Layer]:
     return [ConvBNReLU(channels, channels, 3, 1, 1, residual=True) for _ in range(count)]
 

@@ -13,10 +13,11 @@ more than 8 levels at the 99.9th percentile (half the codec's), and no pixel mor
 shifted by two pixels fails all three; a drift of one level everywhere passes.
 
 Where bf16 runs: a CPU's oneDNN may refuse bf16 for some op. paddle 2.6.2 on an AMD Zen 4 (AVX-512 BF16, no AMX)
-fails the generator's transposed convolutions ("could not construct a memory descriptor using strides"), so the
-gate tries the widest scope first (every op), then convolutions only (transposed ones stay fp32), moving on when a
-scope fails to run or fails the bounds: 1.33x the fp32 decoder's frames/s there, against none at all. The scope
-that ran is part of the verdict.
+fails a bf16 element-wise add beside a bf16 transposed convolution ("could not construct a memory descriptor using
+strides"), so the gate tries the widest scope first (every op), then every convolution with the plain adds in fp32
+(the exports fold conv biases into BatchNorm, so none is left beside a transposed conv), then convolutions only
+(transposed ones in fp32), moving on when a scope fails to run or fails the bounds. The scope that ran is part of
+the verdict.
 """
 
 from __future__ import annotations
@@ -44,12 +45,20 @@ MAX_LEVELS = 16  # no pixel further than this from fp32's (8-bit levels)
 PERCENTILE = 99.9
 PIXEL_PEAK = 255.0
 GATE_INPUTS = Path(__file__).resolve().parent / "data" / "gate_inputs.npz"
-GATE_VERSION = 2  # bump when the bounds, inputs or measure change: cached verdicts are then measured again
+GATE_VERSION = 3  # bump when the bounds, inputs or measure change: cached verdicts are then measured again
 GATE_FILE = "gate-{precision}-{machine}.json"
 ALL_OPS = "all"  # the faster precision on every op that has a kernel for it
+# bf16 for every convolution, transposed ones too, and the residual adds fused beside them; plain element-wise
+# adds (broadcast biases) in fp32: paddle 2.6.2's oneDNN refuses those in bf16 next to a bf16 transposed conv
+ALL_CONVOLUTIONS = "all-convolutions"
 CONVOLUTIONS = "convolutions"  # bf16 for convolutions and what oneDNN fuses into them; transposed ones in fp32
-BF16_SCOPES = {ALL_OPS: (), CONVOLUTIONS: ("conv2d", "fused_conv2d", "relu", "elementwise_add", "concat")}
-SCOPE_WORDS = {ALL_OPS: "", CONVOLUTIONS: " (transposed convolutions in fp32)"}
+BF16_SCOPES = {
+    ALL_OPS: (),
+    ALL_CONVOLUTIONS: ("conv2d", "fused_conv2d", "conv2d_transpose", "relu", "concat", "fused_elementwise_add"),
+    CONVOLUTIONS: ("conv2d", "fused_conv2d", "relu", "elementwise_add", "concat"),
+}
+SCOPE_WORDS = {ALL_OPS: "", ALL_CONVOLUTIONS: " (element-wise adds in fp32)",
+               CONVOLUTIONS: " (transposed convolutions in fp32)"}  # fmt: skip
 NOTE_START = "The generator ran in "  # how a run's note about its precision begins (the app shows it in its status)
 
 Pixels = Callable[[np.ndarray], np.ndarray]  # network output → uint8 pixels as a run pastes them
@@ -65,7 +74,7 @@ class Verdict:
     max_levels: int
     passed: bool
     problem: str = ""  # why it could not be measured (the precision failed to run), if so
-    scope: str = ALL_OPS  # which ops ran in it (BF16_SCOPES): all, or convolutions only where oneDNN refused some
+    scope: str = ALL_OPS  # which ops ran in it (BF16_SCOPES): all, or fewer where oneDNN refused some
 
     def describe(self) -> str:
         """One line: the numbers and the bounds, for --doctor and a run's notes."""

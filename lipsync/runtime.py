@@ -24,7 +24,7 @@ from .errors import LipSyncError
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT_VERSION = 1  # bump when the export recipe changes, so stale exports are rebuilt
+EXPORT_FORMAT_VERSION = 2  # bump when the export recipe changes, so stale exports are rebuilt
 LEGACY_PROGRAM_SUFFIX = ".pdmodel"  # the program file paddle 2.x (and 3.x with PIR off) writes
 PIR_PROGRAM_SUFFIX = ".json"  # the program file paddle 3.x writes by default
 GPU_MEMORY_POOL_MB = 512  # initial GPU pool when the caller does not size one; paddle grows it on demand

@@ -106,7 +106,7 @@ def test_the_precision_lines_give_the_gates_verdict_with_its_numbers(capsys):
         return
     assert [line.split(":")[0] for line in lines] == ["picture", "video"], lines
     for line in lines:
-        assert re.match(r"(picture|video): (bf16|fp32) \(bf16( \(transposed convolutions in fp32\))? against fp32: "
+        assert re.match(r"(picture|video): (bf16|fp32) \(bf16( \((transposed convolutions|element-wise adds) in fp32\))? against fp32: "
                         r"PSNR [\d.]+ dB, p99\.9 \d+, max \d+ "
                         r"levels \((passed|failed); bounds", line), line  # fmt: skip
 

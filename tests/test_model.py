@@ -6,7 +6,8 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync.model import FACE_FEATURE_SHAPES, FaceEncoder, LowerFaceGenerator, StillFaceDecoder, Wav2Lip, decoder_row_starts
+from lipsync.model import (FACE_FEATURE_SHAPES, FaceEncoder, LowerFaceGenerator, StillFaceDecoder, Wav2Lip,
+                           decoder_row_starts, fold_conv_biases)
 
 # Trainable parameters of Rudrabha/Wav2Lip models/wav2lip.py (counted on the PyTorch module).
 PUBLISHED_PARAMETERS = 36_298_035
@@ -167,3 +168,17 @@ def test_row_starts_cut_every_stage_it_can():
             start = decoder_row_starts(first_row)[index]
             assert 2 * start + 2 <= needed, (first_row, index)
             needed = start
+
+
+def test_folding_conv_biases_into_batchnorm_keeps_the_function(model, inputs, batched):
+    """The exports' generator: no conv followed by BatchNorm keeps a bias (the add oneDNN refuses in bf16 beside a
+    bf16 transposed conv), the output conv keeps its own, and the faces are the same up to float rounding."""
+    folded = Wav2Lip()
+    folded.set_state_dict(model.state_dict())
+    folded.eval()
+    assert fold_conv_biases(folded) is folded
+    names = [name for name, _ in folded.named_parameters()]
+    biased = [name for name in names if name.endswith("conv_block.0.bias")]
+    assert biased == [] and "output_block.1.bias" in names
+    assert sum(1 for name in names if name.endswith(".bias")) == BATCHNORM_LAYERS + 1  # BatchNorm betas, output bias
+    np.testing.assert_allclose(_run(folded, *inputs), batched, rtol=0, atol=2e-5)

@@ -20,6 +20,7 @@ from lipsync.options import LipSyncOptions
 
 CPU = runtime.Device("cpu", "requested")
 ALL_OPS = precision.ALL_OPS
+ALL_CONVOLUTIONS = precision.ALL_CONVOLUTIONS
 GPU = runtime.Device("gpu", "Tesla T4")
 
 
@@ -185,28 +186,38 @@ def test_a_forced_precision_skips_the_gate(tmp_path, fake_predictors):
     assert "as --precision asked" in precision.run_note("bf16", None, "bf16")
 
 
-def test_where_onednn_refuses_some_op_bf16_runs_on_the_convolutions(tmp_path, fake_predictors, monkeypatch):
-    """paddle 2.6.2 on an AMD Zen 4 (AVX-512 BF16, no AMX) fails transposed convolutions in bf16 on their first
-    run: the gate must fall back to bf16 on the convolutions alone, not to fp32 for the whole network."""
+def test_where_onednn_refuses_some_op_bf16_runs_on_every_convolution(tmp_path, fake_predictors, monkeypatch):
+    """paddle 2.6.2 on an AMD Zen 4 (AVX-512 BF16, no AMX) fails a bf16 element-wise add beside a bf16 transposed
+    convolution on its first run: the gate must fall back to bf16 on the convolutions (adds in fp32), not to fp32
+    for the whole network, and remember which scope ran."""
     monkeypatch.setattr(_Fake, "REFUSED", (precision.ALL_OPS,))
     first = _gated(tmp_path)
-    assert first.precision == "bf16" and first.scope == precision.CONVOLUTIONS
-    assert fake_predictors.made == ["fp32", "bf16", "bf16/convolutions"], fake_predictors.made
-    assert first.verdict.passed and first.verdict.scope == precision.CONVOLUTIONS
-    assert "bf16 (transposed convolutions in fp32) against fp32: " in first.verdict.describe()
+    assert first.precision == "bf16" and first.scope == ALL_CONVOLUTIONS
+    assert fake_predictors.made == ["fp32", "bf16", "bf16/all-convolutions"], fake_predictors.made
+    assert first.verdict.passed and first.verdict.scope == ALL_CONVOLUTIONS
+    assert "bf16 (element-wise adds in fp32) against fp32: " in first.verdict.describe()
     fake_predictors.made.clear()
     again = _gated(tmp_path)
-    assert fake_predictors.made == ["bf16/convolutions"], "the remembered verdict names its scope"
-    assert again.scope == precision.CONVOLUTIONS and again.verdict == first.verdict
+    assert fake_predictors.made == ["bf16/all-convolutions"], "the remembered verdict names its scope"
+    assert again.scope == ALL_CONVOLUTIONS and again.verdict == first.verdict
 
 
-def test_when_bf16_on_every_op_fails_the_gate_the_convolutions_alone_are_measured(tmp_path, fake_predictors,
-                                                                                monkeypatch):  # fmt: skip
-    monkeypatch.setattr(_Fake, "SCOPE_DRIFT", {ALL_OPS: 0.2, precision.CONVOLUTIONS: 1 / 255})
+def test_where_transposed_convolutions_are_refused_too_the_others_run_in_bf16(tmp_path, fake_predictors,
+                                                                              monkeypatch):  # fmt: skip
+    monkeypatch.setattr(_Fake, "REFUSED", (precision.ALL_OPS, ALL_CONVOLUTIONS))
+    first = _gated(tmp_path)
+    assert first.precision == "bf16" and first.scope == precision.CONVOLUTIONS
+    assert fake_predictors.made == ["fp32", "bf16", "bf16/all-convolutions", "bf16/convolutions"], fake_predictors.made
+    assert "bf16 (transposed convolutions in fp32) against fp32: " in first.verdict.describe()
+
+
+def test_when_a_wider_scope_fails_the_gate_a_narrower_one_is_measured(tmp_path, fake_predictors, monkeypatch):
+    monkeypatch.setattr(_Fake, "SCOPE_DRIFT", {ALL_OPS: 0.2, ALL_CONVOLUTIONS: 0.2, precision.CONVOLUTIONS: 1 / 255})
     chosen = _gated(tmp_path)
     assert chosen.precision == "bf16" and chosen.scope == precision.CONVOLUTIONS and chosen.verdict.passed
-    assert fake_predictors.made == ["fp32", "bf16", "bf16/convolutions"], fake_predictors.made
-    monkeypatch.setattr(_Fake, "SCOPE_DRIFT", {ALL_OPS: 0.2, precision.CONVOLUTIONS: 0.1})
+    made = ["fp32", "bf16", "bf16/all-convolutions", "bf16/convolutions"]
+    assert fake_predictors.made == made, fake_predictors.made
+    monkeypatch.setattr(_Fake, "SCOPE_DRIFT", {ALL_OPS: 0.2, ALL_CONVOLUTIONS: 0.2, precision.CONVOLUTIONS: 0.1})
     refused = _gated(tmp_path / "again")
     assert refused.precision == "fp32" and not refused.verdict.passed and not refused.verdict.problem
     assert refused.verdict.scope == precision.CONVOLUTIONS, "the narrowest scope's numbers are remembered"
@@ -220,7 +231,7 @@ def test_when_every_scope_is_refused_fp32_runs_and_the_verdict_says_why(tmp_path
 
 
 def test_a_forced_bf16_takes_the_widest_scope_that_runs_or_says_it_cannot(tmp_path, fake_predictors, monkeypatch):
-    monkeypatch.setattr(_Fake, "REFUSED", (precision.ALL_OPS,))
+    monkeypatch.setattr(_Fake, "REFUSED", (precision.ALL_OPS, ALL_CONVOLUTIONS))
     forced = _gated(tmp_path, "bf16")
     assert forced.precision == "bf16" and forced.scope == precision.CONVOLUTIONS and forced.verdict is None
     monkeypatch.setattr(_Fake, "REFUSED", tuple(precision.BF16_SCOPES))
