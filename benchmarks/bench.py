@@ -212,11 +212,12 @@ def _generator_after(engine: Any, case: Case, spec: Dict[str, Any], options: Any
     device = runtime.choose_device(options.device, announce=False)
     batch = generator_batch(options, device)
     mels, faces_in = generator_inputs(case, count)
-    predictor: Any = engine.generator(options, device)
     if case.still:
         split = engine.still_generator(options, device)
         features = split.encoder.run(faces_in[:1])
-        predictor = SimpleNamespace(run=lambda mel, _faces: split.decoder.run(mel, *features))
+        predictor: Any = SimpleNamespace(run=lambda mel, _faces: split.decoder.run(mel, *features))
+    else:
+        predictor = engine.generator(options, device)
     predictor.run(mels[:batch], faces_in[:batch])
     return runtime_fps(predictor, mels, faces_in, batch)
 

@@ -71,10 +71,10 @@ class Engine:
 
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
         build, row = _wav2lip_builder(path), first_row(options)
-        arch, make = ("wav2lip", build) if row == 0 else (f"wav2lip-from-row-{row}",
-                                                            lambda: LowerFaceGenerator(build(), row))  # fmt: skip
+        make = (lambda: LowerFaceGenerator(build(), row)) if row else build
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        return self._predictor(path, arch, make, WAV2LIP_SPECS, device, pool, options, probe=generator_probe)
+        return self._predictor(path, _rows_arch("wav2lip", row), make, WAV2LIP_SPECS, device, pool, options,
+                               probe=generator_probe)  # fmt: skip
 
     def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
         """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
@@ -91,7 +91,7 @@ class Engine:
             return (mel, *encoder.run(face_in[:1]))  # the decoder shares one face's features across the batch
 
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        arch = "wav2lip-still-decoder" + (f"-from-row-{row}" if row else "")
+        arch = _rows_arch("wav2lip-still-decoder", row)
         decoder = self._predictor(path, arch, lambda: StillFaceDecoder(build(), row), _still_decoder_specs(), device,
                                   pool, options, probe=probe)  # fmt: skip
         return StillGenerator(encoder, decoder)
@@ -175,7 +175,12 @@ def _wav2lip_builder(path: Path) -> Callable[[], object]:
 def first_row(options: LipSyncOptions) -> int:
     """The first row of each 96-px face the generator draws: the first one the paste in options.blend reads
     (35 for the feathered paste, which skips about a fifth of the generator's work; 0, all, for the box paste)."""
-    return blend.first_row_read(options.blend, FACE_SIZE)
+    return blend.first_row_read(options.blend)
+
+
+def _rows_arch(arch: str, row: int) -> str:
+    """The export's name for a network drawing rows `row`..95 (its own export: a different program)."""
+    return f"{arch}-from-row-{row}" if row else arch
 
 
 def cpu_threads(options: LipSyncOptions) -> int:

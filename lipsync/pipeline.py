@@ -158,10 +158,9 @@ def _prepare(face: Path, info: video.MediaInfo, audio_path: Path, outfile: Path,
     fps = options.fps if info.is_image else info.fps
     frames = audio.frame_count(mel.shape[1], fps)
     job = _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
-               _size_notes(info, options), segments)
+               _size_notes(info, options), segments, sound=video.probe(audio_path, require_video=False))
     if still:
         job = replace(job, still_frame=_first_frame(job, options))
-    job = replace(job, sound=video.probe(audio_path, require_video=False))
     report(STAGE_AUDIO, 1, 1)
     return job
 
