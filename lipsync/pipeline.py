@@ -9,12 +9,12 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
 from . import (audio, blend, cpu, facecrop, faces, geometry, loading, native, paths, picker, runtime, shots, synth,
-               video)
+               video, writeahead)
 from .engine import DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .options import LipSyncOptions
@@ -29,6 +29,7 @@ OVERLAP_LOADING = True  # load the networks while the audio and a picture decode
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
 
 PathLike = Union[str, Path]
+T = TypeVar("T")
 Pair = Tuple[Frame, Optional[Box]]  # an output frame and its face box (None: the face is not in it)
 NO_FACE_NOTE = "{absent} of {total} frames had no face; they are passed through unchanged"
 
@@ -107,18 +108,28 @@ def run(
 
 def _prepare_while_loading(face: Path, audio_path: Path, outfile: Path, options: LipSyncOptions, engine: Engine,
                            report: Progress, segments: Optional[SegmentSink]) -> Tuple[_Job, loading.Networks]:  # fmt: skip
-    """Probe the face input (bad input is told before paddle loads), then decode the audio, the mel and a
-    picture while the networks load on a thread of their own: start-up is paid once, not twice."""
+    """Probe the face input while the audio decodes (bad input is told before paddle loads, the face's
+    first), then decode a picture while the networks load on a thread of their own: start-up is paid once,
+    not twice."""
+    report(STAGE_AUDIO, 0, 1)
+    heard = _in_background(functools.partial(_hear, audio_path))
     info = video.probe(face)
     geometry.check_source(info)
     still = info.is_image or options.static
-    load = functools.partial(loading.load_networks, engine, options, still)
-    pending = loading.Background(load) if OVERLAP_LOADING else None
-    job = _prepare(face, info, audio_path, outfile, options, report, segments)
+    load = _in_background(functools.partial(loading.load_networks, engine, options, still))
+    job = _prepare(face, info, heard(), outfile, options, segments)
+    report(STAGE_AUDIO, 1, 1)
     report(STAGE_LOAD, 0, 1)
-    networks = pending.result() if pending is not None else load()
+    networks = load()
     report(STAGE_LOAD, 1, 1)
     return job, networks
+
+
+def _in_background(call: Callable[[], T]) -> Callable[[], T]:
+    """`call` started on a thread of its own (with OVERLAP_LOADING); the function returned waits for its result."""
+    if not OVERLAP_LOADING:
+        return call
+    return loading.Background(call).result
 
 
 def _render(job: _Job, options: LipSyncOptions, networks: loading.Networks, tmp: Path,
@@ -147,21 +158,34 @@ def _describe(device: runtime.Device) -> str:
     return device.kind if device.reason == "requested" else f"{device.kind} ({device.reason})"
 
 
-def _prepare(face: Path, info: video.MediaInfo, audio_path: Path, outfile: Path, options: LipSyncOptions,
-             report: Progress, segments: Optional[SegmentSink] = None) -> _Job:  # fmt: skip
-    """Decode the audio to mel windows, and a picture's one frame."""
-    report(STAGE_AUDIO, 0, 1)
-    size = geometry.frame_size(info, options)
+@dataclass(frozen=True)
+class _Speech:
+    """The audio file decoded (16 kHz mono), its mel spectrogram, and its streams as the encoder needs them."""
+
+    path: Path
+    wav: np.ndarray
+    mel: np.ndarray
+    info: video.MediaInfo
+
+
+def _hear(audio_path: Path) -> _Speech:
+    """Decode the audio to its mel while ffprobe reads its streams (two processes at once)."""
+    streams = _in_background(functools.partial(video.probe, audio_path, require_video=False))
     wav = audio.load_audio(audio_path)
-    mel = audio.melspectrogram(wav)
+    return _Speech(audio_path, wav, audio.melspectrogram(wav), streams())
+
+
+def _prepare(face: Path, info: video.MediaInfo, speech: _Speech, outfile: Path, options: LipSyncOptions,
+             segments: Optional[SegmentSink] = None) -> _Job:  # fmt: skip
+    """The job's facts from the probed face input and the decoded speech, and a picture's one frame."""
+    size = geometry.frame_size(info, options)
     still = info.is_image or options.static
     fps = options.fps if info.is_image else info.fps
-    frames = audio.frame_count(mel.shape[1], fps)
-    job = _Job(face, audio_path, outfile, info, mel, fps, frames, still, audio.duration(wav), size,
-               _size_notes(info, options), segments, sound=video.probe(audio_path, require_video=False))
+    frames = audio.frame_count(speech.mel.shape[1], fps)
+    job = _Job(face, speech.path, outfile, info, speech.mel, fps, frames, still, audio.duration(speech.wav), size,
+               _size_notes(info, options), segments, sound=speech.info)
     if still:
         job = replace(job, still_frame=_first_frame(job, options))
-    report(STAGE_AUDIO, 1, 1)
     return job
 
 
@@ -317,9 +341,12 @@ def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterato
     frame = None
     with contextlib.closing(_source_frames(job, options)) as stream:
         for i in range(job.frames):
-            frame = next(stream, frame)  # a video shorter than its probed length repeats its last frame
-            if frame is None:
+            latest = next(stream, None)
+            if latest is None and frame is None:
                 raise LipSyncError(f"no frame could be read from {job.face.name}")
+            # a video shorter than its probed length repeats its last frame: a copy, as the one sent may
+            # still be waiting for the encoder while this one is pasted on
+            frame = latest if latest is not None else frame.copy()  # type: ignore[union-attr]
             yield frame, found.box(0 if job.still else i)
 
 
@@ -343,7 +370,8 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
         return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
 
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
-                           audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound) as writer:
+                           audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound) as encoder, \
+            writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer:  # the next batch starts at once
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
             mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]

@@ -45,19 +45,40 @@ def mouth_generator(generator: Union[runtime.Predictor, StillGenerator], batch: 
     if isinstance(generator, StillGenerator):
         features = generator.encoder.run(face_inputs([first[0]], [first[1]]))
         still = runtime.BatchRunner(lambda mels: generator.decoder.run(mels, *features), batch)
-        return lambda mels, frames, boxes: generate(still, mels)
+        pad = _pads_short_batches(generator.decoder)
+        return lambda mels, frames, boxes: generate(still, mels, pad=pad)
     runner = runtime.BatchRunner(generator.run, batch)
-    return lambda mels, frames, boxes: generate(runner, mels, face_inputs(frames, boxes))
+    pad = _pads_short_batches(generator)
+    return lambda mels, frames, boxes: generate(runner, mels, face_inputs(frames, boxes), pad=pad)
 
 
-def generate(runner: runtime.BatchRunner, *inputs: np.ndarray) -> np.ndarray:
-    """Generator output for one batch; a short batch is padded to the full one, so one input shape reaches
-    the predictor: each new shape costs oneDNN/cuDNN set-up time and memory that a long-lived app keeps."""
+def _pads_short_batches(predictor: runtime.Predictor) -> bool:
+    return predictor.device.kind != "cpu"
+
+
+def generate(runner: runtime.BatchRunner, *inputs: np.ndarray, pad: bool = True) -> np.ndarray:
+    """Generator output for one batch. A short batch (the last, or the frames with a face) is either padded
+    to the full one (pad=True: a GPU, where each input shape costs cuDNN set-up time and memory that a
+    long-lived app keeps, and padding is nearly free) or run in power-of-two pieces, 7 frames as 4 + 2 + 1
+    (pad=False: a CPU, which would spend as long on each padded frame as on a real one; the few shapes
+    this makes stay within oneDNN's shape cache, runtime.MKLDNN_SHAPE_CACHE)."""
     count = len(inputs[0])
     size = runner.batch
-    if size > count:
+    if size <= count:
+        return runner(*inputs)[0]
+    if pad:
         inputs = tuple(np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in inputs)
-    return runner(*inputs)[0][:count]
+        return runner(*inputs)[0][:count]
+    parts, start = [], 0
+    for piece in power_of_two_pieces(count):
+        parts.append(runner(*(a[start : start + piece] for a in inputs))[0])
+        start += piece
+    return np.concatenate(parts)
+
+
+def power_of_two_pieces(count: int) -> List[int]:
+    """count as a sum of distinct powers of two, largest first: 13 → [8, 4, 1]."""
+    return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
 
 
 def chain_first(first, rest: Iterator) -> Iterator:
