@@ -95,8 +95,8 @@ def _stages_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
 
 
 def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
-    """Load and warm the networks the case uses (as the app holds them after its first request), then `runs`
-    times: one timed lipsync.run, then the generator alone.
+    """Load and warm the networks the case uses, run the case once untimed (the app's first request), then
+    `runs` times: one timed lipsync.run (a second or later request), then the generator alone.
 
     Each generator-only figure is taken in the same process right after its run, so the e2e/generator
     share compares figures measured under the same load; the best of the runs is kept, as timeit does.
@@ -121,6 +121,7 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
         enhancer = engine.enhancer(options, device)
         enhancer.predictor.run(np.zeros((enhancer.batch, 3, enhancer.size, enhancer.size), np.float32))
     loaded = time.perf_counter()
+    _timed_run(case, spec, options, engine)  # the app's first request: its first input shapes, imports, page cache
     runs = []
     for _ in range(spec.get("runs", 1)):
         run = _timed_run(case, spec, options, engine)
