@@ -338,16 +338,22 @@ def _output_frames(job: _Job, options: LipSyncOptions, found: _Faces) -> Iterato
             src = video.pingpong_index(i, len(found.cache))
             yield found.cache[src], found.box(src)
         return
-    frame = None
+    frame: Optional[Frame] = None
     with contextlib.closing(_source_frames(job, options)) as stream:
         for i in range(job.frames):
-            latest = next(stream, None)
-            if latest is None and frame is None:
-                raise LipSyncError(f"no frame could be read from {job.face.name}")
-            # a video shorter than its probed length repeats its last frame: a copy, as the one sent may
-            # still be waiting for the encoder while this one is pasted on
-            frame = latest if latest is not None else frame.copy()  # type: ignore[union-attr]
+            frame = _next_frame(stream, frame, job)
             yield frame, found.box(0 if job.still else i)
+
+
+def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: _Job) -> Frame:
+    """The stream's next frame. A video shorter than its probed length repeats its last frame, as a copy: the
+    one sent may still wait for the encoder while this one is pasted on (a still's frame is only copied from)."""
+    frame = next(stream, None)
+    if frame is not None:
+        return frame
+    if last is None:
+        raise LipSyncError(f"no frame could be read from {job.face.name}")
+    return last if job.still else last.copy()
 
 
 def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
