@@ -54,6 +54,12 @@ class RunsOutOfMemory:
         return getattr(self.predictor, name)
 
 
+class OnFullGpu(RunsOutOfMemory):
+    """RunsOutOfMemory that says it is on a GPU, so a short batch is padded as on one (synth.generate)."""
+
+    device = runtime.Device("gpu", "requested")
+
+
 class FullGpuEngine(Engine):
     """The engine with its generator on a GPU that fits only `fits` faces per batch."""
 
@@ -63,13 +69,13 @@ class FullGpuEngine(Engine):
         self.generators: List[RunsOutOfMemory] = []
 
     def generator(self, options, device):
-        failing = RunsOutOfMemory(super().generator(options, device), self.fits)
+        failing = OnFullGpu(super().generator(options, device), self.fits)
         self.generators.append(failing)
         return failing  # type: ignore[return-value]
 
     def still_generator(self, options, device):
         split = super().still_generator(options, device)
-        failing = RunsOutOfMemory(split.decoder, self.fits)
+        failing = OnFullGpu(split.decoder, self.fits)
         self.generators.append(failing)
         return StillGenerator(split.encoder, failing)  # type: ignore[arg-type]
 
