@@ -69,8 +69,8 @@ def bench_engine() -> Any:
     from lipsync import faces
 
     class TimedEngine(lipsync.Engine):
-        def detector(self, options: Any, device: Any) -> Callable:
-            s3fd = super().detector(options, device)
+        def detector(self, options: Any, device: Any, remember: bool = False) -> Callable:
+            s3fd = super().detector(options, device, remember)
             if options.face_detector != "sfd":
                 return s3fd
             haar = faces.HaarDetector()

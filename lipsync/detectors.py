@@ -1,9 +1,12 @@
 """Face detectors: S3FD (through a predictor) and OpenCV's Haar cascade. Each gives every face of a frame
-(`faces`, box and score, the most confident first) or only the most confident one (calling it)."""
+(`faces`, box and score, the most confident first) or only the most confident one (calling it). A detector can
+remember what it found in the frames it was given (`Remembering`): a picture run again skips detection."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -22,6 +25,8 @@ HAAR_TO_S3FD = (0.0, 0.08, 0.0, 0.18)  # grow (left, top, right, bottom) by thes
 # A face beside the most confident one needs this many overlapping cascade hits: on the astronaut photo real
 # faces get 10 (at 32 px) to 45, the false hits on her suit 6.
 HAAR_MIN_VOTES_BESIDE = 8
+FRAMES_REMEMBERED = 256  # detector inputs whose faces a memory keeps (a picture's search makes 2-4 of them)
+DIGEST_BYTES = 16  # of a frame's BLAKE2b digest, which identifies it in a memory
 
 Scored = Tuple[Box, float]  # a face box and the detector's confidence in it
 Detections = List[Optional[Box]]
@@ -97,3 +102,57 @@ def _to_chin(box: np.ndarray, shape: Tuple[int, ...]) -> Box:
     height, width = shape[:2]
     x1, y1, x2, y2 = (int(round(v)) for v in grown)
     return (max(0, x1), max(0, y1), min(width, x2), min(height, y2))
+
+
+class DetectionMemory:
+    """The faces found in each detector input, by its content's digest; the least recently used go first
+    beyond `size` (a few hundred bytes each). Thread-safe: one memory serves a process's concurrent runs."""
+
+    def __init__(self, size: int = FRAMES_REMEMBERED):
+        self._size = size
+        self._found: OrderedDict[bytes, List[Scored]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def recall(self, key: bytes) -> Optional[List[Scored]]:
+        with self._lock:
+            found = self._found.get(key)
+            if found is not None:
+                self._found.move_to_end(key)
+            return None if found is None else list(found)
+
+    def keep(self, key: bytes, found: List[Scored]) -> None:
+        with self._lock:
+            self._found[key] = list(found)
+            self._found.move_to_end(key)
+            while len(self._found) > self._size:
+                self._found.popitem(last=False)
+
+
+class Remembering:
+    """A detector that answers from its memory for inputs it has searched before, pixel for pixel: a picture
+    run again (the Space's examples, one portrait given many texts, the face picker then the run) is not
+    searched again. The answer is the one the detector gave, which is what it would give again."""
+
+    def __init__(self, detect: DetectFn, memory: DetectionMemory):
+        self._faces = candidates_of(detect)
+        self._memory = memory
+
+    def __call__(self, frames: Sequence[Frame]) -> Detections:
+        return [found[0][0] if found else None for found in self.faces(frames)]
+
+    def faces(self, frames: Sequence[Frame]) -> Candidates:
+        keys = [frame_digest(frame) for frame in frames]
+        found = [self._memory.recall(key) for key in keys]
+        unknown = [i for i, faces in enumerate(found) if faces is None]
+        if unknown:
+            for i, faces in zip(unknown, self._faces([frames[i] for i in unknown])):
+                self._memory.keep(keys[i], faces)
+                found[i] = list(faces)
+        return found  # type: ignore[return-value]
+
+
+def frame_digest(frame: Frame) -> bytes:
+    """A digest of a frame's shape, type and pixels."""
+    digest = hashlib.blake2b(f"{frame.shape}{frame.dtype.str}".encode(), digest_size=DIGEST_BYTES)
+    digest.update(memoryview(np.ascontiguousarray(frame)).cast("B"))
+    return digest.digest()

@@ -96,17 +96,27 @@ class Engine:
                                   pool, options, probe=probe)  # fmt: skip
         return StillGenerator(encoder, decoder)
 
-    def detector(self, options: LipSyncOptions, device: runtime.Device) -> detectors.DetectFn:
-        """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar."""
+    def detector(self, options: LipSyncOptions, device: runtime.Device, remember: bool = False) -> detectors.DetectFn:
+        """A detector for one run: S3FD through its shared predictor (its batch halves on out-of-memory), or Haar.
+        With `remember`, inputs it has searched before are answered from a memory the engine keeps per detector
+        (for pictures: a video's frames seldom come again)."""
         if options.face_detector == "haar":
-            return self._cached(("haar",), detectors.HaarDetector)  # type: ignore[return-value]
+            detect: detectors.DetectFn = self._cached(("haar",), detectors.HaarDetector)  # type: ignore[assignment]
+            return self._remembering(detect, ("haar",)) if remember else detect
         from . import s3fd
 
         path = weights.resolve_weights(options.detector_weights, "s3fd")
         batch = detection_batch(options, device)
         predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
                                     (batch, S3FD_GPU_ITEM_MB), options)  # fmt: skip
-        return detectors.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
+        detect = detectors.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
+        if not remember:
+            return detect
+        return self._remembering(detect, ("s3fd", runtime.export_key(path, "s3fd"), device.kind))
+
+    def _remembering(self, detect: detectors.DetectFn, which: Tuple[str, ...]) -> detectors.DetectFn:
+        memory = self._cached(("detections", *which), detectors.DetectionMemory)
+        return detectors.Remembering(detect, memory)  # type: ignore[arg-type]
 
     def enhancer(self, options: LipSyncOptions, device: runtime.Device) -> Enhancer:
         """GPEN from options.enhancer_weights, its side read from the weights (its encoder's depth)."""
@@ -212,18 +222,19 @@ def detection_batch(options: LipSyncOptions, device: runtime.Device) -> int:
     return options.face_det_batch_size if device.kind == "gpu" else min(options.face_det_batch_size, CPU_DETECTOR_BATCH)
 
 
-def run_detector(engine: Engine, options: LipSyncOptions,
-                 device: runtime.Device) -> Tuple[Optional[detectors.DetectFn], Tuple[str, ...]]:  # fmt: skip
+def run_detector(engine: Engine, options: LipSyncOptions, device: runtime.Device,
+                 still: bool = False) -> Tuple[Optional[detectors.DetectFn], Tuple[str, ...]]:  # fmt: skip
     """The detector a run uses (None with a fixed --box), and notes for the user: when the S3FD weights, a
-    known name, cannot be found or downloaded here, OpenCV's Haar detector stands in, and the notes say so."""
+    known name, cannot be found or downloaded here, OpenCV's Haar detector stands in, and the notes say so.
+    A still's detector remembers the pictures it searched (the same picture again is not searched again)."""
     if options.box is not None:
         return None, ()
     problem = s3fd_unavailable(options)
     if problem is None:
-        return engine.detector(options, device), ()
+        return engine.detector(options, device, remember=still), ()
     log.info("S3FD unavailable, using Haar: %s", problem)
     note = HAAR_STOOD_IN.format(reason=problem)
-    return engine.detector(replace(options, face_detector="haar"), device), (note,)
+    return engine.detector(replace(options, face_detector="haar"), device, remember=still), (note,)
 
 
 def s3fd_unavailable(options: LipSyncOptions) -> Optional[str]:

@@ -52,7 +52,7 @@ def load_networks(engine: Engine, options: LipSyncOptions, still: bool) -> Netwo
     """The device and the networks a run needs (the engine's cached ones when warm)."""
     device = runtime.choose_device(options.device)
     generator = engine.still_generator(options, device) if still else engine.generator(options, device)
-    detect, notes = run_detector(engine, options, device)
+    detect, notes = run_detector(engine, options, device, still)
     enhancer = engine.enhancer(options, device) if options.face_enhancement else None
     return Networks(device, generator, detect, enhancer, notes + precision_notes(generator, options))
 

@@ -142,10 +142,14 @@ def _picture_info(path: Path, frame: Frame) -> MediaInfo:
 def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     """Describe a picture, video or (with require_video=False) audio file; LipSyncError if unusable.
 
-    Pictures are recognised by content (ffprobe's sniffing, then Pillow or ffmpeg), not by extension, and are
-    decoded once here so width/height honour EXIF orientation.
+    Pictures are recognised by content, not by extension (a PNG or JPEG by its signature, which spares starting
+    ffprobe; others by ffprobe's sniffing, then Pillow or ffmpeg), and are decoded once here so width/height
+    honour EXIF orientation.
     """
     path = _existing(path)
+    frame = picture.read_common_picture(path)
+    if frame is not None:
+        return _picture_info(path, frame)
     data, said = _ffprobe(path)
     if data is None or _is_picture_format(data):
         frame = picture.read_picture(path)

@@ -63,7 +63,7 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
     geometry.frame_size(info, options)
     still = info.is_image or options.static
     device = runtime.choose_device(options.device, announce=False)
-    detect, _ = run_detector(engine or DEFAULT_ENGINE, options, device)
+    detect, _ = run_detector(engine or DEFAULT_ENGINE, options, device, still)
     assert detect is not None  # no box: a detector
     tracker = faces.FaceTracker(detect, 1 if still else options.detect_every, options.detect_max_side,
                                 detection_batch(options, device), retry_larger=still, face_index=0)  # fmt: skip

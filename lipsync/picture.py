@@ -18,6 +18,9 @@ from lipsync.types import Frame
 
 # Formats Pillow may open (all have a signature, none calls out to another program); the rest go to ffmpeg.
 PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "PPM", "SUN", "JPEG2000", "AVIF")
+# The pictures most people give (photos, screenshots), known by their signature: ffprobe would call each one still
+# picture too, so a probe decodes them at once (an animated PNG is left to ffmpeg, which reads it as a video).
+COMMON_FORMATS = ("PNG", "JPEG")  # JPEG includes MPO (a camera's JPEG holding more than one picture)
 FFMPEG_PICTURE_FORMAT = "PNG"  # what ffmpeg re-encodes other formats to, on a pipe
 ALPHA_BACKGROUND = 1.0  # transparent pixels go on white: cut-out portraits are usually shown on white
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -51,6 +54,18 @@ def read_picture(path: str | Path) -> Frame | None:
         if image is None:
             return None
     with image:
+        return _decoded(image)
+
+
+def read_common_picture(path: str | Path) -> Frame | None:
+    """A PNG (not animated) or JPEG file decoded as `read_picture` decodes it; None for any other file, or a damaged
+    one. LipSyncError when the picture has more pixels than Pillow decodes safely."""
+    image = _open(path, COMMON_FORMATS, Path(path).name)
+    if image is None:
+        return None
+    with image:
+        if image.format == "PNG" and getattr(image, "is_animated", False):
+            return None
         return _decoded(image)
 
 

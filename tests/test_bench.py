@@ -68,6 +68,9 @@ def test_quick_run_prints_one_full_table_and_matching_json(tmp_path):
     for key, case in results["cases"].items():
         assert case["e2e"]["frames"] == case["frames"], f"{key}: the run made a frame per mel window"
         assert 100 < case["e2e"]["peak_rss_mb"] < 100_000, "peak RSS in MB of a process that loaded paddle"
+    fresh = results["cases"]["still"]["e2e"]["new_picture"]  # the warm picture job with a picture not seen before
+    assert fresh["fps"] > 0 and fresh["generator_fps"] > 0 and "detecting faces" in fresh["phases"]
+    assert "still e2e / generator, a picture not seen before: " in stdout
     generator = results["generator"]
     assert abs(generator["ratio"] - generator["runtime_fps"] / generator["dygraph_fps"]) < 1e-9
     assert 100 < generator["runtime_peak_rss_mb"] <= generator["dygraph_peak_rss_mb"], "runtime measured first"

@@ -194,3 +194,42 @@ def test_ffmpeg_picture_command_keeps_names_as_files() -> None:
     args = picture.picture_args("-face:1.tga")
     assert args[:5] == ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error"]
     assert "file:-face:1.tga" in args and args[-1] == "pipe:1"
+
+
+# ---------------------------------------------------------------- probing without ffprobe
+
+
+def _counting_ffprobe(monkeypatch: pytest.MonkeyPatch) -> list:
+    from lipsync import mediainfo
+
+    calls: list = []
+    real = mediainfo._ffprobe
+    monkeypatch.setattr(mediainfo, "_ffprobe", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
+def test_a_png_or_jpeg_is_probed_without_ffprobe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 fmt: str, suffix: str) -> None:  # fmt: skip
+    calls = _counting_ffprobe(monkeypatch)
+    path = save(Image.fromarray(quadrants(48, 64)), tmp_path / f"face{suffix}", orientation=6, format=fmt)
+    info = video.probe(path)
+    assert calls == []
+    assert info.is_image and (info.width, info.height) == (48, 64)  # shown turned a quarter, as EXIF says
+    assert (info.fps, info.frame_count, info.duration, info.has_audio) == (25.0, 1, 0.0, False)
+    disguised = tmp_path / "face.mp4"  # by its content, not its name
+    disguised.write_bytes(path.read_bytes())
+    assert video.probe(disguised).is_image and calls == []
+
+
+def test_other_pictures_and_animated_png_still_go_to_ffprobe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_ffprobe(monkeypatch)
+    frames = [Image.fromarray(np.full((48, 64, 3), value, np.uint8)) for value in (0, 255)]
+    animated = tmp_path / "moving.png"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=40)
+    assert Image.open(animated).is_animated
+    assert picture.read_common_picture(animated) is None
+    video.probe(animated)
+    webp = save(Image.fromarray(quadrants()), tmp_path / "face.webp", lossless=True)
+    assert picture.read_common_picture(webp) is None and video.probe(webp).is_image
+    assert calls == [animated, webp]
