@@ -102,3 +102,14 @@ def _frames_of(path: Path) -> list:
     from conftest import read_video_frames
 
     return [frame.tobytes() for frame in read_video_frames(path)]
+
+
+def test_a_run_after_who_speaks_does_not_search_the_picture_again(media, tmp_path, monkeypatch):
+    searched = []
+    detect = detectors.HaarDetector._detect
+    monkeypatch.setattr(detectors.HaarDetector, "_detect", lambda self, frame: searched.append(1) or detect(self, frame))
+    eng = lipsync.Engine()
+    assert lipsync.find_faces(media["photo"], HAAR, engine=eng) and searched
+    searched.clear()
+    lipsync.run(media["photo"], media["speech"], tmp_path / "out.mp4", HAAR, engine=eng)
+    assert searched == [], "the picker's searches cover the run's"
