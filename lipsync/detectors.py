@@ -43,6 +43,11 @@ def candidates_of(detect: DetectFn) -> CandidatesFn:
     return lambda frames: [[] if box is None else [(box, 1.0)] for box in detect(frames)]
 
 
+def most_confident(candidates: Candidates) -> Detections:
+    """Each frame's most confident face (its first), or None where none was found."""
+    return [found[0][0] if found else None for found in candidates]
+
+
 class S3FDDetector:
     """S3FD through a predictor (boxes in the given frames' pixels)."""
 
@@ -51,7 +56,7 @@ class S3FDDetector:
 
     def __call__(self, frames: Sequence[Frame]) -> Detections:
         """The highest-scoring face per frame."""
-        return [found[0][0] if found else None for found in self.faces(frames)]
+        return most_confident(self.faces(frames))
 
     def faces(self, frames: Sequence[Frame]) -> Candidates:
         from . import s3fd
@@ -78,7 +83,7 @@ class HaarDetector:
 
     def __call__(self, frames: Sequence[Frame]) -> Detections:
         """The most confident face per frame (most overlapping hits, the larger on a tie)."""
-        return [found[0][0] if found else None for found in self.faces(frames)]
+        return most_confident(self.faces(frames))
 
     def faces(self, frames: Sequence[Frame]) -> Candidates:
         with self._lock:
@@ -138,7 +143,7 @@ class Remembering:
         self._memory = memory
 
     def __call__(self, frames: Sequence[Frame]) -> Detections:
-        return [found[0][0] if found else None for found in self.faces(frames)]
+        return most_confident(self.faces(frames))
 
     def faces(self, frames: Sequence[Frame]) -> Candidates:
         keys = [frame_digest(frame) for frame in frames]

@@ -112,7 +112,9 @@ class Engine:
         detect = detectors.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
         if not remember:
             return detect
-        return self._remembering(detect, ("s3fd", runtime.export_key(path, "s3fd"), device.kind))
+        # the predictor's own key: another weights file, device or thread count may place boxes a pixel apart
+        return self._remembering(detect, ("s3fd", runtime.export_key(path, "s3fd"), device.kind,
+                                          str(cpu_threads(options))))
 
     def _remembering(self, detect: detectors.DetectFn, which: Tuple[str, ...]) -> detectors.DetectFn:
         memory = self._cached(("detections", *which), detectors.DetectionMemory)
