@@ -13,8 +13,8 @@ from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
-from . import (audio, blend, cpu, facecrop, faces, geometry, loading, native, paths, picker, runtime, shots, synth,
-               video, writeahead)
+from . import (audio, blend, canvas, cpu, facecrop, faces, geometry, loading, native, paths, picker, runtime, shots,
+               synth, video, writeahead)
 from .engine import DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .options import LipSyncOptions
@@ -356,6 +356,16 @@ def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: _Job) -> Fr
     return last if job.still else last.copy()
 
 
+def _canvas(job: _Job, first: Pair, enhancer: Optional[Enhancer], tmp: Path) -> Optional[canvas.Canvas]:
+    """For a still without face enhancement (which redraws more than the box), the encoder gets its picture once
+    and then only the region each paste can change; None (whole frames) otherwise."""
+    frame, box = first
+    if not job.still or enhancer is not None or box is None:
+        return None
+    region = canvas.changing_region(frame.shape, box)
+    return None if region is None else canvas.save(frame, region, tmp)
+
+
 def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
                 found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer] = None) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
@@ -370,13 +380,21 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
     generate = synth.mouth_generator(generator, batch, first)
     enhance = synth.face_enhancer(enhancer)
     height, width = first[0].shape[:2]
+    board = _canvas(job, first, enhancer, tmp)
     done = 0
 
     def paste(frame: Frame, box: Box, mouth: np.ndarray) -> Frame:
+        if board is not None:  # a still: only the region that changes is copied and sent
+            return blend.paste(board.region.cut(frame).copy(), board.region.shift(box), mouth, options.blend,
+                               inplace=True)  # fmt: skip
         return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
 
+    def sent(frame: Frame) -> Frame:  # a still's frame without a new mouth (none, in practice): its region
+        return board.region.cut(frame) if board is not None and frame.shape[:2] == (height, width) else frame
+
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
-                           audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound) as encoder, \
+                           audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound, still=job.still,
+                           canvas=board) as encoder, \
             writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer:  # the next batch starts at once
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
@@ -388,7 +406,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
                     enhance([synced[i] for i in live], [boxes[i] for i in live])
                 report(STAGE_ENHANCE, done + len(chunk), job.frames)
             for frame in synced:
-                writer.write(frame)
+                writer.write(sent(frame))
             done += len(chunk)
         report(STAGE_ENCODE, 0, 1)
     report(STAGE_ENCODE, 1, 1)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from lipsync import ffmpeg, segments
+from lipsync.canvas import SCALE_FLAGS, Canvas
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg, probe_args, rate_arg
 from lipsync.ffmpeg import require as require_ffmpeg
@@ -52,17 +53,32 @@ def read_args(path: str | Path, fps: float) -> list[str]:
             "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
 
 
-def _video_filters(width: int, height: int, hold_last_frame: bool) -> str:
+def _to_yuv(flags: str) -> str:
+    """The filters converting BGR to the output's yuv (swscale's `flags` if any: a still's are exact per part)."""
+    scale = f"scale=out_color_matrix={COLOUR_MATRIX}:out_range=tv" + (f":flags={flags}" if flags else "")
+    return f"{scale},format={VIDEO_PIX_FMT}"
+
+
+def _hold(hold_last_frame: bool) -> list[str]:
+    return ["tpad=stop=-1:stop_mode=clone"] if hold_last_frame else []  # -t cuts it at the audio's end
+
+
+def _video_filters(width: int, height: int, hold_last_frame: bool, flags: str = "") -> str:
     """Filter chain for the writer: pad odd sizes by one smeared pixel, optionally hold the last frame, to yuv."""
     filters = []
     if width % 2 or height % 2:
         filters.append(f"pad={width + width % 2}:{height + height % 2}")
         filters.append(f"fillborders=right={width % 2}:bottom={height % 2}:mode=smear")
-    if hold_last_frame:
-        filters.append("tpad=stop=-1:stop_mode=clone")  # -t cuts it at the audio's end
-    filters.append(f"scale=out_color_matrix={COLOUR_MATRIX}:out_range=tv")
-    filters.append(f"format={VIDEO_PIX_FMT}")
-    return ",".join(filters)
+    return ",".join([*filters, *_hold(hold_last_frame), _to_yuv(flags)])
+
+
+def _canvas_graph(canvas: Canvas, fps: float, hold_last_frame: bool) -> str:
+    """Filter graph for a still: its picture (input 1) converted once and repeated at the frame rate, each
+    frame's changed part (input 0) converted and laid over it; ends with the parts (then held, if asked)."""
+    region, convert = canvas.region, _to_yuv(SCALE_FLAGS)
+    over = [f"overlay=x={region.x}:y={region.y}:format=yuv420:shortest=1", *_hold(hold_last_frame)]
+    return (f"[1:v]{convert},loop=loop=-1:size=1,setpts=round(N/({rate_arg(fps)})/TB)[canvas];[0:v]{convert}[part];"
+            f"[canvas][part]{','.join(over)}[video]")
 
 
 def write_args(
@@ -78,32 +94,41 @@ def write_args(
     crf: int = VIDEO_CRF,
     preset: str = VIDEO_PRESET,
     segments_folder: str | Path | None = None,
+    still: bool = False,
+    canvas: Canvas | None = None,
 ) -> list[str]:
     """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
     (or, given `segments_folder`, to one-second segments there instead: see lipsync.segments).
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
-    audio's end (`-t`), which `-shortest` does not guarantee with piped video.
+    audio's end (`-t`), which `-shortest` does not guarantee with piped video. A `still`'s frames are
+    converted with SCALE_FLAGS; given its `canvas`, stdin carries only the region of each frame that changes.
     """
     timed = audio is not None and audio_duration > 0
+    part = f"{canvas.region.width}x{canvas.region.height}" if canvas is not None else f"{width}x{height}"
     args = [*ffmpeg.head(), "-y",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}",
-            "-framerate", rate_arg(fps), "-i", "pipe:0"]
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", part, "-framerate", rate_arg(fps), "-i", "pipe:0"]
+    if canvas is not None:
+        args += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}",
+                 "-framerate", rate_arg(fps), "-i", file_arg(canvas.picture)]  # its time base is the frames' then
     if audio is not None:
         args += ["-i", file_arg(audio)]
-    encode = _encode_args(width, height, audio is not None, audio_duration if timed else 0.0, audio_sample_rate,
-                          audio_channels, crf, preset)  # fmt: skip
-    maps = ["-map", "0:v:0", "-map", "1:a:0"] if audio is not None else []
+    seconds = audio_duration if timed else 0.0
+    if canvas is not None:
+        video = ["-filter_complex", _canvas_graph(canvas, fps, hold_last_frame=seconds > 0), "-map", "[video]"]
+    else:
+        video = ["-vf", _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else ""), "-map", "0:v:0"]
+    maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
+    encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset)
     if segments_folder is not None:
         return [*args, *maps, *encode, *segments.output_args(segments_folder)]
     return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
 
 
-def _encode_args(width: int, height: int, with_audio: bool, seconds: float, audio_sample_rate: int,
-                 audio_channels: int, crf: int, preset: str) -> list[str]:  # fmt: skip
+def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio_channels: int, crf: int,
+                 preset: str) -> list[str]:  # fmt: skip
     """One output's codecs: H.264 (and AAC), lasting `seconds` when that is known (> 0)."""
-    args = ["-vf", _video_filters(width, height, hold_last_frame=seconds > 0),
-             "-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
+    args = ["-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
              "-color_range", "tv"]
     if with_audio:
@@ -288,14 +313,19 @@ class VideoWriter:
     if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
     Given `segments`, a second ffmpeg encodes the same frames and audio into one-second segments handed over
     as they are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
+    A `still`'s frames are converted exactly per 2x2 block; given a still's `canvas`, write() takes only the
+    region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
                  preset: str = VIDEO_PRESET, segments: SegmentSink | None = None,
-                 audio_info: MediaInfo | None = None) -> None:
+                 audio_info: MediaInfo | None = None, still: bool = False, canvas: Canvas | None = None) -> None:
         self.path = Path(path)
         self.width, self.height = size
+        part = (canvas.region.height, canvas.region.width) if canvas is not None else (self.height, self.width)
+        self.frame_shape = (*part, 3)  # what write() takes: whole frames, or a canvas's changing region
+        self.canvas = canvas
         self.frames_written = 0
         self._stopped = False  # ffmpeg stopped reading: it reached the audio's end, or failed
         sound = audio_info  # `audio` probed already (a run does it while the networks load), else probed here
@@ -308,7 +338,8 @@ class VideoWriter:
         seconds = audio_seconds if audio_seconds is not None else (sound.audio_duration if sound else 0.0)
         options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
                        audio_sample_rate=sound.audio_sample_rate if sound else 0,
-                       audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset)
+                       audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
+                       still=still or canvas is not None, canvas=canvas)
         args = write_args(self._partial, **options)  # type: ignore[arg-type]
         self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
         self._stream: SegmentEncoder | None = None
@@ -321,10 +352,9 @@ class VideoWriter:
                 raise
 
     def write(self, frame: Frame) -> None:
-        """Send one height x width x 3 uint8 BGR frame (copied only if it is not contiguous)."""
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame {frame.shape} {frame.dtype}, writer expects "
-                             f"({self.height}, {self.width}, 3) uint8")
+        """Send one frame_shape uint8 BGR frame, or a canvas's region of one (copied only if not contiguous)."""
+        if frame.shape != self.frame_shape or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype}, writer expects {self.frame_shape} uint8")
         if self._process is None:
             raise ValueError("VideoWriter is closed")
         self.frames_written += 1

@@ -310,11 +310,21 @@ def small_gpen(tmp_path_factory) -> Path:
 
 
 def _written_frames(monkeypatch, options: LipSyncOptions, media: dict, out: Path) -> list:
-    """Run the photo through the API and return copies of the frames handed to the encoder."""
+    """Run the photo through the API and return copies of the frames handed to the encoder (whole frames: a
+    still's canvas region laid over its picture, as ffmpeg does)."""
     from lipsync import video
 
     written, write = [], video.VideoWriter.write
-    monkeypatch.setattr(video.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()),
+
+    def whole(writer, frame):
+        board = writer.canvas
+        if board is None:
+            return frame.copy()
+        picture = np.fromfile(board.picture, np.uint8).reshape(board.height, board.width, 3)
+        board.region.cut(picture)[...] = frame
+        return picture
+
+    monkeypatch.setattr(video.VideoWriter, "write", lambda self, frame: (written.append(whole(self, frame)),
                                                                         write(self, frame))[1])  # fmt: skip
     lipsync.run(media["photo"], media["speech"], out, options)
     monkeypatch.undo()
