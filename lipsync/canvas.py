@@ -42,11 +42,9 @@ class Region:
 
 @dataclass(frozen=True)
 class Canvas:
-    """A still's frame saved as raw BGR, its size, and the region of it that each output frame changes."""
+    """A still's frame saved as raw BGR (the writer's frame size), and the region of it each output frame changes."""
 
     picture: Path
-    width: int
-    height: int
     region: Region
 
 
@@ -72,5 +70,4 @@ def save(frame: Frame, region: Region, folder: Path) -> Canvas:
     """The still's frame written raw into `folder` (the run's temp dir) for the encoder to read once."""
     path = folder / f"canvas-{secrets.token_hex(4)}.bgr"
     path.write_bytes(memoryview(np.ascontiguousarray(frame)).cast("B"))
-    height, width = frame.shape[:2]
-    return Canvas(path, width, height, region)
+    return Canvas(path, region)

@@ -358,7 +358,8 @@ def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: _Job) -> Fr
 
 def _canvas(job: _Job, first: Pair, enhancer: Optional[Enhancer], tmp: Path) -> Optional[canvas.Canvas]:
     """For a still without face enhancement (which redraws more than the box), the encoder gets its picture once
-    and then only the region each paste can change; None (whole frames) otherwise."""
+    and then only the region each paste can change; None (whole frames) otherwise. A still's one box serves
+    every frame, so with a canvas every frame gets a mouth and is sent as its region."""
     frame, box = first
     if not job.still or enhancer is not None or box is None:
         return None
@@ -389,9 +390,6 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
                                inplace=True)  # fmt: skip
         return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
 
-    def sent(frame: Frame) -> Frame:  # a still's frame without a new mouth (none, in practice): its region
-        return board.region.cut(frame) if board is not None and frame.shape[:2] == (height, width) else frame
-
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                            audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound, still=job.still,
                            canvas=board) as encoder, \
@@ -406,7 +404,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
                     enhance([synced[i] for i in live], [boxes[i] for i in live])
                 report(STAGE_ENHANCE, done + len(chunk), job.frames)
             for frame in synced:
-                writer.write(sent(frame))
+                writer.write(frame)
             done += len(chunk)
         report(STAGE_ENCODE, 0, 1)
     report(STAGE_ENCODE, 1, 1)

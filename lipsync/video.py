@@ -105,12 +105,12 @@ def write_args(
     converted with SCALE_FLAGS; given its `canvas`, stdin carries only the region of each frame that changes.
     """
     timed = audio is not None and audio_duration > 0
-    part = f"{canvas.region.width}x{canvas.region.height}" if canvas is not None else f"{width}x{height}"
-    args = [*ffmpeg.head(), "-y",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", part, "-framerate", rate_arg(fps), "-i", "pipe:0"]
-    if canvas is not None:
-        args += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}",
-                 "-framerate", rate_arg(fps), "-i", file_arg(canvas.picture)]  # its time base is the frames' then
+    if canvas is None:
+        args = [*ffmpeg.head(), "-y", *_raw_input(width, height, fps, "pipe:0")]
+    else:  # the picture at the frames' rate, so that its time base is theirs
+        region = canvas.region
+        args = [*ffmpeg.head(), "-y", *_raw_input(region.width, region.height, fps, "pipe:0"),
+                *_raw_input(width, height, fps, file_arg(canvas.picture))]  # fmt: skip
     if audio is not None:
         args += ["-i", file_arg(audio)]
     seconds = audio_duration if timed else 0.0
@@ -123,6 +123,12 @@ def write_args(
     if segments_folder is not None:
         return [*args, *maps, *encode, *segments.output_args(segments_folder)]
     return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+
+
+def _raw_input(width: int, height: int, fps: float, source: str) -> list[str]:
+    """An ffmpeg input of raw BGR frames of this size at this rate."""
+    return ["-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}", "-framerate", rate_arg(fps),
+            "-i", source]
 
 
 def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio_channels: int, crf: int,

@@ -320,7 +320,7 @@ def _written_frames(monkeypatch, options: LipSyncOptions, media: dict, out: Path
         board = writer.canvas
         if board is None:
             return frame.copy()
-        picture = np.fromfile(board.picture, np.uint8).reshape(board.height, board.width, 3)
+        picture = np.fromfile(board.picture, np.uint8).reshape(writer.height, writer.width, 3)
         board.region.cut(picture)[...] = frame
         return picture
 
