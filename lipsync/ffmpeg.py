@@ -14,6 +14,11 @@ from typing import IO
 
 from lipsync.errors import LipSyncError
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: pipes keep their size there
+    fcntl = None  # type: ignore[assignment]
+
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 LOG_LEVEL = "error"  # only errors reach stderr, so its last lines name the cause
@@ -21,6 +26,9 @@ STDERR_TAIL_LINES = 3  # last lines of stderr quoted (on one line) in a LipSyncE
 LINE_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\]\s*)?((file:)?/[^:]*:\s*)?")  # "[mov @ 0x5f…] ", "file:/a/b.mp4: "
 NO_ERROR_TEXT = "ffmpeg printed no error"
 RATE_MAX_DENOMINATOR = 100_000  # float fps -> exact ffmpeg rational (30000/1001 survives)
+# Frames cross the pipes in pieces of the pipe's size: Linux's default 64 KiB made a 720p frame (2.7 MB) 43
+# hand-overs between us and ffmpeg; 1 MiB (Linux's limit for an unprivileged process) makes it 3.
+PIPE_BYTES = 1 << 20
 INSTALL_HINT = "install ffmpeg (e.g. `apt install ffmpeg`) and make sure ffmpeg and ffprobe are on PATH"
 
 
@@ -117,6 +125,8 @@ class Process:
             raise
         self.stdin: IO[bytes] | None = self._proc.stdin
         self.stdout: IO[bytes] | None = self._proc.stdout
+        for pipe in (self.stdin, self.stdout):
+            _widen(pipe)
 
     @property
     def pid(self) -> int:
@@ -168,4 +178,14 @@ def _close_quietly(stream: IO[bytes] | None) -> None:
     try:
         stream.close()
     except OSError:
+        pass
+
+
+def _widen(pipe: IO[bytes] | None) -> None:
+    """Give a pipe PIPE_BYTES of buffer where the system allows it (Linux); elsewhere it stays as it is."""
+    if pipe is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # over the system's limit (/proc/sys/fs/pipe-max-size) or the user's pipe budget
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -139,17 +140,39 @@ def _picture_info(path: Path, frame: Frame) -> MediaInfo:
     return MediaInfo(path, True, width, height, IMAGE_FPS, 1, 0.0, True, False)
 
 
+def _wav_info(path: Path) -> MediaInfo | None:
+    """A plain PCM WAV's streams from its header (the `wave` module), sparing an ffprobe process for the most
+    common speech file; None for anything else (other WAV codings, a header promising more than the file
+    holds, not a WAV at all), which ffprobe then describes."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            rate, channels, frames = wav.getframerate(), wav.getnchannels(), wav.getnframes()
+            size = frames * channels * wav.getsampwidth()
+    except (wave.Error, EOFError, OSError, ValueError):
+        return None
+    if rate <= 0 or channels <= 0 or size > path.stat().st_size:
+        return None
+    seconds = frames / rate
+    return MediaInfo(path, False, 0, 0, 0.0, 0, seconds, False, True, audio_duration=seconds,
+                     audio_sample_rate=rate, audio_channels=channels)
+
+
 def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     """Describe a picture, video or (with require_video=False) audio file; LipSyncError if unusable.
 
     Pictures are recognised by content, not by extension (a PNG or JPEG by its signature, which spares starting
     ffprobe; others by ffprobe's sniffing, then Pillow or ffmpeg), and are decoded once here so width/height
-    honour EXIF orientation.
+    honour EXIF orientation. A plain PCM WAV is read from its header, also without ffprobe.
     """
     path = _existing(path)
     frame = picture.read_common_picture(path)
     if frame is not None:
         return _picture_info(path, frame)
+    info = _wav_info(path)
+    if info is not None:
+        if require_video:
+            raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
+        return info
     data, said = _ffprobe(path)
     if data is None or _is_picture_format(data):
         frame = picture.read_picture(path)

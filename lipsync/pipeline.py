@@ -367,6 +367,20 @@ def _canvas(job: _Job, first: Pair, enhancer: Optional[Enhancer], tmp: Path) -> 
     return None if region is None else canvas.save(frame, region, tmp)
 
 
+def _paster(job: _Job, options: LipSyncOptions,
+            board: Optional[canvas.Canvas]) -> Callable[[Frame, Box, np.ndarray], Frame]:  # fmt: skip
+    """(frame, box, mouth) -> the frame to send: the mouth pasted into the frame (a video's own frame), into a
+    copy (a still's one frame), or, with a canvas, into a copy of the region that changes only."""
+
+    def paste(frame: Frame, box: Box, mouth: np.ndarray) -> Frame:
+        if board is not None:
+            return blend.paste(board.region.cut(frame).copy(), board.region.shift(box), mouth, options.blend,
+                               inplace=True)  # fmt: skip
+        return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
+
+    return paste
+
+
 def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
                 found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer] = None) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
@@ -382,29 +396,34 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
     enhance = synth.face_enhancer(enhancer)
     height, width = first[0].shape[:2]
     board = _canvas(job, first, enhancer, tmp)
-    done = 0
+    paste = _paster(job, options, board)
+    drawn = done = 0  # frames sent to the generator, frames handed to the encoder
 
-    def paste(frame: Frame, box: Box, mouth: np.ndarray) -> Frame:
-        if board is not None:  # a still: only the region that changes is copied and sent
-            return blend.paste(board.region.cut(frame).copy(), board.region.shift(box), mouth, options.blend,
-                               inplace=True)  # fmt: skip
-        return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
+    def finish(chunk: synth.Chunk) -> None:  # paste, enhance and hand to the encoder; the next chunks draw meanwhile
+        nonlocal done
+        synced = synth.paste_chunk(chunk, paste)
+        done += len(synced)
+        report(STAGE_SYNC, done, job.frames)
+        if enhance is not None:
+            if chunk.live:
+                enhance([synced[i] for i in chunk.live], [chunk.boxes[i] for i in chunk.live])
+            report(STAGE_ENHANCE, done, job.frames)
+        for frame in synced:
+            writer.write(frame)
 
+    in_flight = synth.chunks_in_flight(0 if job.still else first[0].nbytes, batch)
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                            audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound, still=job.still,
                            canvas=board) as encoder, \
-            writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer:  # the next batch starts at once
+            writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer, \
+            synth.Ahead(in_flight) as ahead:  # fmt: skip
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]
-            mels = audio.mel_batch(job.mel, done, done + len(chunk), job.fps)[:, None]
-            synced, live = synth.sync_chunk(frames, boxes, mels, generate, paste)
-            report(STAGE_SYNC, done + len(chunk), job.frames)
-            if enhance is not None:
-                if live:
-                    enhance([synced[i] for i in live], [boxes[i] for i in live])
-                report(STAGE_ENHANCE, done + len(chunk), job.frames)
-            for frame in synced:
-                writer.write(frame)
-            done += len(chunk)
+            mels = audio.mel_batch(job.mel, drawn, drawn + len(chunk), job.fps)[:, None]
+            drawn += len(chunk)
+            for ready in ahead.push(functools.partial(synth.draw_chunk, frames, boxes, mels, generate)):
+                finish(ready)
+        for ready in ahead.drain():
+            finish(ready)
         report(STAGE_ENCODE, 0, 1)
     report(STAGE_ENCODE, 1, 1)

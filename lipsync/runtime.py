@@ -11,9 +11,9 @@ import os
 import re
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,7 @@ MIN_BATCH = 1
 PASS_STATS = re.compile(r"^---\s")  # paddle's IR-pass statistics lines ("---    squashed 6 quantize op")
 
 InputSpec = Tuple[Tuple[Optional[int], ...], str]  # shape with None for free dims, dtype
+T = TypeVar("T")
 
 
 
@@ -116,12 +117,19 @@ def _model_file(prefix: Path) -> Optional[Path]:
 
 
 class Predictor:
-    """One Paddle Inference predictor, created and run on a thread of its own.
+    """A Paddle Inference predictor in one or more lanes, each created and run on a thread of its own.
 
     Paddle Inference keeps oneDNN primitives and scratch memory per calling thread; a server calls from
     whichever worker thread serves the request, and a predictor run from a new thread failed now and then
-    ("could not execute a primitive", seen on an AMX Xeon). So every call is handed to the one thread that
-    created it: calls are serialised, concurrent callers can share it, and the thread count stays fixed.
+    ("could not execute a primitive", seen on an AMX Xeon). So every call is handed to the thread that
+    created its lane: calls are serialised per lane, concurrent callers can share it, the threads stay fixed.
+
+    With `lanes` > 1 the CPU threads are shared out between that many copies of the predictor (paddle's
+    clones: one set of weights), and run() splits each batch between them. A lane waits for nobody inside a
+    batch: with two batches in flight (see lipsync.synth.Ahead) a lane whose core was taken by the encoder
+    for a while delays only its own half, while with one predictor on both cores each of its ~100 operators
+    waits at a barrier for the slower thread. The outputs are one predictor's to float rounding (half a batch
+    may take another oneDNN kernel than the whole; Wav2Lip's still decoder gave the same bits either way).
     """
 
     def __init__(
@@ -132,6 +140,7 @@ class Predictor:
         precision: str = "fp32",
         pool_mb: int = GPU_MEMORY_POOL_MB,
         scope: str = gate.ALL_OPS,
+        lanes: int = 1,
     ):
         model_file = _model_file(prefix)
         if model_file is None:
@@ -140,22 +149,40 @@ class Predictor:
         self.precision = precision
         self.scope = scope
         self.verdict: Optional[gate.Verdict] = None  # the gate's measurement, when one chose the precision
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"lipsync-{prefix.parent.name[:8]}")
-        settings = _Settings(device, threads or cpu.cpu_threads(), precision, scope, pool_mb)
+        total = threads or cpu.cpu_threads()
+        count = lane_count(device, total, lanes)
+        settings = _Settings(device, total // count, precision, scope, pool_mb)
         self.optimized = _optimized_folder(prefix, model_file, settings)  # its kept optimised program, if any
+        name = f"lipsync-{prefix.parent.name[:8]}"
+        self._lanes: List[_Lane] = []
         try:
-            self._predictor = self._thread.submit(_build_predictor, prefix, model_file, settings,
-                                                  self.optimized).result()  # fmt: skip
+            first = _Lane(name, lambda: _build_predictor(prefix, model_file, settings, self.optimized))
+            self._lanes.append(first)
+            self._lanes += [_Lane(name, first.predictor.clone) for _ in range(count - 1)]
         except BaseException:
-            self._thread.shutdown(wait=False)
+            self.close()
             raise
-        self._inputs = self._predictor.get_input_names()
+        self._inputs = first.predictor.get_input_names()
+
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
 
     def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
-        """Feed arrays in input order and return every output as numpy (on the predictor's own thread)."""
-        if self._predictor is None:
+        """Feed arrays in input order and return every output as numpy. With lanes, the batch (the first
+        array's length) is split between them; an input of length 1 beside a longer batch (a still's one
+        face's features) goes whole to every lane."""
+        if not self._lanes:
             raise RuntimeError("this predictor is closed")
-        return self._thread.submit(self._run, *arrays).result()
+        total = len(arrays[0])
+        parts = min(len(self._lanes), total)
+        if parts <= 1:
+            return self._lanes[0].call(self._run_lane, self._lanes[0], arrays)
+        bounds = np.linspace(0, total, parts + 1).round().astype(int)
+        pieces = [tuple(a[lo:hi] if len(a) == total else a for a in arrays) for lo, hi in zip(bounds, bounds[1:])]
+        pending = [lane.submit(self._run_lane, lane, piece) for lane, piece in zip(self._lanes, pieces)]
+        outputs = [future.result() for future in pending]
+        return [np.concatenate(parts_of_one) for parts_of_one in zip(*outputs)]
 
     def forget(self) -> None:
         """Close it and delete its kept optimised program: a precision the gate dropped, or one that failed to
@@ -165,18 +192,49 @@ class Predictor:
             shutil.rmtree(self.optimized, ignore_errors=True)
 
     def close(self) -> None:
-        """Let the predictor go and end its thread (a predictor that is never used again)."""
-        self._predictor = None
-        self._thread.shutdown(wait=True)
+        """Let the predictor go and end its threads (a predictor that is never used again)."""
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            lane.close()
 
-    def _run(self, *arrays: np.ndarray) -> List[np.ndarray]:
-        predictor = self._predictor
+    def _run_lane(self, lane: "_Lane", arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        predictor = lane.predictor
         for name, array in zip(self._inputs, arrays):
             handle = predictor.get_input_handle(name)
             handle.reshape(array.shape)
             handle.copy_from_cpu(np.ascontiguousarray(array))
         predictor.run()
         return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+
+
+def lane_count(device: Device, threads: int, lanes: int) -> int:
+    """Lanes a predictor gets: on a CPU, `lanes` when the threads share out evenly between them (1 otherwise);
+    one on a GPU, which overlaps batches itself."""
+    if device.kind != "cpu" or lanes <= 1 or threads < lanes or threads % lanes:
+        return 1
+    return lanes
+
+
+class _Lane:
+    """A thread of its own and the paddle predictor `make` creates on it."""
+
+    def __init__(self, name: str, make: Callable[[], "object"]):
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
+        try:
+            self.predictor = self.call(make)
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            raise
+
+    def submit(self, fn: Callable[..., T], *args: object) -> "Future[T]":
+        return self._thread.submit(fn, *args)
+
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        return self._thread.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self.predictor = None
+        self._thread.shutdown(wait=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +394,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class BatchRunner:
-    """Runs a predictor over arrays in chunks of at most `batch`, halving the chunk for good on out-of-memory."""
+    """Runs a predictor over arrays in chunks of at most `batch`, halving the chunk for good on out-of-memory
+    (callable from several threads at once: lipsync.synth.Ahead draws chunks side by side)."""
 
     def __init__(self, run: Callable[..., List[np.ndarray]], batch: int):
         self._run = run
@@ -347,13 +406,14 @@ class BatchRunner:
         parts: List[List[np.ndarray]] = []
         start = 0
         while start < total:
-            stop = min(total, start + self.batch)
+            size = self.batch
+            stop = min(total, start + size)
             try:
                 parts.append(self._run(*(a[start:stop] for a in arrays)))
             except Exception as exc:
-                if not is_out_of_memory(exc) or self.batch <= MIN_BATCH:
+                if not is_out_of_memory(exc) or size <= MIN_BATCH:
                     raise
-                self.batch = max(MIN_BATCH, self.batch // 2)
+                self.batch = min(self.batch, max(MIN_BATCH, size // 2))  # callers drawing at once halve it once
                 log.warning("out of memory: batch size halved to %d", self.batch)
                 continue
             start = stop

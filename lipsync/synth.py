@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Deque, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import cv2
 import numpy as np
@@ -11,6 +14,14 @@ from . import facecrop, mouth, runtime
 from .engine import Enhancer, StillGenerator
 from .mouth import FACE_SIZE
 from .types import Box, Frame
+
+# Chunks drawn ahead of the one being pasted: enough that with two generator lanes (engine.GENERATOR_LANES)
+# neither waits while a chunk is pasted and encoded; their frames are held meanwhile, at most AHEAD_BYTES.
+CHUNKS_AHEAD = 2
+AHEAD_BYTES = 256 * 2**20  # 2 chunks of 16 frames up to 1080p; 4K frames are drawn one chunk at a time
+AHEAD_THREAD = "lipsync-draw"
+
+T = TypeVar("T")
 
 
 def batches(items: Iterator, size: int) -> Iterator[list]:
@@ -86,16 +97,73 @@ def chain_first(first, rest: Iterator) -> Iterator:
     yield from rest
 
 
-def sync_chunk(frames: List[Frame], boxes: List[Optional[Box]], mels: np.ndarray,
-               generate: Callable[[np.ndarray, List[Frame], list], np.ndarray],
-               paste: Callable[[Frame, Box, np.ndarray], Frame]) -> Tuple[List[Frame], List[int]]:  # fmt: skip
-    """A chunk's frames with new mouths where the face is (each with its own mel window); frames without the
-    face as they came. Also the positions of the frames redrawn."""
+@dataclass
+class Chunk:
+    """A batch of output frames on its way: their boxes, and the mouths drawn for the frames with the face."""
+
+    frames: List[Frame]
+    boxes: List[Optional[Box]]
+    live: List[int]  # positions of the frames with the face
+    drawn: Optional[np.ndarray] = None  # the generator's faces for them, as 8-bit pixels (None: no face)
+
+
+def draw_chunk(frames: List[Frame], boxes: List[Optional[Box]], mels: np.ndarray,
+               generate: Callable[[np.ndarray, List[Frame], list], np.ndarray]) -> Chunk:  # fmt: skip
+    """The generator's mouths for the frames of a chunk with the face in them (each with its own mel window)."""
     live = [i for i, box in enumerate(boxes) if box is not None]
-    out = list(frames)
     if not live:
-        return out, live
+        return Chunk(frames, boxes, live)
     drawn = mouth.to_faces(generate(mels[live], [frames[i] for i in live], [boxes[i] for i in live]))
-    for i, pixels in zip(live, drawn):
-        out[i] = paste(frames[i], boxes[i], pixels)  # type: ignore[arg-type]
-    return out, live
+    return Chunk(frames, boxes, live, drawn)
+
+
+def paste_chunk(chunk: Chunk, paste: Callable[[Frame, Box, np.ndarray], Frame]) -> List[Frame]:
+    """The chunk's frames with their new mouths pasted in; frames without the face as they came."""
+    out = list(chunk.frames)
+    if chunk.drawn is not None:
+        for i, pixels in zip(chunk.live, chunk.drawn):
+            out[i] = paste(chunk.frames[i], chunk.boxes[i], pixels)  # type: ignore[arg-type]
+    return out
+
+
+class Ahead:
+    """Chunks drawn on worker threads, up to `depth` at a time, handed back in the order they were pushed: the
+    generator draws the next chunks while the caller pastes and encodes one (depth 1: drawn at once, inline).
+
+    Used as a context manager; on the way out, chunks not started are dropped and running ones waited for."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = max(1, depth)
+        self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=AHEAD_THREAD) if self.depth > 1 else None
+        self._pending: Deque["Future[T]"] = deque()
+
+    def push(self, draw: Callable[[], T]) -> Iterator[T]:
+        """Start `draw`; yields the oldest results while `depth` are in flight (all of them at depth 1)."""
+        if self._pool is None:
+            yield draw()
+            return
+        self._pending.append(self._pool.submit(draw))
+        while len(self._pending) >= self.depth:
+            yield self._pending.popleft().result()
+
+    def drain(self) -> Iterator[T]:
+        """The results still in flight, in order."""
+        while self._pending:
+            yield self._pending.popleft().result()
+
+    def __enter__(self) -> "Ahead":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def chunks_in_flight(frame_bytes: int, batch: int) -> int:
+    """How many chunks a run keeps in flight: the one being pasted, and up to CHUNKS_AHEAD being drawn while
+    their frames (`frame_bytes` each; 0 for a still's one frame) fit in AHEAD_BYTES."""
+    ahead = CHUNKS_AHEAD if frame_bytes == 0 else min(CHUNKS_AHEAD, AHEAD_BYTES // (frame_bytes * batch))
+    return 1 + ahead

@@ -33,6 +33,10 @@ VIDEO_PIX_FMT = "yuv420p"  # what every player and browser decodes
 COLOUR_MATRIX = "bt709"  # convert and tag explicitly so players don't guess (and shift colours)
 AUDIO_CODEC = "aac"
 AUDIO_BITRATE = "192k"
+# ffmpeg's "fast" AAC coder: at this bitrate it is the better-sounding one as well as the cheaper (its author made it
+# the default in 2018 for that reason: FFmpeg commit fcb681ac); twoloop, the default here, took 0.26 CPU s for
+# 13.7 s of speech against 0.12, on the cores the generator needs
+AUDIO_CODER = "fast"
 MAX_AUDIO_RATE = 48000  # Hz; higher source rates are resampled down, lower ones kept as they are
 MAX_AUDIO_CHANNELS = 2  # surround sound is mixed down to stereo, which every browser plays
 MAX_FRAME_SIDE = 4096  # px; larger pictures and videos are scaled down to fit …
@@ -138,7 +142,7 @@ def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
              "-color_range", "tv"]
     if with_audio:
-        args += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE]
+        args += ["-c:a", AUDIO_CODEC, "-aac_coder", AUDIO_CODER, "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:
             args += ["-ar", str(MAX_AUDIO_RATE)]
         if audio_channels > MAX_AUDIO_CHANNELS:

@@ -225,7 +225,7 @@ class FakePredictor:
     closed: List[str] = []
 
     def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=runtime.GPU_MEMORY_POOL_MB,
-                 scope="all"):  # fmt: skip
+                 scope="all", lanes=1):  # fmt: skip
         if precision == "fp16" and FakePredictor.HALF_SHIFT is None:
             raise RuntimeError("no fp16 kernel for this op")
         FakePredictor.made.append((precision, pool_mb))

@@ -222,6 +222,40 @@ def test_a_pictures_split_generator_gives_the_whole_generators_mouths(tmp_path):
     assert np.abs(got[1:] - got[:1]).max() > 1e-3, "the mel windows still choose the mouths"
 
 
+@pytest.mark.parametrize("face", ["photo", "video"])
+def test_two_lanes_drawing_ahead_give_the_frames_of_one_chunk_at_a_time(face, media, tmp_path, monkeypatch):
+    """The generator on two lanes with chunks drawn ahead (the CPU default) hands the encoder the frames,
+    in order, that one predictor drawing one chunk at a time does (to a level: half a batch may take another
+    oneDNN kernel)."""
+    from lipsync import engine as engines
+    from lipsync import pipeline, runtime, synth, video
+
+    options = replace(HAAR, threads=2, precision="fp32")
+    depths: list = []
+    real_ahead, write = synth.Ahead, video.VideoWriter.write
+    monkeypatch.setattr(synth, "Ahead", lambda depth: depths.append(depth) or real_ahead(depth))
+
+    def frames_of(lanes: int, ahead: int, out: Path) -> list:
+        monkeypatch.setattr(engines, "GENERATOR_LANES", lanes)
+        monkeypatch.setattr(synth, "CHUNKS_AHEAD", ahead)
+        written: list = []
+        monkeypatch.setattr(video.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()),
+                                                                            write(self, frame))[1])  # fmt: skip
+        engine = lipsync.Engine()
+        pipeline.run(media[face], media["speech"], out, options, engine=engine)
+        cpu = runtime.Device("cpu", "requested")
+        generator = engine.still_generator(options, cpu).decoder if face == "photo" else engine.generator(options, cpu)
+        assert generator.lanes == lanes
+        return written
+
+    alone = frames_of(1, 0, tmp_path / "alone.mp4")
+    ahead = frames_of(2, synth.CHUNKS_AHEAD, tmp_path / "ahead.mp4")
+    assert depths == [1, 1 + synth.CHUNKS_AHEAD]
+    assert len(ahead) == len(alone) > 2 * engines.CPU_GENERATOR_BATCH
+    worst = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(ahead, alone))
+    assert worst <= 1, f"frames differ by up to {worst} levels: chunks out of order, or another network"
+
+
 # --- S3FD's weights missing offline: Haar stands in, for every front end -----------------------------
 
 HAAR_NOTE_START = "The S3FD face detector's weights are not available here ("

@@ -117,7 +117,7 @@ class _Fake:
     REFUSED: tuple = ()  # bf16 scopes whose first run fails, as oneDNN refusing an op
     made: list = []
 
-    def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=0, scope=ALL_OPS):
+    def __init__(self, prefix, device, threads=None, precision="fp32", pool_mb=0, scope=ALL_OPS, lanes=1):
         _Fake.made.append(precision if scope == ALL_OPS else f"{precision}/{scope}")
         self.precision, self.scope, self.verdict = precision, scope, None
 

@@ -69,8 +69,8 @@ def test_a_predictor_runs_on_its_own_thread_whoever_calls_it(tmp_path, monkeypat
     prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
     predictor = runtime.Predictor(prefix, runtime.Device("cpu", "requested"), threads=1)
     ran_on = []
-    original = predictor._run
-    monkeypatch.setattr(predictor, "_run", lambda *a: ran_on.append(threading.get_ident()) or original(*a))
+    original = predictor._run_lane
+    monkeypatch.setattr(predictor, "_run_lane", lambda *a: ran_on.append(threading.get_ident()) or original(*a))
     a, f = np.ones((2, 1, 8, 4), np.float32), np.ones((2, 6, 12, 12), np.float32)
     (expected,) = predictor.run(a, f)
     results = []
@@ -85,6 +85,69 @@ def test_a_predictor_runs_on_its_own_thread_whoever_calls_it(tmp_path, monkeypat
     assert own and not own[0].is_alive(), "close() must end the predictor's thread"
     with pytest.raises(RuntimeError):
         predictor.run(a, f)
+
+
+def test_lanes_split_a_batch_between_clones_on_their_own_threads_and_change_no_output(tmp_path, monkeypatch):
+    """With two lanes each half of a batch runs on a clone of its own, on its own thread; the outputs are one
+    predictor's (to float rounding: a half batch may take another oneDNN kernel than the whole), a batch of
+    one stays in one lane, and an input of length one (a still's face features) goes whole to each lane."""
+    prefix = runtime.export_static(_tiny, SPECS, tmp_path / "export")
+    cpu_device = runtime.Device("cpu", "requested")
+    single = runtime.Predictor(prefix, cpu_device, threads=1)
+    laned = runtime.Predictor(prefix, cpu_device, threads=2, lanes=2)
+    assert (single.lanes, laned.lanes) == (1, 2)  # 2 threads: one each
+    seen = []
+    original = laned._run_lane
+
+    def spy(lane, arrays):
+        seen.append((threading.get_ident(), len(arrays[0]), len(arrays[1])))
+        return original(lane, arrays)
+
+    monkeypatch.setattr(laned, "_run_lane", spy)
+    rng = np.random.default_rng(1)
+    for batch in (7, 1, 2):
+        a = rng.standard_normal((batch, 1, 8, 4)).astype(np.float32)
+        f = rng.standard_normal((batch, 6, 12, 12)).astype(np.float32)
+        np.testing.assert_allclose(laned.run(a, f)[0], single.run(a, f)[0], rtol=0, atol=1e-6)
+    assert sorted((n, m) for _, n, m in seen) == [(1, 1), (1, 1), (1, 1), (3, 3), (4, 4)]  # 7 = 4 + 3, 1, 2 = 1 + 1
+    assert len({ident for ident, _, _ in seen}) == 2 and threading.get_ident() not in {i for i, _, _ in seen}
+    seen.clear()
+    a = rng.standard_normal((6, 1, 8, 4)).astype(np.float32)
+    one_face = rng.standard_normal((1, 6, 12, 12)).astype(np.float32)
+    shared = np.repeat(one_face, 6, axis=0)
+    np.testing.assert_allclose(laned.run(a, one_face)[0], single.run(a, shared)[0], rtol=0, atol=1e-6)
+    assert [(n, m) for _, n, m in seen] == [(3, 1), (3, 1)]
+    before = threading.active_count()
+    laned.close()
+    assert threading.active_count() == before - 2, "close() must end every lane's thread"
+    with pytest.raises(RuntimeError):
+        laned.run(a, shared)
+
+
+@pytest.mark.parametrize("kind,threads,asked,lanes", [("cpu", 2, 2, 2), ("cpu", 8, 2, 2), ("cpu", 3, 2, 1),
+                                                      ("cpu", 1, 2, 1), ("cpu", 4, 1, 1), ("gpu", 8, 2, 1)])
+def test_lanes_only_where_the_threads_share_out_evenly_and_never_on_a_gpu(kind, threads, asked, lanes):
+    assert runtime.lane_count(runtime.Device(kind, "requested"), threads, asked) == lanes
+
+
+def test_batch_runner_halves_once_when_callers_run_out_of_memory_together():
+    barrier = threading.Barrier(2)
+
+    def run(x):
+        if len(x) > 8:
+            barrier.wait(timeout=5)  # both callers are inside the failing call before either halves
+            raise MemoryError("Out of memory error on CPU")
+        return [x]
+
+    shared = runtime.BatchRunner(run, 16)
+    results = []
+    callers = [threading.Thread(target=lambda: results.append(shared(np.arange(16.0))[0])) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert shared.batch == 8, "two failures at 16 halve the batch once, not twice"
+    assert len(results) == 2 and all(np.array_equal(r, np.arange(16.0)) for r in results)
 
 
 def test_the_precision_left_out_does_not_keep_a_thread(tmp_path, monkeypatch):

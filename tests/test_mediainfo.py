@@ -1,0 +1,76 @@
+"""Probing speech files: a plain PCM WAV from its header (no ffprobe process), everything else through ffprobe."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync import mediainfo, video
+from lipsync.errors import LipSyncError
+
+
+def _counting_ffprobe(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls: list = []
+    real = mediainfo._ffprobe
+    monkeypatch.setattr(mediainfo, "_ffprobe", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+def _pcm16(path: Path, rate: int, channels: int, seconds: float) -> Path:
+    samples = (np.sin(np.arange(int(rate * seconds) * channels) / 7.0) * 9000).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+def _converted(source: Path, target: Path, codec: str) -> Path:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-c:a", codec,
+                    str(target)], check=True)  # fmt: skip
+    return target
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (22050, 1), (44100, 2)])
+def test_a_pcm_wav_is_described_from_its_header_as_ffprobe_describes_it(tmp_path: Path, monkeypatch, rate: int,
+                                                                        channels: int) -> None:  # fmt: skip
+    path = _pcm16(tmp_path / "speech.wav", rate, channels, 1.25)
+    calls = _counting_ffprobe(monkeypatch)
+    info = video.probe(path, require_video=False)
+    assert calls == [], "a PCM WAV needs no ffprobe process"
+    data, _ = mediainfo._ffprobe(path)
+    expected = mediainfo._media_info(path, data)
+    assert (info.has_audio, info.has_video, info.audio_sample_rate, info.audio_channels) == (
+        expected.has_audio, expected.has_video, rate, channels) == (True, False, rate, channels)
+    assert info.audio_duration == pytest.approx(expected.audio_duration, abs=1e-6)
+    assert info.audio_duration == pytest.approx(1.25, abs=1 / rate)
+
+
+def test_other_wavs_and_damaged_ones_go_to_ffprobe(tmp_path: Path, monkeypatch) -> None:
+    plain = _pcm16(tmp_path / "speech.wav", 16000, 1, 1.0)
+    floats = _converted(plain, tmp_path / "float.wav", "pcm_f32le")  # not PCM to the wave module
+    wide = _converted(plain, tmp_path / "wide.wav", "pcm_s24le")  # WAVE_FORMAT_EXTENSIBLE, as ffmpeg writes 24 bits
+    cut = tmp_path / "cut.wav"  # its header promises a second, the file holds a tenth of it
+    cut.write_bytes(plain.read_bytes()[:3200])
+    calls = _counting_ffprobe(monkeypatch)
+    assert video.probe(floats, require_video=False).audio_sample_rate == 16000
+    assert video.probe(wide, require_video=False).audio_sample_rate == 16000
+    video.probe(cut, require_video=False)
+    assert calls == [floats, wide, cut]
+    garbage = tmp_path / "noise.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 4)
+    with pytest.raises(LipSyncError, match="cannot be read"):
+        video.probe(garbage, require_video=False)
+
+
+def test_a_wav_given_as_the_face_is_refused_without_ffprobe(tmp_path: Path, monkeypatch) -> None:
+    path = _pcm16(tmp_path / "face.mp4", 16000, 1, 0.5)  # by its content, not its name
+    calls = _counting_ffprobe(monkeypatch)
+    with pytest.raises(LipSyncError, match="has no video stream"):
+        video.probe(path)
+    assert calls == []
