@@ -174,6 +174,23 @@ def runtime_fps(predictor: Any, mels: np.ndarray, faces: np.ndarray, batch: int)
     return len(mels) / timed(run_all)[1]
 
 
+def ahead_fps(predictor: Any, mels: np.ndarray, faces: np.ndarray, batch: int) -> float:
+    """Frames/s of the predictor fed as a run feeds it: the next batches drawn while one is handed back."""
+    import functools
+
+    from lipsync import synth
+
+    def run_all() -> None:
+        with synth.Ahead(synth.chunks_in_flight(0, batch)) as ahead:
+            for part in _batches(len(mels), batch):
+                for _ in ahead.push(functools.partial(predictor.run, mels[part], faces[part])):
+                    pass
+            for _ in ahead.drain():
+                pass
+
+    return len(mels) / timed(run_all)[1]
+
+
 def dygraph_fps(model: Any, mels: np.ndarray, faces: np.ndarray, batch: int) -> float:
     """Frames/s of the eager model as PaddleGAN runs it: to_tensor, forward under no_grad, .numpy()."""
     import paddle
