@@ -183,10 +183,8 @@ def ahead_fps(predictor: Any, mels: np.ndarray, faces: np.ndarray, batch: int) -
     def run_all() -> None:
         with synth.Ahead(synth.chunks_in_flight(0, batch)) as ahead:
             for part in _batches(len(mels), batch):
-                for _ in ahead.push(functools.partial(predictor.run, mels[part], faces[part])):
-                    pass
-            for _ in ahead.drain():
-                pass
+                ahead.push(functools.partial(predictor.run, mels[part], faces[part]))
+            ahead.drain()
 
     return len(mels) / timed(run_all)[1]
 

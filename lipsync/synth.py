@@ -137,19 +137,22 @@ class Ahead:
         self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=AHEAD_THREAD) if self.depth > 1 else None
         self._pending: Deque["Future[T]"] = deque()
 
-    def push(self, draw: Callable[[], T]) -> Iterator[T]:
-        """Start `draw`; yields the oldest results while `depth` are in flight (all of them at depth 1)."""
+    def push(self, draw: Callable[[], T]) -> List[T]:
+        """Start `draw`; returns the oldest results once `depth` are in flight (its own result at depth 1)."""
         if self._pool is None:
-            yield draw()
-            return
+            return [draw()]
         self._pending.append(self._pool.submit(draw))
+        ready = []
         while len(self._pending) >= self.depth:
-            yield self._pending.popleft().result()
+            ready.append(self._pending.popleft().result())
+        return ready
 
-    def drain(self) -> Iterator[T]:
+    def drain(self) -> List[T]:
         """The results still in flight, in order."""
+        ready = []
         while self._pending:
-            yield self._pending.popleft().result()
+            ready.append(self._pending.popleft().result())
+        return ready
 
     def __enter__(self) -> "Ahead":
         return self

@@ -56,9 +56,9 @@ def test_ahead_hands_results_back_in_order_with_at_most_depth_in_flight() -> Non
     got = []
     with synth.Ahead(3) as ahead:
         for index in range(10):
-            got += list(ahead.push(lambda index=index: draw(index)))
+            got += ahead.push(lambda index=index: draw(index))
             assert len(got) >= index - 1, "at most depth chunks wait: the oldest comes back before a fourth starts"
-        got += list(ahead.drain())
+        got += ahead.drain()
     assert got == list(range(10)) and most[0] == 3
 
 
@@ -67,7 +67,7 @@ def test_ahead_of_depth_one_draws_inline_and_errors_reach_the_caller() -> None:
 
     on = []
     with synth.Ahead(1) as ahead:
-        assert list(ahead.push(lambda: on.append(threading.get_ident()) or 7)) == [7]
+        assert ahead.push(lambda: on.append(threading.get_ident()) or 7) == [7]
     assert on == [threading.get_ident()]
 
     def fail() -> int:
@@ -75,8 +75,8 @@ def test_ahead_of_depth_one_draws_inline_and_errors_reach_the_caller() -> None:
 
     with pytest.raises(ValueError, match="generator failed"):
         with synth.Ahead(2) as ahead:
-            list(ahead.push(fail))
-            list(ahead.push(lambda: 1))  # the failed chunk is the oldest: it raises here
+            assert ahead.push(fail) == []  # started, not yet handed back
+            ahead.push(lambda: 1)  # the failed chunk is the oldest: it raises here
 
 
 def test_ahead_stops_its_threads_when_left() -> None:
@@ -85,7 +85,7 @@ def test_ahead_stops_its_threads_when_left() -> None:
     before = threading.active_count()
     with synth.Ahead(3) as ahead:
         for index in range(2):
-            list(ahead.push(lambda index=index: index))
+            assert ahead.push(lambda index=index: index) == []
         assert threading.active_count() > before
     assert threading.active_count() == before, "a run's drawing threads end with it"
 
