@@ -41,6 +41,8 @@ from workload import (ENHANCE_SECONDS, ENHANCER_FACES, ENHANCER_SIZE, FULL, MEMO
                       QUICK_ENHANCER_SIZE, SEED, VIDEO_MARGIN_S, Case, Sizes, _peak_rss_mb, _reset_peak_rss, _still_size,
                       machine, make_cases, make_photo, make_speech, make_video, make_weights, note, output_frames)
 
+GENERATOR_FRAMES = 400  # most frames of a generator-only figure (16 s of output): a 10-minute run's would take minutes
+
 # ---------------------------------------------------------------- child processes: each measurement starts fresh
 
 
@@ -223,11 +225,13 @@ def _warm_detector(detect: Callable, options: Any) -> None:
 def _generator_after(engine: Any, case: Case, spec: Dict[str, Any], options: Any) -> float:
     """Generator-only frames/s on the case's inputs as the case runs the generator (a picture: its face encoded
     once, then the still decoder per batch), in the process that just ran the case (after one warm batch): the
-    faster of batch after batch and of batches drawn ahead as a run draws them (lipsync.synth.Ahead)."""
+    faster of batch after batch and of batches drawn ahead as a run draws them (lipsync.synth.Ahead), each over
+    as many frames as the run made, up to GENERATOR_FRAMES (a shorter sample varies more than the run it is
+    compared with, and the best of such samples is a lucky one)."""
     from lipsync import runtime
     from lipsync.engine import generator_batch
 
-    count = spec.get("sizes", asdict(FULL))["stage_frames"]
+    count = min(case.frames, GENERATOR_FRAMES)
     device = runtime.choose_device(options.device, announce=False)
     batch = generator_batch(options, device)
     mels, faces_in = generator_inputs(case, count)

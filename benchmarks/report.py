@@ -127,7 +127,8 @@ def print_report(results: Dict[str, Any]) -> None:
         if len(runs) > 1:
             print(f"{case['label']}, {len(runs)} runs: e2e {_nums(r['fps'] for r in runs)} frames/s, generator after "
                   f"each {_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
-                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)}")
+                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)} "
+                  f"(median {_percent(statistics.median(r['fps'] / r['generator_fps'] for r in runs))})")
         fresh = case["e2e"].get("new_picture")
         if fresh:
             print(f"{case['label']}, a picture not seen before (mirrored: its face searched for, not remembered): e2e "

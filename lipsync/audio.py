@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, Union
+import wave
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
@@ -25,6 +26,7 @@ MIN_DB = -100.0  # dB floor; amplitude floor is 10 ** (MIN_DB / 20) = 1e-5
 MAX_ABS = 4.0  # normalised mel lies in [-MAX_ABS, MAX_ABS]; -MAX_ABS is silence
 MEL_STEP = 16  # mel columns per generator window (200 ms)
 MEL_FPS = SAMPLE_RATE / HOP  # 80.0 mel columns per second
+PCM16_SCALE = 1.0 / 32768  # 16-bit PCM to float, as ffmpeg converts it (an exact power of two: bit-equal)
 
 _STFT_CHUNK = 1024  # STFT frames per rfft call: keeps scratch memory to a few MB
 _NO_AUDIO_MARKERS = ("matches no streams", "does not contain any stream")
@@ -48,6 +50,32 @@ def load_audio(path: PathLike) -> np.ndarray:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise LipSyncError(f"audio file not found: {path}")
+    wav = _native_wav(path)
+    if wav is None:
+        wav = _ffmpeg_decode(path, name)
+    if wav.size == 0:
+        raise LipSyncError(f"{name} decoded to no audio samples; is the audio track empty?")
+    return wav
+
+
+def _native_wav(path: str) -> Optional[np.ndarray]:
+    """The samples of a WAV already in the networks' format (16-bit PCM, 16 kHz, mono: what Wav2Lip's own
+    tools write), read without starting ffmpeg and equal to its decoding bit for bit; None for any other file, or
+    a header promising no samples (as streaming writers leave it) or more than the file holds: ffmpeg decodes those."""
+    try:
+        with wave.open(path, "rb") as source:
+            native = (source.getsampwidth(), source.getframerate(), source.getnchannels()) == (2, SAMPLE_RATE, 1)
+            frames = source.getnframes()
+            data = source.readframes(frames) if native else b""
+    except (wave.Error, EOFError, OSError, ValueError):
+        return None
+    if not native or not frames or len(data) != 2 * frames:
+        return None
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) * np.float32(PCM16_SCALE)
+
+
+def _ffmpeg_decode(path: str, name: str) -> np.ndarray:
+    """Any audio (or video's audio) ffmpeg reads, as 16 kHz mono float32; LipSyncError when it cannot."""
     proc = ffmpeg.run(decode_args(path))
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", errors="replace")
@@ -56,8 +84,6 @@ def load_audio(path: PathLike) -> np.ndarray:
         said = ffmpeg.tail(stderr, path)
         raise LipSyncError(f"could not decode the audio in {name} (ffmpeg: {said}); is it a complete audio or video file?")
     wav = np.frombuffer(proc.stdout, dtype=np.float32).copy()
-    if wav.size == 0:
-        raise LipSyncError(f"{name} decoded to no audio samples; is the audio track empty?")
     return np.nan_to_num(wav, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
 
 

@@ -47,6 +47,23 @@ def feather_weights(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return mask, inverse
 
 
+@lru_cache(maxsize=MASK_CACHE_SIZE)
+def first_weighted_row(height: int, width: int) -> int:
+    """The first row of a height x width box that the feather mask gives any weight to: a feathered paste leaves
+    the rows above it (the upper face) as they are. 0 when no row has weight (a box too small to feather)."""
+    weighted = np.flatnonzero(feather_weights(height, width)[0].any(axis=1))
+    return int(weighted[0]) if weighted.size else 0
+
+
+def changed_box(box: Box, mode: BlendMode) -> Box:
+    """The part of `box` = (x1, y1, x2, y2) that a paste in `mode` can change: all of it ("box"), or for "feather"
+    its rows from first_weighted_row down."""
+    x1, y1, x2, y2 = box
+    if mode == "box" or x2 <= x1 or y2 <= y1:
+        return box
+    return (x1, y1 + first_weighted_row(y2 - y1, x2 - x1), x2, y2)
+
+
 def first_row_read(mode: BlendMode, face_size: int = FACE_SIZE) -> int:
     """The first row of a generated face (face_size rows) that a paste in `mode` can read, whatever the box: the
     generator need not draw the rows above it. "box" reads them all. "feather" gives weight 0 to box rows
@@ -80,7 +97,7 @@ def paste(frame: Frame, box: Box, mouth: Frame, mode: BlendMode = "feather", *, 
         raise ValueError(f"mouth must be HxWx3 uint8, got {mouth.shape} {mouth.dtype}")
     out = frame if inplace else frame.copy()
     frame_height, frame_width = frame.shape[:2]
-    left, top = max(x1, 0), max(y1, 0)
+    left, top = max(x1, 0), max(changed_box((x1, y1, x2, y2), mode)[1], 0)  # rows weighted 0 stay as they are
     right, bottom = min(x2, frame_width), min(y2, frame_height)
     if right <= left or bottom <= top:
         return out

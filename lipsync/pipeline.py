@@ -356,14 +356,15 @@ def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: _Job) -> Fr
     return last if job.still else last.copy()
 
 
-def _canvas(job: _Job, first: Pair, enhancer: Optional[Enhancer], tmp: Path) -> Optional[canvas.Canvas]:
+def _canvas(job: _Job, first: Pair, options: LipSyncOptions, enhancer: Optional[Enhancer],
+            tmp: Path) -> Optional[canvas.Canvas]:  # fmt: skip
     """For a still without face enhancement (which redraws more than the box), the encoder gets its picture once
-    and then only the region each paste can change; None (whole frames) otherwise. A still's one box serves
-    every frame, so with a canvas every frame gets a mouth and is sent as its region."""
+    and then only the region each paste can change (a feathered paste leaves the upper face); None (whole frames)
+    otherwise. A still's one box serves every frame, so with a canvas every frame is sent as its region."""
     frame, box = first
     if not job.still or enhancer is not None or box is None:
         return None
-    region = canvas.changing_region(frame.shape, box)
+    region = canvas.changing_region(frame.shape, blend.changed_box(box, options.blend))
     return None if region is None else canvas.save(frame, region, tmp)
 
 
@@ -395,7 +396,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
     generate = synth.mouth_generator(generator, batch, first)
     enhance = synth.face_enhancer(enhancer)
     height, width = first[0].shape[:2]
-    board = _canvas(job, first, enhancer, tmp)
+    board = _canvas(job, first, options, enhancer, tmp)
     paste = _paster(job, options, board)
     drawn = done = 0  # frames sent to the generator, frames handed to the encoder
 

@@ -29,6 +29,10 @@ __all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoW
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18  # near-transparent quality; the regenerated mouth must not smear
 VIDEO_PRESET = "veryfast"  # ~3x faster than "medium" at a few % more bits; encoding stays cheap next to the model
+# A still's frames change only where the mouth is pasted, where x264's second sub-pixel refinement bought nothing
+# (512² picture, 375 frames: the same size to 0.02 %, the mouth's PSNR to 0.02 dB) for 15 % of the encoder's CPU,
+# taken from the cores the generator needs; on a moving video it buys 21 % of the size: there it stays
+STILL_X264_PARAMS = "subme=1"
 VIDEO_PIX_FMT = "yuv420p"  # what every player and browser decodes
 COLOUR_MATRIX = "bt709"  # convert and tag explicitly so players don't guess (and shift colours)
 AUDIO_CODEC = "aac"
@@ -106,7 +110,8 @@ def write_args(
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video. A `still`'s frames are
-    converted with SCALE_FLAGS; given its `canvas`, stdin carries only the region of each frame that changes.
+    converted with SCALE_FLAGS and encoded with STILL_X264_PARAMS; given its `canvas`, stdin carries only the
+    region of each frame that changes.
     """
     timed = audio is not None and audio_duration > 0
     if canvas is None:
@@ -123,7 +128,8 @@ def write_args(
     else:
         video = ["-vf", _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else ""), "-map", "0:v:0"]
     maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
-    encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset)
+    encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset,
+                          still or canvas is not None)  # fmt: skip
     if segments_folder is not None:
         return [*args, *maps, *encode, *segments.output_args(segments_folder)]
     return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
@@ -136,11 +142,13 @@ def _raw_input(width: int, height: int, fps: float, source: str) -> list[str]:
 
 
 def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio_channels: int, crf: int,
-                 preset: str) -> list[str]:  # fmt: skip
+                 preset: str, still: bool = False) -> list[str]:  # fmt: skip
     """One output's codecs: H.264 (and AAC), lasting `seconds` when that is known (> 0)."""
     args = ["-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
              "-color_range", "tv"]
+    if still:
+        args += ["-x264-params", STILL_X264_PARAMS]
     if with_audio:
         args += ["-c:a", AUDIO_CODEC, "-aac_coder", AUDIO_CODER, "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:

@@ -250,3 +250,54 @@ def test_missing_ffmpeg(media: dict[str, Path], tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LipSyncError, match=r"^ffmpeg was not found: install ffmpeg .* ffmpeg and ffprobe are on PATH$"):
         audio.load_audio(media["tone.wav"])
+
+
+# ---------------------------------------------------------------- Wav2Lip's own format, without ffmpeg
+
+
+def _pcm16_wav(path: Path, rate: int = audio.SAMPLE_RATE, channels: int = 1, seconds: float = 1.3) -> Path:
+    """A 16-bit PCM WAV of a loud chirp reaching both extremes (-32768 and 32767)."""
+    count = int(rate * seconds) * channels
+    chirp = np.sin(np.linspace(0, 900, count) * np.linspace(1, 3, count)) * 40000
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.clip(chirp, -32768, 32767).astype("<i2").tobytes())
+    return path
+
+
+def _counting_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls: list = []
+    real = audio.ffmpeg.run
+    monkeypatch.setattr(audio.ffmpeg, "run", lambda args: calls.append(args) or real(args))
+    return calls
+
+
+def test_a_16k_mono_pcm_wav_is_read_without_ffmpeg_bit_equal_to_its_decoding(tmp_path: Path, monkeypatch) -> None:
+    path = _pcm16_wav(tmp_path / "native.wav")
+    calls = _counting_ffmpeg(monkeypatch)
+    wav = audio.load_audio(path)
+    assert calls == [], "Wav2Lip's own format needs no ffmpeg process"
+    decoded = audio._ffmpeg_decode(str(path), path.name)
+    assert wav.dtype == np.float32 and wav.shape == decoded.shape
+    assert np.array_equal(wav, decoded), "the mel (and so every mouth) must not depend on who decoded the file"
+    assert wav.min() == -1.0 and wav.max() == np.float32(32767 / 32768)
+
+
+@pytest.mark.parametrize("rate,channels", [(22050, 1), (16000, 2), (8000, 1)])
+def test_other_wavs_are_decoded_by_ffmpeg(tmp_path: Path, monkeypatch, rate: int, channels: int) -> None:
+    path = _pcm16_wav(tmp_path / "other.wav", rate, channels)
+    calls = _counting_ffmpeg(monkeypatch)
+    wav = audio.load_audio(path)
+    assert len(calls) == 1
+    assert abs(audio.duration(wav) - 1.3) < DURATION_TOLERANCE
+
+
+def test_a_wav_shorter_than_its_header_is_left_to_ffmpeg(tmp_path: Path, monkeypatch) -> None:
+    path = _pcm16_wav(tmp_path / "cut.wav")
+    path.write_bytes(path.read_bytes()[: -4000])  # a download cut short: the header still promises 1.3 s
+    calls = _counting_ffmpeg(monkeypatch)
+    wav = audio.load_audio(path)
+    assert len(calls) == 1, "ffmpeg decides what a damaged file holds"
+    assert abs(audio.duration(wav) - (1.3 - 2000 / audio.SAMPLE_RATE)) < DURATION_TOLERANCE

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync.blend import RISE_START, feather_weights, feather_mask, first_row_read, paste
+from lipsync.blend import (RISE_START, changed_box, feather_weights, feather_mask, first_row_read,
+                           first_weighted_row, paste)
 
 RNG = np.random.default_rng(0)
 FRAME = RNG.integers(0, 256, (120, 160, 3), np.uint8)
@@ -97,6 +98,29 @@ def test_paste_never_reads_the_rows_above_first_row_read(mode: str) -> None:
         other[row : row + 2] = 255 - other[row : row + 2]
         box = (0, 0, 700, 700)
         assert not np.array_equal(paste(frame, box, other, mode), paste(frame, box, MOUTH, mode))
+
+
+def test_feathered_paste_skips_only_rows_weighted_zero_and_changes_nothing_above_changed_box() -> None:
+    """A feathered paste blends from first_weighted_row down, and what it skips is what the whole box's blend
+    leaves as it was; the encoder of a still is sent changed_box's rows alone, so nothing above may change."""
+    frame = RNG.integers(0, 256, (400, 400, 3), np.uint8)
+    for height in [*range(2, 120, 3), 191, 192, 193, 300]:
+        for width in (height, height // 2 + 1, height + 31):
+            box = (7, 3, 7 + width, 3 + height)
+            pasted = paste(frame, box, MOUTH)
+            mask, inverse = feather_weights(height, width)
+            face = cv2.resize(MOUTH, (width, height), interpolation=cv2.INTER_LINEAR)
+            whole = frame.copy()
+            whole[3 : 3 + height, 7 : 7 + width] = cv2.blendLinear(face, frame[3 : 3 + height, 7 : 7 + width], mask,
+                                                                   inverse)  # fmt: skip
+            np.testing.assert_array_equal(pasted, whole, err_msg=f"box {width}x{height}")
+            top = changed_box(box, "feather")[1]
+            assert changed_box(box, "feather") == (7, top, 7 + width, 3 + height)
+            np.testing.assert_array_equal(pasted[:top], frame[:top], err_msg=f"box {width}x{height}")
+            first = first_weighted_row(height, width)
+            assert not mask[:first].any() and (mask[first].any() or not mask.any())
+    assert changed_box(BOX, "box") == BOX
+    assert changed_box((40, 20, 110, 100), "feather")[1] == 20 + 31  # 80 rows: the mask rises after row 0.38 * 79
 
 
 def test_inplace_changes_the_given_frame() -> None:

@@ -663,3 +663,24 @@ def test_writer_whose_file_cannot_be_moved_into_place_says_so(media: dict[str, P
             writer.write(np.zeros((48, 64, 3), np.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mp4"], "no partial file is left"
     assert ffmpeg_children() == []
+
+
+def _x264_options(path: Path) -> str:
+    """The settings x264 wrote into the stream it made (its SEI: "x264 - core … options: …")."""
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start : data.index(b"\0", start)].decode()
+
+
+def test_a_still_is_encoded_with_its_own_x264_setting_and_a_video_without(tmp_path: Path) -> None:
+    """STILL_X264_PARAMS reaches x264 for a still (and only there): a moving video keeps the preset's refinement."""
+    frames = [np.full((48, 64, 3), level, np.uint8) for level in range(0, 250, 10)]
+    written = {}
+    for still in (True, False):
+        out = tmp_path / f"{'still' if still else 'video'}.mp4"
+        with VideoWriter(out, size=(64, 48), fps=25, audio=None, temp_dir=tmp_path, still=still) as writer:
+            for frame in frames:
+                writer.write(frame)
+        written[still] = _x264_options(out)
+    assert " subme=1 " in written[True] and " subme=1 " not in written[False]
+    assert " subme=2 " in written[False], "veryfast's own refinement"
