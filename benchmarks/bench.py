@@ -129,7 +129,7 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
     runs = []
     for _ in range(spec.get("runs", 1)):
         run = _timed_run(case, spec, options, engine)
-        runs.append({**run, "generator_fps": _generator_after(engine, case, spec, options)})
+        runs.append({**run, "generator_fps": _generator_after(engine, case, options)})
     best = min(runs, key=lambda run: run["seconds"])
     found = {**best, "load_seconds": loaded - started, "peak_rss_mb": runs[0]["peak_rss_mb"],
              "generator_fps": max(run["generator_fps"] for run in runs),
@@ -138,7 +138,7 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
         other = replace(case, face=_mirrored(case.face, Path(spec["outfile"]).parent))
         run = _timed_run(other, spec, options, engine)
         found["new_picture"] = {"fps": run["frames"] / run["seconds"], "phases": run["phases"],
-                                "generator_fps": _generator_after(engine, case, spec, options)}
+                                "generator_fps": _generator_after(engine, case, options)}
     return found
 
 
@@ -222,7 +222,7 @@ def _warm_detector(detect: Callable, options: Any) -> None:
         detect([np.zeros((size, size, 3), np.uint8)])
 
 
-def _generator_after(engine: Any, case: Case, spec: Dict[str, Any], options: Any) -> float:
+def _generator_after(engine: Any, case: Case, options: Any) -> float:
     """Generator-only frames/s on the case's inputs as the case runs the generator (a picture: its face encoded
     once, then the still decoder per batch), in the process that just ran the case (after one warm batch): the
     faster of batch after batch and of batches drawn ahead as a run draws them (lipsync.synth.Ahead), each over

@@ -114,6 +114,7 @@ def write_args(
     region of each frame that changes.
     """
     timed = audio is not None and audio_duration > 0
+    still = still or canvas is not None  # a canvas is only ever a still's
     if canvas is None:
         args = [*ffmpeg.head(), "-y", *_raw_input(width, height, fps, "pipe:0")]
     else:  # the picture at the frames' rate, so that its time base is theirs
@@ -128,8 +129,7 @@ def write_args(
     else:
         video = ["-vf", _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else ""), "-map", "0:v:0"]
     maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
-    encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset,
-                          still or canvas is not None)  # fmt: skip
+    encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset, still)
     if segments_folder is not None:
         return [*args, *maps, *encode, *segments.output_args(segments_folder)]
     return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
@@ -142,7 +142,7 @@ def _raw_input(width: int, height: int, fps: float, source: str) -> list[str]:
 
 
 def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio_channels: int, crf: int,
-                 preset: str, still: bool = False) -> list[str]:  # fmt: skip
+                 preset: str, still: bool) -> list[str]:  # fmt: skip
     """One output's codecs: H.264 (and AAC), lasting `seconds` when that is known (> 0)."""
     args = ["-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
              "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
@@ -357,7 +357,7 @@ class VideoWriter:
         options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
                        audio_sample_rate=sound.audio_sample_rate if sound else 0,
                        audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
-                       still=still or canvas is not None, canvas=canvas)
+                       still=still, canvas=canvas)
         args = write_args(self._partial, **options)  # type: ignore[arg-type]
         self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
         self._stream: SegmentEncoder | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,16 @@ def _write_drifting_clip(image: np.ndarray, path: Path) -> None:
         proc.stdin.write(cv2_warp(image, shift).tobytes())
     proc.stdin.close()
     assert proc.wait() == 0
+
+
+def write_pcm16_wav(path: Path, samples: np.ndarray, rate: int, channels: int) -> Path:
+    """`samples` (interleaved, clipped to 16 bits) as a 16-bit PCM WAV at `rate` Hz with `channels` channels."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.clip(samples, -32768, 32767).astype("<i2").tobytes())
+    return path
 
 
 def quadrants(height: int = 48, width: int = 64) -> np.ndarray:

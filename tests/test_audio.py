@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_pcm16_wav
 
 from lipsync import audio
 from lipsync.errors import LipSyncError
@@ -258,13 +259,7 @@ def test_missing_ffmpeg(media: dict[str, Path], tmp_path: Path, monkeypatch) -> 
 def _pcm16_wav(path: Path, rate: int = audio.SAMPLE_RATE, channels: int = 1, seconds: float = 1.3) -> Path:
     """A 16-bit PCM WAV of a loud chirp reaching both extremes (-32768 and 32767)."""
     count = int(rate * seconds) * channels
-    chirp = np.sin(np.linspace(0, 900, count) * np.linspace(1, 3, count)) * 40000
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(np.clip(chirp, -32768, 32767).astype("<i2").tobytes())
-    return path
+    return write_pcm16_wav(path, np.sin(np.linspace(0, 900, count) * np.linspace(1, 3, count)) * 40000, rate, channels)
 
 
 def _counting_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> list:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_pcm16_wav
 
 from lipsync import mediainfo, video
 from lipsync.errors import LipSyncError
@@ -21,13 +21,7 @@ def _counting_ffprobe(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def _pcm16(path: Path, rate: int, channels: int, seconds: float) -> Path:
-    samples = (np.sin(np.arange(int(rate * seconds) * channels) / 7.0) * 9000).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return path
+    return write_pcm16_wav(path, np.sin(np.arange(int(rate * seconds) * channels) / 7.0) * 9000, rate, channels)
 
 
 def _converted(source: Path, target: Path, codec: str) -> Path:
