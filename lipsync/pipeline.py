@@ -143,7 +143,9 @@ def _render(job: _Job, options: LipSyncOptions, networks: loading.Networks, tmp:
     found = _locate_faces(job, options, networks.detect, detection_batch(options, device), tmp, report)
     absent = found.absent_frames(job)
     try:
-        _synthesize(job, options, networks.generator, generator_batch(options, device), found, tmp, report, enhancer)
+        threads = video.encoder_threads(*job.size, job.still, cpu_bound=device.kind == "cpu")
+        _synthesize(job, options, networks.generator, generator_batch(options, device), found, tmp, report,
+                    enhancer, threads)
     finally:
         if found.cache is not None:
             found.cache.close()
@@ -383,15 +385,18 @@ def _paster(job: _Job, options: LipSyncOptions,
 
 
 def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-                found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer] = None) -> None:  # fmt: skip
+                found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer] = None,
+                threads: int = 0) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
-    frames into the encoder; frames without the face go through as they are."""
+    frames into the encoder (ffmpeg with `threads`, 0 for its own choice); frames without the face go through as
+    they are."""
     with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
-        _encode(job, options, generator, batch, pairs, tmp, report, enhancer)
+        _encode(job, options, generator, batch, pairs, tmp, report, enhancer, threads)
 
 
 def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-            pairs: Iterator[Pair], tmp: Path, report: Progress, enhancer: Optional[Enhancer]) -> None:  # fmt: skip
+            pairs: Iterator[Pair], tmp: Path, report: Progress, enhancer: Optional[Enhancer],
+            threads: int) -> None:  # fmt: skip
     first = next(pairs)
     generate = synth.mouth_generator(generator, batch, first)
     enhance = synth.face_enhancer(enhancer)
@@ -415,7 +420,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
     in_flight = synth.chunks_in_flight(0 if job.still else first[0].nbytes, batch)
     with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                            audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound, still=job.still,
-                           canvas=board) as encoder, \
+                           canvas=board, threads=threads) as encoder, \
             writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer, \
             synth.Ahead(in_flight) as ahead:  # fmt: skip
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):

@@ -22,17 +22,24 @@ from lipsync.picture import read_image
 from lipsync.segments import SegmentEncoder, SegmentSink
 from lipsync.types import Frame
 
-__all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoWriter", "file_arg", "fit",
-           "fitted_size", "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames",
+__all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoWriter", "encoder_threads", "file_arg",
+           "fit", "fitted_size", "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames",
            "read_image", "require_ffmpeg", "transform", "transformed_size", "write_args"]
 
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18  # near-transparent quality; the regenerated mouth must not smear
 VIDEO_PRESET = "veryfast"  # ~3x faster than "medium" at a few % more bits; encoding stays cheap next to the model
-# A still's frames change only where the mouth is pasted, where x264's second sub-pixel refinement bought nothing
-# (512² picture, 375 frames: the same size to 0.02 %, the mouth's PSNR to 0.02 dB) for 15 % of the encoder's CPU,
-# taken from the cores the generator needs; on a moving video it buys 21 % of the size: there it stays
+# A still's frames change only where the mouth is pasted, where x264's second sub-pixel refinement bought little
+# (512² picture, 375 frames: the same size to 0.02 %, the mouth's PSNR to 0.02 dB; a real mouth smoothly warped:
+# 1.1 % more bits, 0.02 dB) for 15 % of the encoder's CPU, taken from the cores the generator needs; on a moving video
+# it buys 21 % of the size: there it stays. subme=0 (whole pixels) cost the smooth mouth 2.6 % more bits
 STILL_X264_PARAMS = "subme=1"
+# A still's ffmpeg on CPU runs in one thread (filters and x264): its frames differ only in a mouth-sized part, and
+# ffmpeg's own threads (a filter slice and an x264 frame thread per core, x264's lookahead) only preempt the generator
+# on its cores. 375 frames on one Zen 4 core: 512² at 700 frames/s with 13 % less CPU and 600 context switches
+# against 7700; 1280×720 at 275 frames/s (4x the generator's pace); 1920×1080 at 132, too close to it: larger
+# pictures keep ffmpeg's threads
+SINGLE_THREAD_MAX_PIXELS = 1280 * 720
 VIDEO_PIX_FMT = "yuv420p"  # what every player and browser decodes
 COLOUR_MATRIX = "bt709"  # convert and tag explicitly so players don't guess (and shift colours)
 AUDIO_CODEC = "aac"
@@ -89,6 +96,12 @@ def _canvas_graph(canvas: Canvas, fps: float, hold_last_frame: bool) -> str:
             f"[canvas][part]{','.join(over)}[video]")
 
 
+def encoder_threads(width: int, height: int, still: bool, cpu_bound: bool) -> int:
+    """ffmpeg threads for the writer: 1 for a still of at most SINGLE_THREAD_MAX_PIXELS whose frames the CPU
+    draws (the generator needs its cores), else 0: ffmpeg's choice, which keeps pace with a GPU."""
+    return 1 if still and cpu_bound and width * height <= SINGLE_THREAD_MAX_PIXELS else 0
+
+
 def write_args(
     output: str | Path,
     *,
@@ -104,6 +117,7 @@ def write_args(
     segments_folder: str | Path | None = None,
     still: bool = False,
     canvas: Canvas | None = None,
+    threads: int = 0,
 ) -> list[str]:
     """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
     (or, given `segments_folder`, to one-second segments there instead: see lipsync.segments).
@@ -111,15 +125,16 @@ def write_args(
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video. A `still`'s frames are
     converted with SCALE_FLAGS and encoded with STILL_X264_PARAMS; given its `canvas`, stdin carries only the
-    region of each frame that changes.
+    region of each frame that changes. `threads` > 0 caps ffmpeg's filter and encoder threads (encoder_threads).
     """
     timed = audio is not None and audio_duration > 0
     still = still or canvas is not None  # a canvas is only ever a still's
+    head = [*ffmpeg.head(), "-y", *_thread_args(threads)]
     if canvas is None:
-        args = [*ffmpeg.head(), "-y", *_raw_input(width, height, fps, "pipe:0")]
+        args = [*head, *_raw_input(width, height, fps, "pipe:0")]
     else:  # the picture at the frames' rate, so that its time base is theirs
         region = canvas.region
-        args = [*ffmpeg.head(), "-y", *_raw_input(region.width, region.height, fps, "pipe:0"),
+        args = [*head, *_raw_input(region.width, region.height, fps, "pipe:0"),
                 *_raw_input(width, height, fps, file_arg(canvas.picture))]  # fmt: skip
     if audio is not None:
         args += ["-i", file_arg(audio)]
@@ -130,9 +145,16 @@ def write_args(
         video = ["-vf", _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else ""), "-map", "0:v:0"]
     maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
     encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset, still)
+    if threads > 0:
+        encode = ["-threads", str(threads), *encode]  # the encoder's, as an output option before -c:v
     if segments_folder is not None:
         return [*args, *maps, *encode, *segments.output_args(segments_folder)]
     return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+
+
+def _thread_args(threads: int) -> list[str]:
+    """Global options capping the filter graph's threads (either kind of graph) when `threads` > 0."""
+    return ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)] if threads > 0 else []
 
 
 def _raw_input(width: int, height: int, fps: float, source: str) -> list[str]:
@@ -333,12 +355,14 @@ class VideoWriter:
     as they are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
     A `still`'s frames are converted exactly per 2x2 block; given a still's `canvas`, write() takes only the
     region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
+    `threads` > 0 caps ffmpeg's threads (encoder_threads says when).
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
                  preset: str = VIDEO_PRESET, segments: SegmentSink | None = None,
-                 audio_info: MediaInfo | None = None, still: bool = False, canvas: Canvas | None = None) -> None:
+                 audio_info: MediaInfo | None = None, still: bool = False, canvas: Canvas | None = None,
+                 threads: int = 0) -> None:
         self.path = Path(path)
         self.width, self.height = size
         part = (canvas.region.height, canvas.region.width) if canvas is not None else (self.height, self.width)
@@ -357,7 +381,7 @@ class VideoWriter:
         options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
                        audio_sample_rate=sound.audio_sample_rate if sound else 0,
                        audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
-                       still=still, canvas=canvas)
+                       still=still, canvas=canvas, threads=threads)
         args = write_args(self._partial, **options)  # type: ignore[arg-type]
         self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
         self._stream: SegmentEncoder | None = None

@@ -140,3 +140,10 @@ def read_video_frames(path: Path) -> np.ndarray:
         check=True, capture_output=True,
     ).stdout  # fmt: skip
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+def x264_options(path: Path) -> str:
+    """The settings x264 wrote into the stream it made (its SEI: "x264 - core … options: …")."""
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start : data.index(b"\0", start)].decode()

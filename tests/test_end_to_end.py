@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe, read_video_frames
+from conftest import ROOT, ffprobe, read_video_frames, x264_options
 
 import lipsync
 from lipsync import audio, blend
@@ -59,6 +59,7 @@ def test_photo_with_speech_through_the_api(media, astronaut_bgr, tmp_path):
     # one frame per mel window, then the last frame held until the speech ends
     assert result.frames <= len(frames) and abs(len(frames) - _audio_seconds(media["speech"]) * 25) <= 1
     _face_changed_background_kept(frames[len(frames) // 2], astronaut_bgr)
+    assert " threads=1 " in x264_options(out), "a picture drawn on the CPU is encoded in one thread"
     stages = [stage for stage, _, _ in seen]
     assert stages[0] == "reading audio" and "lip-syncing" in stages and stages[-1] == "encoding"
     done, total = max(((d, t) for s, d, t in seen if s == "lip-syncing"), key=lambda x: x[0])
@@ -73,6 +74,8 @@ def test_video_shorter_than_speech_plays_forward_and_back(media, astronaut_bgr, 
     assert abs(float(s["video"]["r_frame_rate"].split("/")[0]) / float(s["video"]["r_frame_rate"].split("/")[1]) - 25) < 0.01
     frames = read_video_frames(out)
     assert len(frames) > 50  # beyond the clip's 50 frames: it looped instead of stopping
+    if len(os.sched_getaffinity(0)) > 1:
+        assert " threads=1 " not in x264_options(out), "a video keeps ffmpeg's threads"
     # frame 50 is source frame 48 (ping-pong, no repeated turn frame): the far edge must match it
     source = read_video_frames(media["video"])
     assert np.abs(frames[50, 380:, :100].astype(int) - source[48, 380:, :100]).mean() < 3

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import quadrants
+from conftest import quadrants, x264_options
 
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import probe_args, rate_arg, tail
@@ -23,6 +23,7 @@ from lipsync.video import (
     FrameCache,
     FrameReader,
     VideoWriter,
+    encoder_threads,
     fit,
     fitted_size,
     pingpong_index,
@@ -665,13 +666,6 @@ def test_writer_whose_file_cannot_be_moved_into_place_says_so(media: dict[str, P
     assert ffmpeg_children() == []
 
 
-def _x264_options(path: Path) -> str:
-    """The settings x264 wrote into the stream it made (its SEI: "x264 - core … options: …")."""
-    data = path.read_bytes()
-    start = data.index(b"options: ")
-    return data[start : data.index(b"\0", start)].decode()
-
-
 def test_a_still_is_encoded_with_its_own_x264_setting_and_a_video_without(tmp_path: Path) -> None:
     """STILL_X264_PARAMS reaches x264 for a still (and only there): a moving video keeps the preset's refinement."""
     frames = [np.full((48, 64, 3), level, np.uint8) for level in range(0, 250, 10)]
@@ -681,6 +675,38 @@ def test_a_still_is_encoded_with_its_own_x264_setting_and_a_video_without(tmp_pa
         with VideoWriter(out, size=(64, 48), fps=25, audio=None, temp_dir=tmp_path, still=still) as writer:
             for frame in frames:
                 writer.write(frame)
-        written[still] = _x264_options(out)
+        written[still] = x264_options(out)
     assert " subme=1 " in written[True] and " subme=1 " not in written[False]
     assert " subme=2 " in written[False], "veryfast's own refinement"
+
+
+def test_encoder_threads_are_one_for_a_cpu_drawn_still_up_to_720p_only() -> None:
+    assert encoder_threads(512, 512, still=True, cpu_bound=True) == 1
+    assert encoder_threads(1280, 720, still=True, cpu_bound=True) == 1
+    assert encoder_threads(1280, 722, still=True, cpu_bound=True) == 0, "larger: ffmpeg's own threads"
+    assert encoder_threads(512, 512, still=False, cpu_bound=True) == 0, "a video's frames change everywhere"
+    assert encoder_threads(512, 512, still=True, cpu_bound=False) == 0, "a GPU outruns one encoder thread"
+
+
+def test_writer_threads_reach_the_filters_and_x264(tmp_path: Path) -> None:
+    """threads=1 caps both filter graphs (global options, before the inputs) and x264 (its SEI says threads=1);
+    threads=0 leaves all of them to ffmpeg."""
+    args = write_args(tmp_path / "o.mp4", width=64, height=48, fps=25, still=True, threads=1)
+    first_input = args.index("-i")
+    assert args[args.index("-filter_threads") + 1] == "1" and args.index("-filter_threads") < first_input
+    assert args[args.index("-filter_complex_threads") + 1] == "1" and args.index("-filter_complex_threads") < first_input
+    assert args[args.index("-threads") + 1] == "1" and args.index("-threads") < args.index("-c:v")
+    unset = write_args(tmp_path / "o.mp4", width=64, height=48, fps=25, still=True)
+    assert not {"-threads", "-filter_threads", "-filter_complex_threads"} & set(unset)
+    frames = [np.full((240, 320, 3), level, np.uint8) for level in range(0, 250, 10)]
+    written = {}
+    for threads in (1, 0):
+        out = tmp_path / f"threads{threads}.mp4"
+        with VideoWriter(out, size=(320, 240), fps=25, audio=None, temp_dir=tmp_path, still=True,
+                         threads=threads) as writer:
+            for frame in frames:
+                writer.write(frame)
+        written[threads] = x264_options(out)
+    assert " threads=1 " in written[1] and " lookahead_threads=1 " in written[1]
+    if len(os.sched_getaffinity(0)) > 1:
+        assert " threads=1 " not in written[0], "x264's own choice: frame threads per core"
