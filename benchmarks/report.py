@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from workload import FPS, STAGES, TARGETS
+
+# From this many runs on, a case's e2e/gen target is judged by its median run, each run against the generator measured
+# right after it in the same process: a request's own share, paired under the same machine state. The best run over
+# the best generator sample pits the luckiest of 3 runs against the luckiest of 6 samples (two ways each) taken
+# seconds apart on a machine whose speed drifts by 5-10 %
+PAIRED_RUNS = 3
 
 # ---------------------------------------------------------------- report
 
@@ -75,8 +81,8 @@ def target_lines(results: Dict[str, Any]) -> List[str]:
     lines = [_target("generator runtime / dygraph", gen["ratio"], TARGETS["runtime_vs_dygraph"], "x")]
     for key, name in (("still", "still e2e / generator"), ("video", "video e2e / generator")):
         if key in cases:
-            share = cases[key]["e2e"]["fps"] / _generator_fps(cases[key]["e2e"], gen)
-            lines.append(_target(name, share, TARGETS[f"{key}_vs_generator"], "%"))
+            share, how = verdict_share(cases[key]["e2e"], gen)
+            lines.append(_target(f"{name} ({how})", share, TARGETS[f"{key}_vs_generator"], "%"))
             fresh = cases[key]["e2e"].get("new_picture")
             if fresh:
                 lines.append(_target(f"{name}, a picture not seen before", fresh["fps"] / fresh["generator_fps"],
@@ -97,6 +103,15 @@ def target_lines(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def verdict_share(e2e: Dict[str, Any], gen: Dict[str, Any]) -> Tuple[float, str]:
+    """A case's e2e/generator share as its target judges it, and how it was taken (see PAIRED_RUNS)."""
+    runs = e2e.get("runs", [])
+    if len(runs) >= PAIRED_RUNS:
+        shares = [run["fps"] / run["generator_fps"] for run in runs]
+        return statistics.median(shares), f"median of {len(runs)} runs, each over the generator right after it"
+    return e2e["fps"] / _generator_fps(e2e, gen), "best run over best generator"
+
+
 def _target(name: str, value: float, goal: float, unit: str, at_most: bool = False) -> str:
     met = value <= goal if at_most else value >= goal
     shown = (lambda v: f"{100 * v:.0f}%") if unit == "%" else (lambda v: f"{v:.2f}{unit}" if unit else f"{v:.0f}")
@@ -115,8 +130,8 @@ def print_report(results: Dict[str, Any]) -> None:
     print("stage columns: output frames/s each stage sustains alone (a still is decoded and detected once); "
           "a case's generator figure is taken in its e2e process right after each run; e2e: lipsync.run with the "
           "networks loaded, in a fresh process, best of the runs (a picture's run uses the generator split in two: "
-          "face encoder once); e2e/gen = best e2e / best generator; RTF = run time / speech length; peak RSS: "
-          "the first run's\n")
+          "face encoder once); e2e/gen = best e2e / best generator (its target line: from 3 runs on, the median run "
+          "over the generator right after it); RTF = run time / speech length; peak RSS: the first run's\n")
     print(markdown_table(table_rows(results)))
     spread = results["generator"]
     print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats (the table shows the best): runtime "

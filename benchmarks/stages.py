@@ -104,16 +104,16 @@ def blend_stage(frames: List[np.ndarray], box: Tuple[int, ...], mode: str, still
 
 
 def encode_stage(frames: List[np.ndarray], box: Tuple[int, ...], count: int, folder: Path) -> float:
-    """video.VideoWriter throughput on count frames (each with a different mouth, so x264 sees change)."""
-    from lipsync import blend, video
+    """encoding.VideoWriter throughput on count frames (each with a different mouth, so x264 sees change)."""
+    from lipsync import blend, encoding
 
     rng = np.random.default_rng(SEED)
     shown = [blend.paste(f, box, rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)) for f in _cycle(frames, 8)]
     height, width = shown[0].shape[:2]
 
     def encode_all() -> None:
-        with video.VideoWriter(folder / "encode.mp4", size=(width, height), fps=FPS, audio=None,
-                               temp_dir=folder) as writer:
+        with encoding.VideoWriter(folder / "encode.mp4", size=(width, height), fps=FPS, audio=None,
+                                  temp_dir=folder) as writer:
             for frame in _cycle(shown, count):
                 writer.write(frame)
 

@@ -13,8 +13,8 @@ from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
-from . import (audio, blend, canvas, cpu, facecrop, faces, geometry, loading, native, paths, picker, runtime, shots,
-               synth, video, writeahead)
+from . import (audio, blend, canvas, cpu, encoding, facecrop, faces, geometry, loading, native, paths, picker, runtime,
+               shots, synth, video, writeahead)
 from .engine import DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .options import LipSyncOptions
@@ -143,7 +143,7 @@ def _render(job: _Job, options: LipSyncOptions, networks: loading.Networks, tmp:
     found = _locate_faces(job, options, networks.detect, detection_batch(options, device), tmp, report)
     absent = found.absent_frames(job)
     try:
-        threads = video.encoder_threads(*job.size, job.still, cpu_bound=device.kind == "cpu")
+        threads = encoding.encoder_threads(*job.size, job.still, cpu_bound=device.kind == "cpu")
         _synthesize(job, options, networks.generator, generator_batch(options, device), found, tmp, report,
                     enhancer, threads)
     finally:
@@ -418,7 +418,7 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
             writer.write(frame)
 
     in_flight = synth.chunks_in_flight(0 if job.still else first[0].nbytes, batch)
-    with video.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
+    with encoding.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                            audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound, still=job.still,
                            canvas=board, threads=threads) as encoder, \
             writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer, \

@@ -1,61 +1,33 @@
-"""Frames in and out: stream a face input's frames through ffmpeg, edit them, encode frames + audio to mp4."""
+"""Frames in: stream a face input's frames through ffmpeg and edit them (lipsync.encoding encodes them back out)."""
 
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from pathlib import Path
 from typing import IO
 
 import cv2
 import numpy as np
 
-from lipsync import ffmpeg, segments
-from lipsync.canvas import SCALE_FLAGS, Canvas
+from lipsync import ffmpeg
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg, probe_args, rate_arg
 from lipsync.ffmpeg import require as require_ffmpeg
 from lipsync.framecache import FrameCache, pingpong_index
 from lipsync.mediainfo import MediaInfo, probe
 from lipsync.picture import read_image
-from lipsync.segments import SegmentEncoder, SegmentSink
 from lipsync.types import Frame
 
-__all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "VideoWriter", "encoder_threads", "file_arg",
-           "fit", "fitted_size", "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames",
-           "read_image", "require_ffmpeg", "transform", "transformed_size", "write_args"]
+__all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "file_arg", "fit", "fitted_size",
+           "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames", "read_image",
+           "require_ffmpeg", "transform", "transformed_size"]
 
-VIDEO_CODEC = "libx264"
-VIDEO_CRF = 18  # near-transparent quality; the regenerated mouth must not smear
-VIDEO_PRESET = "veryfast"  # ~3x faster than "medium" at a few % more bits; encoding stays cheap next to the model
-# A still's frames change only where the mouth is pasted, where x264's second sub-pixel refinement bought little
-# (512² picture, 375 frames: the same size to 0.02 %, the mouth's PSNR to 0.02 dB; a real mouth smoothly warped:
-# 1.1 % more bits, 0.02 dB) for 15 % of the encoder's CPU, taken from the cores the generator needs; on a moving video
-# it buys 21 % of the size: there it stays. subme=0 (whole pixels) cost the smooth mouth 2.6 % more bits
-STILL_X264_PARAMS = "subme=1"
-# A still's ffmpeg on CPU runs in one thread (filters and x264): its frames differ only in a mouth-sized part, and
-# ffmpeg's own threads (a filter slice and an x264 frame thread per core, x264's lookahead) only preempt the generator
-# on its cores. 375 frames on one Zen 4 core: 512² at 700 frames/s with 13 % less CPU and 600 context switches
-# against 7700; 1280×720 at 275 frames/s (4x the generator's pace); 1920×1080 at 132, too close to it: larger
-# pictures keep ffmpeg's threads
-SINGLE_THREAD_MAX_PIXELS = 1280 * 720
-VIDEO_PIX_FMT = "yuv420p"  # what every player and browser decodes
-COLOUR_MATRIX = "bt709"  # convert and tag explicitly so players don't guess (and shift colours)
-AUDIO_CODEC = "aac"
-AUDIO_BITRATE = "192k"
-# ffmpeg's "fast" AAC coder: at this bitrate it is the better-sounding one as well as the cheaper (its author made it
-# the default in 2018 for that reason: FFmpeg commit fcb681ac); twoloop, the default here, took 0.26 CPU s for
-# 13.7 s of speech against 0.12, on the cores the generator needs
-AUDIO_CODER = "fast"
-MAX_AUDIO_RATE = 48000  # Hz; higher source rates are resampled down, lower ones kept as they are
-MAX_AUDIO_CHANNELS = 2  # surround sound is mixed down to stereo, which every browser plays
 MAX_FRAME_SIDE = 4096  # px; larger pictures and videos are scaled down to fit …
 MAX_FRAME_PIXELS = 3840 * 2160  # … and to at most 4K UHD's area: H.264 level 5.1, what hardware decoders accept
 NO_CROP = (0, -1, 0, -1)  # y1, y2, x1, x2; -1 is that edge of the frame
 
 
-# ---------------------------------------------------------------- argument builders (pure)
+# ---------------------------------------------------------------- reading frames
 
 
 def read_args(path: str | Path, fps: float) -> list[str]:
@@ -66,123 +38,6 @@ def read_args(path: str | Path, fps: float) -> list[str]:
     """
     return [*ffmpeg.head(), "-i", file_arg(path), "-map", "0:v:0", "-vf", f"fps={rate_arg(fps)}",
             "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
-
-
-def _to_yuv(flags: str) -> str:
-    """The filters converting BGR to the output's yuv (swscale's `flags` if any: a still's are exact per part)."""
-    scale = f"scale=out_color_matrix={COLOUR_MATRIX}:out_range=tv" + (f":flags={flags}" if flags else "")
-    return f"{scale},format={VIDEO_PIX_FMT}"
-
-
-def _hold(hold_last_frame: bool) -> list[str]:
-    return ["tpad=stop=-1:stop_mode=clone"] if hold_last_frame else []  # -t cuts it at the audio's end
-
-
-def _video_filters(width: int, height: int, hold_last_frame: bool, flags: str = "") -> str:
-    """Filter chain for the writer: pad odd sizes by one smeared pixel, optionally hold the last frame, to yuv."""
-    filters = []
-    if width % 2 or height % 2:
-        filters.append(f"pad={width + width % 2}:{height + height % 2}")
-        filters.append(f"fillborders=right={width % 2}:bottom={height % 2}:mode=smear")
-    return ",".join([*filters, *_hold(hold_last_frame), _to_yuv(flags)])
-
-
-def _canvas_graph(canvas: Canvas, fps: float, hold_last_frame: bool) -> str:
-    """Filter graph for a still: its picture (input 1) converted once and repeated at the frame rate, each
-    frame's changed part (input 0) converted and laid over it; ends with the parts (then held, if asked)."""
-    region, convert = canvas.region, _to_yuv(SCALE_FLAGS)
-    over = [f"overlay=x={region.x}:y={region.y}:format=yuv420:shortest=1", *_hold(hold_last_frame)]
-    return (f"[1:v]{convert},loop=loop=-1:size=1,setpts=round(N/({rate_arg(fps)})/TB)[canvas];[0:v]{convert}[part];"
-            f"[canvas][part]{','.join(over)}[video]")
-
-
-def encoder_threads(width: int, height: int, still: bool, cpu_bound: bool) -> int:
-    """ffmpeg threads for the writer: 1 for a still of at most SINGLE_THREAD_MAX_PIXELS whose frames the CPU
-    draws (the generator needs its cores), else 0: ffmpeg's choice, which keeps pace with a GPU."""
-    return 1 if still and cpu_bound and width * height <= SINGLE_THREAD_MAX_PIXELS else 0
-
-
-def write_args(
-    output: str | Path,
-    *,
-    width: int,
-    height: int,
-    fps: float,
-    audio: str | Path | None = None,
-    audio_duration: float = 0.0,
-    audio_sample_rate: int = 0,
-    audio_channels: int = 0,
-    crf: int = VIDEO_CRF,
-    preset: str = VIDEO_PRESET,
-    segments_folder: str | Path | None = None,
-    still: bool = False,
-    canvas: Canvas | None = None,
-    threads: int = 0,
-) -> list[str]:
-    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
-    (or, given `segments_folder`, to one-second segments there instead: see lipsync.segments).
-
-    With a known audio duration the video holds its last frame and the output ends exactly at the
-    audio's end (`-t`), which `-shortest` does not guarantee with piped video. A `still`'s frames are
-    converted with SCALE_FLAGS and encoded with STILL_X264_PARAMS; given its `canvas`, stdin carries only the
-    region of each frame that changes. `threads` > 0 caps ffmpeg's filter and encoder threads (encoder_threads).
-    """
-    timed = audio is not None and audio_duration > 0
-    still = still or canvas is not None  # a canvas is only ever a still's
-    head = [*ffmpeg.head(), "-y", *_thread_args(threads)]
-    if canvas is None:
-        args = [*head, *_raw_input(width, height, fps, "pipe:0")]
-    else:  # the picture at the frames' rate, so that its time base is theirs
-        region = canvas.region
-        args = [*head, *_raw_input(region.width, region.height, fps, "pipe:0"),
-                *_raw_input(width, height, fps, file_arg(canvas.picture))]  # fmt: skip
-    if audio is not None:
-        args += ["-i", file_arg(audio)]
-    seconds = audio_duration if timed else 0.0
-    if canvas is not None:
-        video = ["-filter_complex", _canvas_graph(canvas, fps, hold_last_frame=seconds > 0), "-map", "[video]"]
-    else:
-        video = ["-vf", _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else ""), "-map", "0:v:0"]
-    maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
-    encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset, still)
-    if threads > 0:
-        encode = ["-threads", str(threads), *encode]  # the encoder's, as an output option before -c:v
-    if segments_folder is not None:
-        return [*args, *maps, *encode, *segments.output_args(segments_folder)]
-    return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
-
-
-def _thread_args(threads: int) -> list[str]:
-    """Global options capping the filter graph's threads (either kind of graph) when `threads` > 0."""
-    return ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)] if threads > 0 else []
-
-
-def _raw_input(width: int, height: int, fps: float, source: str) -> list[str]:
-    """An ffmpeg input of raw BGR frames of this size at this rate."""
-    return ["-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}", "-framerate", rate_arg(fps),
-            "-i", source]
-
-
-def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio_channels: int, crf: int,
-                 preset: str, still: bool) -> list[str]:  # fmt: skip
-    """One output's codecs: H.264 (and AAC), lasting `seconds` when that is known (> 0)."""
-    args = ["-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT,
-             "-colorspace", COLOUR_MATRIX, "-color_primaries", COLOUR_MATRIX, "-color_trc", COLOUR_MATRIX,
-             "-color_range", "tv"]
-    if still:
-        args += ["-x264-params", STILL_X264_PARAMS]
-    if with_audio:
-        args += ["-c:a", AUDIO_CODEC, "-aac_coder", AUDIO_CODER, "-b:a", AUDIO_BITRATE]
-        if audio_sample_rate > MAX_AUDIO_RATE:
-            args += ["-ar", str(MAX_AUDIO_RATE)]
-        if audio_channels > MAX_AUDIO_CHANNELS:
-            args += ["-ac", str(MAX_AUDIO_CHANNELS)]
-    if seconds > 0:
-        args += ["-t", f"{seconds:.6f}"]
-    return args
-
-
-# ---------------------------------------------------------------- reading frames
 
 
 def _read_exactly(stream: IO[bytes], buffer: memoryview) -> int:
@@ -339,129 +194,3 @@ def fit(frame: Frame) -> Frame:
     if size == (width, height):
         return frame
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-
-
-# ---------------------------------------------------------------- writing
-
-
-class VideoWriter:
-    """Encode BGR frames plus an audio track to an mp4 through one ffmpeg process.
-
-    The file appears at `path` only when ffmpeg succeeded (it is written under a hidden temporary
-    name next to it, then renamed), so a failed run leaves nothing behind, and `path` may even be one
-    of the inputs. With audio, the output lasts exactly as long as the audio: the last frame is held
-    if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
-    Given `segments`, a second ffmpeg encodes the same frames and audio into one-second segments handed over
-    as they are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
-    A `still`'s frames are converted exactly per 2x2 block; given a still's `canvas`, write() takes only the
-    region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
-    `threads` > 0 caps ffmpeg's threads (encoder_threads says when).
-    """
-
-    def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
-                 temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
-                 preset: str = VIDEO_PRESET, segments: SegmentSink | None = None,
-                 audio_info: MediaInfo | None = None, still: bool = False, canvas: Canvas | None = None,
-                 threads: int = 0) -> None:
-        self.path = Path(path)
-        self.width, self.height = size
-        part = (canvas.region.height, canvas.region.width) if canvas is not None else (self.height, self.width)
-        self.frame_shape = (*part, 3)  # what write() takes: whole frames, or a canvas's changing region
-        self.canvas = canvas
-        self.frames_written = 0
-        self._stopped = False  # ffmpeg stopped reading: it reached the audio's end, or failed
-        sound = audio_info  # `audio` probed already (a run does it while the networks load), else probed here
-        if sound is None and audio is not None:
-            sound = probe(audio, require_video=False)
-        if sound is not None and not sound.has_audio:
-            raise LipSyncError(f"{audio} has no audio track")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
-        seconds = audio_seconds if audio_seconds is not None else (sound.audio_duration if sound else 0.0)
-        options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
-                       audio_sample_rate=sound.audio_sample_rate if sound else 0,
-                       audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
-                       still=still, canvas=canvas, threads=threads)
-        args = write_args(self._partial, **options)  # type: ignore[arg-type]
-        self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
-        self._stream: SegmentEncoder | None = None
-        if segments is not None:
-            try:
-                self._stream = SegmentEncoder(lambda folder: write_args(self._partial, segments_folder=folder,
-                                                                        **options), segments, temp_dir)  # type: ignore
-            except BaseException:
-                self._process.stop()
-                raise
-
-    def write(self, frame: Frame) -> None:
-        """Send one frame_shape uint8 BGR frame, or a canvas's region of one (copied only if not contiguous)."""
-        if frame.shape != self.frame_shape or frame.dtype != np.uint8:
-            raise ValueError(f"frame {frame.shape} {frame.dtype}, writer expects {self.frame_shape} uint8")
-        if self._process is None:
-            raise ValueError("VideoWriter is closed")
-        self.frames_written += 1
-        data = memoryview(np.ascontiguousarray(frame)).cast("B")
-        if self._stream is not None:
-            self._stream.write(data)
-        if self._stopped:
-            return
-        assert self._process.stdin is not None
-        try:
-            self._process.stdin.write(data)
-        except BrokenPipeError:
-            self._stopped = True  # close() tells success (audio end reached) from failure
-
-    def close(self) -> None:
-        """Finish encoding and move the file into place; LipSyncError with ffmpeg's words if it failed.
-        However it ends, ffmpeg is reaped, its pipe and stderr file are closed, and no partial file is left."""
-        if self._process is None:
-            return
-        process, self._process = self._process, None
-        try:
-            code = process.finish()
-            reason = process.said(self._partial)
-        except BaseException:
-            self._discard(process)
-            raise
-        process.stop()
-        if code != 0 or self.frames_written == 0 or not self._partial.is_file():
-            self._discard(process)
-            detail = reason if self.frames_written else "no frames were written"
-            raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
-        try:
-            if self._stream is not None:
-                self._stream.finish()  # the last segments before the mp4
-        except BaseException:
-            self._partial.unlink(missing_ok=True)
-            raise
-        try:
-            os.replace(self._partial, self.path)
-        except OSError as error:
-            self._partial.unlink(missing_ok=True)
-            raise LipSyncError(f"could not write {self.path} ({error.strerror})") from error
-
-    def abort(self) -> None:
-        """Stop ffmpeg and delete the partial file."""
-        if self._process is None:
-            return
-        process, self._process = self._process, None
-        self._discard(process)
-
-    def _discard(self, process: ffmpeg.Process) -> None:
-        """Kill and reap ffmpeg, stop handing over segments, then delete what it wrote (once it is dead it can
-        write no more)."""
-        try:
-            process.stop()
-        finally:
-            if self._stream is not None:
-                self._stream.stop()
-            self._partial.unlink(missing_ok=True)
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

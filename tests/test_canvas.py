@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lipsync
-from lipsync import canvas, video
+from lipsync import canvas, encoding, video
 from lipsync.canvas import Region
 from lipsync.options import LipSyncOptions
 
@@ -52,7 +52,7 @@ def _encode(tmp: Path, name: str, picture: np.ndarray, frames: list, fps: float,
     out = tmp / name
     height, width = picture.shape[:2]
     seconds = len(frames) / fps + 0.3 if speech is not None else None  # the last frame held 0.3 s
-    with video.VideoWriter(out, size=(width, height), fps=fps, audio=speech, temp_dir=tmp, audio_seconds=seconds,
+    with encoding.VideoWriter(out, size=(width, height), fps=fps, audio=speech, temp_dir=tmp, audio_seconds=seconds,
                            still=True, canvas=board) as writer:  # fmt: skip
         for frame in frames:
             writer.write(frame)
@@ -88,15 +88,15 @@ def test_the_canvas_writer_takes_only_the_region(tmp_path):
     region = Region(30, 20, 32, 32)
     board = canvas.save(picture, region, tmp_path)
     with pytest.raises(ValueError, match="expects"):
-        with video.VideoWriter(tmp_path / "o.mp4", size=(96, 64), fps=25, audio=None, temp_dir=tmp_path,
+        with encoding.VideoWriter(tmp_path / "o.mp4", size=(96, 64), fps=25, audio=None, temp_dir=tmp_path,
                                canvas=board) as writer:  # fmt: skip
             writer.write(picture)
 
 
 def test_a_picture_job_sends_its_face_region_and_makes_the_same_video(media, tmp_path, monkeypatch):
     shapes = []
-    write = video.VideoWriter.write
-    monkeypatch.setattr(video.VideoWriter, "write",
+    write = encoding.VideoWriter.write
+    monkeypatch.setattr(encoding.VideoWriter, "write",
                         lambda self, frame: shapes.append(frame.shape) or write(self, frame))  # fmt: skip
     eng = lipsync.Engine()
     laid = tmp_path / "canvas.mp4"

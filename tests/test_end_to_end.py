@@ -231,18 +231,18 @@ def test_two_lanes_drawing_ahead_give_the_frames_of_one_chunk_at_a_time(face, me
     in order, that one predictor drawing one chunk at a time does (to a level: half a batch may take another
     oneDNN kernel)."""
     from lipsync import engine as engines
-    from lipsync import pipeline, runtime, synth, video
+    from lipsync import encoding, pipeline, runtime, synth
 
     options = replace(HAAR, threads=2, precision="fp32")
     depths: list = []
-    real_ahead, write = synth.Ahead, video.VideoWriter.write
+    real_ahead, write = synth.Ahead, encoding.VideoWriter.write
     monkeypatch.setattr(synth, "Ahead", lambda depth: depths.append(depth) or real_ahead(depth))
 
     def frames_of(lanes: int, ahead: int, out: Path) -> list:
         monkeypatch.setattr(engines, "GENERATOR_LANES", lanes)
         monkeypatch.setattr(synth, "CHUNKS_AHEAD", ahead)
         written: list = []
-        monkeypatch.setattr(video.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()),
+        monkeypatch.setattr(encoding.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()),
                                                                             write(self, frame))[1])  # fmt: skip
         engine = lipsync.Engine()
         pipeline.run(media[face], media["speech"], out, options, engine=engine)
@@ -349,9 +349,9 @@ def small_gpen(tmp_path_factory) -> Path:
 def _written_frames(monkeypatch, options: LipSyncOptions, media: dict, out: Path) -> list:
     """Run the photo through the API and return copies of the frames handed to the encoder (whole frames: a
     still's canvas region laid over its picture, as ffmpeg does)."""
-    from lipsync import video
+    from lipsync import encoding
 
-    written, write = [], video.VideoWriter.write
+    written, write = [], encoding.VideoWriter.write
 
     def whole(writer, frame):
         board = writer.canvas
@@ -361,7 +361,7 @@ def _written_frames(monkeypatch, options: LipSyncOptions, media: dict, out: Path
         board.region.cut(picture)[...] = frame
         return picture
 
-    monkeypatch.setattr(video.VideoWriter, "write", lambda self, frame: (written.append(whole(self, frame)),
+    monkeypatch.setattr(encoding.VideoWriter, "write", lambda self, frame: (written.append(whole(self, frame)),
                                                                         write(self, frame))[1])  # fmt: skip
     lipsync.run(media["photo"], media["speech"], out, options)
     monkeypatch.undo()

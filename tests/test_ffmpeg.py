@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_video import ffmpeg_children, no_garbage_collection, open_fds
 
-from lipsync import audio, ffmpeg, video
+from lipsync import audio, encoding, ffmpeg, video
 from lipsync.errors import LipSyncError
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
@@ -41,7 +41,7 @@ def test_one_not_found_message_from_audio_and_video(clip: Path, tmp_path: Path, 
     info = video.probe(clip)
     monkeypatch.setenv("PATH", str(tmp_path))
     failures = [lambda: audio.load_audio(clip), video.require_ffmpeg, lambda: next(video.read_frames(clip, info)),
-                lambda: video.VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=None, temp_dir=tmp_path)]
+                lambda: encoding.VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=None, temp_dir=tmp_path)]
     for fail in failures:
         with pytest.raises(LipSyncError) as caught:
             fail()

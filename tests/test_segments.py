@@ -15,7 +15,7 @@ from test_video import colour_frame, ffmpeg, ffmpeg_children, no_garbage_collect
 
 from lipsync import segments
 from lipsync.errors import LipSyncError
-from lipsync.video import VideoWriter
+from lipsync.encoding import VideoWriter
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -125,7 +125,7 @@ def test_a_sink_that_fails_fails_the_writer_and_an_abort_stops_the_watcher(speec
 
 
 def test_the_segment_encoder_gets_the_mp4s_command_and_one_with_no_frames_hands_over_none(speech, tmp_path):
-    from lipsync.video import write_args
+    from lipsync.encoding import write_args
 
     plain = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS)
     assert plain[-4:] == ["+faststart", "-f", "mp4", f"file:{tmp_path / 'o.mp4'}"] and "segment" not in plain

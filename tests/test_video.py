@@ -1,4 +1,4 @@
-"""Tests for lipsync.video: ffmpeg argument builders, probing, frame streaming, caching and writing."""
+"""Tests for lipsync.video: ffmpeg argument builders, probing, frame streaming and caching (writing: test_encoding)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import quadrants, x264_options
+from conftest import quadrants
 
+from lipsync.encoding import write_args
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import probe_args, rate_arg, tail
 from lipsync.video import (
     MAX_FRAME_PIXELS,
     FrameCache,
     FrameReader,
-    VideoWriter,
-    encoder_threads,
     fit,
     fitted_size,
     pingpong_index,
@@ -33,7 +32,6 @@ from lipsync.video import (
     read_image,
     transform,
     transformed_size,
-    write_args,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
@@ -133,23 +131,6 @@ def test_read_args_stream_bgr_at_constant_rate() -> None:
     assert "-nostdin" in args and "-map 0:v:0" in joined
     assert "fps=30000/1001" in args
     assert "-f rawvideo -pix_fmt bgr24 pipe:1" in joined
-
-
-def test_write_args_even_size_audio_and_duration() -> None:
-    args = write_args("out.mp4", width=321, height=241, fps=25, audio="voice.wav",
-                      audio_duration=2.5, audio_sample_rate=96000)
-    joined = " ".join(args)
-    assert "-map 1:a:0" in joined and "-t 2.500000" in joined and "-ar 48000" in joined
-    assert "pad=322:242" in args[args.index("-vf") + 1] and "tpad" in args[args.index("-vf") + 1]
-    assert "libx264" in args and "yuv420p" in args and "+faststart" in args
-    assert args[-1] == "file:out.mp4"
-    even = write_args("out.mp4", width=320, height=240, fps=25, audio="voice.wav", audio_sample_rate=44100)
-    assert "pad=" not in " ".join(even) and "-ar" not in even and "-t" not in even and "tpad" not in " ".join(even)
-    assert "-ac" not in even, "mono and stereo stay as they are"
-    surround = write_args("out.mp4", width=320, height=240, fps=25, audio="voice.wav", audio_channels=8)
-    assert surround[surround.index("-ac") + 1] == "2", "7.1 is mixed down to stereo, which browsers play"
-    silent = " ".join(write_args("out.mp4", width=320, height=240, fps=25))
-    assert "1:a:0" not in silent and "-c:a" not in silent
 
 
 # ---------------------------------------------------------------- probing and reading videos
@@ -516,197 +497,3 @@ def test_pingpong_index() -> None:
     assert all(a != b for a, b in zip(sequence, sequence[1:])), "no frame repeats at the turn"
     with pytest.raises(ValueError):
         pingpong_index(0, 0)
-
-
-# ---------------------------------------------------------------- writing
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    """Top-level mp4 box types in file order."""
-    names, data, offset = [], path.read_bytes(), 0
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset:offset + 4], "big")
-        names.append(data[offset + 4:offset + 8].decode("latin-1"))
-        if size == 1:
-            size = int.from_bytes(data[offset + 8:offset + 16], "big")
-        if size < 8:
-            break
-        offset += size
-    return names
-
-
-def colour_frame(index: int) -> np.ndarray:
-    frame = np.zeros((241, 321, 3), np.uint8)
-    frame[:, :100] = (0, 0, 255)
-    frame[:, 100:200] = (0, 255, 0)
-    frame[:, 200:] = (255, 0, 0)
-    frame[:20] = index * 10  # a changing strip
-    return frame
-
-
-def test_writer_output(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    work, scratch = tmp_path / "cwd", tmp_path / "scratch"
-    work.mkdir(), scratch.mkdir()
-    monkeypatch.chdir(work)
-    out = tmp_path / "result.mp4"
-    with VideoWriter(out, size=ODD_SIZE, fps=25, audio=media["audio"], temp_dir=scratch) as writer:
-        for index in range(20):  # 0.8 s of video for 1.0 s of audio
-            writer.write(colour_frame(index))
-    streams = {s["codec_type"]: s for s in ffprobe_json(out)["streams"]}
-    video, audio = streams["video"], streams["audio"]
-    assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 322, 242)
-    assert audio["codec_name"] == "aac" and audio["sample_rate"] == "44100"
-    assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
-    assert float(video["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25), "last frame held to the end"
-    boxes = top_level_boxes(out)
-    assert boxes.index("moov") < boxes.index("mdat"), "faststart: moov first"
-    with read_frames(out, probe(out)) as frames:
-        back = next(frames)
-    for column, colour in ((50, (0, 0, 255)), (150, (0, 255, 0)), (250, (255, 0, 0))):
-        assert np.abs(back[100:200, column].astype(int) - colour).max() <= 6, "colours survive encode + decode"
-    assert np.abs(back[100:200, 321].astype(int) - back[100:200, 320]).max() <= 6, "padding smears the edge"
-    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "result.mp4",
-                                                                                          "scratch"]
-
-
-def test_writer_cuts_frames_past_the_audio(media: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "long.mp4"
-    with VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
-        for _ in range(150):  # 6 s of frames for 1 s of audio
-            writer.write(np.zeros((48, 64, 3), np.uint8))
-    assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
-
-
-def test_writer_output_may_replace_its_audio_source(media: dict[str, Path], tmp_path: Path) -> None:
-    talk = tmp_path / "talk.mp4"
-    shutil.copy(media["with_audio"], talk)
-    with VideoWriter(talk, size=(96, 64), fps=25, audio=talk, temp_dir=tmp_path) as writer:
-        for _ in range(30):
-            writer.write(np.full((64, 96, 3), 128, np.uint8))
-    info = probe(talk)
-    assert (info.width, info.height) == (96, 64) and info.has_audio
-    assert info.duration == pytest.approx(1.5, abs=1 / 25)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4"]
-
-
-def test_failed_ffmpeg_leaves_no_file(media: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "out" / "result.mp4"
-    writer = VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path,
-                         preset="no-such-preset")
-    for _ in range(10):
-        writer.write(np.zeros((48, 64, 3), np.uint8))
-    with pytest.raises(LipSyncError, match="(?i)preset"):
-        writer.close()
-    assert list(out.parent.iterdir()) == [] and ffmpeg_children() == []
-
-
-def test_exception_aborts_writer(media: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "result.mp4"
-    with pytest.raises(RuntimeError), VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"],
-                                                  temp_dir=tmp_path) as writer:
-        writer.write(np.zeros((48, 64, 3), np.uint8))
-        raise RuntimeError("model crashed")
-    assert list(tmp_path.iterdir()) == [] and ffmpeg_children() == []
-
-
-def test_writer_rejects_bad_input(media: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(LipSyncError, match="no audio track"):
-        VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=media["plain"], temp_dir=tmp_path)
-    with VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
-        with pytest.raises(ValueError):
-            writer.write(np.zeros((48, 64, 4), np.uint8))
-        writer.write(np.zeros((48, 64, 3), np.uint8))
-
-
-def test_writer_abort_mid_stream_leaves_no_file_child_or_fd(media: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "out" / "result.mp4"
-    with no_garbage_collection():
-        before = open_fds()
-        writer = VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path)
-        for _ in range(10):
-            writer.write(np.zeros((48, 64, 3), np.uint8))
-        assert ffmpeg_children()
-        writer.abort()
-        writer.abort()
-        assert list(out.parent.iterdir()) == [] and ffmpeg_children() == [] and open_fds() == before
-        with pytest.raises(ValueError, match="closed"):
-            writer.write(np.zeros((48, 64, 3), np.uint8))
-
-
-def test_writer_that_cannot_start_ffmpeg_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "no tools here"))
-    out = tmp_path / "out" / "result.mp4"
-    with no_garbage_collection():
-        before = open_fds()
-        with pytest.raises(LipSyncError, match="^ffmpeg was not found: install ffmpeg"):
-            VideoWriter(out, size=(64, 48), fps=25, audio=None, temp_dir=tmp_path)
-        assert open_fds() == before, "the stderr file is closed"
-    assert list(out.parent.iterdir()) == []
-
-
-def test_writer_failures_leave_no_fd(media: dict[str, Path], tmp_path: Path) -> None:
-    with no_garbage_collection():
-        before = open_fds()
-        writer = VideoWriter(tmp_path / "r.mp4", size=(64, 48), fps=25, audio=None, temp_dir=tmp_path,
-                             preset="no-such-preset")
-        writer.write(np.zeros((48, 64, 3), np.uint8))
-        with pytest.raises(LipSyncError, match="(?i)preset"):
-            writer.close()
-        assert open_fds() == before and ffmpeg_children() == [] and list(tmp_path.iterdir()) == []
-
-
-def test_writer_whose_file_cannot_be_moved_into_place_says_so(media: dict[str, Path], tmp_path: Path) -> None:
-    taken = tmp_path / "taken.mp4"
-    taken.mkdir()  # a folder where the video should go
-    (taken / "keep").write_text("x")
-    with pytest.raises(LipSyncError, match=f"could not write {taken}"):
-        with VideoWriter(taken, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
-            writer.write(np.zeros((48, 64, 3), np.uint8))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mp4"], "no partial file is left"
-    assert ffmpeg_children() == []
-
-
-def test_a_still_is_encoded_with_its_own_x264_setting_and_a_video_without(tmp_path: Path) -> None:
-    """STILL_X264_PARAMS reaches x264 for a still (and only there): a moving video keeps the preset's refinement."""
-    frames = [np.full((48, 64, 3), level, np.uint8) for level in range(0, 250, 10)]
-    written = {}
-    for still in (True, False):
-        out = tmp_path / f"{'still' if still else 'video'}.mp4"
-        with VideoWriter(out, size=(64, 48), fps=25, audio=None, temp_dir=tmp_path, still=still) as writer:
-            for frame in frames:
-                writer.write(frame)
-        written[still] = x264_options(out)
-    assert " subme=1 " in written[True] and " subme=1 " not in written[False]
-    assert " subme=2 " in written[False], "veryfast's own refinement"
-
-
-def test_encoder_threads_are_one_for_a_cpu_drawn_still_up_to_720p_only() -> None:
-    assert encoder_threads(512, 512, still=True, cpu_bound=True) == 1
-    assert encoder_threads(1280, 720, still=True, cpu_bound=True) == 1
-    assert encoder_threads(1280, 722, still=True, cpu_bound=True) == 0, "larger: ffmpeg's own threads"
-    assert encoder_threads(512, 512, still=False, cpu_bound=True) == 0, "a video's frames change everywhere"
-    assert encoder_threads(512, 512, still=True, cpu_bound=False) == 0, "a GPU outruns one encoder thread"
-
-
-def test_writer_threads_reach_the_filters_and_x264(tmp_path: Path) -> None:
-    """threads=1 caps both filter graphs (global options, before the inputs) and x264 (its SEI says threads=1);
-    threads=0 leaves all of them to ffmpeg."""
-    args = write_args(tmp_path / "o.mp4", width=64, height=48, fps=25, still=True, threads=1)
-    first_input = args.index("-i")
-    assert args[args.index("-filter_threads") + 1] == "1" and args.index("-filter_threads") < first_input
-    assert args[args.index("-filter_complex_threads") + 1] == "1" and args.index("-filter_complex_threads") < first_input
-    assert args[args.index("-threads") + 1] == "1" and args.index("-threads") < args.index("-c:v")
-    unset = write_args(tmp_path / "o.mp4", width=64, height=48, fps=25, still=True)
-    assert not {"-threads", "-filter_threads", "-filter_complex_threads"} & set(unset)
-    frames = [np.full((240, 320, 3), level, np.uint8) for level in range(0, 250, 10)]
-    written = {}
-    for threads in (1, 0):
-        out = tmp_path / f"threads{threads}.mp4"
-        with VideoWriter(out, size=(320, 240), fps=25, audio=None, temp_dir=tmp_path, still=True,
-                         threads=threads) as writer:
-            for frame in frames:
-                writer.write(frame)
-        written[threads] = x264_options(out)
-    assert " threads=1 " in written[1] and " lookahead_threads=1 " in written[1]
-    if len(os.sched_getaffinity(0)) > 1:
-        assert " threads=1 " not in written[0], "x264's own choice: frame threads per core"

@@ -28,7 +28,7 @@ LENGTH_TOLERANCE_FRAMES = 2  # an output's length may differ from its speech's b
 AAC_BLOCK_S = 0.07  # …plus one AAC block (1024 samples at 16 kHz: 64 ms)
 MP4_REQUIRED_BOXES = {b"ftyp", b"moov", b"mdat"}
 BOX_HEADER, LARGE_SIZE = 8, 8  # bytes: size (32-bit) + type; a size of 1 means a 64-bit size follows
-PARTIAL_GLOB = ".{name}.*.part"  # what lipsync.video.VideoWriter writes before renaming into place
+PARTIAL_GLOB = ".{name}.*.part"  # what lipsync.encoding.VideoWriter writes before renaming into place
 
 
 @dataclass
