@@ -28,9 +28,9 @@ VIDEO_PRESET = "veryfast"  # ~3x faster than "medium" at a few % more bits; enco
 STILL_X264_PARAMS = "subme=1"
 # A still's ffmpeg on CPU runs in one thread (filters and x264): its frames differ only in a mouth-sized part, and
 # ffmpeg's own threads (a filter slice and an x264 frame thread per core, x264's lookahead) only preempt the generator
-# on its cores. 375 frames on one Zen 4 core: 512² at 700 frames/s with 13 % less CPU and 600 context switches
-# against 7700; 1280×720 at 275 frames/s (4x the generator's pace); 1920×1080 at 132, too close to it: larger
-# pictures keep ffmpeg's threads
+# on its cores. 375 frames on one Zen 4 core: 512² at 700 frames/s with 17 % less CPU and 600 context switches
+# against 7700; 1280×720 at 275 frames/s (4x the generator's pace, 13 % less CPU); 1920×1080 at 132, too close to
+# it: larger pictures keep ffmpeg's threads
 SINGLE_THREAD_MAX_PIXELS = 1280 * 720
 VIDEO_PIX_FMT = "yuv420p"  # what every player and browser decodes
 COLOUR_MATRIX = "bt709"  # convert and tag explicitly so players don't guess (and shift colours)
