@@ -419,8 +419,8 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
 
     in_flight = synth.chunks_in_flight(0 if job.still else first[0].nbytes, batch)
     with encoding.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
-                           audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound, still=job.still,
-                           canvas=board, threads=threads) as encoder, \
+                              audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound,
+                              still=job.still, canvas=board, threads=threads) as encoder, \
             writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer, \
             synth.Ahead(in_flight) as ahead:  # fmt: skip
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):

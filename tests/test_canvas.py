@@ -53,7 +53,7 @@ def _encode(tmp: Path, name: str, picture: np.ndarray, frames: list, fps: float,
     height, width = picture.shape[:2]
     seconds = len(frames) / fps + 0.3 if speech is not None else None  # the last frame held 0.3 s
     with encoding.VideoWriter(out, size=(width, height), fps=fps, audio=speech, temp_dir=tmp, audio_seconds=seconds,
-                           still=True, canvas=board) as writer:  # fmt: skip
+                              still=True, canvas=board) as writer:  # fmt: skip
         for frame in frames:
             writer.write(frame)
     return out
@@ -89,7 +89,7 @@ def test_the_canvas_writer_takes_only_the_region(tmp_path):
     board = canvas.save(picture, region, tmp_path)
     with pytest.raises(ValueError, match="expects"):
         with encoding.VideoWriter(tmp_path / "o.mp4", size=(96, 64), fps=25, audio=None, temp_dir=tmp_path,
-                               canvas=board) as writer:  # fmt: skip
+                                  canvas=board) as writer:  # fmt: skip
             writer.write(picture)
 
 

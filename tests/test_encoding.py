@@ -206,8 +206,8 @@ def test_writer_threads_reach_the_filters_and_x264(tmp_path: Path) -> None:
     threads=0 leaves all of them to ffmpeg."""
     args = write_args(tmp_path / "o.mp4", width=64, height=48, fps=25, still=True, threads=1)
     first_input = args.index("-i")
-    assert args[args.index("-filter_threads") + 1] == "1" and args.index("-filter_threads") < first_input
-    assert args[args.index("-filter_complex_threads") + 1] == "1" and args.index("-filter_complex_threads") < first_input
+    for option in ("-filter_threads", "-filter_complex_threads"):  # global: before the first input
+        assert args[args.index(option) + 1] == "1" and args.index(option) < first_input
     assert args[args.index("-threads") + 1] == "1" and args.index("-threads") < args.index("-c:v")
     unset = write_args(tmp_path / "o.mp4", width=64, height=48, fps=25, still=True)
     assert not {"-threads", "-filter_threads", "-filter_complex_threads"} & set(unset)
