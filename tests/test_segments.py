@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_video import colour_frame, ffmpeg, ffmpeg_children, no_garbage_collection, open_fds
+from test_encoding import colour_frame
+from test_video import ffmpeg, ffmpeg_children, no_garbage_collection, open_fds
 
 from lipsync import segments
 from lipsync.errors import LipSyncError
