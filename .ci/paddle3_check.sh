@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PADDLE3="${PADDLE3:-3.3.1}"
 ENGINE_TESTS=(tests/test_model.py tests/test_runtime.py tests/test_weights.py tests/test_checkpoint.py
-              tests/test_s3fd.py tests/test_faces.py tests/test_audio.py tests/test_video.py
+              tests/test_s3fd.py tests/test_faces.py tests/test_audio.py tests/test_video.py tests/test_encoding.py
               tests/test_end_to_end.py tests/test_faults.py tests/test_engine.py tests/test_cpu.py
               tests/test_geometry.py tests/test_picture.py tests/test_ffmpeg.py tests/test_enhance.py
               tests/test_facecrop.py tests/test_precision.py tests/test_who_speaks.py)
