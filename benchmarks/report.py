@@ -130,8 +130,8 @@ def print_report(results: Dict[str, Any]) -> None:
     print("stage columns: output frames/s each stage sustains alone (a still is decoded and detected once); "
           "a case's generator figure is taken in its e2e process right after each run; e2e: lipsync.run with the "
           "networks loaded, in a fresh process, best of the runs (a picture's run uses the generator split in two: "
-          "face encoder once); e2e/gen = best e2e / best generator (its target line: from 3 runs on, the median run "
-          "over the generator right after it); RTF = run time / speech length; peak RSS: the first run's\n")
+          f"face encoder once); e2e/gen = best e2e / best generator (its target line: from {PAIRED_RUNS} runs on, the "
+          "median run over the generator right after it); RTF = run time / speech length; peak RSS: the first run's\n")
     print(markdown_table(table_rows(results)))
     spread = results["generator"]
     print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats (the table shows the best): runtime "

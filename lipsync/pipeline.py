@@ -385,8 +385,8 @@ def _paster(job: _Job, options: LipSyncOptions,
 
 
 def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-                found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer] = None,
-                threads: int = 0) -> None:  # fmt: skip
+                found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer],
+                threads: int) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
     frames into the encoder (ffmpeg with `threads`, 0 for its own choice); frames without the face go through as
     they are."""
