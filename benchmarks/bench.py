@@ -139,7 +139,17 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
         run = _timed_run(other, spec, options, engine)
         found["new_picture"] = {"fps": run["frames"] / run["seconds"], "phases": run["phases"],
                                 "generator_fps": _generator_after(engine, case, options)}
+        found["streamed"] = _streamed_run(case, spec, options, engine)
     return found
+
+
+def _streamed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -> Dict[str, Any]:
+    """The remembered picture again, its video also handed over in one-second segments while it is encoded, as
+    the page's "Make it speak" runs it (lipsync.segments); then the generator alone."""
+    handed: List[int] = []
+    run = _timed_run(case, spec, options, engine, segments=lambda path: handed.append(path.stat().st_size))
+    return {"fps": run["frames"] / run["seconds"], "segments": len(handed), "segment_bytes": sum(handed),
+            "generator_fps": _generator_after(engine, case, options)}
 
 
 def _mirrored(photo: Path, folder: Path) -> Path:
@@ -151,8 +161,10 @@ def _mirrored(photo: Path, folder: Path) -> Path:
     return path
 
 
-def _timed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -> Dict[str, Any]:
-    """One lipsync.run with its seconds, the stages' start/end times and its own peak RSS."""
+def _timed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any,
+               segments: Optional[Callable[[Path], None]] = None) -> Dict[str, Any]:  # fmt: skip
+    """One lipsync.run with its seconds, the stages' start/end times and its own peak RSS (`segments`: see
+    lipsync.run)."""
     from lipsync import pipeline
 
     _reset_peak_rss()  # the peak is the run's, not the warm-up's
@@ -163,7 +175,8 @@ def _timed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -> D
         now = time.perf_counter() - began
         phases.setdefault(stage, [now, now])[1] = now
 
-    result = pipeline.run(case.face, case.speech, spec["outfile"], options, progress=progress, engine=engine)
+    result = pipeline.run(case.face, case.speech, spec["outfile"], options, progress=progress, engine=engine,
+                          segments=segments)  # fmt: skip
     seconds = time.perf_counter() - began
     peak = _peak_rss_mb()
     Path(spec["outfile"]).unlink(missing_ok=True)
