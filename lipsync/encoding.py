@@ -13,7 +13,7 @@ from lipsync.canvas import SCALE_FLAGS, Canvas
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg, rate_arg
 from lipsync.mediainfo import MediaInfo, probe
-from lipsync.segments import SegmentEncoder, SegmentSink
+from lipsync.segments import SegmentSink, SegmentStream
 from lipsync.types import Frame
 
 __all__ = ["VideoWriter", "encoder_threads", "write_args"]
@@ -98,8 +98,8 @@ def write_args(
     canvas: Canvas | None = None,
     threads: int = 0,
 ) -> list[str]:
-    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4
-    (or, given `segments_folder`, to one-second segments there instead: see lipsync.segments).
+    """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4 (and,
+    given `segments_folder`, from the same encode to one-second segments there: see lipsync.segments).
 
     With a known audio duration the video holds its last frame and the output ends exactly at the
     audio's end (`-t`), which `-shortest` does not guarantee with piped video. A `still`'s frames are
@@ -127,7 +127,7 @@ def write_args(
     if threads > 0:
         encode = ["-threads", str(threads), *encode]  # the encoder's, as an output option before -c:v
     if segments_folder is not None:
-        return [*args, *maps, *encode, *segments.output_args(segments_folder)]
+        return [*args, *maps, *encode, *segments.tee_args(output, segments_folder)]
     return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
 
 
@@ -171,8 +171,9 @@ class VideoWriter:
     name next to it, then renamed), so a failed run leaves nothing behind, and `path` may even be one
     of the inputs. With audio, the output lasts exactly as long as the audio: the last frame is held
     if fewer frames came, extra frames are dropped. Use as a context manager; an exception aborts.
-    Given `segments`, a second ffmpeg encodes the same frames and audio into one-second segments handed over
-    as they are done (lipsync.segments), the last ones by close(), before the mp4 is moved into place.
+    Given `segments`, the same encode is also cut into one-second segments handed over as they are done
+    (lipsync.segments: the mp4 then has a keyframe every second), the last ones by close(), before the mp4 is
+    moved into place.
     A `still`'s frames are converted exactly per 2x2 block; given a still's `canvas`, write() takes only the
     region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
     `threads` > 0 caps ffmpeg's threads (encoder_threads says when).
@@ -202,16 +203,15 @@ class VideoWriter:
                        audio_sample_rate=sound.audio_sample_rate if sound else 0,
                        audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
                        still=still, canvas=canvas, threads=threads)
-        args = write_args(self._partial, **options)  # type: ignore[arg-type]
-        self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
-        self._stream: SegmentEncoder | None = None
-        if segments is not None:
-            try:
-                self._stream = SegmentEncoder(lambda folder: write_args(self._partial, segments_folder=folder,
-                                                                        **options), segments, temp_dir)  # type: ignore
-            except BaseException:
-                self._process.stop()
-                raise
+        self._stream = SegmentStream(segments, temp_dir) if segments is not None else None
+        folder = self._stream.folder if self._stream is not None else None
+        args = write_args(self._partial, segments_folder=folder, **options)  # type: ignore[arg-type]
+        try:
+            self._process: ffmpeg.Process | None = ffmpeg.Process(args, stdin=True, temp_dir=temp_dir)
+        except BaseException:
+            if self._stream is not None:
+                self._stream.stop()
+            raise
 
     def write(self, frame: Frame) -> None:
         """Send one frame_shape uint8 BGR frame, or a canvas's region of one (copied only if not contiguous)."""
@@ -221,8 +221,6 @@ class VideoWriter:
             raise ValueError("VideoWriter is closed")
         self.frames_written += 1
         data = memoryview(np.ascontiguousarray(frame)).cast("B")
-        if self._stream is not None:
-            self._stream.write(data)
         if self._stopped:
             return
         assert self._process.stdin is not None

@@ -1,8 +1,8 @@
-"""lipsync.segments: the writer's frames handed over in one-second MPEG-TS segments while it runs, the mp4 unchanged."""
+"""lipsync.segments: the writer's frames handed over in one-second MPEG-TS segments while it runs, cut from the
+mp4's own encode."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -22,9 +22,9 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ff
 
 FPS = 25
 SECONDS = 3.4  # three whole segments and a short last one
-WHILE_WRITING = 3  # segments out once 3.2 s of frames are in: each as soon as its last frame is (zero latency)
+WHILE_WRITING = 2  # segments out once 3.2 s of frames are in: each once x264's lookahead (~13 frames) has passed it
 SIZE = (321, 241)  # odd: the writer pads it
-AWKWARD = "a|b [c]:d 'e' 100%d"  # what means something to ffmpeg (% to the segment muxer's names)
+AWKWARD = "a|b [c]:d 'e' \\f 100%d"  # what means something to ffmpeg (its tee's escapes; % to the segment muxer)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,27 @@ class Sink:
         self.got.append(Path(shutil.move(str(segment), self.folder / segment.name)))
 
 
-def test_segments_come_while_encoding_each_playable_alone_and_the_mp4_is_the_same(speech, tmp_path):
+def frame_hashes(*paths: Path) -> list:
+    """The MD5 of each decoded frame of the files, one after the other (each file decoded alone)."""
+    hashes = []
+    for path in paths:
+        out = subprocess.run(["ffmpeg", "-v", "error", "-i", f"file:{path}", "-map", "0:v:0", "-f", "framemd5", "-"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        hashes += [line.rsplit(",", 1)[1].strip() for line in out.splitlines() if not line.startswith("#")]
+    return hashes
+
+
+def test_segments_come_while_encoding_each_playable_alone_with_the_mp4s_very_frames(speech, tmp_path):
     plain, streamed = tmp_path / "plain.mp4", tmp_path / AWKWARD / "streamed.mp4"
     write(plain, speech, tmp_path / "t1")
     sink = Sink(tmp_path / "got")
     write(streamed, speech, tmp_path / AWKWARD / "t2", sink, pause_at=round(3.2 * FPS))
-    assert hashlib.sha256(plain.read_bytes()).digest() == hashlib.sha256(streamed.read_bytes()).digest()
-    assert keyframe_times(plain) == [0.0], "the mp4 keeps its long GOP: a still background stays still"
+    assert keyframe_times(plain) == [0.0], "without segments the mp4 keeps its long GOP"
+    assert keyframe_times(streamed) == [float(s) for s in range(int(SECONDS) + 1)], "a keyframe every second"
+    shown = frame_hashes(*sink.got)
+    assert len(shown) == round(SECONDS * FPS) and shown == frame_hashes(streamed), "one encode: the same frames"
+    data = streamed.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat"), "the mp4 still starts playing before it is all downloaded"
 
     assert sink.before_close >= WHILE_WRITING, "segments come while frames are still written"
     assert "lipsync-segments" in sink.threads
@@ -125,7 +139,7 @@ def test_a_sink_that_fails_fails_the_writer_and_an_abort_stops_the_watcher(speec
     assert not out.exists() and not list((tmp_path / "t1").iterdir())
 
 
-def test_the_segment_encoder_gets_the_mp4s_command_and_one_with_no_frames_hands_over_none(speech, tmp_path):
+def test_segments_come_from_the_mp4s_one_encode_and_a_run_with_no_frames_hands_over_none(speech, tmp_path):
     from lipsync.encoding import write_args
 
     plain = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS)
@@ -133,7 +147,8 @@ def test_the_segment_encoder_gets_the_mp4s_command_and_one_with_no_frames_hands_
     segmented = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS,
                       segments_folder=tmp_path / "s")  # fmt: skip
     assert segmented[: len(plain) - 5] == plain[:-5], "the same frames, audio and codecs as the mp4's"
-    assert segmented[len(plain) - 5 :] == segments.output_args(tmp_path / "s")
+    assert segmented[len(plain) - 5 :] == segments.tee_args(tmp_path / "o.mp4", tmp_path / "s")
+    assert segmented.count("-c:v") == 1 and segmented.count("-f") == plain.count("-f"), "one encode, one output"
     (tmp_path / "t").mkdir()
     with pytest.raises(LipSyncError, match="no frames were written"):
         with VideoWriter(tmp_path / "none.mp4", size=(64, 48), fps=FPS, audio=speech, temp_dir=tmp_path / "t",
