@@ -7,11 +7,15 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from lipsync import blend
+from lipsync.options import BlendMode
 from lipsync.types import Box, Frame
+
+Paste = Callable[[Frame, Box, np.ndarray], Frame]  # (frame, box, generated face) -> the frame to send
 
 # swscale's flags for a still's colour conversion: "area" with accurate rounding takes each 2x2 block's chroma
 # from its own four pixels (the plain average), so a part converted alone is exactly that part of the whole
@@ -71,3 +75,26 @@ def save(frame: Frame, region: Region, folder: Path) -> Canvas:
     path = folder / f"canvas-{secrets.token_hex(4)}.bgr"
     path.write_bytes(memoryview(np.ascontiguousarray(frame)).cast("B"))
     return Canvas(path, region)
+
+
+def for_still(frame: Frame, box: Optional[Box], mode: BlendMode, folder: Path) -> Optional[Canvas]:
+    """A still's canvas (its frame saved into `folder`) when a paste in `mode` into its one `box` changes a small
+    enough part of it (a feathered paste leaves the upper face); None: whole frames are sent. The one box serves
+    every frame of a still, so with a canvas every frame is sent as its region."""
+    if box is None:
+        return None
+    region = changing_region(frame.shape, blend.changed_box(box, mode))
+    return None if region is None else save(frame, region, folder)
+
+
+def paster(board: Optional[Canvas], mode: BlendMode, copy: bool) -> Paste:
+    """The paste a run sends frames through: the mouth pasted into the frame itself, into a copy (`copy`: a
+    still's one frame), or, given a canvas, into a copy of its region (what the writer then takes)."""
+
+    def paste(frame: Frame, box: Box, mouth: np.ndarray) -> Frame:
+        if board is not None:
+            region = board.region
+            return blend.paste(region.cut(frame).copy(), region.shift(box), mouth, mode, inplace=True)
+        return blend.paste(frame, box, mouth, mode, inplace=not copy)
+
+    return paste

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
-from . import (audio, blend, canvas, cpu, encoding, facecrop, faces, geometry, loading, native, paths, picker, runtime,
+from . import (audio, canvas, cpu, encoding, facecrop, faces, geometry, loading, native, paths, picker, runtime,
                shots, synth, video, writeahead)
 from .engine import DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
@@ -358,32 +358,6 @@ def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: _Job) -> Fr
     return last if job.still else last.copy()
 
 
-def _canvas(job: _Job, first: Pair, options: LipSyncOptions, enhancer: Optional[Enhancer],
-            tmp: Path) -> Optional[canvas.Canvas]:  # fmt: skip
-    """For a still without face enhancement (which redraws more than the box), the encoder gets its picture once
-    and then only the region each paste can change (a feathered paste leaves the upper face); None (whole frames)
-    otherwise. A still's one box serves every frame, so with a canvas every frame is sent as its region."""
-    frame, box = first
-    if not job.still or enhancer is not None or box is None:
-        return None
-    region = canvas.changing_region(frame.shape, blend.changed_box(box, options.blend))
-    return None if region is None else canvas.save(frame, region, tmp)
-
-
-def _paster(job: _Job, options: LipSyncOptions,
-            board: Optional[canvas.Canvas]) -> Callable[[Frame, Box, np.ndarray], Frame]:  # fmt: skip
-    """(frame, box, mouth) -> the frame to send: the mouth pasted into the frame (a video's own frame), into a
-    copy (a still's one frame), or, with a canvas, into a copy of the region that changes only."""
-
-    def paste(frame: Frame, box: Box, mouth: np.ndarray) -> Frame:
-        if board is not None:
-            return blend.paste(board.region.cut(frame).copy(), board.region.shift(box), mouth, options.blend,
-                               inplace=True)  # fmt: skip
-        return blend.paste(frame, box, mouth, options.blend, inplace=not job.still)
-
-    return paste
-
-
 def _synthesize(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
                 found: _Faces, tmp: Path, report: Progress, enhancer: Optional[Enhancer],
                 threads: int) -> None:  # fmt: skip
@@ -401,8 +375,9 @@ def _encode(job: _Job, options: LipSyncOptions, generator: Union[runtime.Predict
     generate = synth.mouth_generator(generator, batch, first)
     enhance = synth.face_enhancer(enhancer)
     height, width = first[0].shape[:2]
-    board = _canvas(job, first, options, enhancer, tmp)
-    paste = _paster(job, options, board)
+    # a still without face enhancement (which redraws more than the box): the encoder gets its picture once
+    board = canvas.for_still(*first, options.blend, tmp) if job.still and enhancer is None else None
+    paste = canvas.paster(board, options.blend, copy=job.still)
     drawn = done = 0  # frames sent to the generator, frames handed to the encoder
 
     def finish(chunk: synth.Chunk) -> None:  # paste, enhance and hand to the encoder; the next chunks draw meanwhile

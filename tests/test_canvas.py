@@ -36,6 +36,22 @@ def test_region_cut_and_shift_address_the_same_pixels():
     assert np.array_equal(region.cut(frame)[y1:y2, x1:x2], frame[8:12, 6:9])
 
 
+def test_a_still_s_paste_keeps_its_frame_and_gives_the_region_a_whole_frame_paste_changes(tmp_path):
+    frame = np.full((100, 200, 3), 40, np.uint8)
+    box, mouth = (40, 20, 120, 90), np.full((96, 96, 3), 200, np.uint8)
+    board = canvas.for_still(frame, box, "feather", tmp_path)
+    assert board is not None and board.region.y > box[1], "a feathered paste leaves the upper face: not sent"
+    assert board.picture.read_bytes() == frame.tobytes() and canvas.for_still(frame, None, "feather", tmp_path) is None
+    whole = canvas.paster(None, "feather", copy=True)(frame, box, mouth)
+    part = canvas.paster(board, "feather", copy=True)(frame, box, mouth)
+    assert (frame == 40).all(), "a still's one frame serves every output frame: pastes go into copies"
+    assert whole.shape == frame.shape and part.shape == (board.region.height, board.region.width, 3)
+    assert np.array_equal(part, board.region.cut(whole)) and (whole != 40).any(), "the region: the paste's change"
+    assert (whole[: board.region.y] == 40).all(), "nothing above the region moves"
+    own = frame.copy()
+    assert canvas.paster(None, "feather", copy=False)(own, box, mouth) is own, "a video's own frame: pasted in place"
+
+
 def _picture(height: int = 64, width: int = 96) -> np.ndarray:
     rng = np.random.default_rng(3)
     return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
