@@ -55,13 +55,15 @@ def tee_escape(name: str) -> str:
     return "".join(f"\\{char}" if char in TEE_SPECIAL else char for char in name)
 
 
-class SegmentWatcher:
-    """Hands the segments ffmpeg writes into `folder` to `sink`, each once it is complete (the next one exists),
-    from a thread of its own; finish() hands over the rest once ffmpeg has exited, stop() just stops watching.
-    An error raised by the sink stops the watching and is raised again by finish()."""
+class SegmentStream:
+    """A new folder in `temp_dir` for the segments the writer's ffmpeg makes (tee_args), and a thread of its own
+    handing each to `sink` once it is complete (the next one exists). finish() once ffmpeg has exited well: the
+    rest, in order; stop() to give up. Either way the thread stops and the folder goes. An error raised by the
+    sink stops the watching and is raised again by finish()."""
 
-    def __init__(self, folder: Path, sink: SegmentSink) -> None:
-        self.folder = folder
+    def __init__(self, sink: SegmentSink, temp_dir: str | Path) -> None:
+        self.folder = Path(temp_dir) / f"segments-{secrets.token_hex(4)}"
+        self.folder.mkdir()
         self.handed = 0  # segments handed over so far
         self._sink = sink
         self._error: Optional[BaseException] = None
@@ -87,40 +89,24 @@ class SegmentWatcher:
             self._sink(segment)
             self.handed += 1
 
-    def stop(self) -> None:
-        """Stop watching (and wait for the thread); idempotent."""
+    def _stop_watching(self) -> None:
         self._stopping.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
     def finish(self) -> None:
-        """Once ffmpeg has exited well: hand over every segment left, in order; the sink's error, if it raised."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        self._hand_over(last=True)
-
-
-class SegmentStream:
-    """A new folder in `temp_dir` for the segments the writer's ffmpeg makes (tee_args), and the watcher handing
-    them to `sink`. finish() once ffmpeg has exited well; stop() to give up. Either way the watcher stops and the
-    folder goes."""
-
-    def __init__(self, sink: SegmentSink, temp_dir: str | Path) -> None:
-        self.folder = Path(temp_dir) / f"segments-{secrets.token_hex(4)}"
-        self.folder.mkdir()
-        self._watcher = SegmentWatcher(self.folder, sink)
-
-    def finish(self) -> None:
-        """ffmpeg has exited well: hand over the last segments (the sink's error, if it raised)."""
+        """ffmpeg has exited well: hand over every segment left, in order; the sink's error, if it raised."""
         try:
-            self._watcher.finish()
+            self._stop_watching()
+            if self._error is not None:
+                raise self._error
+            self._hand_over(last=True)
         finally:
             self.stop()
 
     def stop(self) -> None:
-        """Stop the watcher, remove the folder; idempotent."""
+        """Stop the thread (waiting for it), remove the folder; idempotent."""
         try:
-            self._watcher.stop()
+            self._stop_watching()
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
