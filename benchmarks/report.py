@@ -83,15 +83,12 @@ def target_lines(results: Dict[str, Any]) -> List[str]:
         if key in cases:
             share, how = verdict_share(cases[key]["e2e"], gen)
             lines.append(_target(f"{name} ({how})", share, TARGETS[f"{key}_vs_generator"], "%"))
-            fresh = cases[key]["e2e"].get("new_picture")
-            if fresh:
-                lines.append(_target(f"{name}, a picture not seen before", fresh["fps"] / fresh["generator_fps"],
-                                     TARGETS[f"{key}_vs_generator"], "%"))
-            streamed = cases[key]["e2e"].get("streamed")
-            if streamed:
-                share = streamed["fps"] / streamed["generator_fps"]
-                goal = TARGETS[f"{key}_vs_generator"]
-                lines.append(_target(f"{name}, streamed as the page does it", share, goal, "%"))
+            for kind, label in (("new_picture", "a picture not seen before"),
+                                ("streamed", "streamed as the page does it")):
+                extra = cases[key]["e2e"].get(kind)  # a further warm run of the case, when it has one
+                if extra:
+                    share = extra["fps"] / extra["generator_fps"]
+                    lines.append(_target(f"{name}, {label}", share, TARGETS[f"{key}_vs_generator"], "%"))
     if "startup" in results:
         found = results["startup"]
         lines.append(_target("picture job: process start to first generated frames (s)", found["marks"]["first frames"],
@@ -159,8 +156,8 @@ def print_report(results: Dict[str, Any]) -> None:
             share = _percent(streamed["fps"] / streamed["generator_fps"])
             print(f"{case['label']}, streamed as the page's \"Make it speak\" does it (the remembered picture, its "
                   f"video also handed over in {streamed['segments']} one-second segments, "
-                  f"{streamed['segment_bytes'] / 2**20:.1f} MB in all): e2e "
-                  f"{_num(streamed['fps'])} frames/s, generator after it {_num(streamed['generator_fps'])} frames/s, e2e/gen {share}")
+                  f"{streamed['segment_bytes'] / 2**20:.1f} MB in all): e2e {_num(streamed['fps'])} frames/s, "
+                  f"generator after it {_num(streamed['generator_fps'])} frames/s, e2e/gen {share}")
     startup_lines(results.get("startup"))
     print("\n".join(["targets:", *target_lines(results)]))
     if results.get("profile"):
