@@ -85,10 +85,10 @@ def target_lines(results: Dict[str, Any]) -> List[str]:
             lines.append(_target(f"{name} ({how})", share, TARGETS[f"{key}_vs_generator"], "%"))
             for kind, label in (("new_picture", "a picture not seen before"),
                                 ("streamed", "streamed as the page does it")):
-                extra = cases[key]["e2e"].get(kind)  # a further warm run of the case, when it has one
+                extra = cases[key]["e2e"].get(kind)  # further warm runs of the case, when it has them
                 if extra:
-                    share = extra["fps"] / extra["generator_fps"]
-                    lines.append(_target(f"{name}, {label}", share, TARGETS[f"{key}_vs_generator"], "%"))
+                    share, how = verdict_share(extra, gen)
+                    lines.append(_target(f"{name}, {label} ({how})", share, TARGETS[f"{key}_vs_generator"], "%"))
     if "startup" in results:
         found = results["startup"]
         lines.append(_target("picture job: process start to first generated frames (s)", found["marks"]["first frames"],
@@ -111,6 +111,8 @@ def verdict_share(e2e: Dict[str, Any], gen: Dict[str, Any]) -> Tuple[float, str]
     if len(runs) >= PAIRED_RUNS:
         shares = [run["fps"] / run["generator_fps"] for run in runs]
         return statistics.median(shares), f"median of {len(runs)} runs, each over the generator right after it"
+    if not runs:
+        return e2e["fps"] / _generator_fps(e2e, gen), "one run over the generator right after it"
     return e2e["fps"] / _generator_fps(e2e, gen), "best run over best generator"
 
 
@@ -153,11 +155,14 @@ def print_report(results: Dict[str, Any]) -> None:
                   f"e2e/gen {_percent(fresh['fps'] / fresh['generator_fps'])}")
         streamed = case["e2e"].get("streamed")
         if streamed:
-            share = _percent(streamed["fps"] / streamed["generator_fps"])
+            runs = streamed.get("runs") or [streamed]  # older results: one streamed run, after all the plain ones
+            paired = ", each after a plain one" if "runs" in streamed else ""
             print(f"{case['label']}, streamed as the page's \"Make it speak\" does it (the remembered picture, its "
                   f"video also handed over in {streamed['segments']} one-second segments, "
-                  f"{streamed['segment_bytes'] / 2**20:.1f} MB in all): e2e {_num(streamed['fps'])} frames/s, "
-                  f"generator after it {_num(streamed['generator_fps'])} frames/s, e2e/gen {share}")
+                  f"{streamed['segment_bytes'] / 2**20:.1f} MB in all), {len(runs)} run(s){paired}: "
+                  f"e2e {_nums(r['fps'] for r in runs)} frames/s, generator after each "
+                  f"{_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
+                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)}")
     startup_lines(results.get("startup"))
     print("\n".join(["targets:", *target_lines(results)]))
     if results.get("profile"):

@@ -70,10 +70,13 @@ def test_quick_run_prints_one_full_table_and_matching_json(tmp_path):
         assert 100 < case["e2e"]["peak_rss_mb"] < 100_000, "peak RSS in MB of a process that loaded paddle"
     fresh = results["cases"]["still"]["e2e"]["new_picture"]  # the warm picture job with a picture not seen before
     assert fresh["fps"] > 0 and fresh["generator_fps"] > 0 and "detecting faces" in fresh["phases"]
-    assert "still e2e / generator, a picture not seen before: " in stdout
+    assert "still e2e / generator, a picture not seen before (one run over the generator right after it): " in stdout
     streamed = results["cases"]["still"]["e2e"]["streamed"]  # the same job streaming segments, as the page runs it
     assert streamed["segments"] >= 1 and streamed["segment_bytes"] > 0 and streamed["generator_fps"] > 0
-    assert "still e2e / generator, streamed as the page does it: " in stdout
+    plain_runs = results["cases"]["still"]["e2e"]["runs"]
+    assert len(streamed["runs"]) == len(plain_runs), "a streamed run after each plain one"
+    assert all(run["fps"] > 0 and run["generator_fps"] > 0 for run in streamed["runs"])
+    assert "still e2e / generator, streamed as the page does it (" in stdout
     generator = results["generator"]
     assert abs(generator["ratio"] - generator["runtime_fps"] / generator["dygraph_fps"]) < 1e-9
     assert 100 < generator["runtime_peak_rss_mb"] <= generator["dygraph_peak_rss_mb"], "runtime measured first"
