@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import audio, blend, cpu, detectors, gated, mouth, precision, runtime, weights
+from . import audio, batching, blend, cpu, detectors, gated, mouth, precision, runtime, weights
 from .errors import LipSyncError, first_line
 from .options import LipSyncOptions
 
@@ -112,7 +112,7 @@ class Engine:
         batch = detection_batch(options, device)
         predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
                                     (batch, S3FD_GPU_ITEM_MB), options)  # fmt: skip
-        detect = detectors.S3FDDetector(runtime.BatchRunner(predictor.run, batch))
+        detect = detectors.S3FDDetector(batching.BatchRunner(predictor.run, batch))
         if not remember:
             return detect
         # the predictor's own key: another weights file, device or thread count may place boxes a pixel apart

@@ -1,4 +1,4 @@
-"""Paddle Inference predictors: static export cached per weights file, oneDNN on CPU, GPU when usable, batching."""
+"""Paddle Inference predictors: static export cached per weights file, oneDNN on CPU (in lanes), GPU when usable."""
 
 from __future__ import annotations
 
@@ -30,24 +30,11 @@ PIR_PROGRAM_SUFFIX = ".json"  # the program file paddle 3.x writes by default
 GPU_MEMORY_POOL_MB = 512  # initial GPU pool when the caller does not size one; paddle grows it on demand
 GPU_POOL_HEADROOM_MB = 256  # cuDNN workspaces and paddle's own buffers, beyond weights and activations
 GPU_POOL_MAX_MB = 4096  # reserved up front at most: the generator and S3FD share one 16 GB T4
-# Lower-cased words in an error that mean GPU (or host) memory ran out: paddle's allocator, then CUDA's, cuDNN's
-# and cuBLAS's status names and codes as paddle quotes them ("CUDNN error(2), CUDNN_STATUS_ALLOC_FAILED").
-OOM_MARKERS = (
-    "out of memory",
-    "resourceexhausted",
-    "cudaerrormemoryallocation",
-    "cuda error(2)",
-    "cudnn_status_alloc_failed",
-    "cudnn error(2)",
-    "cublas_status_alloc_failed",
-    "cublas error(3)",
-)
 OPTIMIZED_FORMAT_VERSION = 1  # bump when what is kept of paddle's IR passes changes
 OPTIMIZED_DIR = "optimized-{precision}-{key}"  # beside the export: its program after paddle's passes, per CPU
 OPTIMIZED_STEM = "_optimized"  # the file name paddle's enable_save_optim_model writes (.pdmodel, .pdiparams)
 OPTIMIZED_SEAL = "sealed.json"  # beside them: what they were when written (a damaged program crashes paddle)
 MKLDNN_SHAPE_CACHE = 8  # oneDNN kernels kept per distinct input shape (batch tails, frame sizes)
-MIN_BATCH = 1
 PASS_STATS = re.compile(r"^---\s")  # paddle's IR-pass statistics lines ("---    squashed 6 quantize op")
 
 InputSpec = Tuple[Tuple[Optional[int], ...], str]  # shape with None for free dims, dtype
@@ -385,36 +372,3 @@ def gpu_pool_mb(prefix: Path, batch: int, item_mb: float) -> int:
     """Initial GPU pool for a predictor: its weights, `batch` items of `item_mb` activations each, and headroom."""
     weights_mb = prefix.with_suffix(".pdiparams").stat().st_size / (1 << 20)
     return int(min(GPU_POOL_MAX_MB, math.ceil(weights_mb + batch * item_mb + GPU_POOL_HEADROOM_MB)))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Paddle reports OOM as MemoryError, or as an error quoting paddle's, CUDA's, cuDNN's or cuBLAS's words for it."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or any(marker in text for marker in OOM_MARKERS)
-
-
-class BatchRunner:
-    """Runs a predictor over arrays in chunks of at most `batch`, halving the chunk for good on out-of-memory
-    (callable from several threads at once: lipsync.synth.Ahead draws chunks side by side)."""
-
-    def __init__(self, run: Callable[..., List[np.ndarray]], batch: int):
-        self._run = run
-        self.batch = max(MIN_BATCH, batch)
-
-    def __call__(self, *arrays: np.ndarray) -> List[np.ndarray]:
-        total = len(arrays[0])
-        parts: List[List[np.ndarray]] = []
-        start = 0
-        while start < total:
-            size = self.batch
-            stop = min(total, start + size)
-            try:
-                parts.append(self._run(*(a[start:stop] for a in arrays)))
-            except Exception as exc:
-                if not is_out_of_memory(exc) or size <= MIN_BATCH:
-                    raise
-                self.batch = min(self.batch, max(MIN_BATCH, size // 2))  # callers drawing at once halve it once
-                log.warning("out of memory: batch size halved to %d", self.batch)
-                continue
-            start = stop
-        return [np.concatenate(outs) for outs in zip(*parts)]

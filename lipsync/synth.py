@@ -10,7 +10,7 @@ from typing import Callable, Deque, Iterator, List, Optional, Tuple, TypeVar, Un
 import cv2
 import numpy as np
 
-from . import facecrop, mouth, runtime
+from . import batching, facecrop, mouth, runtime
 from .engine import Enhancer, StillGenerator
 from .mouth import FACE_SIZE
 from .types import Box, Frame
@@ -45,7 +45,7 @@ def face_enhancer(enhancer: Optional[Enhancer]) -> Optional[Callable[[List[Frame
     """(frames, boxes) -> None, enhancing each frame's redrawn lower face in place; None when off."""
     if enhancer is None:
         return None
-    runner = runtime.BatchRunner(enhancer.predictor.run, enhancer.batch)  # per run: out-of-memory halves it
+    runner = batching.BatchRunner(enhancer.predictor.run, enhancer.batch)  # per run: out-of-memory halves it
     return lambda frames, boxes: facecrop.enhance_frames(frames, boxes, enhancer.size,
                                                          lambda faces: generate(runner, faces))  # fmt: skip
 
@@ -55,10 +55,10 @@ def mouth_generator(generator: Union[runtime.Predictor, StillGenerator], batch: 
     """(mels, frames, boxes) → generator output; a still face is encoded once, from the first frame."""
     if isinstance(generator, StillGenerator):
         features = generator.encoder.run(face_inputs([first[0]], [first[1]]))
-        still = runtime.BatchRunner(lambda mels: generator.decoder.run(mels, *features), batch)
+        still = batching.BatchRunner(lambda mels: generator.decoder.run(mels, *features), batch)
         pad = _pads_short_batches(generator.decoder)
         return lambda mels, frames, boxes: generate(still, mels, pad=pad)
-    runner = runtime.BatchRunner(generator.run, batch)
+    runner = batching.BatchRunner(generator.run, batch)
     pad = _pads_short_batches(generator)
     return lambda mels, frames, boxes: generate(runner, mels, face_inputs(frames, boxes), pad=pad)
 
@@ -67,7 +67,7 @@ def _pads_short_batches(predictor: runtime.Predictor) -> bool:
     return predictor.device.kind != "cpu"
 
 
-def generate(runner: runtime.BatchRunner, *inputs: np.ndarray, pad: bool = True) -> np.ndarray:
+def generate(runner: batching.BatchRunner, *inputs: np.ndarray, pad: bool = True) -> np.ndarray:
     """Generator output for one batch. A short batch (the last, or the frames with a face) is either padded
     to the full one (pad=True: a GPU, where each input shape costs cuDNN set-up time and memory that a
     long-lived app keeps, and padding is nearly free) or run in power-of-two pieces, 7 frames as 4 + 2 + 1

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, ffprobe
 
 import lipsync
-from lipsync import runtime
+from lipsync import batching, runtime
 from lipsync.engine import S3FD_SPECS, Engine, StillGenerator
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
@@ -99,7 +99,7 @@ def test_the_detector_halves_its_batch_too(s3fd_weights, tmp_path):
     failing = RunsOutOfMemory(runtime.Predictor(prefix, runtime.Device("cpu", "requested")), fits=1)
     frames = [np.full((96, 96, 3), 120 + 10 * i, np.uint8) for i in range(4)]
     expected = faces.S3FDDetector(failing.predictor.run)(frames)
-    assert faces.S3FDDetector(runtime.BatchRunner(failing.run, 4))(frames) == expected
+    assert faces.S3FDDetector(batching.BatchRunner(failing.run, 4))(frames) == expected
     assert failing.sizes[:3] == [4, 2, 1] and set(failing.sizes[3:]) == {1}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipsync import runtime, synth
+from lipsync import batching, synth
 
 
 @pytest.mark.parametrize("count, pieces", [(1, [1]), (7, [4, 2, 1]), (13, [8, 4, 1]), (16, [16])])
@@ -31,8 +31,8 @@ def test_pieces_and_padding_give_the_same_rows(count: int) -> None:
     mels = rng.normal(size=(count, 1, 80, 16)).astype(np.float32)
     faces = rng.normal(size=(count, 6, 4, 4)).astype(np.float32)
     padded, pieces = _Recorder(), _Recorder()
-    expected = synth.generate(runtime.BatchRunner(padded, 16), mels, faces, pad=True)
-    got = synth.generate(runtime.BatchRunner(pieces, 16), mels, faces, pad=False)
+    expected = synth.generate(batching.BatchRunner(padded, 16), mels, faces, pad=True)
+    got = synth.generate(batching.BatchRunner(pieces, 16), mels, faces, pad=False)
     np.testing.assert_array_equal(got, expected)
     assert padded.sizes == [16]
     assert pieces.sizes == synth.power_of_two_pieces(count), "no padded frame is drawn on CPU"
