@@ -42,6 +42,8 @@ AUDIO_BITRATE = "192k"
 AUDIO_CODER = "fast"
 MAX_AUDIO_RATE = 48000  # Hz; higher source rates are resampled down, lower ones kept as they are
 MAX_AUDIO_CHANNELS = 2  # surround sound is mixed down to stereo, which every browser plays
+# The mp4 muxer's options, alone or as the tee's slave (lipsync.segments): the index first, so it plays while it loads
+MP4_MUXER = (("movflags", "+faststart"), ("f", "mp4"))
 
 
 # ---------------------------------------------------------------- argument builders (pure)
@@ -127,8 +129,9 @@ def write_args(
     if threads > 0:
         encode = ["-threads", str(threads), *encode]  # the encoder's, as an output option before -c:v
     if segments_folder is not None:
-        return [*args, *maps, *encode, *segments.tee_args(output, segments_folder)]
-    return [*args, *maps, *encode, "-movflags", "+faststart", "-f", "mp4", file_arg(output)]
+        return [*args, *maps, *encode, *segments.tee_args(output, MP4_MUXER, segments_folder)]
+    muxer = [arg for name, value in MP4_MUXER for arg in (f"-{name}", value)]
+    return [*args, *maps, *encode, *muxer, file_arg(output)]
 
 
 def _thread_args(threads: int) -> list[str]:

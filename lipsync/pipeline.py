@@ -82,8 +82,8 @@ def run(
     """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`.
 
     `segments`, when given, receives the output while it is encoded, as one-second MPEG-TS files of the same
-    frames and audio (H.264 + AAC, in order; see lipsync.segments), all of them before `run` returns; the mp4
-    is the same as without."""
+    frames and audio (H.264 + AAC, in order; see lipsync.segments), all of them before `run` returns; they are
+    cut from the mp4's own encode, which then has a keyframe every second."""
     options = options or LipSyncOptions()
     report = progress or _no_progress
     engine = engine or DEFAULT_ENGINE

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 from lipsync.ffmpeg import file_arg
 
@@ -38,12 +38,14 @@ SegmentSink = Callable[[Path], None]
 file is the callee's to move or copy before it returns: the folder it is in goes when the writer closes."""
 
 
-def tee_args(mp4: str | Path, folder: str | Path) -> list[str]:
-    """The options that make an output (after its streams and codecs) both the mp4 at `mp4` and the segments in
-    `folder`, from one encode: a keyframe every SEGMENT_SECONDS, headers out of band for the mp4 and repeated at
-    each keyframe for the segments, a segment at each keyframe."""
+def tee_args(mp4: str | Path, mp4_muxer: Sequence[Tuple[str, str]], folder: str | Path) -> list[str]:
+    """The options that make an output (after its streams and codecs) both the mp4 at `mp4` (muxed with the
+    (option, value) pairs of `mp4_muxer`) and the segments in `folder`, from one encode: a keyframe every
+    SEGMENT_SECONDS, headers out of band for the mp4 and repeated at each keyframe for the segments, a segment at
+    each keyframe."""
     pattern = Path(str(folder).replace("%", "%%")) / SEGMENT_PATTERN  # the folder's own % are no fields
-    mp4_out = f"[f=mp4:movflags=+faststart]{tee_escape(file_arg(mp4))}"
+    muxer = ":".join(f"{name}={value}" for name, value in mp4_muxer)
+    mp4_out = f"[{muxer}]{tee_escape(file_arg(mp4))}"
     segments_out = (f"[f=segment:segment_time={SEGMENT_SECONDS}:segment_format=mpegts:bsfs/v=dump_extra]"
                     f"{tee_escape(file_arg(pattern))}")  # fmt: skip
     return ["-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_SECONDS})", "-flags", "+global_header",
