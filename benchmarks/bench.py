@@ -133,19 +133,21 @@ def _e2e_task(spec: Dict[str, Any], options: Any) -> Dict[str, Any]:
         runs.append({**run, "generator_fps": _generator_after(engine, case, options)})
         if case.still:  # the page's path after each plain run: the two are paired under the same machine state
             streamed.append(_streamed_run(case, spec, options, engine))
-    best = min(runs, key=lambda run: run["seconds"])
-    found = {**best, "load_seconds": loaded - started, "peak_rss_mb": runs[0]["peak_rss_mb"],
-             "generator_fps": max(run["generator_fps"] for run in runs),
-             "runs": [{"fps": run["frames"] / run["seconds"], "generator_fps": run["generator_fps"]} for run in runs]}
+    found = {**_paired(runs), "load_seconds": loaded - started, "peak_rss_mb": runs[0]["peak_rss_mb"]}
     if case.still:  # the runs above gave the picture of the first request again: its faces were remembered
         other = replace(case, face=_mirrored(case.face, Path(spec["outfile"]).parent))
         run = _timed_run(other, spec, options, engine)
         found["new_picture"] = {"fps": run["frames"] / run["seconds"], "phases": run["phases"],
                                 "generator_fps": _generator_after(engine, case, options)}
-        found["streamed"] = {**min(streamed, key=lambda run: run["seconds"]),
-                             "generator_fps": max(run["generator_fps"] for run in streamed),
-                             "runs": [{"fps": run["fps"], "generator_fps": run["generator_fps"]} for run in streamed]}
+        found["streamed"] = _paired(streamed)
     return found
+
+
+def _paired(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Timed runs, each with the generator-only figure taken right after it: the fastest run, the fastest
+    generator figure, and each run's frames/s beside its own generator figure."""
+    return {**min(runs, key=lambda run: run["seconds"]), "generator_fps": max(run["generator_fps"] for run in runs),
+            "runs": [{"fps": run["frames"] / run["seconds"], "generator_fps": run["generator_fps"]} for run in runs]}
 
 
 def _streamed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -> Dict[str, Any]:
@@ -153,8 +155,8 @@ def _streamed_run(case: Case, spec: Dict[str, Any], options: Any, engine: Any) -
     the page's "Make it speak" runs it (lipsync.segments); then the generator alone."""
     handed: List[int] = []
     run = _timed_run(case, spec, options, engine, segments=lambda path: handed.append(path.stat().st_size))
-    return {"fps": run["frames"] / run["seconds"], "seconds": run["seconds"], "segments": len(handed),
-            "segment_bytes": sum(handed), "generator_fps": _generator_after(engine, case, options)}
+    return {**run, "fps": run["frames"] / run["seconds"], "segments": len(handed), "segment_bytes": sum(handed),
+            "generator_fps": _generator_after(engine, case, options)}
 
 
 def _mirrored(photo: Path, folder: Path) -> Path:

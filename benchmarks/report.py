@@ -144,9 +144,7 @@ def print_report(results: Dict[str, Any]) -> None:
     for case in results["cases"].values():
         runs = case["e2e"].get("runs", [])
         if len(runs) > 1:
-            print(f"{case['label']}, {len(runs)} runs: e2e {_nums(r['fps'] for r in runs)} frames/s, generator after "
-                  f"each {_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
-                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)} "
+            print(f"{case['label']}, {len(runs)} runs: {_per_run(runs)} "
                   f"(median {_percent(statistics.median(r['fps'] / r['generator_fps'] for r in runs))})")
         fresh = case["e2e"].get("new_picture")
         if fresh:
@@ -159,10 +157,7 @@ def print_report(results: Dict[str, Any]) -> None:
             paired = ", each after a plain one" if "runs" in streamed else ""
             print(f"{case['label']}, streamed as the page's \"Make it speak\" does it (the remembered picture, its "
                   f"video also handed over in {streamed['segments']} one-second segments, "
-                  f"{streamed['segment_bytes'] / 2**20:.1f} MB in all), {len(runs)} run(s){paired}: "
-                  f"e2e {_nums(r['fps'] for r in runs)} frames/s, generator after each "
-                  f"{_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run "
-                  f"{', '.join(_percent(r['fps'] / r['generator_fps']) for r in runs)}")
+                  f"{streamed['segment_bytes'] / 2**20:.1f} MB in all), {len(runs)} run(s){paired}: {_per_run(runs)}")
     startup_lines(results.get("startup"))
     print("\n".join(["targets:", *target_lines(results)]))
     if results.get("profile"):
@@ -181,6 +176,13 @@ def startup_lines(found: Optional[Dict[str, Any]]) -> None:
     print(f"  the soonest run, from process start: {marks}")
     gate = [note for note in found["notes"] if note.startswith("The generator ran in")]
     print(f"  precision: {gate[0] if gate else 'fp32 (no faster precision on this device)'}")
+
+
+def _per_run(runs: List[Dict[str, Any]]) -> str:
+    """Each run's frames/s, the generator's right after it, and their share."""
+    shares = ", ".join(_percent(r["fps"] / r["generator_fps"]) for r in runs)
+    return (f"e2e {_nums(r['fps'] for r in runs)} frames/s, generator after each "
+            f"{_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run {shares}")
 
 
 def _percent(share: float) -> str:
