@@ -79,6 +79,14 @@ def media(tmp_path_factory, astronaut_bgr) -> dict:
     return {"photo": photo, "speech": speech, "video": clip}
 
 
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict:
+    """Small ffmpeg test-source clips for the readers' and writers' tests (tests/media_helpers.py)."""
+    from media_helpers import make_clips
+
+    return make_clips(tmp_path_factory.mktemp("clips"))
+
+
 def _write_drifting_clip(image: np.ndarray, path: Path) -> None:
     """An H.264 clip of the photo moving a few pixels per frame (a face that moves), no audio."""
     h, w = image.shape[:2]

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import x264_options
-from test_video import (AUDIO_SECONDS, ODD_SIZE, ffmpeg_children, ffprobe_json,  # noqa: F401  (media: a fixture)
-                        media, no_garbage_collection, open_fds)
+from media_helpers import AUDIO_SECONDS, ODD_SIZE, ffmpeg_children, ffprobe_json, no_garbage_collection, open_fds
 
 from lipsync.encoding import VideoWriter, encoder_threads, write_args
 from lipsync.errors import LipSyncError
@@ -57,12 +56,12 @@ def colour_frame(index: int) -> np.ndarray:
     return frame
 
 
-def test_writer_output(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_output(clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, scratch = tmp_path / "cwd", tmp_path / "scratch"
     work.mkdir(), scratch.mkdir()
     monkeypatch.chdir(work)
     out = tmp_path / "result.mp4"
-    with VideoWriter(out, size=ODD_SIZE, fps=25, audio=media["audio"], temp_dir=scratch) as writer:
+    with VideoWriter(out, size=ODD_SIZE, fps=25, audio=clips["audio"], temp_dir=scratch) as writer:
         for index in range(20):  # 0.8 s of video for 1.0 s of audio
             writer.write(colour_frame(index))
     streams = {s["codec_type"]: s for s in ffprobe_json(out)["streams"]}
@@ -82,17 +81,17 @@ def test_writer_output(media: dict[str, Path], tmp_path: Path, monkeypatch: pyte
                                                                                           "scratch"]
 
 
-def test_writer_cuts_frames_past_the_audio(media: dict[str, Path], tmp_path: Path) -> None:
+def test_writer_cuts_frames_past_the_audio(clips: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "long.mp4"
-    with VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
+    with VideoWriter(out, size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path) as writer:
         for _ in range(150):  # 6 s of frames for 1 s of audio
             writer.write(np.zeros((48, 64, 3), np.uint8))
     assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
 
 
-def test_writer_output_may_replace_its_audio_source(media: dict[str, Path], tmp_path: Path) -> None:
+def test_writer_output_may_replace_its_audio_source(clips: dict[str, Path], tmp_path: Path) -> None:
     talk = tmp_path / "talk.mp4"
-    shutil.copy(media["with_audio"], talk)
+    shutil.copy(clips["with_audio"], talk)
     with VideoWriter(talk, size=(96, 64), fps=25, audio=talk, temp_dir=tmp_path) as writer:
         for _ in range(30):
             writer.write(np.full((64, 96, 3), 128, np.uint8))
@@ -102,9 +101,9 @@ def test_writer_output_may_replace_its_audio_source(media: dict[str, Path], tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4"]
 
 
-def test_failed_ffmpeg_leaves_no_file(media: dict[str, Path], tmp_path: Path) -> None:
+def test_failed_ffmpeg_leaves_no_file(clips: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out" / "result.mp4"
-    writer = VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path,
+    writer = VideoWriter(out, size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path,
                          preset="no-such-preset")
     for _ in range(10):
         writer.write(np.zeros((48, 64, 3), np.uint8))
@@ -113,29 +112,29 @@ def test_failed_ffmpeg_leaves_no_file(media: dict[str, Path], tmp_path: Path) ->
     assert list(out.parent.iterdir()) == [] and ffmpeg_children() == []
 
 
-def test_exception_aborts_writer(media: dict[str, Path], tmp_path: Path) -> None:
+def test_exception_aborts_writer(clips: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "result.mp4"
-    with pytest.raises(RuntimeError), VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"],
+    with pytest.raises(RuntimeError), VideoWriter(out, size=(64, 48), fps=25, audio=clips["audio"],
                                                   temp_dir=tmp_path) as writer:
         writer.write(np.zeros((48, 64, 3), np.uint8))
         raise RuntimeError("model crashed")
     assert list(tmp_path.iterdir()) == [] and ffmpeg_children() == []
 
 
-def test_writer_rejects_bad_input(media: dict[str, Path], tmp_path: Path) -> None:
+def test_writer_rejects_bad_input(clips: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(LipSyncError, match="no audio track"):
-        VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=media["plain"], temp_dir=tmp_path)
-    with VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
+        VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=clips["plain"], temp_dir=tmp_path)
+    with VideoWriter(tmp_path / "o.mp4", size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path) as writer:
         with pytest.raises(ValueError):
             writer.write(np.zeros((48, 64, 4), np.uint8))
         writer.write(np.zeros((48, 64, 3), np.uint8))
 
 
-def test_writer_abort_mid_stream_leaves_no_file_child_or_fd(media: dict[str, Path], tmp_path: Path) -> None:
+def test_writer_abort_mid_stream_leaves_no_file_child_or_fd(clips: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out" / "result.mp4"
     with no_garbage_collection():
         before = open_fds()
-        writer = VideoWriter(out, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path)
+        writer = VideoWriter(out, size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path)
         for _ in range(10):
             writer.write(np.zeros((48, 64, 3), np.uint8))
         assert ffmpeg_children()
@@ -157,7 +156,7 @@ def test_writer_that_cannot_start_ffmpeg_leaves_nothing(tmp_path: Path, monkeypa
     assert list(out.parent.iterdir()) == []
 
 
-def test_writer_failures_leave_no_fd(media: dict[str, Path], tmp_path: Path) -> None:
+def test_writer_failures_leave_no_fd(clips: dict[str, Path], tmp_path: Path) -> None:
     with no_garbage_collection():
         before = open_fds()
         writer = VideoWriter(tmp_path / "r.mp4", size=(64, 48), fps=25, audio=None, temp_dir=tmp_path,
@@ -168,12 +167,12 @@ def test_writer_failures_leave_no_fd(media: dict[str, Path], tmp_path: Path) -> 
         assert open_fds() == before and ffmpeg_children() == [] and list(tmp_path.iterdir()) == []
 
 
-def test_writer_whose_file_cannot_be_moved_into_place_says_so(media: dict[str, Path], tmp_path: Path) -> None:
+def test_writer_whose_file_cannot_be_moved_into_place_says_so(clips: dict[str, Path], tmp_path: Path) -> None:
     taken = tmp_path / "taken.mp4"
     taken.mkdir()  # a folder where the video should go
     (taken / "keep").write_text("x")
     with pytest.raises(LipSyncError, match=f"could not write {taken}"):
-        with VideoWriter(taken, size=(64, 48), fps=25, audio=media["audio"], temp_dir=tmp_path) as writer:
+        with VideoWriter(taken, size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path) as writer:
             writer.write(np.zeros((48, 64, 3), np.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mp4"], "no partial file is left"
     assert ffmpeg_children() == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_video import ffmpeg_children, no_garbage_collection, open_fds
+from media_helpers import ffmpeg_children, no_garbage_collection, open_fds
 
 from lipsync import audio, encoding, ffmpeg, video
 from lipsync.errors import LipSyncError

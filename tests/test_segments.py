@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import read_video_frames
+from media_helpers import ffmpeg, ffmpeg_children, no_garbage_collection, open_fds
 from test_encoding import colour_frame
-from test_video import ffmpeg, ffmpeg_children, no_garbage_collection, open_fds
 
 from lipsync import segments
 from lipsync.errors import LipSyncError

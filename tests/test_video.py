@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import quadrants
+from media_helpers import AUDIO_SECONDS, ODD_SIZE, ffmpeg, ffmpeg_children, no_garbage_collection, open_fds
 
 from lipsync.encoding import write_args
 from lipsync.errors import LipSyncError
@@ -35,76 +33,6 @@ from lipsync.video import (
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
-
-AUDIO_SECONDS = 1.0
-ODD_SIZE = (321, 241)  # width, height
-
-
-def ffmpeg(*args: str | Path) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *map(str, args)], check=True)
-
-
-def ffprobe_json(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", "-show_streams", "-show_format",
-                          f"file:{path}"], capture_output=True, check=True).stdout
-    return json.loads(out)
-
-
-def ffmpeg_children() -> list[str]:
-    """ffmpeg processes (running or zombie) whose parent is this test process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        parent = int(stat[stat.rindex(")") + 2:].split()[1])
-        if parent == os.getpid() and name.startswith("ffmpeg"):
-            found.append(f"{entry.name} {name}")
-    return found
-
-
-def open_fds() -> set[str]:
-    """This process's open file descriptors, as "fd -> what it is"."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
-            found.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
-    return found
-
-
-@contextlib.contextmanager
-def no_garbage_collection():
-    """Clean-up must not depend on the collector: it is off inside."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Small clips made once per module."""
-    root = tmp_path_factory.mktemp("media")
-    paths = {name: root / file for name, file in [
-        ("odd", "odd.mp4"), ("plain", "plain.mp4"), ("audio", "tone.m4a"), ("with_audio", "talk.mp4")]}
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=321x241:rate=25", "-t", "2",
-           "-c:v", "libx264", "-pix_fmt", "yuv444p", "-crf", "10", paths["odd"])
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", paths["plain"])
-    ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={AUDIO_SECONDS}",
-           "-c:a", "aac", paths["audio"])
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-f", "lavfi", "-i",
-           "sine=sample_rate=48000", "-t", "1.5", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-           "-c:a", "aac", paths["with_audio"])
-    return paths
-
 
 # ---------------------------------------------------------------- builders
 
@@ -136,36 +64,36 @@ def test_read_args_stream_bgr_at_constant_rate() -> None:
 # ---------------------------------------------------------------- probing and reading videos
 
 
-def test_probe_and_read_odd_size_video(media: dict[str, Path]) -> None:
-    info = probe(media["odd"])
+def test_probe_and_read_odd_size_video(clips: dict[str, Path]) -> None:
+    info = probe(clips["odd"])
     assert (info.width, info.height) == ODD_SIZE and not info.is_image
     assert info.fps == 25.0 and info.frame_count == 50 and info.duration == pytest.approx(2.0)
     assert info.has_video and not info.has_audio and info.rotation == 0
-    frames = list(read_frames(media["odd"], info))
+    frames = list(read_frames(clips["odd"], info))
     assert len(frames) == 50
     assert all(frame.shape == (241, 321, 3) and frame.dtype == np.uint8 for frame in frames)
     assert not np.array_equal(frames[0], frames[25]), "testsrc moves; frames must differ"
 
 
-def test_awkward_file_names(media: dict[str, Path], tmp_path: Path) -> None:
+def test_awkward_file_names(clips: dict[str, Path], tmp_path: Path) -> None:
     awkward = tmp_path / "-my clip.ü.v2.final.mp4"
-    shutil.copy(media["plain"], awkward)
+    shutil.copy(clips["plain"], awkward)
     info = probe(awkward)
     frames = read_frames(awkward, info)
     assert next(frames).shape == (48, 64, 3)
     frames.close()
 
 
-def test_rotated_phone_video(media: dict[str, Path], tmp_path: Path) -> None:
+def test_rotated_phone_video(clips: dict[str, Path], tmp_path: Path) -> None:
     rotated = tmp_path / "portrait.mp4"
     try:  # ffmpeg >= 6
-        ffmpeg("-display_rotation", "90", "-i", media["plain"], "-c", "copy", rotated)
+        ffmpeg("-display_rotation", "90", "-i", clips["plain"], "-c", "copy", rotated)
     except subprocess.CalledProcessError:  # ffmpeg 5.x
-        ffmpeg("-i", media["plain"], "-c", "copy", "-metadata:s:v", "rotate=90", rotated)
+        ffmpeg("-i", clips["plain"], "-c", "copy", "-metadata:s:v", "rotate=90", rotated)
     info = probe(rotated)
     assert info.rotation in (90, 270)
     assert (info.width, info.height) == (48, 64)
-    upright = list(read_frames(media["plain"], probe(media["plain"])))
+    upright = list(read_frames(clips["plain"], probe(clips["plain"])))
     turned = list(read_frames(rotated, info))
     assert len(turned) == len(upright) == 25
     np.testing.assert_array_equal(turned[3], np.rot90(upright[3], info.rotation // 90))
@@ -186,9 +114,9 @@ def test_variable_frame_rate_is_resampled_by_time(tmp_path: Path) -> None:
     assert np.abs(seconds - expected).max() < 0.08 + 1 / info.fps, "frame i must show time i/fps"
 
 
-def test_early_close_leaves_no_ffmpeg_process(media: dict[str, Path]) -> None:
-    info = probe(media["odd"])
-    frames = read_frames(media["odd"], info)
+def test_early_close_leaves_no_ffmpeg_process(clips: dict[str, Path]) -> None:
+    info = probe(clips["odd"])
+    frames = read_frames(clips["odd"], info)
     next(frames)
     next(frames)
     assert ffmpeg_children(), "ffmpeg should be running mid-stream"
@@ -198,11 +126,11 @@ def test_early_close_leaves_no_ffmpeg_process(media: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("closing", ["with", "contextlib.closing", "close()"])
-def test_reader_stopped_early_leaves_no_child_and_no_fd(media: dict[str, Path], closing: str) -> None:
-    info = probe(media["odd"])
+def test_reader_stopped_early_leaves_no_child_and_no_fd(clips: dict[str, Path], closing: str) -> None:
+    info = probe(clips["odd"])
     with no_garbage_collection():
         before = open_fds()
-        reader = read_frames(media["odd"], info)
+        reader = read_frames(clips["odd"], info)
         assert isinstance(reader, FrameReader) and iter(reader) is reader
         context = {"with": reader, "contextlib.closing": contextlib.closing(reader),
                    "close()": contextlib.nullcontext(reader)}[closing]
@@ -217,31 +145,31 @@ def test_reader_stopped_early_leaves_no_child_and_no_fd(media: dict[str, Path], 
         assert list(reader) == []
 
 
-def test_reader_whose_consumer_raises_leaves_no_child_and_no_fd(media: dict[str, Path]) -> None:
-    info = probe(media["odd"])
+def test_reader_whose_consumer_raises_leaves_no_child_and_no_fd(clips: dict[str, Path]) -> None:
+    info = probe(clips["odd"])
     with no_garbage_collection():
         before = open_fds()
-        with pytest.raises(RuntimeError, match="model crashed"), read_frames(media["odd"], info) as frames:
+        with pytest.raises(RuntimeError, match="model crashed"), read_frames(clips["odd"], info) as frames:
             for index, _ in enumerate(frames):
                 if index == 4:
                     raise RuntimeError("model crashed")
         assert ffmpeg_children() == [] and open_fds() == before
 
 
-def test_reader_read_to_the_end_or_never_started_leaves_nothing(media: dict[str, Path]) -> None:
-    info = probe(media["plain"])
+def test_reader_read_to_the_end_or_never_started_leaves_nothing(clips: dict[str, Path]) -> None:
+    info = probe(clips["plain"])
     with no_garbage_collection():
         before = open_fds()
-        reader = read_frames(media["plain"], info)
+        reader = read_frames(clips["plain"], info)
         assert ffmpeg_children() == [], "ffmpeg starts at the first frame, not before"
         assert len(list(reader)) == 25 and reader.frames_read == 25
         assert ffmpeg_children() == [] and open_fds() == before, "the last frame closed it"
-        read_frames(media["plain"], info).close()
+        read_frames(clips["plain"], info).close()
         assert ffmpeg_children() == [] and open_fds() == before
 
 
-def test_reader_on_an_undecodable_video_raises_and_leaves_nothing(media: dict[str, Path], tmp_path: Path) -> None:
-    info = probe(media["plain"])
+def test_reader_on_an_undecodable_video_raises_and_leaves_nothing(clips: dict[str, Path], tmp_path: Path) -> None:
+    info = probe(clips["plain"])
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video\n" * 100)
     with no_garbage_collection():
@@ -260,13 +188,13 @@ def test_picture_reader_yields_once(tmp_path: Path) -> None:
         assert next(frames, None) is None
 
 
-def test_audio_files(media: dict[str, Path]) -> None:
+def test_audio_files(clips: dict[str, Path]) -> None:
     with pytest.raises(LipSyncError, match="no video stream — the face must be a picture or a video"):
-        probe(media["audio"])
-    info = probe(media["audio"], require_video=False)
+        probe(clips["audio"])
+    info = probe(clips["audio"], require_video=False)
     assert not info.has_video and info.has_audio
     assert info.audio_duration == pytest.approx(AUDIO_SECONDS, abs=0.05) and info.audio_sample_rate == 44100
-    talk = probe(media["with_audio"])
+    talk = probe(clips["with_audio"])
     assert talk.has_video and talk.has_audio and talk.audio_sample_rate == 48000
 
 
