@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
@@ -64,16 +65,16 @@ def detection_stage(detect: Callable, frames: List[np.ndarray], case: Case, size
 def bench_engine() -> Any:
     """A lipsync.Engine whose S3FD runs for real, so its cost is measured, but whose boxes come from OpenCV's
     Haar cascade: random S3FD weights find no face, and the tracker must follow the real, moving face to do
-    the work it will do with real weights (a little more: Haar's time is added)."""
+    the work it will do with real weights (a little more: Haar's time is added). Both are the engine's own,
+    remembering a picture's searches when a run's detector does (as S3FD alone would)."""
     import lipsync
-    from lipsync import faces
 
     class TimedEngine(lipsync.Engine):
         def detector(self, options: Any, device: Any, remember: bool = False) -> Callable:
             s3fd = super().detector(options, device, remember)
             if options.face_detector != "sfd":
                 return s3fd
-            haar = faces.HaarDetector()
+            haar = super().detector(replace(options, face_detector="haar"), device, remember)
 
             def detect(frames: Sequence[np.ndarray]) -> list:
                 s3fd(frames)

@@ -68,9 +68,14 @@ def test_quick_run_prints_one_full_table_and_matching_json(tmp_path):
     for key, case in results["cases"].items():
         assert case["e2e"]["frames"] == case["frames"], f"{key}: the run made a frame per mel window"
         assert 100 < case["e2e"]["peak_rss_mb"] < 100_000, "peak RSS in MB of a process that loaded paddle"
-    fresh = results["cases"]["still"]["e2e"]["new_picture"]  # the warm picture job with a picture not seen before
-    assert fresh["fps"] > 0 and fresh["generator_fps"] > 0 and "detecting faces" in fresh["phases"]
-    assert "still e2e / generator, a picture not seen before (one run over the generator right after it): " in stdout
+    still = results["cases"]["still"]["e2e"]  # warm picture jobs with pictures not seen before: the page's, the API's
+    page, api = still["new_picture"], still["new_picture_api"]
+    assert page["picker_seconds"] > 0 and api["picker_seconds"] is None, "only the page's picture is searched first"
+    for fresh in (page, api):
+        assert fresh["fps"] > 0 and fresh["generator_fps"] > 0 and "detecting faces" in fresh["phases"]
+    assert ("still e2e / generator, a picture not seen before, as the page runs it (searched by the face picker when "
+            "given) (one run over the generator right after it): ") in stdout
+    assert "as an API or command-line call runs it (searched in the run): faces found " in stdout
     streamed = results["cases"]["still"]["e2e"]["streamed"]  # the same job streaming segments, as the page runs it
     assert streamed["segments"] >= 1 and streamed["segment_bytes"] > 0 and streamed["generator_fps"] > 0
     plain_runs = results["cases"]["still"]["e2e"]["runs"]
