@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ class MediaInfo:
     audio_duration: float = 0.0  # seconds of the first audio stream; 0 when none or unknown
     audio_sample_rate: int = 0  # Hz of the first audio stream; 0 when none
     audio_channels: int = 0  # of the first audio stream; 0 when none or unknown
+    # A picture's pixels as the probe decoded them (upright BGR): its reader hands them on instead of decoding the
+    # file again. None for anything else, and once a run has taken them (so a long job does not keep two copies).
+    picture: Frame | None = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------- probing
@@ -137,7 +140,7 @@ def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
 
 def _picture_info(path: Path, frame: Frame) -> MediaInfo:
     height, width = frame.shape[:2]
-    return MediaInfo(path, True, width, height, IMAGE_FPS, 1, 0.0, True, False)
+    return MediaInfo(path, True, width, height, IMAGE_FPS, 1, 0.0, True, False, picture=frame)
 
 
 def _wav_info(path: Path) -> MediaInfo | None:
@@ -162,7 +165,8 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
 
     Pictures are recognised by content, not by extension (a PNG or JPEG by its signature, which spares starting
     ffprobe; others by ffprobe's sniffing, then Pillow or ffmpeg), and are decoded once here so width/height
-    honour EXIF orientation. A plain PCM WAV is read from its header, also without ffprobe.
+    honour EXIF orientation; the decoded pixels come with the description (MediaInfo.picture), so reading the
+    picture's frame decodes nothing again. A plain PCM WAV is read from its header, also without ffprobe.
     """
     path = _existing(path)
     frame = picture.read_common_picture(path)

@@ -165,8 +165,8 @@ def _prepare(face: Path, info: video.MediaInfo, speech: _Speech, outfile: Path, 
     frames = audio.frame_count(speech.mel.shape[1], fps)
     job = Job(face, speech.path, outfile, info, speech.mel, fps, frames, still, audio.duration(speech.wav), size,
                _size_notes(info, options), segments, sound=speech.info)
-    if still:
-        job = replace(job, still_frame=_first_frame(job, options))
+    if still:  # the frame, from the pixels the probe decoded; the job keeps it, not the probe's copy
+        job = replace(job, still_frame=_first_frame(job, options), info=replace(info, picture=None))
     return job
 
 

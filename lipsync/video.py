@@ -74,7 +74,7 @@ class FrameReader:
             self.close()
             raise StopIteration
         try:
-            frame = read_image(self.path) if self.info.is_image else self._next_video_frame()
+            frame = self._picture() if self.info.is_image else self._next_video_frame()
         except BaseException:
             self.close()
             raise
@@ -83,6 +83,10 @@ class FrameReader:
             raise StopIteration
         self.frames_read += 1
         return frame
+
+    def _picture(self) -> Frame:
+        """The picture's one frame: as the probe decoded it when its description holds it, else decoded now."""
+        return self.info.picture if self.info.picture is not None else read_image(self.path)
 
     def _next_video_frame(self) -> Frame | None:
         """The next frame from ffmpeg (started on first use); None after the last, once ffmpeg exited well."""

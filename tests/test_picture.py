@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,41 @@ def test_other_pictures_and_animated_png_still_go_to_ffprobe(tmp_path: Path, mon
     webp = save(Image.fromarray(quadrants()), tmp_path / "face.webp", lossless=True)
     assert picture.read_common_picture(webp) is None and video.probe(webp).is_image
     assert calls == [animated, webp]
+
+
+def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls: list = []
+    real = picture._decoded
+    monkeypatch.setattr(picture, "_decoded", lambda image: calls.append(image.format) or real(image))
+    return calls
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_a_probed_picture_is_read_without_decoding_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            suffix: str) -> None:  # fmt: skip
+    path = save(Image.fromarray(quadrants(48, 64)), tmp_path / f"face{suffix}", orientation=6, lossless=True)
+    decodes = _counting_decodes(monkeypatch)
+    info = video.probe(path)
+    assert len(decodes) == 1 and info.picture is not None
+    frames = list(video.read_frames(path, info))
+    assert len(decodes) == 1, "the frame is the pixels the probe decoded"
+    assert len(frames) == 1 and np.array_equal(frames[0], video.read_image(path)), "upright, as decoded"
+    assert len(decodes) == 2
+    alone = list(video.read_frames(path, replace(info, picture=None)))  # a description without the pixels
+    assert len(decodes) == 3 and np.array_equal(alone[0], frames[0])
+    assert info == replace(info, picture=None) and "picture=" not in repr(info), "pixels are not a description"
+
+
+def test_a_picture_job_decodes_its_picture_once_and_does_not_keep_the_probe_s_copy(
+        media: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import lipsync
+    from lipsync import pipeline
+    from lipsync.options import LipSyncOptions
+
+    decodes = _counting_decodes(monkeypatch)
+    kept: list = []
+    real = pipeline._render
+    monkeypatch.setattr(pipeline, "_render", lambda job, *rest: kept.append(job.info.picture) or real(job, *rest))
+    lipsync.run(media["photo"], media["speech"], tmp_path / "out.mp4", LipSyncOptions(face_detector="haar", device="cpu"))
+    assert decodes == ["PNG"], "probed once, read from the probe's pixels"
+    assert kept == [None], "the job holds its frame, not the probe's pixels as well"
