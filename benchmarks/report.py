@@ -115,7 +115,7 @@ def unseen_runs(e2e: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     """A picture case's runs of pictures the process had not seen, each with how its face was searched for."""
     fresh = e2e.get("new_picture")
     if fresh and "picker_seconds" not in fresh:  # older results: one such run, searched in the run
-        return [(UNSEEN[1][1], fresh)]
+        return [(dict(UNSEEN)["new_picture_api"], fresh)]
     return [(how, e2e[kind]) for kind, how in UNSEEN if e2e.get(kind)]
 
 
