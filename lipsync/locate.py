@@ -4,10 +4,9 @@ the frames on disk when the output must loop over them."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from . import faces, geometry, shots, video
 from .errors import LipSyncError
 from .job import Job, source_frames
 from .options import LipSyncOptions
-from .types import STAGE_FACES, Box, Progress
+from .types import STAGE_FACES, Box, Frame, Progress
 
 FACES_REPORT_EVERY = 25  # frames between progress reports while reading and detecting
 LOOP_MARGIN_FRAMES = 2  # cache frames for ping-pong when the video is within this of the audio's length
@@ -87,7 +86,7 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
     total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
     shape: Tuple[int, ...] = ()
     with contextlib.closing(source_frames(job, options)) as frames:  # ffmpeg stops here, not when collected
-        for index, frame in enumerate(itertools.islice(frames, job.frames)):
+        for index, frame in enumerate(_limit(frames, job.frames)):
             shape = frame.shape
             if cache is not None:
                 cache.append(frame)
@@ -97,6 +96,13 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
                 report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
     return None if tracker is None else _finish_boxes(tracker, shape, job, options)
+
+
+def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
+    for index, frame in enumerate(frames):
+        if index >= count:
+            return
+        yield frame
 
 
 def _finish_boxes(tracker: faces.FaceTracker, shape: Tuple[int, ...], job: Job,
