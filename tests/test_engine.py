@@ -1,5 +1,5 @@
-"""The engine: exports never touch a model lipsync.load_wav2lip() handed out, keep no dygraph model alive,
-and its predictors are per thread count."""
+"""The engine: exports never touch a model lipsync.load_wav2lip() handed out, keep no dygraph model alive (not even
+until a later collection), and its predictors are per thread count."""
 
 from __future__ import annotations
 
@@ -61,10 +61,15 @@ def test_models_built_for_export_are_dropped_once_the_predictors_exist(fresh_exp
 
     monkeypatch.setattr(weights, "build_wav2lip", spy)
     engine = Engine()
-    whole, split = engine.generator(OPTIONS, CPU), engine.still_generator(OPTIONS, CPU)
-    gc.collect()
+    gc.disable()  # no automatic collection: the engine itself must let them go, on the thread that built them
+    try:
+        whole, split = engine.generator(OPTIONS, CPU), engine.still_generator(OPTIONS, CPU)
+        alive = [ref() is not None for ref in built]
+    finally:
+        gc.enable()
     assert len(built) == 3, "one private model per export: the generator, the face encoder, the still decoder"
-    assert [ref() for ref in built] == [None, None, None], "no dygraph model outlives its export"
+    # a traced model is held in reference cycles: left to a later collection on some server thread, that kept 0.8 GB
+    assert alive == [False, False, False], "no dygraph model outlives its network's build"
     assert whole.run(*[np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32)])
     assert split.encoder.run(np.zeros((1, 6, 96, 96), np.float32))
 
