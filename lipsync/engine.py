@@ -162,23 +162,29 @@ class Engine:
         def make() -> runtime.Predictor:
             prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
             pool_mb = runtime.gpu_pool_mb(prefix, *pool)
-            return gated.predictor(prefix, device, wanted, probe, pixels, pool_mb=pool_mb, threads=threads, lanes=lanes)
+            made = gated.predictor(prefix, device, wanted, probe, pixels, pool_mb=pool_mb, threads=threads, lanes=lanes)
+            _collect_leftovers()
+            return made
 
         return self._cached((arch, key, device.kind, str(threads), wanted), make)  # type: ignore[return-value]
 
     def _cached(self, key: Tuple[str, ...], make: Callable[[], object]) -> object:
-        """The network under `key`, made the first time; what making it left behind is collected at once.
-
-        Building a network (tracing it, optimising its program, the precision gate's probes) leaves reference
-        cycles, ~15,000 objects holding copies of the weights, that only the cyclic collector frees. Left to it,
-        they went whenever a collection next ran, on whichever thread: a server then kept 0.8 GB more for good
-        (2.46 to 3.37 GB, the generator and the still decoder used from new threads in turn). Collected here, on
-        the thread that built them, it stayed at 2.4 GB. One collection takes ~50 ms, once a network."""
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = make()
-                gc.collect()
             return self._cache[key]
+
+
+def _collect_leftovers() -> None:
+    """Free what building a predictor left behind, now, on the thread that built it.
+
+    Tracing a network, optimising its program and the precision gate's probes leave reference cycles (~15,000
+    objects holding copies of the weights) that only the cyclic collector frees. Left to it, they went whenever a
+    collection next ran, on whichever thread: a server then kept 0.8 GB more for good (2.46 to 3.37 GB, with the
+    generator and the still decoder used from new threads in turn). Collected here, it stayed at 2.4 GB. One
+    collection takes ~50 ms, once per predictor a process builds."""
+    gc.collect()
+
 
 DEFAULT_ENGINE = Engine()  # the one a process shares when a caller does not bring its own
 
