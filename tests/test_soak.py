@@ -41,7 +41,7 @@ SAMPLE_S = 0.2  # how often the watcher reads the figures during the soak
 FD_SLACK = 8  # keep-alive sockets still closing, a log handler's file
 THREAD_SLACK = 8  # gradio's worker threads idle in their pool until they expire
 PEAK_THREAD_SLACK = 24  # during the soak: one worker per running event, uploads, the server's own
-# oneDNN's kernels per input shape (at most runtime.MKLDNN_SHAPE_CACHE) and allocator noise: 1-1.5 % in soaks; a leak
+# oneDNN's kernels per input shape (at most runtime.MKLDNN_SHAPE_CACHE) and allocator noise: under 2 % in soaks; a leak
 # of 1.2 MB per request would show (312 × 1.2 MB is 15 % of the ~2.4 GB the server holds after the warm-up)
 RSS_GROWTH = 0.15
 MAX_SECONDS = 5  # the server's LIPSYNC_MAX_SECONDS: the long tone is refused
