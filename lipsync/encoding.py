@@ -234,31 +234,31 @@ class VideoWriter:
 
     def close(self) -> None:
         """Finish encoding and move the file into place; LipSyncError with ffmpeg's words if it failed.
-        However it ends, ffmpeg is reaped, its pipe and stderr file are closed, and no partial file is left."""
-        if self._process is None:
+        However it ends, ffmpeg is reaped, its pipe and stderr file are closed, and no partial file is left:
+        an interrupt (a batch worker being stopped) anywhere before the rename deletes it too."""
+        process = self._process
+        if process is None:
             return
-        process, self._process = self._process, None
         try:
-            code = process.finish()
-            reason = process.said(self._partial)
+            self._finish(process)
         except BaseException:
             self._discard(process)
             raise
+        finally:
+            self._process = None
+
+    def _finish(self, process: ffmpeg.Process) -> None:
+        code = process.finish()
+        reason = process.said(self._partial)
         process.stop()
         if code != 0 or self.frames_written == 0 or not self._partial.is_file():
-            self._discard(process)
             detail = reason if self.frames_written else "no frames were written"
             raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
-        try:
-            if self._stream is not None:
-                self._stream.finish()  # the last segments before the mp4
-        except BaseException:
-            self._partial.unlink(missing_ok=True)
-            raise
+        if self._stream is not None:
+            self._stream.finish()  # the last segments before the mp4
         try:
             os.replace(self._partial, self.path)
         except OSError as error:
-            self._partial.unlink(missing_ok=True)
             raise LipSyncError(f"could not write {self.path} ({error.strerror})") from error
 
     def abort(self) -> None:

@@ -4,11 +4,14 @@ what is done and redoes a cut-short file, a worker killed mid-job, and the comma
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -17,12 +20,14 @@ from batch_helpers import (CLOSED_PORT_PROXY, check_batch, make_media, read_csv,
 from conftest import ROOT
 
 from lipsync import batch
-from lipsync.batch import DONE, SKIPPED, ManifestError, read_manifest
+from lipsync.batch import DONE, SKIPPED, ManifestError, local, read_manifest
+from lipsync.batch.manifest import jobs_from_rows
 from lipsync.batch.cli import main as batch_main
 from lipsync.options import LipSyncOptions
 
 CPU_HAAR = LipSyncOptions(device="cpu", face_detector="haar")
 INTERRUPT_DEADLINE_S = 120
+LONGER_SPEECH = "A worker may be stopped at any moment, and it cleans up after itself before it goes."
 PART_POLL_S = 0.01  # a picture's job now encodes for well under a second: look often, or the batch ends first
 
 
@@ -154,6 +159,30 @@ def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, t
     listed = read_csv(tmp_path / "out" / "results.csv")
     assert [row["attempts"] for row in listed] == ["2", "1"]
     assert not list((tmp_path / "out").glob(".*.part")), "the killed encoder's partial file is cleaned up"
+
+
+def test_a_worker_told_to_terminate_mid_job_unwinds_it_and_leaves_no_partial_file(small_media, tmp_path):
+    """A pool one worker left terminates the others (SIGTERM): so it goes on Ctrl-C when one worker was between
+    jobs. The job must unwind as on the driver's SIGINT, not abort in paddle's own SIGTERM handler (which left
+    its ffmpeg to finish a partial file after the batch had ended)."""
+    media, _ = small_media
+    speech = tmp_path / "longer.wav"  # lip-syncing lasts seconds after its first frames, whatever the machine
+    subprocess.run(["espeak-ng", "-w", str(speech), LONGER_SPEECH], check=True, capture_output=True)
+    rows = [{"face": str(media["photo"]), "audio": str(speech)}]
+    job = batch.place_outputs(jobs_from_rows(rows, tmp_path, CPU_HAAR), tmp_path / "out")[0]
+    job.outfile.parent.mkdir()
+    context = multiprocessing.get_context("spawn")
+    events, gpus = context.Queue(), context.Queue()
+    with ProcessPoolExecutor(1, mp_context=context, initializer=local._init_worker, initargs=(events, gpus, 1)) as pool:
+        future = pool.submit(local._work, job)
+        while events.get(timeout=INTERRUPT_DEADLINE_S)[0] != local.EVENT_FRAMES:
+            pass  # until the job is lip-syncing: its encoder runs
+        (worker,) = pool._processes.values()  # (the pool's own handle: it reaps the worker)
+        worker.terminate()
+        with pytest.raises(BrokenProcessPool):
+            future.result(timeout=INTERRUPT_DEADLINE_S)
+    assert worker.exitcode == local.STOPPED_EXIT, "unwound by lipsync's handler, not aborted"
+    assert not list(job.outfile.parent.iterdir()), "no partial file, no output"
 
 
 def _worker_pids(parent: int = 0) -> list:

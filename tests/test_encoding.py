@@ -178,6 +178,22 @@ def test_writer_whose_file_cannot_be_moved_into_place_says_so(clips: dict[str, P
     assert ffmpeg_children() == []
 
 
+def test_an_interrupt_as_the_writer_moves_its_file_into_place_leaves_no_partial_file(
+        clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A batch worker told to stop unwinds wherever its job is, here after ffmpeg finished, before the rename."""
+
+    def interrupted(source: object, target: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out" / "result.mp4"
+    writer = VideoWriter(out, size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path)
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), writer:
+        pass
+    assert list(out.parent.iterdir()) == [] and ffmpeg_children() == []
+
+
 def test_a_still_is_encoded_with_its_own_x264_setting_and_a_video_without(tmp_path: Path) -> None:
     """STILL_X264_PARAMS reaches x264 for a still (and only there): a moving video keeps the preset's refinement."""
     frames = [np.full((48, 64, 3), level, np.uint8) for level in range(0, 250, 10)]

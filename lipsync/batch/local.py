@@ -24,9 +24,12 @@ EVENT_READY, EVENT_START, EVENT_FRAMES = "ready", "start", "frames"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 STOPPED_EXIT = 3  # a worker's exit code after it stopped its job on a signal
 EVENT_WAIT_S = 0.2
-# How the driver (and Linux, when the driver dies) stops a worker: SIGINT, as Ctrl-C in a terminal does. Not SIGTERM:
-# paddle replaces that handler with its own, which aborts the process in the middle of a job.
+# How the driver (and Linux, when the driver dies) stops a worker: SIGINT, as Ctrl-C in a terminal does. A worker
+# takes SIGTERM the same way: a pool one worker left (one that stopped between jobs, on Ctrl-C) terminates the others.
+# Both handlers are set once paddle is imported: its import puts in its own SIGTERM handler, which aborts the
+# process in the middle of a job and leaves its ffmpeg to finish a partial file.
 STOP_SIGNAL = signal.SIGINT
+STOP_SIGNALS = (STOP_SIGNAL, signal.SIGTERM)
 
 Event = tuple  # (EVENT_READY, pid) | (EVENT_START, row, pid) | (EVENT_FRAMES, row, done, total)
 OnEvent = Callable[[Event], None]
@@ -49,8 +52,11 @@ def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue",
     except queue.Empty:
         pass
     set_up_worker(threads, gpu)
+    import paddle  # noqa: F401  (now, not in the first job: its import replaces the SIGTERM handler set below)
+
     _die_with_parent()
-    signal.signal(STOP_SIGNAL, _on_stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_stop)
     _worker.update(engine=Engine(), events=events)
     events.put((EVENT_READY, os.getpid()))
 
