@@ -52,9 +52,9 @@ def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue",
     except queue.Empty:
         pass
     set_up_worker(threads, gpu)
+    _die_with_parent()
     import paddle  # noqa: F401  (now, not in the first job: its import replaces the SIGTERM handler set below)
 
-    _die_with_parent()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop)
     _worker.update(engine=Engine(), events=events)
