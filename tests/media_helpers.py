@@ -1,5 +1,6 @@
-"""What the tests of ffmpeg's readers and writers share (test_video, test_encoding, test_ffmpeg, test_segments):
-small clips, ffmpeg and ffprobe runs, and checks that nothing (processes, descriptors) is left behind."""
+"""What the tests of ffmpeg's readers and writers share (test_video, test_encoding, test_ffmpeg, test_segments, and
+test_faults, test_stream for their clean-up checks): small clips, ffmpeg and ffprobe runs, and checks that nothing
+(processes, descriptors) is left behind, waiting for what a thread ends just after."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import gc
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 AUDIO_SECONDS = 1.0
 ODD_SIZE = (321, 241)  # width, height
@@ -48,6 +51,14 @@ def open_fds() -> set[str]:
         with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
             found.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
     return found
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.01) -> bool:
+    """Whether `condition` holds within timeout_s, asked every poll_s: for what a thread ends just after."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return condition()
 
 
 @contextlib.contextmanager

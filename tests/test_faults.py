@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import List
 
 import numpy as np
 import pytest
 from conftest import ROOT, ffprobe
-from media_helpers import open_fds
+from media_helpers import eventually, no_garbage_collection, open_fds
 
 import lipsync
 from lipsync import batching, runtime
@@ -23,7 +22,7 @@ from lipsync.options import LipSyncOptions
 HAAR = LipSyncOptions(face_detector="haar", device="cpu")
 NO_FFMPEG = "ffmpeg was not found: install ffmpeg"
 # A thread an earlier test left (a server, Ray's client) may hold a descriptor for a moment; a leaked one stays
-SETTLE_S, SETTLE_POLL_S = 2.0, 0.05
+SETTLE_S = 2.0
 
 
 def test_without_ffmpeg_the_command_line_says_so_at_once(media, tmp_path):
@@ -139,34 +138,21 @@ def _children() -> List[str]:
     return pids
 
 
-def _opened_since(before: set) -> set:
-    """Descriptors not in `before` still open after SETTLE_S: a leaked one (the garbage collector is off) stays."""
-    deadline = time.monotonic() + SETTLE_S
-    while (opened := open_fds() - before) and time.monotonic() < deadline:
-        time.sleep(SETTLE_POLL_S)
-    return opened
-
-
 def test_a_job_that_fails_midway_stops_ffmpeg_and_closes_files_without_the_garbage_collector(media, tmp_path):
     """Reader (pass 2 reads the video again) and writer are both open when the generator fails: they must be
     closed at once, not when Python collects the generators (a server would pile up ffmpeg processes)."""
-    import gc
-
     options = LipSyncOptions(face_detector="haar", device="cpu", wav2lip_batch_size=4)
     short = tmp_path / "short.wav"  # shorter than the 2-s clip: pass 2 reads the video again through ffmpeg
     subprocess.run(["espeak-ng", "-w", str(short), "Hello."], check=True, capture_output=True)
     engine = CrashingEngine()
     lipsync.run(media["video"], short, tmp_path / "warm.mp4", options, engine=Engine())  # warm caches
     fds, children = open_fds(), _children()
-    gc.disable()
-    try:
+    with no_garbage_collection():
         with pytest.raises(RuntimeError, match="the generator crashed") as caught:
             lipsync.run(media["video"], short, tmp_path / "o.mp4", options, engine=engine)
         # the error is still held (as a server's error handler or log may hold it), and with it every frame
         # of its traceback: closing must not wait for those to go
         assert caught.traceback and _children() == children, "an ffmpeg process outlived the failed job"
-        left = _opened_since(fds)
-        assert not left, f"a pipe or temporary file outlived the failed job: {sorted(left)}"
-    finally:
-        gc.enable()
+        closed = eventually(lambda: not open_fds() - fds, SETTLE_S)
+        assert closed, f"a pipe or temporary file outlived the failed job: {sorted(open_fds() - fds)}"
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*")), "no partial output"

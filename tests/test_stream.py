@@ -4,7 +4,6 @@ who leaves stops the run without anyone waiting for it, and the request folder g
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import gradio as gr
 import pytest
 
 import lipsync
+from media_helpers import eventually  # the run thread finishes a request folder just after the run's result is out
 from webapp import folders, jobs, limits, stream  # test_app put the repository on sys.path (conftest)
 
 SEGMENTS = 3
@@ -57,14 +57,6 @@ class Engine:
             self.ended.set()
 
 
-def _eventually(condition) -> bool:
-    """The run thread finishes a request folder just after the run's result is out: wait for it."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
-
-
 def _stream(media, seen: list):
     return stream.make_video_stream(limits.Limits(), face_image=str(media["photo"]), audio=str(media["speech"]),
                                     progress=lambda value, desc: seen.append(desc))  # fmt: skip
@@ -93,7 +85,7 @@ def test_segments_reach_the_page_as_they_come_then_the_mp4(requests, monkeypatch
     assert final[1]["visible"] is True and Path(final[1]["value"]).read_bytes() == b"mp4"
     assert final[2] is None and "25 frames at 25 fps" in final[3]
     assert seen == [f"lip-syncing {i}/{SEGMENTS}" for i in range(1, SEGMENTS + 1)]
-    assert _eventually(lambda: not requests.active()), "no longer active once the run ended"
+    assert eventually(lambda: not requests.active(), DEADLINE_S), "no longer active once the run ended"
     [folder] = requests.root.iterdir()
     assert streamed[0].parent.parent == folder, "kept after the run"
 
@@ -108,7 +100,7 @@ def test_a_visitor_who_leaves_stops_the_run_and_its_folder_goes_when_it_ends(req
     assert not engine.ended.is_set(), "close() returned while the run still ran"
     assert engine.ended.wait(DEADLINE_S)
     assert [type(e) for e in engine.raised] == [stream.Stopped], "stopped at its next progress report"
-    assert _eventually(lambda: not folder.exists() and not requests.active())
+    assert eventually(lambda: not folder.exists() and not requests.active(), DEADLINE_S)
 
 
 def test_a_run_that_fails_tells_the_visitor_and_leaves_no_folder(requests, monkeypatch, media):
@@ -117,7 +109,7 @@ def test_a_run_that_fails_tells_the_visitor_and_leaves_no_folder(requests, monke
     with pytest.raises(gr.Error, match="No face found in face.png"):
         for _ in updates:
             pass
-    assert _eventually(lambda: not list(requests.root.iterdir()) and not requests.active())
+    assert eventually(lambda: not list(requests.root.iterdir()) and not requests.active(), DEADLINE_S)
 
 
 def test_the_stream_takes_the_lipsync_endpoints_parameters():
