@@ -1,4 +1,5 @@
-"""Start-up of a picture job as a user runs it: a fresh process, weights on disk, the export cached, --box given.
+"""Start-up of a picture job as a user runs it: a fresh process, weights on disk, the export cached, --box given,
+on an engine for one job, as the command line's.
 
 The parent notes the wall clock just before it starts the child; the child runs lipsync.run and notes when
 each stage starts and when the first generated frames come out, so "start-up" includes the interpreter,
@@ -30,7 +31,8 @@ import lipsync
 from workload import _peak_rss_mb
 spec = json.loads(sys.argv[2])
 options = lipsync.LipSyncOptions(**{**spec["options"], "box": tuple(spec["box"])})
-result = lipsync.run(spec["face"], spec["speech"], spec["outfile"], options, progress=progress)
+engine = lipsync.Engine(single_job=True)  # as the command line runs its one job (lipsync.cli)
+result = lipsync.run(spec["face"], spec["speech"], spec["outfile"], options, progress=progress, engine=engine)
 print(json.dumps({"marks": marks, "seconds": time.time() - spawned, "frames": result.frames,
                   "notes": list(result.notes), "peak_rss_mb": _peak_rss_mb()}))
 """

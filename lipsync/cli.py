@@ -190,9 +190,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
+        from .engine import Engine
         from .pipeline import run
 
-        result = run(args.face, args.audio, args.outfile, options_from_args(args), progress=bars)
+        # one run, then the process ends: no oneDNN kernels are made for batch shapes only later runs would use
+        result = run(args.face, args.audio, args.outfile, options_from_args(args), progress=bars,
+                     engine=Engine(single_job=True))
     except LipSyncError as exc:
         bars.close()
         print(f"error: {one_line(str(exc))}", file=sys.stderr)

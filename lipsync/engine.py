@@ -63,9 +63,17 @@ class Engine:
     """The loaded networks, built once per process and shared by every run (thread-safe).
 
     It keeps Paddle Inference predictors only: the dygraph models traced for them are built privately for
-    each export (weights.build_wav2lip) and dropped once it is saved."""
+    each export (weights.build_wav2lip) and dropped once it is saved.
 
-    def __init__(self) -> None:
+    `single_job`: the engine serves one run, then its process ends (the command line). Its runs then pad a short
+    generator batch on a CPU instead of running it in pieces (synth.generate): every batch shape new to a CPU
+    predictor makes oneDNN reorder the network's weights again and keep that copy, per lane, which only later
+    runs would use (the picture decoder in fp32: ~105 MB a lane and shape; a 342-frame picture job's tail of 6
+    frames, run as 4 + 2, took a 2-vCPU AVX2 machine from 880 to 1250 MB, in about the time the padded frames
+    take)."""
+
+    def __init__(self, single_job: bool = False) -> None:
+        self.single_job = single_job
         self._cache: Dict[Tuple[str, ...], object] = {}
         self._lock = threading.RLock()  # re-entrant: the enhancer's maker asks for its predictor
 

@@ -46,6 +46,7 @@ class Networks:
     detect: Optional[faces.DetectFn]
     enhancer: Optional[Enhancer]
     notes: Tuple[str, ...]
+    single_job: bool = False  # the engine's (Engine.single_job): a short generator batch is padded on a CPU too
 
 
 def load_networks(engine: Engine, options: LipSyncOptions, still: bool) -> Networks:
@@ -54,7 +55,8 @@ def load_networks(engine: Engine, options: LipSyncOptions, still: bool) -> Netwo
     generator = engine.still_generator(options, device) if still else engine.generator(options, device)
     detect, notes = run_detector(engine, options, device, still)
     enhancer = engine.enhancer(options, device) if options.face_enhancement else None
-    return Networks(device, generator, detect, enhancer, notes + precision_notes(generator, options))
+    return Networks(device, generator, detect, enhancer, notes + precision_notes(generator, options),
+                    engine.single_job)  # fmt: skip
 
 
 def generator_precision(generator: Union[runtime.Predictor, StillGenerator]) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import (audio, canvas, cpu, encoding, facecrop, geometry, loading, native, paths, runtime, synth, video,
                writeahead)
-from .engine import DEFAULT_ENGINE, Enhancer, Engine, StillGenerator, cpu_threads, detection_batch, generator_batch
+from .engine import DEFAULT_ENGINE, Engine, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .job import Job, source_frames
 from .locate import FaceBoxes, locate_faces
@@ -123,8 +123,7 @@ def _render(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: 
     absent = found.absent_frames(job)
     try:
         threads = encoding.encoder_threads(*job.size, job.still, cpu_bound=device.kind == "cpu")
-        _synthesize(job, options, networks.generator, generator_batch(options, device), found, tmp, report,
-                    enhancer, threads)
+        _synthesize(job, options, networks, generator_batch(options, device), found, tmp, report, threads)
     finally:
         if found.cache is not None:
             found.cache.close()
@@ -214,21 +213,20 @@ def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: Job) -> Fra
     return last if job.still else last.copy()
 
 
-def _synthesize(job: Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-                found: FaceBoxes, tmp: Path, report: Progress, enhancer: Optional[Enhancer],
-                threads: int) -> None:  # fmt: skip
+def _synthesize(job: Job, options: LipSyncOptions, networks: loading.Networks, batch: int, found: FaceBoxes,
+                tmp: Path, report: Progress, threads: int) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
     frames into the encoder (ffmpeg with `threads`, 0 for its own choice); frames without the face go through as
     they are."""
     with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
-        _encode(job, options, generator, batch, pairs, tmp, report, enhancer, threads)
+        _encode(job, options, networks, batch, pairs, tmp, report, threads)
 
 
-def _encode(job: Job, options: LipSyncOptions, generator: Union[runtime.Predictor, StillGenerator], batch: int,
-            pairs: Iterator[Pair], tmp: Path, report: Progress, enhancer: Optional[Enhancer],
-            threads: int) -> None:  # fmt: skip
+def _encode(job: Job, options: LipSyncOptions, networks: loading.Networks, batch: int, pairs: Iterator[Pair],
+            tmp: Path, report: Progress, threads: int) -> None:  # fmt: skip
     first = next(pairs)
-    generate = synth.mouth_generator(generator, batch, first)
+    generate = synth.mouth_generator(networks.generator, batch, first, networks.single_job)
+    enhancer = networks.enhancer
     enhance = synth.face_enhancer(enhancer)
     height, width = first[0].shape[:2]
     # a still without face enhancement (which redraws more than the box): the encoder gets its picture once

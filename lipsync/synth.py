@@ -51,20 +51,22 @@ def face_enhancer(enhancer: Optional[Enhancer]) -> Optional[Callable[[List[Frame
 
 
 def mouth_generator(generator: Union[runtime.Predictor, StillGenerator], batch: int,
-                     first: Tuple[Frame, Tuple[int, ...]]) -> Callable[[np.ndarray, List[Frame], list], np.ndarray]:
-    """(mels, frames, boxes) → generator output; a still face is encoded once, from the first frame."""
+                     first: Tuple[Frame, Tuple[int, ...]],
+                     single_job: bool = False) -> Callable[[np.ndarray, List[Frame], list], np.ndarray]:  # fmt: skip
+    """(mels, frames, boxes) → generator output; a still face is encoded once, from the first frame. A short batch
+    is padded on a GPU, and on a CPU in a `single_job` (engine.Engine.single_job); otherwise run in pieces."""
     if isinstance(generator, StillGenerator):
         features = generator.encoder.run(face_inputs([first[0]], [first[1]]))
         still = batching.BatchRunner(lambda mels: generator.decoder.run(mels, *features), batch)
-        pad = _pads_short_batches(generator.decoder)
+        pad = _pads_short_batches(generator.decoder, single_job)
         return lambda mels, frames, boxes: generate(still, mels, pad=pad)
     runner = batching.BatchRunner(generator.run, batch)
-    pad = _pads_short_batches(generator)
+    pad = _pads_short_batches(generator, single_job)
     return lambda mels, frames, boxes: generate(runner, mels, face_inputs(frames, boxes), pad=pad)
 
 
-def _pads_short_batches(predictor: runtime.Predictor) -> bool:
-    return predictor.device.kind != "cpu"
+def _pads_short_batches(predictor: runtime.Predictor, single_job: bool) -> bool:
+    return predictor.device.kind != "cpu" or single_job
 
 
 def generate(runner: batching.BatchRunner, *inputs: np.ndarray, pad: bool = True) -> np.ndarray:
@@ -72,7 +74,7 @@ def generate(runner: batching.BatchRunner, *inputs: np.ndarray, pad: bool = True
     to the full one (pad=True: a GPU, where each input shape costs cuDNN set-up time and memory that a
     long-lived app keeps, and padding is nearly free) or run in power-of-two pieces, 7 frames as 4 + 2 + 1
     (pad=False: a CPU, which would spend as long on each padded frame as on a real one; the few shapes
-    this makes stay within oneDNN's shape cache, runtime.MKLDNN_SHAPE_CACHE)."""
+    this makes stay within oneDNN's shape cache, runtime.MKLDNN_SHAPE_CACHE, for the process's later runs)."""
     count = len(inputs[0])
     size = runner.batch
     if size <= count:

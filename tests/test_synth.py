@@ -1,11 +1,20 @@
-"""Short batches on CPU run in power-of-two pieces: the same mouths as padding, without drawing padded frames."""
+"""Short batches on CPU run in power-of-two pieces (the same mouths as padding, without drawing padded frames),
+except in a single job (the command line), which pads them: no oneDNN kernels for shapes no later run uses."""
 
 from __future__ import annotations
+
+from typing import List
 
 import numpy as np
 import pytest
 
-from lipsync import batching, synth
+import lipsync
+from lipsync import batching, cli, pipeline, synth
+from lipsync.engine import CPU_GENERATOR_BATCH, Engine, StillGenerator
+from lipsync.errors import LipSyncError
+from lipsync.options import LipSyncOptions
+
+HAAR = LipSyncOptions(face_detector="haar", device="cpu")
 
 
 @pytest.mark.parametrize("count, pieces", [(1, [1]), (7, [4, 2, 1]), (13, [8, 4, 1]), (16, [16])])
@@ -96,3 +105,53 @@ def test_chunks_in_flight_hold_frames_within_their_budget(frame_bytes: int, expe
     depth = synth.chunks_in_flight(frame_bytes, 16)
     assert depth == expected
     assert (depth - 1) * frame_bytes * 16 <= synth.AHEAD_BYTES, "frames drawn ahead stay within the budget"
+
+
+class _Recording:
+    """A real predictor that records the batch sizes it is run on."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor, self.sizes = predictor, []
+
+    def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
+        self.sizes.append(len(arrays[0]))
+        return self.predictor.run(*arrays)
+
+    def __getattr__(self, name: str):  # device, precision, verdict, lanes: the real predictor's
+        return getattr(self.predictor, name)
+
+
+class _RecordingEngine(Engine):
+    """The engine, recording the batch sizes its picture decoder is run on."""
+
+    def still_generator(self, options, device):
+        split = super().still_generator(options, device)
+        self.decoder = _Recording(split.decoder)
+        return StillGenerator(split.encoder, self.decoder)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("single_job", [True, False])
+def test_a_single_job_pads_its_short_batch_where_a_lasting_engine_runs_it_in_pieces(media, tmp_path, single_job):
+    engine = _RecordingEngine(single_job=single_job)
+    result = lipsync.run(media["photo"], media["speech"], tmp_path / "out.mp4", HAAR, engine=engine)
+    full, tail = divmod(result.frames, CPU_GENERATOR_BATCH)
+    assert full and tail, f"{result.frames} frames: the speech should leave a short last batch"
+    sizes = engine.decoder.sizes
+    if single_job:  # one batch shape only: every other would have oneDNN reorder and keep the weights again
+        assert sizes == [CPU_GENERATOR_BATCH] * (full + 1)
+    else:  # a later run of the process finds the pieces' kernels made
+        assert sizes == [CPU_GENERATOR_BATCH] * full + synth.power_of_two_pieces(tail)
+
+
+def test_the_command_line_runs_on_a_single_job_engine(media, tmp_path, monkeypatch):
+    engines: List[Engine] = []
+
+    def run(*args, engine=None, **kwargs):
+        engines.append(engine)
+        raise LipSyncError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "run", run)
+    argv = ["--face", str(media["photo"]), "--audio", str(media["speech"]), "--outfile", str(tmp_path / "o.mp4")]
+    assert cli.main([*argv, "--quiet"]) == cli.EXIT_USAGE
+    assert len(engines) == 1 and engines[0].single_job
+    assert not Engine().single_job, "the API's and the app's engines keep their kernels for later runs"
