@@ -11,11 +11,12 @@ from typing import List
 import numpy as np
 import pytest
 from conftest import ROOT, ffprobe
+from engine_helpers import WrappedPredictor, WrappingEngine
 from media_helpers import eventually, no_garbage_collection, open_fds
 
 import lipsync
 from lipsync import batching, runtime
-from lipsync.engine import S3FD_SPECS, Engine, StillGenerator
+from lipsync.engine import S3FD_SPECS, Engine
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -41,20 +42,18 @@ def test_without_ffmpeg_the_api_raises_before_any_work(media, tmp_path, monkeypa
     assert seen == [], "no stage started"
 
 
-class RunsOutOfMemory:
+class RunsOutOfMemory(WrappedPredictor):
     """A real predictor that, like a full GPU, fails every call larger than `fits` (paddle's words)."""
 
     def __init__(self, predictor: runtime.Predictor, fits: int):
-        self.predictor, self.fits, self.sizes = predictor, fits, []
+        super().__init__(predictor)
+        self.fits = fits
 
     def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
-        self.sizes.append(len(arrays[0]))
         if len(arrays[0]) > self.fits:
+            self.sizes.append(len(arrays[0]))
             raise RuntimeError("ResourceExhaustedError: Out of memory error on GPU 0. Cannot allocate 1.2GB memory")
-        return self.predictor.run(*arrays)
-
-    def __getattr__(self, name: str):  # precision, verdict, device: the wrapped predictor's
-        return getattr(self.predictor, name)
+        return super().run(*arrays)
 
 
 class OnFullGpu(RunsOutOfMemory):
@@ -63,29 +62,14 @@ class OnFullGpu(RunsOutOfMemory):
     device = runtime.Device("gpu", "requested")
 
 
-class FullGpuEngine(Engine):
+def full_gpu_engine(fits: int) -> WrappingEngine:
     """The engine with its generator on a GPU that fits only `fits` faces per batch."""
-
-    def __init__(self, fits: int):
-        super().__init__()
-        self.fits = fits
-        self.generators: List[RunsOutOfMemory] = []
-
-    def generator(self, options, device):
-        failing = OnFullGpu(super().generator(options, device), self.fits)
-        self.generators.append(failing)
-        return failing  # type: ignore[return-value]
-
-    def still_generator(self, options, device):
-        split = super().still_generator(options, device)
-        failing = OnFullGpu(split.decoder, self.fits)
-        self.generators.append(failing)
-        return StillGenerator(split.encoder, failing)  # type: ignore[arg-type]
+    return WrappingEngine(lambda predictor: OnFullGpu(predictor, fits))
 
 
 @pytest.mark.parametrize("face", ["photo", "video"])  # a picture's generator is split in two: both halve
 def test_out_of_memory_halves_the_batch_and_the_job_goes_on(media, tmp_path, face):
-    engine = FullGpuEngine(fits=4)
+    engine = full_gpu_engine(fits=4)
     out = tmp_path / "out.mp4"
     result = lipsync.run(media[face], media["speech"], out, HAAR, engine=engine)
     sizes = engine.generators[0].sizes
@@ -106,25 +90,18 @@ def test_the_detector_halves_its_batch_too(s3fd_weights, tmp_path):
     assert failing.sizes[:3] == [4, 2, 1] and set(failing.sizes[3:]) == {1}
 
 
-class CrashesAfter:
+class CrashesAfter(WrappedPredictor):
     """A real generator predictor that fails on its `good + 1`-th call, like a driver fault mid-job."""
 
     def __init__(self, predictor: runtime.Predictor, good: int):
-        self.predictor, self.good = predictor, good
+        super().__init__(predictor)
+        self.good = good
 
     def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
         if self.good == 0:
             raise RuntimeError("the generator crashed")
         self.good -= 1
-        return self.predictor.run(*arrays)
-
-    def __getattr__(self, name: str):  # precision, verdict, device: the wrapped predictor's
-        return getattr(self.predictor, name)
-
-
-class CrashingEngine(Engine):
-    def generator(self, options, device):
-        return CrashesAfter(super().generator(options, device), good=1)
+        return super().run(*arrays)
 
 
 def _children() -> List[str]:
@@ -144,7 +121,7 @@ def test_a_job_that_fails_midway_stops_ffmpeg_and_closes_files_without_the_garba
     options = LipSyncOptions(face_detector="haar", device="cpu", wav2lip_batch_size=4)
     short = tmp_path / "short.wav"  # shorter than the 2-s clip: pass 2 reads the video again through ffmpeg
     subprocess.run(["espeak-ng", "-w", str(short), "Hello."], check=True, capture_output=True)
-    engine = CrashingEngine()
+    engine = WrappingEngine(lambda predictor: CrashesAfter(predictor, good=1))
     lipsync.run(media["video"], short, tmp_path / "warm.mp4", options, engine=Engine())  # warm caches
     fds, children = open_fds(), _children()
     with no_garbage_collection():

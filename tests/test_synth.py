@@ -7,10 +7,11 @@ from typing import List
 
 import numpy as np
 import pytest
+from engine_helpers import WrappedPredictor, WrappingEngine
 
 import lipsync
 from lipsync import batching, cli, pipeline, synth
-from lipsync.engine import CPU_GENERATOR_BATCH, Engine, StillGenerator
+from lipsync.engine import CPU_GENERATOR_BATCH, Engine
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -107,36 +108,14 @@ def test_chunks_in_flight_hold_frames_within_their_budget(frame_bytes: int, expe
     assert (depth - 1) * frame_bytes * 16 <= synth.AHEAD_BYTES, "frames drawn ahead stay within the budget"
 
 
-class _Recording:
-    """A real predictor that records the batch sizes it is run on."""
-
-    def __init__(self, predictor) -> None:
-        self.predictor, self.sizes = predictor, []
-
-    def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
-        self.sizes.append(len(arrays[0]))
-        return self.predictor.run(*arrays)
-
-    def __getattr__(self, name: str):  # device, precision, verdict, lanes: the real predictor's
-        return getattr(self.predictor, name)
-
-
-class _RecordingEngine(Engine):
-    """The engine, recording the batch sizes its picture decoder is run on."""
-
-    def still_generator(self, options, device):
-        split = super().still_generator(options, device)
-        self.decoder = _Recording(split.decoder)
-        return StillGenerator(split.encoder, self.decoder)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("single_job", [True, False])
 def test_a_single_job_pads_its_short_batch_where_a_lasting_engine_runs_it_in_pieces(media, tmp_path, single_job):
-    engine = _RecordingEngine(single_job=single_job)
+    engine = WrappingEngine(WrappedPredictor, single_job=single_job)
     result = lipsync.run(media["photo"], media["speech"], tmp_path / "out.mp4", HAAR, engine=engine)
     full, tail = divmod(result.frames, CPU_GENERATOR_BATCH)
     assert full and tail, f"{result.frames} frames: the speech should leave a short last batch"
-    sizes = engine.decoder.sizes
+    [decoder] = engine.generators
+    sizes = decoder.sizes
     if single_job:  # one batch shape only: every other would have oneDNN reorder and keep the weights again
         assert sizes == [CPU_GENERATOR_BATCH] * (full + 1)
     else:  # a later run of the process finds the pieces' kernels made
