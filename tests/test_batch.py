@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -140,7 +141,11 @@ def test_a_batch_on_two_workers_then_a_rerun_that_skips_what_is_done(small_media
     assert batch.results.is_complete(batch.place_outputs(read_manifest(manifest), outdir)[0])
 
 
-def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, tmp_path):
+def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, tmp_path, monkeypatch):
+    temp = tmp_path / "temp"  # the driver's and so its workers' temp dir
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     media, _ = small_media
     jobs = [{"face": str(media["photo"]), "audio": str(media["speech"])},
             {"face": str(media["photo2"]), "audio": str(media["speech"])}]  # fmt: skip
@@ -159,6 +164,8 @@ def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, t
     listed = read_csv(tmp_path / "out" / "results.csv")
     assert [row["attempts"] for row in listed] == ["2", "1"]
     assert not list((tmp_path / "out").glob(".*.part")), "the killed encoder's partial file is cleaned up"
+    left = [path.name for path in temp.iterdir() if "lipsync" in path.name]
+    assert not left, "the killed worker's temp files (its job's canvas) are removed when the pool ends"
 
 
 def test_a_worker_told_to_terminate_mid_job_unwinds_it_and_leaves_no_partial_file(small_media, tmp_path):
@@ -173,7 +180,10 @@ def test_a_worker_told_to_terminate_mid_job_unwinds_it_and_leaves_no_partial_fil
     job.outfile.parent.mkdir()
     context = multiprocessing.get_context("spawn")
     events, gpus = context.Queue(), context.Queue()
-    with ProcessPoolExecutor(1, mp_context=context, initializer=local._init_worker, initargs=(events, gpus, 1)) as pool:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    setup = (events, gpus, 1, temp)
+    with ProcessPoolExecutor(1, mp_context=context, initializer=local._init_worker, initargs=setup) as pool:
         future = pool.submit(local._work, job)
         while events.get(timeout=INTERRUPT_DEADLINE_S)[0] != local.EVENT_FRAMES:
             pass  # until the job is lip-syncing: its encoder runs
@@ -183,6 +193,7 @@ def test_a_worker_told_to_terminate_mid_job_unwinds_it_and_leaves_no_partial_fil
             future.result(timeout=INTERRUPT_DEADLINE_S)
     assert worker.exitcode == local.STOPPED_EXIT, "unwound by lipsync's handler, not aborted"
     assert not list(job.outfile.parent.iterdir()), "no partial file, no output"
+    assert not list(temp.glob("lipsync-worker-*/lipsync-*")), "the job's temp folders are removed as it unwinds"
 
 
 def _worker_pids(parent: int = 0) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_a_job_whose_actor_is_killed_is_done_by_another(cluster, small_media, tm
     jobs = [{"face": str(media["photo"]), "audio": str(media["speech"]), "outfile": "one.mp4"}]
     killed: list = []
     stop = threading.Event()
+    temp = Path(tempfile.gettempdir())  # the actors', on this one-machine cluster
+    before = set(temp.glob("*lipsync*"))
     killer = threading.Thread(target=_kill_first_busy_actor, args=(killed, stop))
     killer.start()
     try:
@@ -98,6 +101,8 @@ def test_a_job_whose_actor_is_killed_is_done_by_another(cluster, small_media, tm
     assert (rows[0].status, rows[0].attempts) == (DONE, 2), rows[0]
     assert not rows[0].worker.endswith(f":{killed[0]}") and "retried" in rows[0].notes
     assert read_csv(tmp_path / "out" / "results.csv")[0]["attempts"] == "2"
+    left = sorted(path.name for path in set(temp.glob("*lipsync*")) - before)
+    assert not left, "the killed actor's temp files and the actors' folders are removed when the batch ends"
 
 
 @pytest.mark.parametrize("resources, workers, expected", [

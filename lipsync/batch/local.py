@@ -1,6 +1,7 @@
 """Jobs on this machine: a pool of worker processes (spawned, so each starts clean), each loading the networks
 once and running job after job. A worker that dies (killed, out of memory) breaks the pool: the jobs it held are
-retried on a fresh one. On an interrupt the workers stop their jobs cleanly (no partial file is left)."""
+retried on a fresh one, and the temp files of its job are removed when the pool ends (scratch). On an interrupt
+the workers stop their jobs cleanly (no partial file is left)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import multiprocessing
 import os
 import queue
 import signal
+import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..types import STAGE_SYNC
+from . import scratch
 from .manifest import Job
 from .work import Outcome, dub, set_up_worker
 
@@ -42,8 +46,10 @@ _busy = threading.Event()  # a job is running: a stop signal unwinds it (cleanin
 _stopping = threading.Event()  # a stop signal came: later ones must not interrupt the clean-up
 
 
-def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue", threads: int) -> None:
-    """Once per worker process, before any job: environment, signals, and an empty engine to fill and keep."""
+def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue", threads: int,
+                 temp_base: Path) -> None:  # fmt: skip
+    """Once per worker process, before any job: environment (its temp folder under the driver's temp dir),
+    signals, and an empty engine to fill and keep."""
     from ..engine import Engine  # (this package's import loaded lipsync's __init__ first, before paddle)
 
     gpu = None
@@ -51,7 +57,7 @@ def _init_worker(events: "multiprocessing.Queue", gpus: "multiprocessing.Queue",
         gpu = gpus.get_nowait()
     except queue.Empty:
         pass
-    set_up_worker(threads, gpu)
+    set_up_worker(threads, gpu, temp_base)
     _die_with_parent()
     import paddle  # noqa: F401  (now, not in the first job: its import replaces the SIGTERM handler set below)
 
@@ -133,8 +139,9 @@ def _run_pool(jobs: Sequence[Job], workers: int, threads: int, gpus: Sequence[st
     for index in range(workers if gpus else 0):
         gpu_ids.put(gpus[index % len(gpus)])  # more workers than GPUs share them
     listener = _Listener(events, state, on_event)
+    temp_base = Path(tempfile.gettempdir())
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(events, gpu_ids, threads))  # fmt: skip
+                               initargs=(events, gpu_ids, threads, temp_base))  # fmt: skip
     futures: Dict[Future, Job] = {pool.submit(_work, job): job for job in jobs}
     lost: List[Job] = []
     try:
@@ -144,6 +151,7 @@ def _run_pool(jobs: Sequence[Job], workers: int, threads: int, gpus: Sequence[st
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        scratch.reclaim(temp_base)  # the temp folders of workers killed during the pool (the others removed theirs)
         listener.stop()
         events.close()
         gpu_ids.close()

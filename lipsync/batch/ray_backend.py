@@ -1,7 +1,8 @@
 """Jobs on a Ray cluster: one actor per GPU (or per slot of CPUs), each loading the networks once. Input files
 travel to the actors and the videos back as bytes through Ray's object store, so the cluster needs no shared
 disk. An actor whose process dies is restarted by Ray, and the driver gives the job it held to the next free
-actor (counted in `attempts`). Ray is optional: requirements-ray.txt."""
+actor (counted in `attempts`); the temp files the dead one left are removed when the batch ends on the driver's
+node, and as an actor next starts on another (scratch). Ray is optional: requirements-ray.txt."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import LipSyncError
+from . import scratch
 from .manifest import Job
 from .work import Outcome, dub, set_up_worker
 
 CPU_SLOT = 4  # CPUs per actor on a cluster without GPUs, unless --workers says how many actors
 MAX_ATTEMPTS = 3  # starts of one job before it is given up (each on a restarted or another actor)
 FORWARDED_ENV = ("LIPSYNC_MODELS", "LIPSYNC_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_ENDPOINT")  # weights look-up
+CLOSE_TIMEOUT_S = 30  # for the actors to remove their temp folders at the end, before they are killed
 LOCAL_ADDRESS = "local"  # start a Ray instance on this machine instead of joining a cluster
 INSTALL_HINT = "Ray is not installed: pip install -r requirements-ray.txt (or pip install 'lipsync-paddle[ray]')"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lipsync/: shipped to the actors, so they run this same code
@@ -56,6 +59,10 @@ class Dubber:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def close(self) -> None:
+        """Remove this actor's temp folder: ray.kill, which ends it, runs no exit handlers."""
+        scratch.release()
 
 
 def _unpack(folder: Path, name: str, data: Optional[bytes]) -> Path:
@@ -121,12 +128,19 @@ def run_ray(jobs: Sequence[Job], address: str, workers: Optional[int], on_outcom
                   for _ in range(count)]  # fmt: skip
         try:
             _Driver(ray, actors, on_outcome).run(jobs)
+            _close(ray, actors)  # every actor is idle now
         finally:
             for each in actors:
                 ray.kill(each)
+            scratch.reclaim()  # this node's actors killed mid-job (elsewhere: when an actor next starts there)
     finally:
         if owned:
             ray.shutdown()
+
+
+def _close(ray, actors: List[object]) -> None:
+    """Let each idle actor remove its temp folder before it is killed (a stuck one does not hold the batch up)."""
+    ray.wait([each.close.remote() for each in actors], num_returns=len(actors), timeout=CLOSE_TIMEOUT_S)
 
 
 class _Driver:

@@ -15,6 +15,7 @@ from .. import native, tts
 from ..engine import Engine
 from ..errors import LipSyncError, first_line
 from ..types import Progress
+from . import scratch
 from .manifest import Job
 
 ERROR_CHARS = 300  # of a failed job's one-line error in results.csv
@@ -39,9 +40,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def set_up_worker(threads: int, gpu: Optional[str]) -> None:
-    """Environment of a fresh worker process, before paddle loads: its threads and its GPU; paddle's native
+def set_up_worker(threads: int, gpu: Optional[str], temp_base: Optional[Path] = None) -> None:
+    """Environment of a fresh worker process, before paddle loads: its threads and its GPU; its own temp folder
+    under `temp_base` (default: the temp dir), gone with it even when it is killed (scratch); paddle's native
     chatter on stderr held back, as the CLI does (a worker runs one job at a time)."""
+    scratch.claim(temp_base)
     native.hide_native_chatter(True)
     if threads > 0:
         os.environ[THREADS_ENV] = str(threads)
