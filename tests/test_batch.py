@@ -29,6 +29,7 @@ from lipsync.options import LipSyncOptions
 CPU_HAAR = LipSyncOptions(device="cpu", face_detector="haar")
 INTERRUPT_DEADLINE_S = 120
 LONGER_SPEECH = "A worker may be stopped at any moment, and it cleans up after itself before it goes."
+SECOND_PRESS_S = 0.2  # a second Ctrl-C comes while the first one's clean-up runs
 PART_POLL_S = 0.01  # a picture's job now encodes for well under a second: look often, or the batch ends first
 
 
@@ -217,27 +218,34 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(small_media, tmp_path):
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(small_media, tmp_path, presses):
+    """Ctrl-C once, or twice (the second while the driver stops its workers): the workers' jobs unwind."""
     _, manifest = small_media
     outdir = tmp_path / "out"
     command = [sys.executable, "-m", "lipsync", "batch", str(manifest), "--outdir", str(outdir), "--workers", "2",
                "--set", "device=cpu", "--set", "face_detector=haar", "--quiet"]  # fmt: skip
-    env = {**os.environ, "HTTPS_PROXY": CLOSED_PORT_PROXY}
+    temp = tmp_path / "temp"  # the driver's and its workers' temp dir
+    temp.mkdir()
+    env = {**os.environ, "HTTPS_PROXY": CLOSED_PORT_PROXY, "TMPDIR": str(temp)}
     driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + INTERRUPT_DEADLINE_S
         while not list(outdir.rglob(".*.part")) and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(PART_POLL_S)  # until a worker is encoding a video
-        workers = _worker_pids(driver.pid)
-        driver.send_signal(signal.SIGINT)
+        pids = _worker_pids(driver.pid)
+        for press in range(presses):
+            time.sleep(SECOND_PRESS_S if press else 0)
+            driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=INTERRUPT_DEADLINE_S)
     finally:
         driver.kill()
     assert driver.returncode == 130, err
-    assert "interrupted" in err and workers
+    assert "interrupted" in err and pids
     assert not list(outdir.rglob(".*.part")), "no partial file, hidden or not"
     listed = read_csv(outdir / "results.csv")
     assert len(listed) == 7 and "interrupted" in {row["status"] for row in listed}
     for job in batch.place_outputs(read_manifest(manifest), outdir):
         assert not job.outfile.exists() or batch.results.is_complete(job), job.outfile
-    assert not [pid for pid in workers if _alive(pid)], "the workers are gone"
+    assert not [pid for pid in pids if _alive(pid)], "the workers are gone"
+    assert not [path.name for path in temp.iterdir() if "lipsync" in path.name], "and their temp folders"

@@ -81,7 +81,7 @@ def _on_stop(signum, frame) -> None:
     _stopping.set()
     if _busy.is_set():
         raise SystemExit(STOPPED_EXIT)  # unwinds the job: ffmpeg stopped, .part file and temp folder removed
-    os._exit(STOPPED_EXIT)
+    _exit_stopped()
 
 
 def _work(job: Job) -> Outcome:
@@ -96,9 +96,16 @@ def _work(job: Job) -> Outcome:
     try:
         return dub(job, job.outfile, _worker["engine"], progress)  # type: ignore[arg-type]
     except (KeyboardInterrupt, SystemExit):
-        os._exit(STOPPED_EXIT)  # cleaned up by the unwinding; the pool is being stopped anyway
+        _exit_stopped()  # the job was cleaned up by the unwinding; the pool is being stopped anyway
     finally:
         _busy.clear()
+
+
+def _exit_stopped() -> None:
+    """End a stopped worker at once (no exit handlers: they could wait on the pool's queues), its temp folder
+    removed first: the driver may be gone before this process is."""
+    scratch.release()
+    os._exit(STOPPED_EXIT)
 
 
 # ---------------------------------------------------------------- in the driver
