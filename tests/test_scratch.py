@@ -82,3 +82,19 @@ def test_claiming_reclaims_dead_workers_folders_and_leaves_other_folders(tmp_pat
     finally:
         scratch.release()
     assert not root.exists() and tempfile.gettempdir() != str(root)
+
+
+def test_without_file_locks_a_folder_is_never_reclaimed_but_still_removed_at_release(tmp_path, monkeypatch):
+    """Where flock(2) is missing (Windows) a folder's owner cannot be told dead: reclaim must never guess."""
+    monkeypatch.setattr(scratch, "fcntl", None)
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    monkeypatch.setenv(scratch.TEMP_ENV, str(tmp_path))
+    root = scratch.claim(tmp_path)
+    try:
+        stranger = tmp_path / f"{scratch.PREFIX}other"
+        stranger.mkdir()
+        (stranger / scratch.LOCK_NAME).touch()  # an unlocked claim: dead on Linux, unknowable here
+        assert scratch.reclaim(tmp_path) == [] and stranger.exists() and root.exists()
+    finally:
+        scratch.release()
+    assert not root.exists()

@@ -5,8 +5,9 @@ A job removes its own temp folders as it ends, also when it is stopped; a worker
 out-of-memory killer, SIGKILL) cannot, and each such kill used to leave a job's folder (its still's canvas,
 its frames written ahead) in /tmp for good. Now a worker claims a folder and holds an flock(2) on a file in it
 for as long as it lives; Linux releases the lock when the process ends, however it ends, so an unlocked claimed
-folder is a dead worker's. `reclaim` removes those: each worker runs it as it starts, and the local driver
-when its pool ends (the folders of the workers killed during it).
+folder is a dead worker's. `reclaim` removes those: each worker runs it as it starts, the local driver when its
+pool ends and Ray's after a batch (the folders of the workers killed during it). A worker that is stopped
+(Ctrl-C) removes its own before it exits.
 
     root = scratch.claim()        # in a worker, before its first job: tempfile and child processes use `root`
     scratch.release()             # the worker ends its work normally (also run at interpreter exit)
@@ -16,12 +17,16 @@ when its pool ends (the folders of the workers killed during it).
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import List, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: folders are removed at a normal exit only, never reclaimed
+    fcntl = None  # type: ignore[assignment]
 
 PREFIX = "lipsync-worker-"  # claimed folders; reclaim looks only at these
 STAGING_PREFIX = ".lipsync-worker-claiming-"  # a folder not locked yet: never reclaimed
@@ -40,7 +45,7 @@ def claim(base: Optional[Path] = None) -> Path:
     reclaim(base)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=base))
     lock = open(staging / LOCK_NAME, "w")  # not inherited by child processes (PEP 446)
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _lock(lock)
     root = staging.with_name(PREFIX + staging.name[len(STAGING_PREFIX):])
     staging.rename(root)  # the lock stays on the file, which moved with its folder
     _held.update(root=root, lock=lock)
@@ -75,8 +80,20 @@ def reclaim(base: Optional[Path] = None) -> List[Path]:
     return [folder for folder in folders if folder != _held.get("root") and _remove_if_dead(folder)]
 
 
+def _lock(lock) -> None:
+    """Hold the claim's lock; where the file system has no locks the folder is only removed at a normal exit
+    (reclaim cannot lock an unlockable file, so it never removes one)."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
+
+
 def _remove_if_dead(folder: Path) -> bool:
     """Remove `folder` when no process holds its lock (taking the lock meanwhile, so no one else removes it)."""
+    if fcntl is None:
+        return False
     try:
         lock = open(folder / LOCK_NAME, "r")
     except OSError:
