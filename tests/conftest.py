@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import wave
 from pathlib import Path
 
@@ -24,6 +25,16 @@ VIDEO_FPS = 25
 VIDEO_SECONDS = 2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers such as torchfile_writer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_dir(tmp_path_factory) -> Path:
+    """This process's temp dir, under pytest's own (which pytest prunes): gradio_client leaves an empty
+    <40 hex> folder in the temp dir per file it downloads, some 240 per run. Child processes keep theirs."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
+    yield Path(tempfile.tempdir)
+    tempfile.tempdir = saved
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,12 +84,18 @@ def _kill_first_busy_actor(killed: list, stop: threading.Event) -> None:
         time.sleep(POLL_S)
 
 
+def _fresh_process_temp_dir() -> Path:
+    """The temp dir a new process on this machine uses (this one's is pytest's: conftest.private_temp_dir)."""
+    code = "import tempfile; print(tempfile.gettempdir())"
+    return Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+
+
 def test_a_job_whose_actor_is_killed_is_done_by_another(cluster, small_media, tmp_path):
     media, _ = small_media
     jobs = [{"face": str(media["photo"]), "audio": str(media["speech"]), "outfile": "one.mp4"}]
     killed: list = []
     stop = threading.Event()
-    temp = Path(tempfile.gettempdir())  # the actors', on this one-machine cluster
+    temp = _fresh_process_temp_dir()  # the actors', on this one-machine cluster
     before = set(temp.glob("*lipsync*"))
     killer = threading.Thread(target=_kill_first_busy_actor, args=(killed, stop))
     killer.start()
