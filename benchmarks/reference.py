@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from fresh_process import Run, measure
-from workload import FPS, PLANTED_HEAD, SEED, make_photo, make_speech, make_video, note
+from workload import FPS, PLANTED_HEAD, PLANTED_LOC, SEED, make_photo, make_speech, make_video, note
 
 REFERENCE_URL = "https://github.com/Rudrabha/Wav2Lip"
 REFERENCE_COMMIT = "5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941"
@@ -99,7 +99,7 @@ def export_weights(folder: Path) -> Tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     wav2lip, s3fd = folder / "wav2lip.npz", folder / "s3fd.npz"
     np.savez(wav2lip, **torch_names(testing.random_wav2lip_state(SEED), DATA_PARALLEL_PREFIX))
-    np.savez(s3fd, **torch_names(testing.planted_s3fd_state(SEED, PLANTED_HEAD)))
+    np.savez(s3fd, **torch_names(testing.planted_s3fd_state(SEED, PLANTED_HEAD, PLANTED_LOC)))
     return wav2lip, s3fd
 
 

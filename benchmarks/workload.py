@@ -29,6 +29,12 @@ VIDEO_CRF = 20
 VIDEO_PRESET = "veryfast"
 SEED = 7
 PLANTED_HEAD = "conv6_2"  # S3FD's stride-64 head: a few face-sized candidates per frame, like real weights
+# Its boxes (S3FD's offsets: centre x, y; log size w, h): 256 * exp(-1.438 * 0.2) = 192 px, moved 3.4375 * 0.1 * 256
+# = 88 px up and left of each anchor, so that every box overlaps the frame. The head's anchors reach two cells
+# (128 px) past a frame's right and bottom edges (fc6's padding), and the reference takes whichever box its
+# unstable argsort puts first among equal scores: on an AVX2-only CPU the last anchor's, which lipsync.testing's
+# default offsets put wholly outside a 1280x720 frame (its crop was empty: inference.py failed).
+PLANTED_LOC = (-3.4375, -3.4375, -1.438, -1.438)
 MEMORY_SHORT_MINUTES = 1
 ENHANCER_SIZE = 512  # GPEN side for --enhancement (the published network); --quick uses a small one
 QUICK_ENHANCER_SIZE = 64
@@ -209,12 +215,12 @@ def _still_size(photo: Path) -> str:
 def make_weights(models: Path) -> Path:
     """Random Wav2Lip as $LIPSYNC_MODELS/wav2lip_hq.pdparams and a planted S3FD beside it; returns the S3FD path.
 
-    The S3FD's stride-64 head calls every anchor a half-anchor-sized face and the others call none
+    The S3FD's stride-64 head calls every anchor a face (PLANTED_LOC places it) and the others call none
     (lipsync.testing); the file is not called s3fd.pth: that name has a published sha256.
     """
     from lipsync import testing
 
-    return testing.save_random_weights(models, seed=SEED, s3fd_seed=SEED, head=PLANTED_HEAD)
+    return testing.save_random_weights(models, seed=SEED, s3fd_seed=SEED, head=PLANTED_HEAD, loc=PLANTED_LOC)
 
 
 def _reset_peak_rss() -> None:

@@ -40,10 +40,11 @@ def random_wav2lip_state(seed: int = WAV2LIP_SEED) -> Dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in _random_wav2lip(seed).state_dict().items()}
 
 
-def planted_s3fd_state(seed: int = S3FD_SEED, head: Optional[str] = None) -> Dict[str, np.ndarray]:
+def planted_s3fd_state(seed: int = S3FD_SEED, head: Optional[str] = None,
+                       loc: Tuple[float, ...] = PLANTED_LOC) -> Dict[str, np.ndarray]:  # fmt: skip
     """A random S3FD whose heads are planted: with `head` None every anchor of every head is a face (at the
     anchor's own box); with a head's source name (e.g. "conv6_2") only that head's anchors are faces, moved and
-    sized by PLANTED_LOC, and every other head finds none."""
+    sized by `loc` (S3FD's box offsets: centre x, y, then log size w, h), and every other head finds none."""
     import paddle
 
     from .s3fd import S3FD
@@ -52,24 +53,24 @@ def planted_s3fd_state(seed: int = S3FD_SEED, head: Optional[str] = None) -> Dic
     state = {name: value.numpy() for name, value in S3FD().state_dict().items()}
     for name, value in state.items():
         if MBOX in name:
-            _plant(name, value, chosen=head is None or name.startswith(f"{head}{MBOX}"), move=head is not None)
+            _plant(name, value, chosen=head is None or name.startswith(f"{head}{MBOX}"), loc=loc if head else None)
     return state
 
 
-def _plant(name: str, value: np.ndarray, chosen: bool, move: bool) -> None:
-    """Zero one head layer; its biases say face (chosen) or background, and, when `move`, where the box goes."""
+def _plant(name: str, value: np.ndarray, chosen: bool, loc: Optional[Tuple[float, ...]]) -> None:
+    """Zero one head layer; its biases say face (chosen) or background, and, with `loc`, where the box goes."""
     value[...] = 0.0
     if not name.endswith(".bias"):
         return
     if "_mbox_conf" in name:
         value[:] = -PLANTED_LOGIT if chosen else PLANTED_LOGIT
         value[-1] = PLANTED_LOGIT if chosen else -PLANTED_LOGIT  # the last class channel is "face"
-    elif chosen and move:
-        value[:] = PLANTED_LOC
+    elif chosen and loc is not None:
+        value[:] = loc
 
 
 def save_random_weights(models_dir: Path, *, seed: int = WAV2LIP_SEED, s3fd_path: Optional[Path] = None,
-                        s3fd_seed: int = S3FD_SEED, head: Optional[str] = None,
+                        s3fd_seed: int = S3FD_SEED, head: Optional[str] = None, loc: Tuple[float, ...] = PLANTED_LOC,
                         write_s3fd: Optional[StateWriter] = None) -> Path:  # fmt: skip
     """A random Wav2Lip as `models_dir`/wav2lip_hq.pdparams and a planted S3FD at `s3fd_path` (default
     `models_dir`/planted_s3fd.pdparams, written by paddle.save unless `write_s3fd` is given); returns the S3FD path."""
@@ -78,7 +79,7 @@ def save_random_weights(models_dir: Path, *, seed: int = WAV2LIP_SEED, s3fd_path
     models_dir.mkdir(parents=True, exist_ok=True)
     paddle.save(_random_wav2lip(seed).state_dict(), str(models_dir / WAV2LIP_FILENAME))
     path = s3fd_path or models_dir / PLANTED_S3FD_FILENAME
-    state = planted_s3fd_state(s3fd_seed, head)
+    state = planted_s3fd_state(s3fd_seed, head, loc)
     (write_s3fd or _save_s3fd_pdparams)(state, path)
     return path
 

@@ -60,6 +60,30 @@ def test_exported_names_load_strictly_as_torch_checkpoints(tmp_path, kind):
         np.testing.assert_array_equal(value.numpy(), state[name], err_msg=name)
 
 
+@pytest.mark.parametrize("loc", [reference.PLANTED_LOC, testing.PLANTED_LOC], ids=["benchmark", "tests-default"])
+def test_every_planted_face_overlaps_the_frame_whichever_the_reference_takes(loc):
+    """The reference takes the first of the planted head's equal-scored boxes in its unstable argsort's order,
+    which differs by CPU: each candidate must overlap the frame, or its face crop is empty and inference.py fails
+    (as it did on an AVX2-only CPU, taking the last anchor). The head's anchors reach past the frame's right and
+    bottom edges at any size: a small frame shows it. lipsync.testing's default offsets are the counter-example."""
+    import paddle
+
+    from lipsync import s3fd
+
+    height, width = 136, 200
+    model = s3fd.S3FD()
+    model.set_state_dict({k: paddle.to_tensor(v) for k, v in
+                          testing.planted_s3fd_state(3, reference.PLANTED_HEAD, loc).items()})  # fmt: skip
+    model.eval()
+    with paddle.no_grad():
+        maps = [m.numpy() for m in model(paddle.to_tensor(s3fd.preprocess([np.zeros((height, width, 3), np.uint8)])))]
+    head = s3fd.STRIDES.index(64)
+    boxes = s3fd._scale_boxes(maps[2 * head], maps[2 * head + 1], 64)[0]
+    assert len(boxes) > 4 and (boxes[:, 2] > width).any(), "anchors beyond the frame, as on a 720p one"
+    inside = (boxes[:, 0] < width) & (boxes[:, 1] < height) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+    assert inside.all() == (loc == reference.PLANTED_LOC)
+
+
 def test_command_lines_give_both_tools_the_same_box_and_files(tmp_path):
     face, speech, out = tmp_path / "face.png", tmp_path / "speech.wav", tmp_path / "out.mp4"
     ckpt, s3fd = tmp_path / "w.pth", tmp_path / "s.pth"
