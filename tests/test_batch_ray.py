@@ -4,9 +4,11 @@ and videos travelling through Ray, a rerun that skips what is done, and an actor
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,12 +35,16 @@ def cluster(isolated_weights):
 
     saved = {name: os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy")}
     os.environ.update(HTTPS_PROXY=CLOSED_PORT_PROXY, https_proxy=CLOSED_PORT_PROXY)  # inherited by Ray's workers
+    # Ray's sessions (logs, sockets) in a folder of the test's own, not /tmp/ray, where each run left one. A short
+    # path beside pytest's: Ray's socket paths under it must stay within the 107 characters a unix socket allows.
+    sessions = tempfile.mkdtemp(prefix="test-ray-", dir=_fresh_process_temp_dir())
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=runtime_env(),
-             log_to_driver=False, configure_logging=False)  # fmt: skip
+             log_to_driver=False, configure_logging=False, _temp_dir=sessions)  # fmt: skip
     try:
         yield
     finally:
         ray.shutdown()
+        shutil.rmtree(sessions, ignore_errors=True)
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
