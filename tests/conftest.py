@@ -6,6 +6,7 @@ benchmarks), saved in the real formats and found through $LIPSYNC_MODELS exactly
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -28,9 +29,10 @@ VIDEO_SECONDS = 2
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers such as torchfile_writer
 
 # gradio and gradio_client fix their cache folder (uploads, downloaded results) when imported, which test modules do
-# at collection, before any fixture: without this each run left its videos in /tmp/gradio. Removed at the end.
+# at collection, before any fixture: without this each run left its videos in /tmp/gradio. Removed at exit.
 GRADIO_DIR = tempfile.mkdtemp(prefix="lipsync-tests-gradio-")
 os.environ.setdefault("GRADIO_TEMP_DIR", GRADIO_DIR)
+atexit.register(shutil.rmtree, GRADIO_DIR, ignore_errors=True)
 
 
 # Test modules that start Ray in this process. Ray's driver keeps threads and sockets after ray.shutdown() (2.x:
@@ -52,13 +54,6 @@ def private_temp_dir(tmp_path_factory) -> Path:
     tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
     yield Path(tempfile.tempdir)
     tempfile.tempdir = saved
-
-
-@pytest.fixture(scope="session", autouse=True)
-def gradio_cache_removed() -> None:
-    """GRADIO_DIR (above) goes when the session ends."""
-    yield
-    shutil.rmtree(GRADIO_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
