@@ -130,11 +130,11 @@ def preprocess(frames: Sequence[Frame]) -> np.ndarray:
     return np.ascontiguousarray((rgb - MEAN).transpose(0, 3, 1, 2))
 
 
-def detect(model: S3FD, frames: Sequence[Frame]) -> List[np.ndarray]:
+def detect(model: S3FD, frames: Sequence[Frame], nms_threshold: float = NMS_THRESHOLD) -> List[np.ndarray]:
     """Eager convenience: faces per frame as decode() gives them."""
     with paddle.no_grad():
         outputs = model(paddle.to_tensor(preprocess(frames)))
-    return decode([o.numpy() for o in outputs])
+    return decode([o.numpy() for o in outputs], nms_threshold=nms_threshold)
 
 
 def decode(

@@ -75,9 +75,7 @@ def test_every_planted_face_overlaps_the_frame_whichever_the_reference_takes(loc
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in
                           testing.planted_s3fd_state(3, reference.PLANTED_HEAD, loc).items()})  # fmt: skip
     model.eval()
-    with paddle.no_grad():
-        maps = [m.numpy() for m in model(paddle.to_tensor(s3fd.preprocess([np.zeros((height, width, 3), np.uint8)])))]
-    boxes = s3fd.decode(maps, nms_threshold=1.0)[0]  # every planted box: none suppressed
+    boxes = s3fd.detect(model, [np.zeros((height, width, 3), np.uint8)], nms_threshold=1.0)[0]  # none suppressed
     assert len(boxes) > 4 and (boxes[:, 2] > width).any(), "anchors beyond the frame, as on a 720p one"
     inside = (boxes[:, 0] < width) & (boxes[:, 1] < height) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
     assert inside.all() == (loc == reference.PLANTED_LOC)
