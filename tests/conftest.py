@@ -35,7 +35,7 @@ os.environ.setdefault("GRADIO_TEMP_DIR", GRADIO_DIR)
 atexit.register(shutil.rmtree, GRADIO_DIR, ignore_errors=True)
 
 
-# Test modules that start Ray in this process. Ray's driver keeps threads and sockets after ray.shutdown() (2.x:
+# Test modules that start Ray in this process. Ray's driver keeps threads and sockets after ray.shutdown() (2.60:
 # one thread more per init and shutdown, and a socket it opens again seconds later), which made a test counting
 # this process's descriptors fail once (a socket opened between its two counts): these modules run last.
 RAY_MODULES = ("test_batch_ray",)
