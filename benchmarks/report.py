@@ -142,7 +142,7 @@ def _target(name: str, value: float, goal: float, unit: str, at_most: bool = Fal
 
 
 def print_report(results: Dict[str, Any]) -> None:
-    results = {**results, "generator": _generator_summary(results["generator"])}
+    results = {**results, "generator": generator_summary(results["generator"])}
     box = results["machine"]
     print(f"cpu features: {box.get('features', '?')}; {box.get('threads', '?')} threads for the networks")
     print(f"machine: {box['cpu']}, {box['cores']} cores, avx2 {_yes(box['avx2'])}, avx512 {_yes(box['avx512'])}, "
@@ -158,8 +158,8 @@ def print_report(results: Dict[str, Any]) -> None:
     print(markdown_table(table_rows(results)))
     spread = results["generator"]
     print(f"\ngenerator frames/s over {len(spread['runtime'])} interleaved repeats (the table shows the best): runtime "
-          f"{_nums(spread['runtime'])}; dygraph {_nums(spread['dygraph'])}; runtime/dygraph per repeat "
-          f"{_nums(spread['pair_ratios'])}")
+          f"{nums(spread['runtime'])}; dygraph {nums(spread['dygraph'])}; runtime/dygraph per repeat "
+          f"{nums(spread['pair_ratios'])}")
     for case in results["cases"].values():
         runs = case["e2e"].get("runs", [])
         if len(runs) > 1:
@@ -192,7 +192,7 @@ def startup_lines(found: Optional[Dict[str, Any]]) -> None:
         return
     marks = ", ".join(f"{stage} {at:.2f} s" for stage, at in sorted(found["marks"].items(), key=lambda m: m[1]))
     print(f"picture job in a fresh process (--box, export cached), {len(found['runs'])} runs: first generated frames "
-          f"at {_nums(found['runs'])} s, whole run {_nums(found['walls'])} s, peak RSS {_nums(found['peaks'])} MB")
+          f"at {nums(found['runs'])} s, whole run {nums(found['walls'])} s, peak RSS {nums(found['peaks'])} MB")
     print(f"  the soonest run, from process start: {marks}")
     gate = [note for note in found["notes"] if note.startswith("The generator ran in")]
     print(f"  precision: {gate[0] if gate else 'fp32 (no faster precision on this device)'}")
@@ -201,8 +201,8 @@ def startup_lines(found: Optional[Dict[str, Any]]) -> None:
 def _per_run(runs: List[Dict[str, Any]]) -> str:
     """Each run's frames/s, the generator's right after it, and their share."""
     shares = ", ".join(_percent(r["fps"] / r["generator_fps"]) for r in runs)
-    return (f"e2e {_nums(r['fps'] for r in runs)} frames/s, generator after each "
-            f"{_nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run {shares}")
+    return (f"e2e {nums(r['fps'] for r in runs)} frames/s, generator after each "
+            f"{nums(r['generator_fps'] for r in runs)} frames/s, e2e/gen per run {shares}")
 
 
 def _percent(share: float) -> str:
@@ -213,11 +213,11 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _nums(values: Any) -> str:
+def nums(values: Any) -> str:
     return ", ".join(_num(v) for v in values if isinstance(v, (int, float)))
 
 
-def _generator_summary(samples: Dict[str, Any]) -> Dict[str, Any]:
+def generator_summary(samples: Dict[str, Any]) -> Dict[str, Any]:
     """Best of the repeats for each (as timeit does: slower repeats measure the other processes on the machine)."""
     runtime_fps_, dygraph_fps_ = max(samples["runtime"]), max(samples["dygraph"])
     pairs = [r / d for r, d in zip(samples["runtime"], samples["dygraph"])]

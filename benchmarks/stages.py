@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from workload import FPS, SEED, Case, Sizes, _peak_rss_mb
+from workload import FPS, SEED, Case, Sizes, peak_rss_mb
 
 # ---------------------------------------------------------------- isolated stages
 
@@ -160,7 +160,7 @@ def generator_inputs(case: Case, count: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(mels, dtype=np.float32), np.ascontiguousarray(np.repeat(face[None], count, axis=0))
 
 
-def _batches(count: int, batch: int) -> Iterator[slice]:
+def batch_slices(count: int, batch: int) -> Iterator[slice]:
     for start in range(0, count, batch):
         yield slice(start, min(count, start + batch))
 
@@ -169,7 +169,7 @@ def runtime_fps(predictor: Any, mels: np.ndarray, faces: np.ndarray, batch: int)
     """Frames/s of our Paddle Inference predictor (Predictor.run per batch)."""
 
     def run_all() -> None:
-        for part in _batches(len(mels), batch):
+        for part in batch_slices(len(mels), batch):
             predictor.run(mels[part], faces[part])
 
     return len(mels) / timed(run_all)[1]
@@ -183,7 +183,7 @@ def ahead_fps(predictor: Any, mels: np.ndarray, faces: np.ndarray, batch: int) -
 
     def run_all() -> None:
         with synth.Ahead(synth.chunks_in_flight(0, batch)) as ahead:
-            for part in _batches(len(mels), batch):
+            for part in batch_slices(len(mels), batch):
                 ahead.push(functools.partial(predictor.run, mels[part], faces[part]))
             ahead.drain()
 
@@ -196,7 +196,7 @@ def dygraph_fps(model: Any, mels: np.ndarray, faces: np.ndarray, batch: int) -> 
 
     def run_all() -> None:
         with paddle.no_grad():
-            for part in _batches(len(mels), batch):
+            for part in batch_slices(len(mels), batch):
                 model(paddle.to_tensor(mels[part]), paddle.to_tensor(faces[part])).numpy()
 
     return len(mels) / timed(run_all)[1]
@@ -218,11 +218,11 @@ def compare_generators(options: Any, inputs: Tuple[np.ndarray, np.ndarray], repe
     ours, seeds = generator_batch(options, device), options.wav2lip_batch_size  # each tool's own batch
     predictor = Engine().generator(options, device)
     runtime_fps(predictor, *(a[:ours] for a in inputs), ours)
-    runtime_rss = _peak_rss_mb()
+    runtime_rss = peak_rss_mb()
     model = weights.load_wav2lip(options.checkpoint)
     dygraph_fps(model, *(a[:seeds] for a in inputs), seeds)
     samples: Dict[str, Any] = {"runtime": [], "dygraph": []}
     for _ in range(repeats):
         samples["runtime"].append(runtime_fps(predictor, *inputs, ours))
         samples["dygraph"].append(dygraph_fps(model, *inputs, seeds))
-    return {**samples, "runtime_peak_rss_mb": runtime_rss, "dygraph_peak_rss_mb": _peak_rss_mb()}
+    return {**samples, "runtime_peak_rss_mb": runtime_rss, "dygraph_peak_rss_mb": peak_rss_mb()}

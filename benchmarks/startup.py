@@ -28,13 +28,13 @@ def progress(stage, done, total):
         marks.setdefault("first frames", now)
 sys.path[:0] = [sys.argv[3], sys.argv[4]]  # benchmarks/ and the repository
 import lipsync
-from workload import _peak_rss_mb
+from workload import peak_rss_mb
 spec = json.loads(sys.argv[2])
 options = lipsync.LipSyncOptions(**{**spec["options"], "box": tuple(spec["box"])})
 engine = lipsync.Engine(single_job=True)  # as the command line runs its one job (lipsync.cli)
 result = lipsync.run(spec["face"], spec["speech"], spec["outfile"], options, progress=progress, engine=engine)
 print(json.dumps({"marks": marks, "seconds": time.time() - spawned, "frames": result.frames,
-                  "notes": list(result.notes), "peak_rss_mb": _peak_rss_mb()}))
+                  "notes": list(result.notes), "peak_rss_mb": peak_rss_mb()}))
 """
 
 

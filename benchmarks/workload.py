@@ -191,7 +191,7 @@ def make_cases(folder: Path, photo: Path, sizes: Sizes, wanted: Sequence[str]) -
     cases = []
     if "still" in wanted:
         speech = make_speech(folder, sizes.still_seconds, "still.wav")
-        cases.append(Case("still", f"still {_still_size(photo)} + {sizes.still_seconds:g} s speech", photo, speech,
+        cases.append(Case("still", f"still {still_size(photo)} + {sizes.still_seconds:g} s speech", photo, speech,
                           sizes.still_seconds, output_frames(speech), True))
     if "video" in wanted:
         speech = make_speech(folder, sizes.video_seconds, "video.wav")
@@ -202,7 +202,7 @@ def make_cases(folder: Path, photo: Path, sizes: Sizes, wanted: Sequence[str]) -
     return cases
 
 
-def _still_size(photo: Path) -> str:
+def still_size(photo: Path) -> str:
     import cv2
 
     height, width = cv2.imread(str(photo)).shape[:2]
@@ -223,7 +223,7 @@ def make_weights(models: Path) -> Path:
     return testing.save_random_weights(models, seed=SEED, s3fd_seed=SEED, head=PLANTED_HEAD, loc=PLANTED_LOC)
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     """Start VmHWM afresh at the current RSS (Linux: writing 5 to clear_refs)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -231,7 +231,7 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's high-water resident set (VmHWM), children excluded."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
