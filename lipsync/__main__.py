@@ -1,5 +1,5 @@
 """`python -m lipsync ...`"""
 
-from .cli import _entry
+from .cli import entry_point
 
-_entry()
+entry_point()

@@ -216,7 +216,8 @@ def one_line(message: str) -> str:
     return " | ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
-def _entry(argv: Optional[List[str]] = None) -> None:
+def entry_point(argv: Optional[List[str]] = None) -> None:
+    """The `lipsync` command and `python -m lipsync`: the CUDA bootstrap, then `batch ...` or one job; exits."""
     from .cuda import bootstrap
 
     bootstrap()  # before paddle loads: may restart this process once, with pip's CUDA libraries on LD_LIBRARY_PATH

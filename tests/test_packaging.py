@@ -70,7 +70,7 @@ def test_the_wheel_holds_only_the_package_under_its_own_name(wheel: Path) -> Non
     assert "lipsync/data/gate_inputs.npz" in names, "the precision gate needs its inputs in the wheel"
     assert all(name.startswith(("lipsync/", "lipsync_paddle-")) for name in names), names
     assert not [name for name in names if name.startswith(NOT_SHIPPED)]
-    assert re.search(r"^lipsync = lipsync\.cli:_entry$", entry_points, re.MULTILINE), entry_points
+    assert re.search(r"^lipsync = lipsync\.cli:entry_point$", entry_points, re.MULTILINE), entry_points
     metadata = _metadata(wheel)
     assert metadata["Name"] == DIST_NAME != TAKEN_NAME
     assert metadata["Version"] == _package_version() and metadata["Requires-Python"] == ">=3.10"
