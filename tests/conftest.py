@@ -168,6 +168,18 @@ def ffprobe(path: Path) -> dict:
     return json.loads(out.stdout)
 
 
+def media_seconds(path: Path) -> float:
+    """A media file's duration as its container states it (ffprobe)."""
+    return float(ffprobe(path)["format"]["duration"])
+
+
+def speech_seconds(path: Path) -> float:
+    """How long `path`'s audio lasts once lipsync has decoded it (16 kHz mono)."""
+    from lipsync import audio
+
+    return len(audio.load_audio(path)) / audio.SAMPLE_RATE
+
+
 def read_video_frames(path: Path) -> np.ndarray:
     """All frames of a (short) video as N×H×W×3 BGR, for checking results."""
     info = ffprobe(path)

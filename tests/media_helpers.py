@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import subprocess
 import time
@@ -19,12 +18,6 @@ ODD_SIZE = (321, 241)  # width, height
 
 def ffmpeg(*args: str | Path) -> None:
     subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *map(str, args)], check=True)
-
-
-def ffprobe_json(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", "-show_streams", "-show_format",
-                          f"file:{path}"], capture_output=True, check=True).stdout
-    return json.loads(out)
 
 
 def ffmpeg_children() -> list[str]:

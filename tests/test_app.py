@@ -20,7 +20,7 @@ import cv2
 import gradio as gr
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe
+from conftest import ROOT, ffprobe, media_seconds
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -138,10 +138,6 @@ def _tone(path: Path, seconds: float, rate: int) -> None:
                    check=True)  # fmt: skip
 
 
-def _seconds(path: Path) -> float:
-    return float(ffprobe(path)["format"]["duration"])
-
-
 def _check_video(path: str, speech: Path, size: tuple) -> None:
     """Browser-playable H.264 + AAC of the face's size, as long as the speech."""
     info = ffprobe(Path(path))
@@ -149,7 +145,7 @@ def _check_video(path: str, speech: Path, size: tuple) -> None:
     assert streams["video"]["codec_name"] == "h264" and streams["video"]["pix_fmt"] == "yuv420p"
     assert streams["audio"]["codec_name"] == "aac"
     assert (streams["video"]["width"], streams["video"]["height"]) == size
-    assert abs(float(info["format"]["duration"]) - _seconds(speech)) <= AV_TOLERANCE_S
+    assert abs(float(info["format"]["duration"]) - media_seconds(speech)) <= AV_TOLERANCE_S
 
 
 # ---------------------------------------------------------------- end to end through gradio_client
@@ -164,7 +160,7 @@ def test_photo_and_audio_make_a_talking_video(client, media, voice_files):
     assert status.startswith("wav2lip_hq on cpu") and f"paddle {runtime.paddle_version()}" in status
     assert "faces: haar" in status
     frames = int(re.search(r"(\d+) frames at 25 fps", status).group(1))
-    assert 0.75 * _seconds(voice_files["hello"]) * 25 < frames <= _seconds(voice_files["hello"]) * 25 + 1  # mel windows
+    assert 0.75 * media_seconds(voice_files["hello"]) * 25 < frames <= media_seconds(voice_files["hello"]) * 25 + 1  # mel windows
 
 
 def test_the_stream_endpoint_hands_over_segments_while_it_works_then_the_mp4(client, media):
@@ -179,7 +175,7 @@ def test_the_stream_endpoint_hands_over_segments_while_it_works_then_the_mp4(cli
     assert job.outputs()[-1][0] == {"__type__": "update"} and mp4["visible"] is True
     _check_video(mp4["value"], media["speech"], (512, 512))
     assert speech is None and status.startswith("wav2lip_hq on cpu") and "faces: haar" in status
-    assert listed[-1] == int(_seconds(media["speech"])) + 1, "a segment a second, the last one shorter"
+    assert listed[-1] == int(media_seconds(media["speech"])) + 1, "a segment a second, the last one shorter"
 
 
 def readme_block(marker: str) -> str:
@@ -205,7 +201,7 @@ def test_readme_api_snippet_speaks_typed_text_offline(server, tmp_path, monkeypa
 
 def test_preview_endpoint_speaks_the_text(client):
     speech, status = client.predict(text="Testing the voice.", voice="de-DE-KatjaNeural", rate=-20, api_name="/speak")
-    assert status == "voice: espeak-ng de" and _seconds(Path(speech)) > 0.5
+    assert status == "voice: espeak-ng de" and media_seconds(Path(speech)) > 0.5
 
 
 def test_the_api_documents_voice_as_any_voice_name(client):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import x264_options
-from media_helpers import AUDIO_SECONDS, ODD_SIZE, ffmpeg_children, ffprobe_json, no_garbage_collection, open_fds
+from conftest import ffprobe, media_seconds, x264_options
+from media_helpers import AUDIO_SECONDS, ODD_SIZE, ffmpeg_children, no_garbage_collection, open_fds
 
 from lipsync.encoding import VideoWriter, encoder_threads, write_args
 from lipsync.errors import LipSyncError
@@ -64,11 +64,11 @@ def test_writer_output(clips: dict[str, Path], tmp_path: Path, monkeypatch: pyte
     with VideoWriter(out, size=ODD_SIZE, fps=25, audio=clips["audio"], temp_dir=scratch) as writer:
         for index in range(20):  # 0.8 s of video for 1.0 s of audio
             writer.write(colour_frame(index))
-    streams = {s["codec_type"]: s for s in ffprobe_json(out)["streams"]}
+    streams = {s["codec_type"]: s for s in ffprobe(out)["streams"]}
     video, audio = streams["video"], streams["audio"]
     assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 322, 242)
     assert audio["codec_name"] == "aac" and audio["sample_rate"] == "44100"
-    assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
+    assert media_seconds(out) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
     assert float(video["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25), "last frame held to the end"
     boxes = top_level_boxes(out)
     assert boxes.index("moov") < boxes.index("mdat"), "faststart: moov first"
@@ -86,7 +86,7 @@ def test_writer_cuts_frames_past_the_audio(clips: dict[str, Path], tmp_path: Pat
     with VideoWriter(out, size=(64, 48), fps=25, audio=clips["audio"], temp_dir=tmp_path) as writer:
         for _ in range(150):  # 6 s of frames for 1 s of audio
             writer.write(np.zeros((48, 64, 3), np.uint8))
-    assert float(ffprobe_json(out)["format"]["duration"]) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
+    assert media_seconds(out) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
 
 
 def test_writer_output_may_replace_its_audio_source(clips: dict[str, Path], tmp_path: Path) -> None:

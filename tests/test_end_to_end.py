@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe, read_video_frames, x264_options
+from conftest import ROOT, ffprobe, read_video_frames, speech_seconds, x264_options
 
 import lipsync
 from lipsync import audio, blend
@@ -25,17 +25,13 @@ def _streams(path: Path) -> dict:
     return {s["codec_type"]: s for s in info["streams"]} | {"format": info["format"]}
 
 
-def _audio_seconds(path: Path) -> float:
-    return len(audio.load_audio(path)) / audio.SAMPLE_RATE
-
-
 def _check_output(out: Path, speech: Path, size: tuple) -> dict:
     """H.264 yuv420p + AAC, the input's size, as long as the speech, moov atom first."""
     s = _streams(out)
     assert s["video"]["codec_name"] == "h264" and s["video"]["pix_fmt"] == "yuv420p"
     assert s["audio"]["codec_name"] == "aac"
     assert (int(s["video"]["width"]), int(s["video"]["height"])) == size
-    assert abs(float(s["format"]["duration"]) - _audio_seconds(speech)) <= FRAME_TOLERANCE_S
+    assert abs(float(s["format"]["duration"]) - speech_seconds(speech)) <= FRAME_TOLERANCE_S
     head = out.read_bytes()[:4096]
     assert head.find(b"moov") != -1 and (head.find(b"mdat") == -1 or head.find(b"moov") < head.find(b"mdat"))
     return s
@@ -57,7 +53,7 @@ def test_photo_with_speech_through_the_api(media, astronaut_bgr, tmp_path):
     frames = read_video_frames(out)
     assert result.frames == audio.frame_count(audio.melspectrogram(audio.load_audio(media["speech"])).shape[1], 25)
     # one frame per mel window, then the last frame held until the speech ends
-    assert result.frames <= len(frames) and abs(len(frames) - _audio_seconds(media["speech"]) * 25) <= 1
+    assert result.frames <= len(frames) and abs(len(frames) - speech_seconds(media["speech"]) * 25) <= 1
     _face_changed_background_kept(frames[len(frames) // 2], astronaut_bgr)
     assert " threads=1 " in x264_options(out), "a picture drawn on the CPU is encoded in one thread"
     stages = [stage for stage, _, _ in seen]

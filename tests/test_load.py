@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
-from conftest import ffprobe
+from conftest import ffprobe, speech_seconds
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 from test_app import launch_app
 
-from lipsync import audio
 
 CLIENTS = 4
 REQUESTS_PER_CLIENT = 2
@@ -47,10 +46,6 @@ SENTENCES = [
 WARM_UP = "Warming up."
 
 
-def _seconds(path: Path) -> float:
-    return len(audio.load_audio(path)) / audio.SAMPLE_RATE
-
-
 @pytest.fixture(scope="module")
 def speeches(tmp_path_factory) -> Tuple[Path, List[Path]]:
     folder = tmp_path_factory.mktemp("load speech")
@@ -59,7 +54,7 @@ def speeches(tmp_path_factory) -> Tuple[Path, List[Path]]:
         path = folder / f"speech-{index}.wav"
         subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
         paths.append(path)
-    lengths = sorted(_seconds(p) for p in paths[1:])
+    lengths = sorted(speech_seconds(p) for p in paths[1:])
     assert min(b - a for a, b in zip(lengths, lengths[1:])) >= MIN_GAP_S, "the outputs must tell the inputs apart"
     return paths[0], paths[1:]
 
@@ -149,7 +144,7 @@ def test_four_clients_eight_requests(isolated_weights, media, speeches, tmp_path
     for speech, video, status in done:
         info = ffprobe(Path(video))
         assert {s["codec_type"] for s in info["streams"]} == {"video", "audio"}
-        assert abs(float(info["format"]["duration"]) - _seconds(speech)) <= AV_TOLERANCE_S, (speech.name, status)
+        assert abs(float(info["format"]["duration"]) - speech_seconds(speech)) <= AV_TOLERANCE_S, (speech.name, status)
     assert len({video for _, video, _ in done}) == len(done), "every request got its own file"
 
     spans = list(watcher.running.values())

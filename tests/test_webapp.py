@@ -15,7 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from test_app import _seconds, refused_proxy
+from conftest import media_seconds
+from test_app import refused_proxy
 
 import lipsync
 from lipsync import native, tts
@@ -63,7 +64,7 @@ def test_limits_come_from_the_environment():
 
 
 def test_duration_limit_covers_audio_and_video(media):
-    speech = _seconds(media["speech"])
+    speech = media_seconds(media["speech"])
     limits.check_seconds(media["speech"], "audio", limits.Limits(max_seconds=speech + 1))
     limits.check_seconds(media["speech"], "audio", limits.Limits(max_seconds=0))  # 0 = no limit
     limits.check_seconds(media["photo"], "face video", limits.Limits(max_seconds=0.5))  # a picture has no duration
@@ -172,7 +173,7 @@ def test_the_sharpen_checkbox_reaches_the_engine_with_the_cpu_limit_and_its_own_
 
     monkeypatch.setattr(lipsync, "run", engine, raising=False)
     monkeypatch.setattr(folders, "requests", folders.RequestFolders(tmp_path))
-    speech_s = _seconds(media["speech"])
+    speech_s = media_seconds(media["speech"])
     short = limits.Limits(max_enhanced_seconds=speech_s + 1)
     jobs.make_video(short, face_image=str(media["photo"]), audio=str(media["speech"]), face_enhancement=True,
                     progress=lambda value, desc: seen.append((value, desc)))  # fmt: skip
