@@ -36,7 +36,7 @@ from workload import (ENHANCE_SECONDS, ENHANCER_FACES, ENHANCER_SIZE, FULL, MEMO
                       QUICK_ENHANCER_SIZE, SEED, VIDEO_MARGIN_S, Case, Sizes, machine, make_cases, make_photo,
                       make_speech, make_video, make_weights, note, output_frames, still_size)
 
-# ---------------------------------------------------------------- child processes (tasks.py): each measurement starts fresh
+# ---------------------------------------------------------------- child processes (tasks.py): each one starts fresh
 
 
 def run_child(task: str, spec: Dict[str, Any], profile: Optional[Path] = None) -> Dict[str, Any]:
@@ -143,7 +143,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=10.0, help="long video for --memory-check (default 10)")
     parser.add_argument("--memory-detector", choices=("sfd", "haar"), default="sfd",
                         help="face detector for --memory-check (haar keeps a 10-minute run short on CPU)")
-    parser.add_argument("--profile", type=Path, help="record the last case's run (the video, or the still with --cases still) with py-spy "
+    parser.add_argument("--profile", type=Path,
+                        help="record the last case's run (the video, or the still with --cases still) with py-spy "
                              "into this raw file")
     parser.add_argument("--enhancement", action="store_true",
                         help="add face enhancement rows: GPEN alone and a short picture case with it")

@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from fresh_process import Run, measure
-from workload import FPS, PLANTED_HEAD, PLANTED_LOC, SEED, make_photo, make_speech, make_video, note
+from workload import FPS, PLANTED_HEAD, PLANTED_LOC, SEED, cpu_model, make_photo, make_speech, make_video, note
 
 REFERENCE_URL = "https://github.com/Rudrabha/Wav2Lip"
 REFERENCE_COMMIT = "5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941"
@@ -278,14 +278,8 @@ def compare(reference: Path, python: Path, folder: Path, *, picture_seconds: flo
     run_interleaved(jobs, repeats, env, Path.cwd())
     return {"threads": threads, "torch": _reference_version(python), "commit": REFERENCE_COMMIT,
             "reference_detect_batch": detect_batch,
-            "cpu": f"{_cpu_model()} ({', '.join(sorted(cpu.cpu_flags() & CPU_FEATURES)) or 'no AMX/AVX-512'})",
+            "cpu": f"{cpu_model()} ({', '.join(sorted(cpu.cpu_flags() & CPU_FEATURES)) or 'no AMX/AVX-512'})",
             "cases": {job.key: summary(job) for job in jobs}}  # fmt: skip
-
-
-def _cpu_model() -> str:
-    from workload import _cpu_model as model
-
-    return model()
 
 
 def _reference_version(python: Path) -> str:

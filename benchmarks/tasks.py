@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from stages import ahead_fps, batch_slices, bench_engine, compare_generators, generator_inputs, runtime_fps, stage_figures, timed
+from stages import (ahead_fps, batch_slices, bench_engine, compare_generators, generator_inputs, runtime_fps,
+                    stage_figures, timed)
 from workload import SEED, Case, Sizes, peak_rss_mb, reset_peak_rss
 
 UNSEEN_SHIFT = 8  # px the API's unseen picture is shifted by, beside the page's (mirrored alone)

@@ -95,7 +95,7 @@ def machine() -> Dict[str, Any]:
 
     flags = _cpu_flags()
     return {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "avx2": "avx2" in flags, "features": cpu.cpu_features(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "avx2": "avx2" in flags, "features": cpu.cpu_features(),
         "threads": cpu.cpu_threads(),
         "avx512": any(f.startswith("avx512") for f in flags), "amx": any(f.startswith("amx") for f in flags),
         "python": platform.python_version(), "paddle": paddle.__version__, "paddle_commit": paddle.version.commit[:10],
@@ -114,7 +114,7 @@ def _cpuinfo_field(name: str) -> str:
     return ""
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 

@@ -99,7 +99,7 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True)
 
 
-def _two_faces(photo: np.ndarray) -> np.ndarray:
+def two_faces(photo: np.ndarray) -> np.ndarray:
     """The photo with a half-size copy of itself beside it, on white: two faces, the left one larger."""
     canvas = np.full((512, 1024, 3), 255, np.uint8)
     canvas[:, :512] = photo
@@ -153,7 +153,7 @@ def _size(width: int, height: int) -> Callable[[Path, dict], None]:
 def _left_face_speaks(out: Path, made: dict) -> None:
     """With two faces the larger (left) one is lip-synced; the small one is left as it was."""
     frame = read_video_frames(out)[10].astype(int)
-    original = _two_faces(made["photo_bgr"]).astype(int)  # type: ignore[arg-type]
+    original = two_faces(made["photo_bgr"]).astype(int)  # type: ignore[arg-type]
     left_mouth, right_face = (slice(150, 220), slice(185, 255)), (slice(160, 290), slice(700, 830))
     assert np.abs(frame[left_mouth] - original[left_mouth]).mean() > 15
     assert np.abs(frame[right_face] - original[right_face]).mean() < 4
@@ -190,7 +190,7 @@ CASES = [
          "notes.mp4 cannot be read as a picture or a video"),
     Case("no_face", _media(face=lambda i: i.picture("wall.png", np.full((360, 480, 3), 90, np.uint8))), "No face found"),
     Case("face_too_small", _media(face=lambda i: i.picture("far.png", _small_face(i.photo_bgr))), "No face found"),
-    Case("several_faces", _media(face=lambda i: i.picture("two.png", _two_faces(i.photo_bgr)),
+    Case("several_faces", _media(face=lambda i: i.picture("two.png", two_faces(i.photo_bgr)),
                                  photo_bgr=lambda i: i.photo_bgr), check=_left_face_speaks),
     Case("cartoon", _media(face=lambda i: ROOT / "examples" / "cartoon.png")),
     Case("one_pixel", _media(face=lambda i: i.picture("dot.png", np.zeros((1, 1, 3), np.uint8))),

@@ -254,7 +254,7 @@ def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_pa
     import cv2
     import numpy as np
     from conftest import read_video_frames
-    from test_who_speaks import CHANGED, CODEC_NOISE, _mouth_change
+    from test_who_speaks import CHANGED, CODEC_NOISE, mouth_change
 
     expect = playwright.expect
     twice = np.concatenate([astronaut_bgr, astronaut_bgr], axis=1)
@@ -273,4 +273,4 @@ def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_pa
     expect(page.locator("#status textarea")).to_have_value(re.compile(STATUS.pattern + ", face 1 from the left · "))
     result = download_the_mp4(page, tmp_path)
     frame = read_video_frames(result)[8]
-    assert _mouth_change(frame, twice, 512) > CHANGED and _mouth_change(frame, twice, 0) < CODEC_NOISE
+    assert mouth_change(frame, twice, 512) > CHANGED and mouth_change(frame, twice, 0) < CODEC_NOISE

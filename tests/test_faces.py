@@ -214,9 +214,9 @@ def test_crop_boxes_map_back_to_the_frame(box):
 
 def test_haar_takes_the_most_confident_face_not_the_biggest_hit(astronaut_bgr):
     """On this two-face picture, at detection size, Haar's biggest hit is a false one on her suit."""
-    from test_bad_inputs import _two_faces
+    from test_bad_inputs import two_faces
 
-    small = faces.downscale([_two_faces(astronaut_bgr)], 0.625)[0]
+    small = faces.downscale([two_faces(astronaut_bgr)], 0.625)[0]
     x1, y1, x2, y2 = faces.HaarDetector()([small])[0]
     assert 95 < x1 < 125 and 160 < x2 < 195 and y1 < 60, "the larger, real face on the left"
 

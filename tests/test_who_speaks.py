@@ -38,7 +38,7 @@ def longer_speech(tmp_path_factory) -> Path:
     return _speak(tmp_path_factory.mktemp("friend"), "Hello there, my friend.")  # 1.7 s: a little past the clip
 
 
-def _mouth_change(frame: np.ndarray, original: np.ndarray, left: int) -> float:
+def mouth_change(frame: np.ndarray, original: np.ndarray, left: int) -> float:
     rows, cols = MOUTH
     cols = slice(cols.start + left, cols.stop + left)
     return float(np.abs(frame[rows, cols].astype(int) - original[rows, cols]).mean())
@@ -57,8 +57,8 @@ def test_face_index_makes_only_that_face_speak(index, astronaut_bgr, short_speec
     lipsync.run(photo, short_speech, out, replace(HAAR, face_index=index))
     frame = read_video_frames(out)[8]
     speaking, silent = (0, 512) if index == 0 else (512, 0)
-    assert _mouth_change(frame, twice, speaking) > CHANGED
-    assert _mouth_change(frame, twice, silent) < CODEC_NOISE
+    assert mouth_change(frame, twice, speaking) > CHANGED
+    assert mouth_change(frame, twice, silent) < CODEC_NOISE
 
 
 def test_a_face_index_beyond_the_faces_is_one_cli_error_line(media, tmp_path):
@@ -97,7 +97,7 @@ def test_frames_without_the_face_pass_through_unchanged(astronaut_bgr, longer_sp
     away = range(SHOT_FRAMES, 2 * SHOT_FRAMES)
     assert f"{len(away)} of {result.frames} frames had no face; they are passed through unchanged" in result.notes
     for i in away:  # where the face was before the cut, and the whole frame
-        assert _mouth_change(frames[i], source[i], 0) < CODEC_NOISE, i
+        assert mouth_change(frames[i], source[i], 0) < CODEC_NOISE, i
         assert np.abs(frames[i].astype(int) - source[i]).mean() < CODEC_NOISE, i
     for i in (0, SHOT_FRAMES - 1, 2 * SHOT_FRAMES, 3 * SHOT_FRAMES - 1):
-        assert _mouth_change(frames[i], source[i], 0) > CHANGED, i
+        assert mouth_change(frames[i], source[i], 0) > CHANGED, i
