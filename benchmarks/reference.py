@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from fresh_process import Run, measure
-from workload import FPS, PLANTED_HEAD, PLANTED_LOC, SEED, cpu_model, make_photo, make_speech, make_video, note
+from workload import FPS, PLANTED_HEAD, PLANTED_LOC, ROOT, SEED, cpu_model, make_photo, make_speech, make_video, note
 
 REFERENCE_URL = "https://github.com/Rudrabha/Wav2Lip"
 REFERENCE_COMMIT = "5c90fa9b4a2c2a37d0b4ebf7633ac41534eb9941"
@@ -47,6 +47,7 @@ VIDEO_MARGIN_S = 1.0  # the clip outlasts the speech (the reference uses its fir
 # The reference's S3FD batch on the video. Its default, 16, peaks at 11.6 GB at 720p (a 1-s run here) and was
 # killed by the kernel's OOM killer on this shared 23 GB machine; 4 frames per batch take the same time per frame.
 REFERENCE_DETECT_BATCH = 4
+LIPSYNC_CWD = ROOT  # where `python -m lipsync` runs: it finds the checkout this benchmark imports, installed or not
 WARM_SECONDS = 1.0  # speech of the untimed warm-up runs
 REPEATS = 2
 CPU_FEATURES = frozenset({"amx_bf16", "amx_int8", "amx_tile", "avx512f", "avx512_bf16"})  # shown with the table
@@ -246,7 +247,7 @@ def warm_up(setup: Setup, jobs: Sequence[Job], env: Mapping[str, str]) -> None:
     for job in jobs:
         face = Path(job.lipsync[job.lipsync.index("--face") + 1])
         warm = make_job(setup, f"warm-{job.key}", job.label, face, speech, _box(job.lipsync))
-        _check(measure(warm.lipsync, Path.cwd(), env), f"lipsync warm-up ({job.label})")
+        _check(measure(warm.lipsync, LIPSYNC_CWD, env), f"lipsync warm-up ({job.label})")
         if job is jobs[0]:
             _check(measure(warm.reference, setup.reference, env), f"reference warm-up ({job.label})")
 
@@ -275,7 +276,7 @@ def compare(reference: Path, python: Path, folder: Path, *, picture_seconds: flo
     jobs = make_jobs(setup, picture_seconds, video_seconds, cases)
     note(f"against the reference: warm-up runs, then {repeats} interleaved rounds on {threads} threads")
     warm_up(setup, jobs, env)
-    run_interleaved(jobs, repeats, env, Path.cwd())
+    run_interleaved(jobs, repeats, env, LIPSYNC_CWD)
     return {"threads": threads, "torch": _reference_version(python), "commit": REFERENCE_COMMIT,
             "reference_detect_batch": detect_batch,
             "cpu": f"{cpu_model()} ({', '.join(sorted(cpu.cpu_flags() & CPU_FEATURES)) or 'no AMX/AVX-512'})",

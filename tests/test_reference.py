@@ -98,6 +98,16 @@ def test_command_lines_give_both_tools_the_same_box_and_files(tmp_path):
     assert "--face_det_batch_size" not in theirs, "the reference's own default unless a batch is given"
 
 
+def test_lipsync_commands_run_wherever_the_benchmark_is_started(tmp_path, monkeypatch):
+    """`python -m lipsync` finds the checkout without an install or PYTHONPATH, from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    env = {name: value for name, value in reference.thread_env(1).items() if name != "PYTHONPATH"}
+    command = reference.lipsync_command(Path("f.png"), Path("s.wav"), Path("o.mp4"), Path("w"), Path("d"))[:3]
+    run = reference.measure([*command, "--help"], reference.LIPSYNC_CWD, env)
+    assert run.returncode == 0, run.stderr
+    assert not list(tmp_path.iterdir()), "nothing written to the working directory"
+
+
 def test_measure_reports_the_childs_peak_rss_exit_status_and_cpu(tmp_path):
     big = reference.measure(_child(ALLOCATE), tmp_path, {})
     assert big.returncode == 0 and big.peak_mb >= ALLOCATED_MB and big.cpu_seconds > 0
