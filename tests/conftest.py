@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipsync import testing
+from lipsync import audio, testing
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -175,8 +175,6 @@ def media_seconds(path: Path) -> float:
 
 def speech_seconds(path: Path) -> float:
     """How long `path`'s audio lasts once lipsync has decoded it (16 kHz mono)."""
-    from lipsync import audio
-
     return len(audio.load_audio(path)) / audio.SAMPLE_RATE
 
 

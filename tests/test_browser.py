@@ -180,16 +180,17 @@ def test_the_result_plays_while_it_is_being_made_then_the_mp4_downloads(page, se
     playing, encoding = seen["playing"], seen["stages"].get(ENCODING)
     assert playing is not None and encoding is not None, seen
     after = {name: (at - seen["clicked"]) / 1000 for name, at in (("playing", playing), ("encoding", encoding))}
-    print(f"click to result playing: {after['playing']:.1f} s (picture + {media_seconds(speech):.1f} s of speech; "
+    speech_s = media_seconds(speech)
+    print(f"click to result playing: {after['playing']:.1f} s (picture + {speech_s:.1f} s of speech; "
           f"the job's last stage began after {after['encoding']:.1f} s)")
     assert playing < encoding, "the result plays while it is being made"
     shoot(page, screenshots, "4-streamed")
     mp4 = download_the_mp4(page, tmp_path)
     info = ffprobe(mp4)
     assert sorted(s["codec_name"] for s in info["streams"]) == ["aac", "h264"]
-    assert abs(float(info["format"]["duration"]) - media_seconds(speech)) <= AV_TOLERANCE_S
+    assert abs(float(info["format"]["duration"]) - speech_s) <= AV_TOLERANCE_S
     streamed = page.locator("#result video").evaluate("v => v.duration")
-    assert abs(streamed - media_seconds(speech)) <= AV_TOLERANCE_S + STREAM_PADDING_S, "every segment was streamed"
+    assert abs(streamed - speech_s) <= AV_TOLERANCE_S + STREAM_PADDING_S, "every segment was streamed"
 
 
 def test_every_example_plays_leaves_the_options_alone_and_comes_from_the_cache_again(page, server, screenshots):
