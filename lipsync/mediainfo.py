@@ -74,6 +74,14 @@ def _first_stream(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def _one_frame(data: dict[str, Any]) -> bool:
+    """True when the video stream says it holds exactly one frame (a still GIF, a one-frame clip). Without sound
+    that is a picture in all but name: it runs as one (at --fps, a still's speed) instead of at the rate its
+    container guesses (10 frames/s for a GIF, which makes the mouth move at 10 frames/s)."""
+    stream = _first_stream(data, "video")
+    return stream is not None and int(_number(stream.get("nb_frames"))) == 1
+
+
 def _is_picture_format(data: dict[str, Any]) -> bool:
     """True when ffprobe's content sniffing found a single-picture format (png_pipe, jpeg_pipe, image2, ...)."""
     name = data.get("format", {}).get("format_name", "")
@@ -108,10 +116,11 @@ def _rotation(stream: dict[str, Any]) -> int:
 
 
 def _video_fps(stream: dict[str, Any], duration: float) -> float:
-    """Average frame rate (the mean of a variable-rate video), falling back to the nominal rate."""
+    """Average frame rate (the mean of a variable-rate video): ffprobe's, else its frame count over its duration,
+    else the nominal rate (only a guess: 100/s for a two-frame GIF at 10 frames/s, whose average ffprobe omits)."""
     frames = int(_number(stream.get("nb_frames")))
-    for fps in (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")),
-                frames / duration if duration else 0.0):
+    for fps in (_ratio(stream.get("avg_frame_rate")), frames / duration if duration else 0.0,
+                _ratio(stream.get("r_frame_rate"))):
         if fps > 0:
             return fps
     return FALLBACK_FPS
@@ -166,7 +175,8 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     Pictures are recognised by content, not by extension (a PNG or JPEG by its signature, which spares starting
     ffprobe; others by ffprobe's sniffing, then Pillow or ffmpeg), and are decoded once here so width/height
     honour EXIF orientation; the decoded pixels come with the description (MediaInfo.picture), so reading the
-    picture's frame decodes nothing again. A plain PCM WAV is read from its header, also without ffprobe.
+    picture's frame decodes nothing again. A video stream of one frame without sound (a still GIF) is described
+    as a picture too. A plain PCM WAV is read from its header, also without ffprobe.
     """
     path = _existing(path)
     frame = picture.read_common_picture(path)
@@ -191,4 +201,8 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     info = _media_info(path, data)
     if require_video and not info.has_video:
         raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
+    if not info.has_audio and _one_frame(data):
+        frame = picture.read_picture(path)
+        if frame is not None:
+            return _picture_info(path, frame)
     return info

@@ -272,3 +272,58 @@ def test_a_picture_job_decodes_its_picture_once_and_does_not_keep_the_probe_s_co
     lipsync.run(media["photo"], media["speech"], tmp_path / "out.mp4", LipSyncOptions(face_detector="haar", device="cpu"))
     assert decodes == ["PNG"], "probed once, read from the probe's pixels"
     assert kept == [None], "the job holds its frame, not the probe's pixels as well"
+
+
+# ---------------------------------------------------------------- one-frame videos
+
+
+def _one_frame_clip(folder: Path, *, with_sound: bool) -> Path:
+    """A one-frame H.264 clip of ffmpeg's test picture, with a second of sound or none."""
+    silent = folder / "still.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25",
+                    "-frames:v", "1", "-y", str(silent)], check=True)  # fmt: skip
+    if not with_sound:
+        return silent
+    talking = folder / "talk.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(silent), "-f", "lavfi", "-i", "sine=d=1",
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-y", str(talking)], check=True)  # fmt: skip
+    return talking
+
+
+def test_a_still_gif_is_a_picture_and_an_animated_one_a_video(tmp_path: Path) -> None:
+    face = quadrants(48, 64)
+    still = tmp_path / "sticker.gif"
+    Image.fromarray(face).save(still)
+    info = video.probe(still)
+    assert info.is_image, "a one-frame GIF runs as a picture, not as a video at the GIF's guessed 10 frames/s"
+    assert (info.fps, info.frame_count, info.width, info.height) == (25.0, 1, 64, 48)
+    assert np.array_equal(info.picture, face[..., ::-1]), "its pixels, as BGR"
+    animated = tmp_path / "moving.gif"
+    frames = [Image.fromarray(face), Image.fromarray(face[::-1].copy())]
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    moving = video.probe(animated)
+    assert not moving.is_image and (moving.fps, moving.frame_count) == (10.0, 2)
+
+
+def test_a_one_frame_clip_is_a_picture_unless_it_has_sound(tmp_path: Path) -> None:
+    silent = video.probe(_one_frame_clip(tmp_path, with_sound=False))
+    assert silent.is_image and (silent.width, silent.height, silent.fps) == (64, 48, 25.0)
+    assert silent.picture is not None and silent.picture.shape == (48, 64, 3)
+    sounding = video.probe(_one_frame_clip(tmp_path, with_sound=True))
+    assert not sounding.is_image and sounding.has_audio and sounding.frame_count == 1
+
+
+def test_a_still_gif_job_runs_at_the_asked_frame_rate(media: dict, tmp_path: Path) -> None:
+    import lipsync
+    from conftest import ffprobe
+    from lipsync import audio
+    from lipsync.options import LipSyncOptions
+
+    sticker = tmp_path / "sticker.gif"
+    Image.open(media["photo"]).convert("RGB").save(sticker)
+    out = tmp_path / "out.mp4"
+    result = lipsync.run(sticker, media["speech"], out, LipSyncOptions(face_detector="haar", device="cpu", fps=30.0))
+    windows = audio.melspectrogram(audio.load_audio(media["speech"])).shape[1]
+    assert result.frames == audio.frame_count(windows, 30.0), "one mouth per 30th of a second, as for a picture"
+    stream = next(s for s in ffprobe(out)["streams"] if s["codec_type"] == "video")
+    assert stream["avg_frame_rate"] == "30/1"
