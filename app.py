@@ -119,7 +119,7 @@ def _advanced_inputs() -> list:
         with gr.Row():
             resize = gr.Slider(1, 4, value=DEFAULTS.resize_factor, step=1, label="Resize factor",
                                info="divide the resolution first: faster on large videos")  # fmt: skip
-            fps = gr.Slider(10, 60, value=DEFAULTS.fps, step=1, label="Frame rate for pictures")
+            fps = gr.Slider(10, 60, value=DEFAULTS.fps, step=1, label="Frame rate for pictures and slow videos (GIFs)")
         with gr.Row():
             smooth = gr.Checkbox(value=DEFAULTS.smooth, label="Smooth face boxes over time")
             static = gr.Checkbox(value=DEFAULTS.static, label="Video: use only its first frame")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
@@ -12,6 +13,11 @@ from . import picker, video
 from .options import LipSyncOptions
 from .segments import SegmentSink
 from .types import Frame
+
+# A video slower than this (an animated GIF at 10 frames/s, a slideshow, a timelapse) runs at --fps instead, each of
+# its frames held as long as it lasts, so that the mouth still moves at a speaking pace; Wav2Lip learned at 25.
+# Videos at 23.976 frames/s and faster run at their own rate, as the reference runs every video
+MIN_VIDEO_FPS = 20.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,22 @@ class Job:
     segments: Optional[SegmentSink] = None  # where finished pieces of the output go while it is encoded
     still_frame: Optional[Frame] = None  # a still's one frame, decoded while the networks load
     sound: Optional[video.MediaInfo] = None  # the audio file's streams, for the encoder (probed while they load)
+
+
+def run_rate(info: video.MediaInfo, options: LipSyncOptions) -> float:
+    """Output frames per second: --fps for a picture, a video's own rate, or for a video slower than MIN_VIDEO_FPS
+    whichever is higher of its rate and --fps (a --fps at or below it keeps a slow video's own rate)."""
+    if info.is_image:
+        return options.fps
+    return info.fps if info.fps >= MIN_VIDEO_FPS else max(info.fps, options.fps)
+
+
+def read_at(info: video.MediaInfo, fps: float) -> video.MediaInfo:
+    """The video as read at `fps` (its frames held or dropped by ffmpeg's fps filter): its rate and frame count."""
+    if info.is_image or fps == info.fps:
+        return info
+    frames = math.ceil(info.duration * fps) if info.duration > 0 else math.ceil(info.frame_count * fps / info.fps)
+    return replace(info, fps=fps, frame_count=max(frames, 1))
 
 
 def source_frames(job: Job, options: LipSyncOptions) -> Iterator[Frame]:

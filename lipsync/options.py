@@ -27,7 +27,7 @@ class LipSyncOptions:
 
     checkpoint: str = "wav2lip_hq"  # known weights name or a .pdparams/.pth path
     static: bool = False  # use only the first frame of a video
-    fps: float = 25.0  # frame rate of the output when the face is a still image
+    fps: float = 25.0  # output frame rate for a still image, or a video slower than job.MIN_VIDEO_FPS
     pads: Tuple[int, int, int, int] = DEFAULT_PADS  # top, bottom, left, right (px) around the face
     face_det_batch_size: int = 16  # frames per face-detector batch
     wav2lip_batch_size: int = 128  # faces per generator batch

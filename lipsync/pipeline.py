@@ -17,7 +17,7 @@ from . import (audio, canvas, cpu, encoding, facecrop, geometry, loading, native
                writeahead)
 from .engine import DEFAULT_ENGINE, Engine, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
-from .job import Job, source_frames
+from .job import Job, read_at, run_rate, source_frames
 from .locate import FaceBoxes, locate_faces
 from .options import LipSyncOptions
 from .segments import SegmentSink
@@ -160,7 +160,8 @@ def _prepare(face: Path, info: video.MediaInfo, speech: _Speech, outfile: Path, 
     """The job's facts from the probed face input and the decoded speech, and a picture's one frame."""
     size = geometry.frame_size(info, options)
     still = info.is_image or options.static
-    fps = options.fps if info.is_image else info.fps
+    fps = run_rate(info, options)
+    info = read_at(info, fps)
     frames = audio.frame_count(speech.mel.shape[1], fps)
     job = Job(face, speech.path, outfile, info, speech.mel, fps, frames, still, audio.duration(speech.wav), size,
                _size_notes(info, options), segments, sound=speech.info)

@@ -78,6 +78,37 @@ def test_video_shorter_than_speech_plays_forward_and_back(media, astronaut_bgr, 
     assert np.abs(frames[50, 380:, :100].astype(int) - source[49, 380:, :100]).mean() > 3
 
 
+def _marked_gif(picture: np.ndarray, path: Path, marks: int, frame_ms: int) -> Path:
+    """An animated GIF of the picture whose top-left corner shows a grey level 50 * i in its i-th frame."""
+    from PIL import Image
+
+    frames = []
+    for i in range(marks):
+        marked = picture[..., ::-1].copy()
+        marked[:48, :48] = 50 * i
+        frames.append(Image.fromarray(marked))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return path
+
+
+def test_a_gif_at_10_frames_a_second_speaks_at_25_with_its_frames_held(media, astronaut_bgr, tmp_path):
+    """An animated GIF (5 frames, 10 frames/s) under ~3.5 s of speech: the mouth moves at --fps (25) while each
+    GIF frame is held for its 100 ms (2 or 3 output frames), and the short animation plays forward and back."""
+    gif = _marked_gif(astronaut_bgr, tmp_path / "cartoon.gif", marks=5, frame_ms=100)
+    out = tmp_path / "cartoon.mp4"
+    result = lipsync.run(gif, media["speech"], out, HAAR)
+    windows = audio.melspectrogram(audio.load_audio(media["speech"])).shape[1]
+    assert (result.fps, result.frames) == (25.0, audio.frame_count(windows, 25.0))
+    s = _check_output(out, media["speech"], (512, 512))
+    assert s["video"]["avg_frame_rate"] == "25/1"
+    marks = np.rint(read_video_frames(out)[:, 8:40, 8:40].mean(axis=(1, 2, 3)) / 50).astype(int)
+    runs = np.split(marks, np.flatnonzero(np.diff(marks)) + 1)
+    assert [int(run[0]) for run in runs[:9]] == [0, 1, 2, 3, 4, 3, 2, 1, 0], "forward, then back"
+    assert all(len(run) in (2, 3) for run in runs[:4]), "each 100 ms frame held for 2.5 output frames"
+    held = tmp_path / "held.mp4"
+    assert lipsync.run(gif, media["speech"], held, replace(HAAR, fps=10.0)).fps == 10.0, "--fps 10 keeps its rate"
+
+
 def test_static_flag_uses_the_first_frame_only(media, tmp_path):
     out = tmp_path / "static.mp4"
     lipsync.run(media["video"], media["speech"], out, replace(HAAR, static=True))
