@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="generator weights: wav2lip_hq (default), wav2lip_gan, wav2lip, or a .pdparams/.pth file")
     _add(p, "static", nargs="?", const=True, default=False, type=_flag_value, metavar="BOOL",
          help="use only the first frame of a video as a still face (bare flag = true)")
-    _add(p, "fps", type=float, default=d.fps, help="output frame rate for a picture, or a video slower than 20 fps such as a GIF (default 25)")
+    _add(p, "fps", type=float, default=d.fps,
+         help="output frame rate for a picture, or a video slower than 20 fps such as a GIF (default 25)")
     _add(p, "pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
          help="pixels added around the detected face; raise BOTTOM to include the chin (default 0 10 0 0)")
     _add(p, "face_det_batch_size", type=int, default=d.face_det_batch_size, help="frames per face-detection batch")

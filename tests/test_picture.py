@@ -286,7 +286,8 @@ def _one_frame_clip(folder: Path, *, with_sound: bool) -> Path:
         return silent
     talking = folder / "talk.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(silent), "-f", "lavfi", "-i", "sine=d=1",
-                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-y", str(talking)], check=True)  # fmt: skip
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-y", str(talking)],
+                   check=True)  # fmt: skip
     return talking
 
 
