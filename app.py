@@ -18,7 +18,7 @@ import gradio as gr
 
 import lipsync
 from lipsync import tts
-from lipsync.options import BLEND_MODES, DEFAULT_PADS, DEVICES, FACE_DETECTORS
+from lipsync.options import BLEND_MODES, DEFAULT_PADS, DEVICES, FACE_DETECTORS, MAX_FPS
 from webapp import form, jobs, picker, voices
 from webapp.examples import EXAMPLE_SET, ExampleResults, example_voice, run_example
 from webapp.folders import examples_cache
@@ -119,7 +119,8 @@ def _advanced_inputs() -> list:
         with gr.Row():
             resize = gr.Slider(1, 4, value=DEFAULTS.resize_factor, step=1, label="Resize factor",
                                info="divide the resolution first: faster on large videos")  # fmt: skip
-            fps = gr.Slider(10, 60, value=DEFAULTS.fps, step=1, label="Frame rate for pictures and slow videos (GIFs)")
+            fps = gr.Slider(10, MAX_FPS, value=DEFAULTS.fps, step=1,
+                            label="Frame rate for pictures and slow videos (GIFs)")
         with gr.Row():
             smooth = gr.Checkbox(value=DEFAULTS.smooth, label="Smooth face boxes over time")
             static = gr.Checkbox(value=DEFAULTS.static, label="Video: use only its first frame")

@@ -69,6 +69,9 @@ def test_bad_values_are_our_error():
         parse("--box", "50", "10", "0", "20")
     with pytest.raises(LipSyncError, match="resize_factor"):
         parse("--resize_factor", "0")
+    with pytest.raises(LipSyncError, match="fps must be at most 60 frames a second .got 1000."):
+        parse("--fps", "1000")
+    assert parse("--fps", "60").fps == 60.0
 
 
 @pytest.mark.parametrize(
