@@ -32,6 +32,8 @@ def check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tupl
 def check_input(given: PathLike, what: str) -> Path:
     """An input file that exists and is not empty."""
     path = Path(given).expanduser()
+    if path.is_dir():
+        raise LipSyncError(f"the {what} {path} is a folder: give a file in it")
     if not path.is_file():
         raise LipSyncError(f"{what} file not found: {path}")
     if path.stat().st_size == 0:

@@ -178,6 +178,7 @@ def test_cli_on_a_photo_changes_the_face_and_nothing_else(media, astronaut_bgr, 
     "case, expect",
     [
         ("missing_face", "face file not found"),
+        ("folder_as_audio", "is a folder: give a file in it"),
         ("text_as_video", "cannot be read as a picture or a video"),
         ("no_face", "No face found"),
         ("silent_video_as_audio", "no audio track"),
@@ -191,6 +192,8 @@ def test_cli_errors_are_one_line_exit_2_no_traceback(case, expect, media, tmp_pa
     face, speech, out, extra = str(media["photo"]), str(media["speech"]), str(tmp_path / "o.mp4"), []
     if case == "missing_face":
         face = str(tmp_path / "nope.jpg")
+    elif case == "folder_as_audio":
+        speech = str(tmp_path)
     elif case == "text_as_video":
         face = str(tmp_path / "notes.mp4")
         Path(face).write_text("not a video\n")
