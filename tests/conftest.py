@@ -178,6 +178,11 @@ def speech_seconds(path: Path) -> float:
     return len(audio.load_audio(path)) / audio.SAMPLE_RATE
 
 
+def speech_frames(path: Path, fps: float) -> int:
+    """The output frames a run makes for `path`'s speech at `fps`: one per mel window."""
+    return audio.frame_count(audio.melspectrogram(audio.load_audio(path)).shape[1], fps)
+
+
 def read_video_frames(path: Path) -> np.ndarray:
     """All frames of a (short) video as N×H×W×3 BGR, for checking results."""
     info = ffprobe(path)

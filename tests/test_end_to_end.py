@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe, read_video_frames, speech_seconds, x264_options
+from conftest import ROOT, ffprobe, read_video_frames, speech_frames, speech_seconds, x264_options
 
 import lipsync
 from lipsync import audio, blend
@@ -51,7 +51,7 @@ def test_photo_with_speech_through_the_api(media, astronaut_bgr, tmp_path):
     result = lipsync.run(media["photo"], media["speech"], out, HAAR, progress=lambda *a: seen.append(a))
     _check_output(out, media["speech"], (512, 512))
     frames = read_video_frames(out)
-    assert result.frames == audio.frame_count(audio.melspectrogram(audio.load_audio(media["speech"])).shape[1], 25)
+    assert result.frames == speech_frames(media["speech"], 25)
     # one frame per mel window, then the last frame held until the speech ends
     assert result.frames <= len(frames) and abs(len(frames) - speech_seconds(media["speech"]) * 25) <= 1
     _face_changed_background_kept(frames[len(frames) // 2], astronaut_bgr)
@@ -97,8 +97,7 @@ def test_a_gif_at_10_frames_a_second_speaks_at_25_with_its_frames_held(media, as
     gif = _marked_gif(astronaut_bgr, tmp_path / "cartoon.gif", marks=5, frame_ms=100)
     out = tmp_path / "cartoon.mp4"
     result = lipsync.run(gif, media["speech"], out, HAAR)
-    windows = audio.melspectrogram(audio.load_audio(media["speech"])).shape[1]
-    assert (result.fps, result.frames) == (25.0, audio.frame_count(windows, 25.0))
+    assert (result.fps, result.frames) == (25.0, speech_frames(media["speech"], 25.0))
     s = _check_output(out, media["speech"], (512, 512))
     assert s["video"]["avg_frame_rate"] == "25/1"
     marks = np.rint(read_video_frames(out)[:, 8:40, 8:40].mean(axis=(1, 2, 3)) / 50).astype(int)

@@ -316,15 +316,13 @@ def test_a_one_frame_clip_is_a_picture_unless_it_has_sound(tmp_path: Path) -> No
 
 def test_a_still_gif_job_runs_at_the_asked_frame_rate(media: dict, tmp_path: Path) -> None:
     import lipsync
-    from conftest import ffprobe
-    from lipsync import audio
+    from conftest import ffprobe, speech_frames
     from lipsync.options import LipSyncOptions
 
     sticker = tmp_path / "sticker.gif"
     Image.open(media["photo"]).convert("RGB").save(sticker)
     out = tmp_path / "out.mp4"
     result = lipsync.run(sticker, media["speech"], out, LipSyncOptions(face_detector="haar", device="cpu", fps=30.0))
-    windows = audio.melspectrogram(audio.load_audio(media["speech"])).shape[1]
-    assert result.frames == audio.frame_count(windows, 30.0), "one mouth per 30th of a second, as for a picture"
+    assert result.frames == speech_frames(media["speech"], 30.0), "one mouth per 30th of a second, as for a picture"
     stream = next(s for s in ffprobe(out)["streams"] if s["codec_type"] == "video")
     assert stream["avg_frame_rate"] == "30/1"
