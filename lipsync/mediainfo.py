@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from lipsync import ffmpeg, picture
+from lipsync import animation, ffmpeg, picture
 from lipsync.errors import LipSyncError
 from lipsync.types import Frame
 
@@ -44,6 +44,9 @@ class MediaInfo:
     # A picture's pixels as the probe decoded them (upright BGR): its reader hands them on instead of decoding the
     # file again. None for anything else, and once a run has taken them (so a long job does not keep two copies).
     picture: Frame | None = field(default=None, compare=False, repr=False)
+    # An animation ffmpeg cannot decode (an animated WebP): when each of its frames starts, in seconds, and its last
+    # frame's end; its reader decodes it with Pillow. None for anything ffmpeg reads.
+    frame_starts: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------- probing
@@ -152,6 +155,12 @@ def _picture_info(path: Path, frame: Frame) -> MediaInfo:
     return MediaInfo(path, True, width, height, IMAGE_FPS, 1, 0.0, True, False, picture=frame)
 
 
+def _animation_info(path: Path, clip: animation.Animation) -> MediaInfo:
+    """An animation Pillow decodes, described as the silent video it is (at its mean frame rate)."""
+    return MediaInfo(path, False, clip.width, clip.height, clip.frames / clip.seconds, clip.frames, clip.seconds,
+                     True, False, frame_starts=clip.starts)
+
+
 def _wav_info(path: Path) -> MediaInfo | None:
     """A plain PCM WAV's streams from its header (the `wave` module), sparing an ffprobe process for the most
     common speech file; None for anything else (other WAV codings, a header promising more than the file
@@ -176,7 +185,8 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     ffprobe; others by ffprobe's sniffing, then Pillow or ffmpeg), and are decoded once here so width/height
     honour EXIF orientation; the decoded pixels come with the description (MediaInfo.picture), so reading the
     picture's frame decodes nothing again. A video stream of one frame without sound (a still GIF) is described
-    as a picture too. A plain PCM WAV is read from its header, also without ffprobe.
+    as a picture too, and an animated WebP (which ffmpeg cannot decode) as a silent video that Pillow decodes. A
+    plain PCM WAV is read from its header, also without ffprobe.
     """
     path = _existing(path)
     frame = picture.read_common_picture(path)
@@ -187,6 +197,9 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
         if require_video:
             raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
         return info
+    clip = animation.describe(path)
+    if clip is not None:
+        return _animation_info(path, clip)
     data, said = _ffprobe(path)
     if data is None or _is_picture_format(data):
         frame = picture.read_picture(path)

@@ -45,12 +45,12 @@ def read_picture(path: str | Path) -> Frame | None:
     decodes safely.
     """
     name = Path(path).name
-    image = _open(path, _pillow_formats(), name)
+    image = open_picture(path, _pillow_formats(), name)
     if image is None:
         result = ffmpeg.run(picture_args(path))
         if result.returncode != 0 or not result.stdout:
             return None
-        image = _open(io.BytesIO(result.stdout), (FFMPEG_PICTURE_FORMAT,), name)
+        image = open_picture(io.BytesIO(result.stdout), (FFMPEG_PICTURE_FORMAT,), name)
         if image is None:
             return None
     with image:
@@ -60,7 +60,7 @@ def read_picture(path: str | Path) -> Frame | None:
 def read_common_picture(path: str | Path) -> Frame | None:
     """A PNG (not animated) or JPEG file decoded as `read_picture` decodes it; None for any other file, or a damaged
     one. LipSyncError when the picture has more pixels than Pillow decodes safely."""
-    image = _open(path, COMMON_FORMATS, Path(path).name)
+    image = open_picture(path, COMMON_FORMATS, Path(path).name)
     if image is None:
         return None
     with image:
@@ -94,17 +94,7 @@ def to_bgr(image: Image.Image) -> Frame:
     return np.ascontiguousarray(rgb[..., ::-1])
 
 
-# ---------------------------------------------------------------- internals
-
-
-@functools.lru_cache(maxsize=1)
-def _pillow_formats() -> tuple[str, ...]:
-    """PILLOW_FORMATS this Pillow build has (AVIF and JPEG 2000 depend on optional libraries)."""
-    Image.init()
-    return tuple(name for name in PILLOW_FORMATS if name in Image.OPEN)
-
-
-def _open(source: str | Path | IO[bytes], formats: tuple[str, ...], name: str) -> Image.Image | None:
+def open_picture(source: str | Path | IO[bytes], formats: tuple[str, ...], name: str) -> Image.Image | None:
     """The picture opened (header read) by Pillow, or None when it is in none of `formats`."""
     try:
         return Image.open(source, formats=formats)
@@ -113,6 +103,16 @@ def _open(source: str | Path | IO[bytes], formats: tuple[str, ...], name: str) -
                            "save it smaller, a few thousand pixels a side at most") from error
     except DECODE_FAILURES:
         return None
+
+
+# ---------------------------------------------------------------- internals
+
+
+@functools.lru_cache(maxsize=1)
+def _pillow_formats() -> tuple[str, ...]:
+    """PILLOW_FORMATS this Pillow build has (AVIF and JPEG 2000 depend on optional libraries)."""
+    Image.init()
+    return tuple(name for name in PILLOW_FORMATS if name in Image.OPEN)
 
 
 def _decoded(image: Image.Image) -> Frame | None:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from lipsync import ffmpeg
+from lipsync.animation import AnimationFrames
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import file_arg, probe_args, rate_arg
 from lipsync.ffmpeg import require as require_ffmpeg
@@ -64,6 +65,7 @@ class FrameReader:
         self.path, self.info = Path(path), info
         self.frames_read = 0
         self._process: ffmpeg.Process | None = None
+        self._animation: AnimationFrames | None = None
         self._closed = False
 
     def __iter__(self) -> FrameReader:
@@ -74,7 +76,7 @@ class FrameReader:
             self.close()
             raise StopIteration
         try:
-            frame = self._picture() if self.info.is_image else self._next_video_frame()
+            frame = self._next_frame()
         except BaseException:
             self.close()
             raise
@@ -83,6 +85,13 @@ class FrameReader:
             raise StopIteration
         self.frames_read += 1
         return frame
+
+    def _next_frame(self) -> Frame | None:
+        if self.info.is_image:
+            return self._picture()
+        if self.info.frame_starts is not None:
+            return self._next_animation_frame()
+        return self._next_video_frame()
 
     def _picture(self) -> Frame:
         """The picture's one frame: as the probe decoded it when its description holds it, else decoded now."""
@@ -105,9 +114,19 @@ class FrameReader:
                                f"(ffmpeg: {self._process.said(self.path)})")
         return None
 
+    def _next_animation_frame(self) -> Frame | None:
+        """The next frame of an animation Pillow decodes (opened on first use); None after the last."""
+        if self._animation is None:
+            assert self.info.frame_starts is not None
+            self._animation = AnimationFrames(self.path, self.info.frame_starts, self.info.fps, self.info.frame_count)
+        return self._animation.next_frame()
+
     def close(self) -> None:
-        """Stop ffmpeg (kill if running, reap) and close its pipes and stderr file; idempotent."""
+        """Stop ffmpeg (kill if running, reap) and close its pipes and stderr file (or the animation's file);
+        idempotent."""
         self._closed = True
+        if self._animation is not None:
+            self._animation.close()
         if self._process is not None:
             process, self._process = self._process, None
             process.stop()

@@ -78,8 +78,9 @@ def test_video_shorter_than_speech_plays_forward_and_back(media, astronaut_bgr, 
     assert np.abs(frames[50, 380:, :100].astype(int) - source[49, 380:, :100]).mean() > 3
 
 
-def _marked_gif(picture: np.ndarray, path: Path, marks: int, frame_ms: int) -> Path:
-    """An animated GIF of the picture whose top-left corner shows a grey level 50 * i in its i-th frame."""
+def _marked_animation(picture: np.ndarray, path: Path, marks: int, frame_ms: int) -> Path:
+    """An animated GIF or (lossless) WebP of the picture whose top-left corner shows a grey level 50 * i in its
+    i-th frame."""
     from PIL import Image
 
     frames = []
@@ -87,16 +88,17 @@ def _marked_gif(picture: np.ndarray, path: Path, marks: int, frame_ms: int) -> P
         marked = picture[..., ::-1].copy()
         marked[:48, :48] = 50 * i
         frames.append(Image.fromarray(marked))
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0, lossless=True)
     return path
 
 
-def test_a_gif_at_10_frames_a_second_speaks_at_25_with_its_frames_held(media, astronaut_bgr, tmp_path):
-    """An animated GIF (5 frames, 10 frames/s) under ~3.5 s of speech: the mouth moves at --fps (25) while each
-    GIF frame is held for its 100 ms (2 or 3 output frames), and the short animation plays forward and back."""
-    gif = _marked_gif(astronaut_bgr, tmp_path / "cartoon.gif", marks=5, frame_ms=100)
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])  # ffmpeg decodes the GIF, Pillow the animated WebP
+def test_an_animation_at_10_frames_a_second_speaks_at_25_with_its_frames_held(media, astronaut_bgr, tmp_path, suffix):
+    """An animation (5 frames, 10 frames/s) under ~3.5 s of speech: the mouth moves at --fps (25) while each of
+    its frames is held for its 100 ms (2 or 3 output frames), and the short animation plays forward and back."""
+    clip = _marked_animation(astronaut_bgr, tmp_path / f"cartoon{suffix}", marks=5, frame_ms=100)
     out = tmp_path / "cartoon.mp4"
-    result = lipsync.run(gif, media["speech"], out, HAAR)
+    result = lipsync.run(clip, media["speech"], out, HAAR)
     assert (result.fps, result.frames) == (25.0, speech_frames(media["speech"], 25.0))
     s = _check_output(out, media["speech"], (512, 512))
     assert s["video"]["avg_frame_rate"] == "25/1"
@@ -105,7 +107,7 @@ def test_a_gif_at_10_frames_a_second_speaks_at_25_with_its_frames_held(media, as
     assert [int(run[0]) for run in runs[:9]] == [0, 1, 2, 3, 4, 3, 2, 1, 0], "forward, then back"
     assert all(len(run) in (2, 3) for run in runs[:4]), "each 100 ms frame held for 2.5 output frames"
     held = tmp_path / "held.mp4"
-    assert lipsync.run(gif, media["speech"], held, replace(HAAR, fps=10.0)).fps == 10.0, "--fps 10 keeps its rate"
+    assert lipsync.run(clip, media["speech"], held, replace(HAAR, fps=10.0)).fps == 10.0, "--fps 10 keeps its rate"
 
 
 def test_static_flag_uses_the_first_frame_only(media, tmp_path):

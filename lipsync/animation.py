@@ -1,0 +1,116 @@
+"""Animated pictures that ffmpeg cannot decode (an animated WebP: ffmpeg 5–7 read only its first frame, if any),
+decoded by Pillow: when each frame starts, and the frames at a constant rate, as ffmpeg's fps filter gives a video's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from lipsync.errors import LipSyncError
+from lipsync.picture import DECODE_FAILURES, open_picture, to_bgr
+from lipsync.types import Frame
+
+ANIMATED_FORMATS = ("WEBP",)  # Pillow formats whose animations go through Pillow (ffmpeg reads GIF, APNG, AVIF)
+MS_PER_SECOND = 1000.0
+UNTIMED_FRAME_MS = 100  # how long a frame stating no duration (0 ms) shows: what browsers do for GIFs
+
+
+@dataclass(frozen=True)
+class Animation:
+    width: int
+    height: int
+    starts: tuple[float, ...]  # the second each frame starts at, and the last frame's end
+
+    @property
+    def frames(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def seconds(self) -> float:
+        return self.starts[-1]
+
+
+def describe(path: str | Path) -> Animation | None:
+    """The size and frame times of an animation of two or more frames; None when the file is no such animation
+    (a still WebP, or not a WebP). Decodes every frame once: the file states a frame's duration only beside its
+    pixels. LipSyncError when a frame is damaged."""
+    image = _open(path)
+    if image is None:
+        return None
+    with image:
+        if not getattr(image, "is_animated", False) or getattr(image, "n_frames", 1) < 2:
+            return None
+        durations = [_duration(image, index, path) for index in range(image.n_frames)]
+        width, height = image.size
+    if not any(durations):
+        durations = [UNTIMED_FRAME_MS] * len(durations)
+    ends = itertools.accumulate(durations)
+    return Animation(width, height, (0.0, *(ms / MS_PER_SECOND for ms in ends)))
+
+
+def shown_at(starts: Sequence[float], index: int, fps: float) -> int:
+    """The animation frame that output frame `index` at `fps` shows: the last one starting before the middle of its
+    slot, which is how ffmpeg's fps filter (rounding to the nearest slot) holds and drops a video's frames."""
+    return max(bisect.bisect_left(starts, (index + 0.5) / fps, hi=len(starts) - 1) - 1, 0)
+
+
+class AnimationFrames:
+    """`count` BGR uint8 frames of an animation at a constant `fps` (each of its frames held or dropped as its
+    start times say), decoded by Pillow one at a time; close() closes the file (idempotent)."""
+
+    def __init__(self, path: str | Path, starts: Sequence[float], fps: float, count: int) -> None:
+        self.path, self.starts, self.fps, self.count = Path(path), starts, fps, count
+        self.made = 0
+        self._image: Image.Image | None = None
+        self._shown: tuple[int, Frame] | None = None
+
+    def next_frame(self) -> Frame | None:
+        """The next output frame (a fresh array), or None after the last."""
+        if self.made >= self.count:
+            self.close()
+            return None
+        index = shown_at(self.starts, self.made, self.fps)
+        if self._shown is None or self._shown[0] != index:
+            self._shown = index, self._decode(index)
+        self.made += 1
+        return self._shown[1].copy()
+
+    def _decode(self, index: int) -> Frame:
+        if self._image is None:
+            self._image = _open(self.path)
+            if self._image is None:
+                raise LipSyncError(f"could not decode the animation {self.path.name}; did the file change?")
+        try:
+            self._image.seek(index)
+            self._image.load()
+            return to_bgr(self._image)
+        except DECODE_FAILURES as error:
+            raise LipSyncError(f"could not decode frame {index + 1} of the animation {self.path.name} "
+                               f"({error}); is the file complete?") from None
+
+    def close(self) -> None:
+        if self._image is not None:
+            image, self._image = self._image, None
+            image.close()
+        self._shown = None
+
+
+def _open(path: str | Path) -> Image.Image | None:
+    return open_picture(path, ANIMATED_FORMATS, Path(path).name)
+
+
+def _duration(image: Image.Image, index: int, path: str | Path) -> int:
+    """Milliseconds frame `index` shows (decoding it, which is when Pillow reads its duration)."""
+    try:
+        image.seek(index)
+        image.load()
+    except DECODE_FAILURES as error:
+        raise LipSyncError(f"could not decode frame {index + 1} of the animation {Path(path).name} ({error}); "
+                           "is the file complete?") from None
+    return max(round(image.info.get("duration") or 0), 0)

@@ -1,0 +1,101 @@
+"""Animated WebP faces: ffmpeg cannot decode them, so Pillow does; they must behave as the same animation does as a
+GIF, which ffmpeg reads."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lipsync import animation, video
+from lipsync.errors import LipSyncError
+from lipsync.job import read_at
+
+SIZE = (64, 48)  # width, height
+STEP = 40  # grey level of frame i's mark: STEP * i
+
+
+def marked(path: Path, durations_ms: list[int], **options) -> Path:
+    """An animation whose i-th frame is grey STEP * i all over, each frame shown as long as `durations_ms` says."""
+    frames = [Image.new("RGB", SIZE, (STEP * i,) * 3) for i in range(len(durations_ms))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations_ms, loop=0, **options)
+    return path
+
+
+def webp(path: Path, durations_ms: list[int]) -> Path:
+    return marked(path, durations_ms, lossless=True)
+
+
+def marks(path: Path, fps: float) -> list[int]:
+    """Which frame of a marked animation each frame read at `fps` shows."""
+    info = read_at(video.probe(path), fps)
+    return [int(round(frame.mean() / STEP)) for frame in video.read_frames(path, info)]
+
+
+def test_an_animated_webp_is_a_silent_video_at_its_mean_rate(tmp_path: Path) -> None:
+    info = video.probe(webp(tmp_path / "a.webp", [40, 60, 100, 20]))
+    assert not info.is_image and info.has_video and not info.has_audio
+    assert (info.width, info.height, info.frame_count) == (*SIZE, 4)
+    assert info.duration == pytest.approx(0.22)
+    assert info.fps == pytest.approx(4 / 0.22)
+    assert info.frame_starts == pytest.approx((0.0, 0.04, 0.1, 0.2, 0.22))
+
+
+def test_frames_that_state_no_duration_show_100_ms_each(tmp_path: Path) -> None:
+    info = video.probe(webp(tmp_path / "untimed.webp", [0, 0, 0]))
+    assert info.frame_starts == pytest.approx((0.0, 0.1, 0.2, 0.3))
+    assert info.fps == pytest.approx(10.0)
+
+
+def test_still_webps_stay_pictures(tmp_path: Path) -> None:
+    still = tmp_path / "still.webp"
+    Image.new("RGB", SIZE, (90, 90, 90)).save(still, lossless=True)
+    one = webp(tmp_path / "one.webp", [100])
+    for path in (still, one):
+        info = video.probe(path)
+        assert info.is_image and info.frame_starts is None, path.name
+    assert animation.describe(tmp_path / "missing.webp") is None
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0, 10.0])
+def test_frames_are_held_and_dropped_as_ffmpeg_does_for_the_same_gif(tmp_path: Path, fps: float) -> None:
+    """The same uneven animation as a GIF (read by ffmpeg and its fps filter) and as a WebP (read by Pillow) gives
+    the same frames at any rate, including a rate that drops its short frames."""
+    durations = [100, 30, 200, 50, 120]  # GIFs keep hundredths of a second
+    gif, animated_webp = marked(tmp_path / "a.gif", durations), webp(tmp_path / "a.webp", durations)
+    shown = marks(animated_webp, fps)
+    assert shown == marks(gif, fps)
+    assert len(shown) == math.ceil(sum(durations) * fps / 1000)  # as long as the animation, rounded up
+    assert shown[0] == 0 and shown[-1] == 4
+
+
+def test_the_reader_keeps_no_file_open(tmp_path: Path) -> None:
+    path = webp(tmp_path / "a.webp", [100] * 6)
+    info = video.probe(path)
+    before = len(os.listdir("/proc/self/fd"))
+    stopped = video.read_frames(path, info)
+    next(stopped), next(stopped)
+    stopped.close()
+    assert len(list(video.read_frames(path, info))) == 6
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_frames_are_fresh_arrays(tmp_path: Path) -> None:
+    """A held frame is handed out as copies: a consumer drawing on one must not change the next."""
+    path = webp(tmp_path / "a.webp", [200, 200])
+    frames = video.read_frames(path, read_at(video.probe(path), 25.0))
+    first = next(frames)
+    first[:] = 255
+    assert next(frames).max() == 0
+    frames.close()
+
+
+def test_a_damaged_animation_is_named(tmp_path: Path) -> None:
+    path = webp(tmp_path / "a.webp", [100] * 4)
+    cut = tmp_path / "cut.webp"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(LipSyncError, match="cut.webp"):
+        video.probe(cut)
