@@ -1,4 +1,4 @@
-"""Animated pictures that ffmpeg cannot decode (an animated WebP: ffmpeg 5–7 read only its first frame, if any),
+"""Animated pictures that ffmpeg cannot decode (an animated WebP: Debian 12's ffmpeg 5.1 finds no picture in it),
 decoded by Pillow: when each frame starts, and the frames at a constant rate, as ffmpeg's fps filter gives a video's.
 """
 
