@@ -52,6 +52,8 @@ def _manifest(tmp_path: Path, text: str, name: str = "jobs.csv") -> Path:
     ("face,audio,voice\nface.png,speech.wav,en-US-GuyNeural\n", ["row 1", "column 'voice'", "text rows"]),
     ("face,text,rate\nface.png,Hi,300\n", ["row 1", "column 'rate'"]),
     ("face,audio,outfile\nface.png,a.wav,same.mp4\nface.png,b.wav,same.mp4\n", ["row 2", "'outfile'", "same.mp4"]),
+    ("Face,audio,face\nface.png,speech.wav,other.png\n", ["column 'face' twice"]),
+    ("face,audio,\nface.png,speech.wav,\nface.png,speech.wav,0 20 0 0\n", ["row 2", "'0 20 0 0'", "without a name"]),
 ])  # fmt: skip
 def test_a_malformed_manifest_is_one_error_naming_row_and_column(tmp_path, text, words):
     with pytest.raises(ManifestError) as caught:
@@ -79,6 +81,19 @@ def test_manifest_rows_become_jobs_with_options_parsed_as_the_cli_parses_them(tm
     placed = batch.place_outputs(jobs, tmp_path / "out")
     assert [p.outfile.name for p in placed] == ["a-s.mp4", "b.mp4", "a-s-2.mp4"]
     assert placed[1].outfile == (tmp_path / "out" / "out" / "b.mp4").resolve()
+
+
+def test_a_spreadsheet_s_csv_is_read_as_meant(tmp_path):
+    """What Excel and friends write: a byte-order mark, CRLF, capitalised and padded headers, empty columns
+    without a name, and rows of commas only."""
+    text = "\ufeffFace , Audio,OUTFILE,,\r\na.png,s.wav,one.mp4,,\r\n,,,,\r\n b.png , t.wav ,,,\r\n,,,,\r\n"
+    path = tmp_path / "jobs.csv"
+    path.write_bytes(text.encode("utf-8"))
+    jobs = read_manifest(path, CPU_HAAR)
+    assert [(job.row, job.face.name, job.audio.name) for job in jobs] == [(1, "a.png", "s.wav"), (2, "b.png", "t.wav")]
+    assert jobs[0].outfile == Path("one.mp4") and jobs[1].outfile is None
+    lines = [{"Face": "a.png", " AUDIO ": "s.wav"}]
+    assert read_manifest(_manifest(tmp_path, json.dumps(lines[0]) + "\n", "jobs.jsonl"))[0].audio == tmp_path / "s.wav"
 
 
 def test_json_lines_manifest_takes_typed_values(tmp_path):

@@ -71,7 +71,7 @@ def jobs_from_rows(rows: Iterable[Mapping[str, Any]], folder: Path, base: Option
                    source: str = "jobs", columns: Optional[Sequence[str]] = None) -> List[Job]:  # fmt: skip
     """Jobs from rows of column → value (text, or JSON values); `columns` are the header's, checked once."""
     if columns is not None:
-        _check_columns(columns, source, None)
+        _check_columns([_column(column) for column in columns], source, None)
     jobs = [_job(number, dict(row), folder, base or LipSyncOptions(), source)
             for number, row in enumerate(rows, start=1)]  # fmt: skip
     if not jobs:
@@ -80,16 +80,33 @@ def jobs_from_rows(rows: Iterable[Mapping[str, Any]], folder: Path, base: Option
 
 
 def _csv_rows(text: str, name: str) -> Tuple[List[Dict[str, str]], List[str]]:
-    reader = csv.DictReader(text.splitlines())
-    columns = [column.strip() for column in reader.fieldnames or []]
-    if not columns:
+    """The rows (column → cell) under the header, and its columns. Spreadsheets' leftovers are let be: columns without
+    a name and nothing under them, and rows of empty cells."""
+    lines = csv.reader(text.splitlines())
+    columns = [_column(column) for column in next(lines, [])]
+    named = [column for column in columns if column]
+    if not named:
         raise ManifestError(f"{name} is empty: its first line must be a header such as face,audio,outfile")
-    rows = []
-    for number, row in enumerate(reader, start=1):
-        if None in row:  # more cells than the header has columns
-            raise ManifestError(f"{name} row {number}: more cells than the header's {len(columns)} columns")
-        rows.append({key.strip(): value for key, value in row.items()})
-    return rows, columns
+    twice = sorted({column for column in named if named.count(column) > 1})
+    if twice:
+        raise ManifestError(f"{name}: the header names the column {twice[0]!r} twice; keep one")
+    rows: List[Dict[str, str]] = []
+    for cells in lines:
+        if not any(cell.strip() for cell in cells):
+            continue
+        where = f"{name} row {len(rows) + 1}"
+        if len(cells) > len(columns):
+            raise ManifestError(f"{where}: more cells than the header's {len(columns)} columns")
+        unnamed = [cell.strip() for column, cell in zip(columns, cells) if not column and cell.strip()]
+        if unnamed:
+            raise ManifestError(f"{where}: {unnamed[0]!r} is under a column without a name; name it in the header")
+        rows.append({column: cell for column, cell in zip(columns, cells) if column})
+    return rows, named
+
+
+def _column(name: str) -> str:
+    """A column's name as the manifest means it: spreadsheets capitalise headers and pad cells (" Face" is face)."""
+    return name.strip().lower()
 
 
 def _jsonl_rows(text: str, name: str) -> List[Dict[str, Any]]:
@@ -132,6 +149,7 @@ def _cell(value: Any) -> str:
 
 
 def _job(number: int, row: Dict[str, Any], folder: Path, base: LipSyncOptions, source: str) -> Job:
+    row = {_column(key): value for key, value in row.items()}
     _check_columns(row, source, number)
     cells = {key: _cell(value) for key, value in row.items() if _cell(value) != ""}
     where = f"{source} row {number}"
