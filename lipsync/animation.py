@@ -23,6 +23,8 @@ UNTIMED_FRAME_MS = 100  # how long a frame stating no duration (0 ms) shows: wha
 
 @dataclass(frozen=True)
 class Animation:
+    """What a probe needs of an animation: its canvas size and when its frames show."""
+
     width: int
     height: int
     starts: tuple[float, ...]  # the second each frame starts at, and the last frame's end
@@ -46,7 +48,7 @@ def describe(path: str | Path) -> Animation | None:
     with image:
         if not getattr(image, "is_animated", False) or getattr(image, "n_frames", 1) < 2:
             return None
-        durations = [_duration(image, index, path) for index in range(image.n_frames)]
+        durations = [_duration(image, index, Path(path).name) for index in range(image.n_frames)]
         width, height = image.size
     if not any(durations):
         durations = [UNTIMED_FRAME_MS] * len(durations)
@@ -86,13 +88,8 @@ class AnimationFrames:
             self._image = _open(self.path)
             if self._image is None:
                 raise LipSyncError(f"could not decode the animation {self.path.name}; did the file change?")
-        try:
-            self._image.seek(index)
-            self._image.load()
-            return to_bgr(self._image)
-        except DECODE_FAILURES as error:
-            raise LipSyncError(f"could not decode frame {index + 1} of the animation {self.path.name} "
-                               f"({error}); is the file complete?") from None
+        _load(self._image, index, self.path.name)
+        return to_bgr(self._image)
 
     def close(self) -> None:
         if self._image is not None:
@@ -105,12 +102,17 @@ def _open(path: str | Path) -> Image.Image | None:
     return open_picture(path, ANIMATED_FORMATS, Path(path).name)
 
 
-def _duration(image: Image.Image, index: int, path: str | Path) -> int:
-    """Milliseconds frame `index` shows (decoding it, which is when Pillow reads its duration)."""
+def _load(image: Image.Image, index: int, name: str) -> None:
+    """Decode frame `index`; LipSyncError when it is damaged."""
     try:
         image.seek(index)
         image.load()
     except DECODE_FAILURES as error:
-        raise LipSyncError(f"could not decode frame {index + 1} of the animation {Path(path).name} ({error}); "
+        raise LipSyncError(f"could not decode frame {index + 1} of the animation {name} ({error}); "
                            "is the file complete?") from None
+
+
+def _duration(image: Image.Image, index: int, name: str) -> int:
+    """Milliseconds frame `index` shows (decoding it, which is when Pillow reads its duration)."""
+    _load(image, index, name)
     return max(round(image.info.get("duration") or 0), 0)
