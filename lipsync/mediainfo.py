@@ -161,6 +161,17 @@ def _animation_info(path: Path, clip: animation.Animation) -> MediaInfo:
                      True, False, frame_starts=clip.starts)
 
 
+def _heif_picture(path: Path) -> Frame:
+    """A HEIC/HEIF photo's pixels; LipSyncError when they cannot be decoded, saying why."""
+    frame = picture.read_picture(path)
+    if frame is not None:
+        return frame
+    if not picture.reads_heif():
+        raise LipSyncError(f"{path.name} is a HEIC photo, and reading one needs the pillow-heif package "
+                           "(pip install pillow-heif); or save the photo as JPEG")
+    raise LipSyncError(f"could not decode the HEIC photo {path.name}; is the file complete?")
+
+
 def _wav_info(path: Path) -> MediaInfo | None:
     """A plain PCM WAV's streams from its header (the `wave` module), sparing an ffprobe process for the most
     common speech file; None for anything else (other WAV codings, a header promising more than the file
@@ -186,7 +197,8 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     honour EXIF orientation; the decoded pixels come with the description (MediaInfo.picture), so reading the
     picture's frame decodes nothing again. A video stream of one frame without sound (a still GIF) is described
     as a picture too, and an animated WebP (which ffmpeg cannot decode) as a silent video that Pillow decodes. A
-    plain PCM WAV is read from its header, also without ffprobe.
+    HEIC photo is decoded by Pillow (pillow-heif) before ffprobe sees it. A plain PCM WAV is read from its header,
+    also without ffprobe.
     """
     path = _existing(path)
     frame = picture.read_common_picture(path)
@@ -200,6 +212,8 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
     clip = animation.describe(path)
     if clip is not None:
         return _animation_info(path, clip)
+    if picture.is_heif(path):
+        return _picture_info(path, _heif_picture(path))
     data, said = _ffprobe(path)
     if data is None or _is_picture_format(data):
         frame = picture.read_picture(path)

@@ -17,10 +17,14 @@ from lipsync.errors import LipSyncError, first_line
 from lipsync.types import Frame
 
 # Formats Pillow may open (all have a signature, none calls out to another program); the rest go to ffmpeg.
-PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "PPM", "SUN", "JPEG2000", "AVIF")
+# HEIF (HEIC: iPhones' photos, which ffmpeg 5.1 cannot read) comes from the pillow-heif plugin.
+PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "PPM", "SUN", "JPEG2000", "AVIF", "HEIF")
 # The pictures most people give (photos, screenshots), known by their signature: ffprobe would call each one still
 # picture too, so a probe decodes them at once (an animated PNG is left to ffmpeg, which reads it as a video).
 COMMON_FORMATS = ("PNG", "JPEG")  # JPEG includes MPO (a camera's JPEG holding more than one picture)
+# HEIF's major brands for HEVC pictures (ISO/IEC 23008-12): such a file is a photo, decoded by Pillow before ffmpeg is
+# asked (ffmpeg 5.1 reads none; 7.1 would show one 512-pixel tile of an iPhone photo as a video).
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1")
 FFMPEG_PICTURE_FORMAT = "PNG"  # what ffmpeg re-encodes other formats to, on a pipe
 ALPHA_BACKGROUND = 1.0  # transparent pixels go on white: cut-out portraits are usually shown on white
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -69,6 +73,21 @@ def read_common_picture(path: str | Path) -> Frame | None:
         return _decoded(image)
 
 
+def is_heif(path: str | Path) -> bool:
+    """True when the file starts as a HEIF picture does (an `ftyp` box naming a HEIF brand)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def reads_heif() -> bool:
+    """Whether this set-up decodes HEIC/HEIF photos (pillow-heif is installed)."""
+    return "HEIF" in _pillow_formats()
+
+
 def read_image(path: str | Path) -> Frame:
     """A picture as BGR uint8: EXIF orientation applied, grey/CMYK to BGR, 16-bit scaled, alpha on white."""
     path = Path(path)
@@ -105,12 +124,24 @@ def open_picture(source: str | Path | IO[bytes], formats: tuple[str, ...], name:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def register_plugins() -> None:
+    """Teach Pillow (this process's, gradio's too) the formats of plugins lipsync uses: pillow-heif's HEIC/HEIF.
+    Done on first need, as importing the plugin takes ~70 ms; a set-up without the plugin reads no HEIC."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return
+    pillow_heif.register_heif_opener()
+
+
 # ---------------------------------------------------------------- internals
 
 
 @functools.lru_cache(maxsize=1)
 def _pillow_formats() -> tuple[str, ...]:
-    """PILLOW_FORMATS this Pillow build has (AVIF and JPEG 2000 depend on optional libraries)."""
+    """PILLOW_FORMATS this Pillow build has (AVIF and JPEG 2000 depend on optional libraries, HEIF on a plugin)."""
+    register_plugins()
     Image.init()
     return tuple(name for name in PILLOW_FORMATS if name in Image.OPEN)
 

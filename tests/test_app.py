@@ -164,6 +164,21 @@ def test_photo_and_audio_make_a_talking_video(client, media, voice_files):
     assert 0.75 * hello_s * 25 < frames <= hello_s * 25 + 1  # mel windows
 
 
+def test_an_iphone_s_heic_photo_speaks(client, media, voice_files, tmp_path):
+    """gradio opens an uploaded picture with PIL before lipsync sees it: PIL must know HEIC by then."""
+    from PIL import Image
+
+    from lipsync import picture
+
+    picture.register_plugins()
+    heic = tmp_path / "IMG_0001.HEIC"
+    Image.open(media["photo"]).save(heic, quality=90)
+    video, _, status = client.predict(face_image=handle_file(str(heic)), audio=handle_file(str(voice_files["hello"])),
+                                      api_name="/lipsync")  # fmt: skip
+    _check_video(video, voice_files["hello"], (512, 512))
+    assert "faces: haar" in status
+
+
 def test_the_stream_endpoint_hands_over_segments_while_it_works_then_the_mp4(client, media):
     """/lipsync_stream (the page's button): each segment comes as an update of the result's playlist, before the
     job ends; the last update brings the complete mp4 to download and the status line."""

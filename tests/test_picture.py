@@ -174,6 +174,34 @@ def test_formats_pillow_cannot_open_go_through_ffmpeg(tmp_path: Path) -> None:
     assert info.is_image and (info.width, info.height) == (64, 48)
 
 
+def _heic(tmp_path: Path) -> Path:
+    picture.register_plugins()  # pillow-heif saves it: lipsync loads the plugin on first need
+    return save(Image.fromarray(quadrants()), tmp_path / "photo.HEIC", quality=95)
+
+
+def test_a_heic_photo_is_a_picture_before_ffmpeg_is_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iPhones' photos: ffmpeg 5.1 reads none, and a later ffmpeg would show one tile of one as a video. (Their
+    rotation is HEIF's own, which libheif applies; pillow-heif then sets the EXIF orientation to 1.)"""
+    path = _heic(tmp_path)
+    asked = _counting_ffprobe(monkeypatch)
+    info = video.probe(path)
+    assert info.is_image and (info.width, info.height) == (64, 48) and not asked
+    assert_close(info.picture, quadrants(), lossy=True)
+    assert picture.is_heif(path) and not picture.is_heif(save(Image.fromarray(quadrants()), tmp_path / "a.png"))
+
+
+def test_a_heic_photo_that_cannot_be_read_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _heic(tmp_path)
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(LipSyncError, match="could not decode the HEIC photo cut.heic; is the file complete"):
+        video.probe(cut)
+    without_plugin = tuple(name for name in picture._pillow_formats() if name != "HEIF")
+    monkeypatch.setattr(picture, "_pillow_formats", lambda: without_plugin)
+    with pytest.raises(LipSyncError, match="photo.HEIC is a HEIC photo, and reading one needs the pillow-heif"):
+        video.probe(path)
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header states width x height (its pixel data is a single row)."""
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])

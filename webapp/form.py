@@ -28,10 +28,13 @@ def keep_one(new, tab: str):
 
 def readable_picture(preprocess: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """gr.Image.preprocess, but a picture PIL cannot open (empty, damaged, not a picture) gets lipsync's own
-    message instead of gradio's silent failure."""
+    message instead of gradio's silent failure; and PIL knows the formats lipsync reads (HEIC) before gradio opens
+    the upload."""
+    from lipsync import picture
 
     @functools.wraps(preprocess)
     def checked(payload: Any) -> Any:
+        picture.register_plugins()
         try:
             return preprocess(payload)
         except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
