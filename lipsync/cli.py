@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Errors print one line and exit with code 2. Weights are looked up in $LIPSYNC_MODELS first.",
     )
     # fmt: off
-    _add(p, "face", required=True, metavar="FACE", help="picture (jpg/png/webp/bmp) or video with the face to animate")
+    _add(p, "face", required=True, metavar="FACE",
+         help="picture (jpg, png, webp, heic, …) or video (mp4, mov, webm, gif, animated webp, …) with the face")
     _add(p, "audio", required=True, metavar="AUDIO", help="speech to lip-sync: any audio file, or a video's audio track")
     _add(p, "outfile", required=True, metavar="OUT.mp4", help="where to write the result (H.264 + AAC mp4)")
     _add(p, "checkpoint_path", default=d.checkpoint, metavar="NAME|FILE",
