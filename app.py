@@ -145,6 +145,7 @@ def _examples(results: ExampleResults, inputs: list, voice_form: list, outputs: 
 def _wire_alternatives(image, video, face_tabs, audio, text, voice_tabs) -> None:
     light = dict(queue=False, show_progress="hidden", api_visibility="private")
     image.change(functools.partial(form.keep_one, tab="picture"), image, [video, face_tabs], **light)
+    image.upload(form.viewable_picture, image, image, **light)  # HEIC: shown as JPEG
     video.change(functools.partial(form.keep_one, tab="video"), video, [image, face_tabs], **light)
     audio.change(functools.partial(form.keep_one, tab="audio"), audio, [text, voice_tabs], **light)
     text.input(functools.partial(form.keep_one, tab="text"), text, [audio, voice_tabs], **light)

@@ -275,3 +275,22 @@ def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_pa
     result = download_the_mp4(page, tmp_path)
     frame = read_video_frames(result)[8]
     assert mouth_change(frame, twice, 512) > CHANGED and mouth_change(frame, twice, 0) < CODEC_NOISE
+
+
+def test_an_iphone_s_heic_photo_shows_on_the_page(page, media, tmp_path):
+    """Chromium cannot show HEIC: the upload is shown as the JPEG the app made of it, and its face is found. (The
+    file comes typed image/heic, as a Mac or an iPhone sends it; Linux's Chromium knows no type for .HEIC.)"""
+    from PIL import Image
+
+    from lipsync import picture
+
+    picture.register_plugins()
+    heic = tmp_path / "IMG_0001.HEIC"
+    Image.open(media["photo"]).save(heic, quality=90)
+    upload = {"name": heic.name, "mimeType": "image/heic", "buffer": heic.read_bytes()}
+    page.locator("#face-image input[type=file]").set_input_files(upload)
+    shown = page.locator("#face-image img")
+    playwright.expect(shown).to_have_attribute("src", re.compile(r"IMG_0001\.jpg$"), timeout=PAGE_TIMEOUT_MS)
+    shown.evaluate("img => img.decode()")  # rejects when the browser cannot decode the picture
+    assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 512]
+    playwright.expect(page.locator("#faces button.thumbnail-item")).to_have_count(1, timeout=RUN_TIMEOUT_MS)

@@ -299,6 +299,26 @@ def test_one_face_and_one_voice_at_a_time(tmp_path):
     assert cleared is None and tabs.selected == "picture"
 
 
+def test_an_uploaded_heic_is_shown_as_a_jpeg_and_nothing_else_is_touched(tmp_path, media):
+    import numpy as np
+    from PIL import Image
+
+    from lipsync import picture
+
+    picture.register_plugins()
+    heic = tmp_path / "IMG_0001.HEIC"
+    Image.open(media["photo"]).save(heic, quality=90)
+    shown = Path(form.viewable_picture(str(heic)))
+    assert shown == tmp_path / "IMG_0001.jpg"
+    difference = np.abs(picture.read_image(shown).astype(int) - picture.read_image(heic).astype(int))
+    assert difference.mean() < 1.5 and difference.max() <= 16, "near the photo: it is what the run reads"
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes(heic.read_bytes()[:2000])
+    for path in (str(media["photo"]), str(cut), None):
+        assert form.viewable_picture(path) == gr.update(), path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001.HEIC", "IMG_0001.jpg", "cut.heic"]
+
+
 def test_voice_picker_keeps_a_matching_voice():
     assert voices.voices_for_language("en-GB", "en-GB-RyanNeural").value == "en-GB-RyanNeural"
     switched = voices.voices_for_language("fr-FR", "en-GB-RyanNeural")
