@@ -16,6 +16,7 @@ from lipsync.types import Frame
 IMAGE_FPS = 25.0  # frame rate reported for a still picture: the reference's default --fps
 FALLBACK_FPS = 25.0  # for a video that states no usable frame rate
 PICTURE_DEMUXERS = ("image2", "image2pipe")  # ffmpeg's "*_pipe" demuxers are single pictures too
+HDR_TRANSFERS = {"smpte2084": "HDR10/PQ", "arib-std-b67": "HLG"}  # ffprobe's color_transfer → what people call it
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class MediaInfo:
     # An animation ffmpeg cannot decode (an animated WebP): when each of its frames starts, in seconds, and its last
     # frame's end; its reader decodes it with Pillow. None for anything ffmpeg reads.
     frame_starts: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
+    transfer: str = ""  # the video's transfer characteristic as ffprobe names it (smpte2084, arib-std-b67: HDR)
+
+    @property
+    def hdr(self) -> str:
+        """The kind of HDR video this is ("HLG", "HDR10/PQ"), or "" for SDR and pictures."""
+        return HDR_TRANSFERS.get(self.transfer, "")
 
 
 # ---------------------------------------------------------------- probing
@@ -147,7 +154,7 @@ def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
     if rotation in (90, 270):
         width, height = height, width
     return MediaInfo(path, False, width, height, fps, frames, duration, True, audio is not None,
-                     rotation, audio_duration, audio_rate, channels)
+                     rotation, audio_duration, audio_rate, channels, transfer=video.get("color_transfer", ""))
 
 
 def _picture_info(path: Path, frame: Frame) -> MediaInfo:

@@ -164,7 +164,7 @@ def _prepare(face: Path, info: video.MediaInfo, speech: _Speech, outfile: Path, 
     info = read_at(info, fps)
     frames = audio.frame_count(speech.mel.shape[1], fps)
     job = Job(face, speech.path, outfile, info, speech.mel, fps, frames, still, audio.duration(speech.wav), size,
-               _size_notes(info, options), segments, sound=speech.info)
+               _input_notes(info, options), segments, sound=speech.info)
     if still:  # the frame, from the pixels the probe decoded; the job keeps it, not the probe's copy
         job = replace(job, still_frame=_first_frame(job, options), info=replace(info, picture=None))
     return job
@@ -179,14 +179,18 @@ def _first_frame(job: Job, options: LipSyncOptions) -> Frame:
     return frame
 
 
-def _size_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
-    """Say so when frames will be scaled down to what video players decode."""
+def _input_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
+    """Say so when frames will be scaled down to what video players decode, or tone-mapped from HDR."""
+    notes = []
     width, height = video.transformed_size(info.width, info.height, options.resize_factor, options.rotate,
                                            options.crop)  # fmt: skip
-    if video.fitted_size(width, height) == (width, height):
-        return ()
-    return (f"{info.path.name} is {info.width}×{info.height} px: frames are scaled down to "
-            f"{video.MAX_FRAME_PIXELS / 1e6:.1f} megapixels at most, the largest size video players decode",)
+    if video.fitted_size(width, height) != (width, height):
+        notes.append(f"{info.path.name} is {info.width}×{info.height} px: frames are scaled down to "
+                     f"{video.MAX_FRAME_PIXELS / 1e6:.1f} megapixels at most, the largest size video players decode")
+    if info.hdr:
+        notes.append(f"{info.path.name} is {info.hdr} HDR video: its frames are tone-mapped to SDR (BT.709), "
+                     "as the H.264 result is shown")
+    return tuple(notes)
 
 
 def _output_frames(job: Job, options: LipSyncOptions, found: FaceBoxes) -> Iterator[Pair]:

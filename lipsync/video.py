@@ -26,18 +26,25 @@ __all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "file_a
 MAX_FRAME_SIDE = 4096  # px; larger pictures and videos are scaled down to fit …
 MAX_FRAME_PIXELS = 3840 * 2160  # … and to at most 4K UHD's area: H.264 level 5.1, what hardware decoders accept
 NO_CROP = (0, -1, 0, -1)  # y1, y2, x1, x2; -1 is that edge of the frame
+# HDR video (a phone's HLG, HDR10's PQ) to the SDR BT.709 frames lipsync works on and writes: linear light with ITU-R
+# BT.2408's reference white (203 cd/m²) as SDR's white, BT.2020's colours into BT.709's, highlights above 0.6 of
+# white rolled off (mobius) rather than clipped, then BT.709's curve. Without it the frames come out dark and grey.
+HDR_TO_SDR = ("zscale=transfer=linear:primaries=bt709:npl=203,format=gbrpf32le,"
+              "tonemap=tonemap=mobius:param=0.6:desat=0,zscale=transfer=bt709,format=gbrp")
 
 
 # ---------------------------------------------------------------- reading frames
 
 
-def read_args(path: str | Path, fps: float) -> list[str]:
+def read_args(path: str | Path, fps: float, hdr: bool = False) -> list[str]:
     """ffmpeg command streaming the first video stream as raw BGR frames at a constant `fps` to stdout.
 
     ffmpeg applies rotation metadata itself; the fps filter turns variable-rate input into frames
     at exactly i/fps (duplicating or dropping as timestamps demand) and leaves constant-rate input alone.
+    An HDR video is tone-mapped to SDR first (HDR_TO_SDR).
     """
-    return [*ffmpeg.head(), "-i", file_arg(path), "-map", "0:v:0", "-vf", f"fps={rate_arg(fps)}",
+    filters = f"{HDR_TO_SDR},fps={rate_arg(fps)}" if hdr else f"fps={rate_arg(fps)}"
+    return [*ffmpeg.head(), "-i", file_arg(path), "-map", "0:v:0", "-vf", filters,
             "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
 
 
@@ -100,7 +107,7 @@ class FrameReader:
     def _next_video_frame(self) -> Frame | None:
         """The next frame from ffmpeg (started on first use); None after the last, once ffmpeg exited well."""
         if self._process is None:
-            self._process = ffmpeg.Process(read_args(self.path, self.info.fps), stdout=True)
+            self._process = ffmpeg.Process(read_args(self.path, self.info.fps, bool(self.info.hdr)), stdout=True)
         assert self._process.stdout is not None
         frame = np.empty((self.info.height, self.info.width, 3), dtype=np.uint8)
         got = _read_exactly(self._process.stdout, memoryview(frame).cast("B"))

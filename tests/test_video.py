@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from lipsync.encoding import write_args
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import probe_args, rate_arg, tail
 from lipsync.video import (
+    HDR_TO_SDR,
     MAX_FRAME_PIXELS,
     FrameCache,
     FrameReader,
@@ -57,7 +59,9 @@ def test_read_args_stream_bgr_at_constant_rate() -> None:
     args = read_args("clip.mp4", 30000 / 1001)
     joined = " ".join(args)
     assert "-nostdin" in args and "-map 0:v:0" in joined
-    assert "fps=30000/1001" in args
+    assert "fps=30000/1001" in args and "tonemap" not in joined
+    hdr = read_args("clip.mp4", 25.0, hdr=True)
+    assert hdr[hdr.index("-vf") + 1] == f"{HDR_TO_SDR},fps=25", "tone-mapped, then resampled"
     assert "-f rawvideo -pix_fmt bgr24 pipe:1" in joined
 
 
@@ -112,6 +116,35 @@ def test_variable_frame_rate_is_resampled_by_time(tmp_path: Path) -> None:
     seconds = np.array([frame.mean() for frame in frames]) / 100  # brightness -> source frame's time
     expected = np.arange(len(frames)) / info.fps
     assert np.abs(seconds - expected).max() < 0.08 + 1 / info.fps, "frame i must show time i/fps"
+
+
+def _hdr_clip(photo: Path, folder: Path, transfer: str) -> Path:
+    """The photo as 10-bit BT.2020 HDR video (lossless FFV1), made as ITU-R BT.2408 says: SDR white at 203 cd/m²."""
+    clip = folder / f"{transfer}.mkv"
+    ffmpeg("-loop", "1", "-i", photo, "-frames:v", "3", "-vf",
+           f"format=gbrpf32le,zscale=tin=bt709:pin=bt709:t={transfer}:p=bt2020:m=bt2020nc:r=tv:npl=203,"
+           "format=yuv420p10le", "-c:v", "ffv1", "-color_trc", transfer, "-color_primaries", "bt2020",
+           "-colorspace", "bt2020nc", clip)  # fmt: skip
+    return clip
+
+
+@pytest.mark.parametrize("transfer, kind", [("arib-std-b67", "HLG"), ("smpte2084", "HDR10/PQ")])
+def test_hdr_video_is_tone_mapped_to_the_sdr_it_shows(tmp_path: Path, astronaut_bgr: np.ndarray, transfer: str,
+                                                      kind: str) -> None:  # fmt: skip
+    """A phone's HDR video, read as SDR: near the SDR photo it was made from, where read as it is it came out
+    dark and grey."""
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    clip = _hdr_clip(photo, tmp_path, transfer)
+    info = probe(clip)
+    assert info.hdr == kind and probe(photo).hdr == ""
+    with read_frames(clip, info) as frames, read_frames(clip, replace(info, transfer="")) as untouched:
+        frame, as_it_is = next(frames).astype(int), next(untouched).astype(int)
+    assert np.abs(frame - astronaut_bgr).mean() < 6, "within the roll-off of the brightest parts"
+    assert np.abs(as_it_is - astronaut_bgr).mean() > 15
+    saturation = [cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_BGR2HSV)[..., 1].mean()
+                  for image in (astronaut_bgr, frame, as_it_is)]  # fmt: skip
+    assert abs(saturation[1] - saturation[0]) < 0.1 * saturation[0] < saturation[0] - saturation[2]
 
 
 def test_early_close_leaves_no_ffmpeg_process(clips: dict[str, Path]) -> None:
