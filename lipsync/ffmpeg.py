@@ -3,6 +3,7 @@ and piped processes that are always killed, reaped and have every pipe and file 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -101,6 +102,13 @@ def run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     except FileNotFoundError as error:
         raise _not_found(error, args) from error
+
+
+@functools.lru_cache(maxsize=None)
+def has_filters(*names: str) -> bool:
+    """Whether this ffmpeg has every one of these filters (builds differ: zscale needs libzimg)."""
+    listed = run([FFMPEG, "-hide_banner", "-filters"]).stdout.decode(errors="replace").split()
+    return all(name in listed for name in names)
 
 
 class Process:

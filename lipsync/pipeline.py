@@ -187,9 +187,12 @@ def _input_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, .
     if video.fitted_size(width, height) != (width, height):
         notes.append(f"{info.path.name} is {info.width}×{info.height} px: frames are scaled down to "
                      f"{video.MAX_FRAME_PIXELS / 1e6:.1f} megapixels at most, the largest size video players decode")
-    if info.hdr:
+    if video.tone_maps(info):
         notes.append(f"{info.path.name} is {info.hdr} HDR video: its frames are tone-mapped to SDR (BT.709), "
                      "as the H.264 result is shown")
+    elif info.hdr:
+        notes.append(f"{info.path.name} is {info.hdr} HDR video, and this ffmpeg lacks the zscale filter that "
+                     "tone-maps it: the result's colours will look dull (Debian's and Ubuntu's ffmpeg have it)")
     return tuple(notes)
 
 

@@ -21,7 +21,7 @@ from lipsync.types import Frame
 
 __all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "file_arg", "fit", "fitted_size",
            "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames", "read_image",
-           "require_ffmpeg", "transform", "transformed_size"]
+           "require_ffmpeg", "tone_maps", "transform", "transformed_size"]
 
 MAX_FRAME_SIDE = 4096  # px; larger pictures and videos are scaled down to fit …
 MAX_FRAME_PIXELS = 3840 * 2160  # … and to at most 4K UHD's area: H.264 level 5.1, what hardware decoders accept
@@ -31,9 +31,15 @@ NO_CROP = (0, -1, 0, -1)  # y1, y2, x1, x2; -1 is that edge of the frame
 # white rolled off (mobius) rather than clipped, then BT.709's curve. Without it the frames come out dark and grey.
 HDR_TO_SDR = ("zscale=transfer=linear:primaries=bt709:npl=203,format=gbrpf32le,"
               "tonemap=tonemap=mobius:param=0.6:desat=0,zscale=transfer=bt709,format=gbrp")
+TONE_MAP_FILTERS = ("zscale", "tonemap")
 
 
 # ---------------------------------------------------------------- reading frames
+
+
+def tone_maps(info: MediaInfo) -> bool:
+    """Whether this video's frames are read tone-mapped: it is HDR, and this ffmpeg has the filters for it."""
+    return bool(info.hdr) and ffmpeg.has_filters(*TONE_MAP_FILTERS)
 
 
 def read_args(path: str | Path, fps: float, hdr: bool = False) -> list[str]:
@@ -107,7 +113,7 @@ class FrameReader:
     def _next_video_frame(self) -> Frame | None:
         """The next frame from ffmpeg (started on first use); None after the last, once ffmpeg exited well."""
         if self._process is None:
-            self._process = ffmpeg.Process(read_args(self.path, self.info.fps, bool(self.info.hdr)), stdout=True)
+            self._process = ffmpeg.Process(read_args(self.path, self.info.fps, tone_maps(self.info)), stdout=True)
         assert self._process.stdout is not None
         frame = np.empty((self.info.height, self.info.width, 3), dtype=np.uint8)
         got = _read_exactly(self._process.stdout, memoryview(frame).cast("B"))

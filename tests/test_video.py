@@ -30,6 +30,7 @@ from lipsync.video import (
     read_args,
     read_frames,
     read_image,
+    tone_maps,
     transform,
     transformed_size,
 )
@@ -145,6 +146,24 @@ def test_hdr_video_is_tone_mapped_to_the_sdr_it_shows(tmp_path: Path, astronaut_
     saturation = [cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_BGR2HSV)[..., 1].mean()
                   for image in (astronaut_bgr, frame, as_it_is)]  # fmt: skip
     assert abs(saturation[1] - saturation[0]) < 0.1 * saturation[0] < saturation[0] - saturation[2]
+
+
+def test_without_zscale_hdr_is_read_as_it_is_and_the_run_says_so(tmp_path: Path, astronaut_bgr: np.ndarray,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from lipsync import ffmpeg as tools
+    from lipsync import pipeline
+    from lipsync.options import LipSyncOptions
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    info = probe(_hdr_clip(photo, tmp_path, "arib-std-b67"))
+    assert tools.has_filters("zscale", "tonemap") and not tools.has_filters("zscale", "no-such-filter")
+    assert tone_maps(info) and "tone-mapped to SDR" in pipeline._input_notes(info, LipSyncOptions())[0]
+    monkeypatch.setattr(tools, "has_filters", lambda *names: False)  # an ffmpeg built without libzimg
+    assert not tone_maps(info)
+    with read_frames(info.path, info) as frames:
+        assert next(frames).shape == astronaut_bgr.shape
+    assert "lacks the zscale filter" in pipeline._input_notes(info, LipSyncOptions())[0]
 
 
 def test_early_close_leaves_no_ffmpeg_process(clips: dict[str, Path]) -> None:
