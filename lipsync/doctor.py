@@ -169,7 +169,25 @@ def _tools() -> List[Line]:
             lines.append(Line(tool, f"missing (only {needed_for} needs it)"))
         else:
             lines.append(Line(tool, "missing: install it (apt-get install ffmpeg)", blocking=True))
-    return lines
+        if tool == "ffmpeg" and version is not None:
+            lines.append(_hdr_line())
+    return [*lines, _heic_line()]
+
+
+def _hdr_line() -> Line:
+    from . import ffmpeg, video
+
+    if ffmpeg.has_filters(*video.TONE_MAP_FILTERS):
+        return Line("hdr video", "tone-mapped to SDR (ffmpeg has zscale and tonemap)")
+    return Line("hdr video", "read as it is, colours dull: this ffmpeg lacks zscale or tonemap (Debian's has both)")
+
+
+def _heic_line() -> Line:
+    from . import picture
+
+    if picture.reads_heif():
+        return Line("heic photos", f"read (pillow-heif {importlib.metadata.version('pillow-heif')})")
+    return Line("heic photos", "cannot be read: pip install pillow-heif")
 
 
 def tool_version(tool: str) -> Optional[str]:

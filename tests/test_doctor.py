@@ -21,7 +21,7 @@ from lipsync import cpu, cuda, doctor, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("python", "paddle", "cuda links", "libcudnn.so", "libcublas.so", "gpus", "device auto",
-          "cpu", "ffmpeg", "ffprobe", "espeak-ng", "models dir", "wav2lip_hq", "s3fd", "generator", "detector",
+          "cpu", "ffmpeg", "hdr video", "ffprobe", "espeak-ng", "heic photos", "models dir", "wav2lip_hq", "s3fd", "generator", "detector",
           "precision", "edge-tts", "verdict")  # fmt: skip
 
 
@@ -89,6 +89,8 @@ def test_reports_every_line_and_passes_on_this_machine():
     assert set(LABELS) <= set(found), f"missing lines: {set(LABELS) - set(found)}"
     assert found["python"].startswith(sys.version.split()[0])
     assert found["ffmpeg"][0].isdigit() and found["verdict"].startswith("ok")
+    assert found["hdr video"] == "tone-mapped to SDR (ffmpeg has zscale and tonemap)", "Debian's ffmpeg has both"
+    assert found["heic photos"].startswith("read (pillow-heif "), "requirements-cpu.txt installs it"
     assert found["device auto"].startswith(("cpu", "gpu"))
     assert found["wav2lip_hq"].startswith("models dir "), "conftest put random wav2lip_hq weights in $LIPSYNC_MODELS"
     assert found["generator"] == "wav2lip_hq ready (models dir)"
@@ -115,7 +117,7 @@ def test_without_ffmpeg_no_job_can_run(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no ffmpeg, ffprobe or espeak-ng
     code, found = _run()
     assert code == doctor.EXIT_BLOCKED
-    assert found["ffmpeg"].startswith("missing") and "ffmpeg" in found["verdict"]
+    assert found["ffmpeg"].startswith("missing") and "ffmpeg" in found["verdict"] and "hdr video" not in found
     assert found["espeak-ng"].startswith("missing (only"), "espeak-ng is optional: it must not block"
 
 
@@ -256,3 +258,12 @@ def test_cli_doctor_needs_no_face_audio_or_outfile():
     assert "verdict" in done.stdout and "required" not in done.stderr
     bare = subprocess.run([sys.executable, "-m", "lipsync"], env=env, capture_output=True, text=True)
     assert bare.returncode == 2 and "--face" in bare.stderr, "a job still needs its inputs"
+
+
+def test_an_ffmpeg_without_zscale_and_no_pillow_heif_are_named(monkeypatch):
+    from lipsync import ffmpeg, picture
+
+    monkeypatch.setattr(ffmpeg, "has_filters", lambda *names: False)
+    monkeypatch.setattr(picture, "reads_heif", lambda: False)
+    assert "lacks zscale or tonemap" in doctor._hdr_line().text
+    assert doctor._heic_line().text == "cannot be read: pip install pillow-heif"
