@@ -5,6 +5,7 @@ decoded by Pillow: when each frame starts, and the frames at a constant rate, as
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from lipsync.types import Frame
 
 ANIMATED_FORMATS = ("WEBP",)  # Pillow formats whose animations go through Pillow (ffmpeg reads GIF, APNG, AVIF)
 MS_PER_SECOND = 1000.0
+DESCRIBED_FILES = 16  # animations whose frame times are remembered (a tuple of floats each)
 UNTIMED_FRAME_MS = 100  # how long a frame stating no duration (0 ms) shows: what browsers do for GIFs
 
 
@@ -40,8 +42,19 @@ class Animation:
 
 def describe(path: str | Path) -> Animation | None:
     """The size and frame times of an animation of two or more frames; None when the file is no such animation
-    (a still WebP, or not a WebP). Decodes every frame once: the file states a frame's duration only beside its
-    pixels. LipSyncError when a frame is damaged."""
+    (a still WebP, or not a WebP). Decodes every frame, as the file states a frame's duration only beside its
+    pixels: once per file version, as the app probes one face for its limits, its face picker and its run.
+    LipSyncError when a frame is damaged."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return _described(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=DESCRIBED_FILES)
+def _described(path: str, mtime_ns: int, size: int) -> Animation | None:
+    """describe() of one version of a file (its modification time and size are part of the key)."""
     image = _open(path)
     if image is None:
         return None

@@ -175,9 +175,9 @@ def _tools() -> List[Line]:
 
 
 def _hdr_line() -> Line:
-    from . import ffmpeg, video
+    from . import video
 
-    if ffmpeg.has_filters(*video.TONE_MAP_FILTERS):
+    if video.can_tone_map():
         return Line("hdr video", "tone-mapped to SDR (ffmpeg has zscale and tonemap)")
     return Line("hdr video", "read as it is, colours dull: this ffmpeg lacks zscale or tonemap (Debian's has both)")
 

@@ -19,8 +19,8 @@ from lipsync.mediainfo import MediaInfo, probe
 from lipsync.picture import read_image
 from lipsync.types import Frame
 
-__all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "file_arg", "fit", "fitted_size",
-           "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames", "read_image",
+__all__ = ["MAX_FRAME_PIXELS", "FrameCache", "FrameReader", "MediaInfo", "can_tone_map", "file_arg", "fit",
+           "fitted_size", "pingpong_index", "probe", "probe_args", "rate_arg", "read_args", "read_frames", "read_image",
            "require_ffmpeg", "tone_maps", "transform", "transformed_size"]
 
 MAX_FRAME_SIDE = 4096  # px; larger pictures and videos are scaled down to fit …
@@ -37,9 +37,14 @@ TONE_MAP_FILTERS = ("zscale", "tonemap")
 # ---------------------------------------------------------------- reading frames
 
 
+def can_tone_map() -> bool:
+    """Whether this ffmpeg has the filters HDR_TO_SDR needs (zscale needs libzimg)."""
+    return ffmpeg.has_filters(*TONE_MAP_FILTERS)
+
+
 def tone_maps(info: MediaInfo) -> bool:
     """Whether this video's frames are read tone-mapped: it is HDR, and this ffmpeg has the filters for it."""
-    return bool(info.hdr) and ffmpeg.has_filters(*TONE_MAP_FILTERS)
+    return bool(info.hdr) and can_tone_map()
 
 
 def read_args(path: str | Path, fps: float, hdr: bool = False) -> list[str]:

@@ -72,6 +72,21 @@ def test_frames_are_held_and_dropped_as_ffmpeg_does_for_the_same_gif(tmp_path: P
     assert shown[0] == 0 and shown[-1] == 4
 
 
+def test_an_animation_is_decoded_once_per_version_of_the_file(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The app probes one face three times (its limits, its face picker, its run): the frame times are decoded once,
+    and again only when the file changes."""
+    path = webp(tmp_path / "a.webp", [100] * 3)
+    decoded = []
+    real = animation._duration
+    monkeypatch.setattr(animation, "_duration", lambda *args: decoded.append(args[1]) or real(*args))
+    assert video.probe(path).frame_count == video.probe(path).frame_count == 3
+    assert decoded == [0, 1, 2]
+    webp(path, [100] * 4)
+    os.utime(path, ns=(1, 1))  # a new version even where the clock is coarse
+    assert video.probe(path).frame_count == 4 and len(decoded) == 7
+
+
 def test_the_reader_keeps_no_file_open(tmp_path: Path) -> None:
     path = webp(tmp_path / "a.webp", [100] * 6)
     info = video.probe(path)
