@@ -168,6 +168,18 @@ def ffprobe(path: Path) -> dict:
     return json.loads(out.stdout)
 
 
+def heic_copy(photo: Path, folder: Path) -> Path:
+    """The photo saved as an iPhone names its photos (IMG_0001.HEIC), by pillow-heif, which lipsync loads on need."""
+    from PIL import Image
+
+    from lipsync import picture
+
+    picture.register_plugins()
+    heic = folder / "IMG_0001.HEIC"
+    Image.open(photo).save(heic, quality=90)
+    return heic
+
+
 def media_seconds(path: Path) -> float:
     """A media file's duration as its container states it (ffprobe)."""
     return float(ffprobe(path)["format"]["duration"])

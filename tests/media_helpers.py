@@ -1,6 +1,7 @@
 """What the tests of ffmpeg's readers and writers share (test_video, test_encoding, test_ffmpeg, test_segments, and
 test_faults, test_stream for their clean-up checks): small clips, ffmpeg and ffprobe runs, and checks that nothing
-(processes, descriptors) is left behind, waiting for what a thread ends just after."""
+(processes, descriptors) is left behind, waiting for what a thread ends just after; and HDR clips (for
+test_end_to_end too)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ ODD_SIZE = (321, 241)  # width, height
 
 def ffmpeg(*args: str | Path) -> None:
     subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *map(str, args)], check=True)
+
+
+def hdr_clip(photo: Path, folder: Path, transfer: str) -> Path:
+    """The photo as 10-bit BT.2020 HDR video (lossless FFV1), made as ITU-R BT.2408 says: SDR white at 203 cd/m²."""
+    clip = folder / f"{transfer}.mkv"
+    ffmpeg("-loop", "1", "-i", photo, "-frames:v", "3", "-vf",
+           f"format=gbrpf32le,zscale=tin=bt709:pin=bt709:t={transfer}:p=bt2020:m=bt2020nc:r=tv:npl=203,"
+           "format=yuv420p10le", "-c:v", "ffv1", "-color_trc", transfer, "-color_primaries", "bt2020",
+           "-colorspace", "bt2020nc", clip)  # fmt: skip
+    return clip
 
 
 def ffmpeg_children() -> list[str]:

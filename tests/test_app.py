@@ -20,7 +20,7 @@ import cv2
 import gradio as gr
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe, media_seconds
+from conftest import ROOT, ffprobe, heic_copy, media_seconds
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -166,13 +166,7 @@ def test_photo_and_audio_make_a_talking_video(client, media, voice_files):
 
 def test_an_iphone_s_heic_photo_speaks(client, media, voice_files, tmp_path):
     """gradio opens an uploaded picture with PIL before lipsync sees it: PIL must know HEIC by then."""
-    from PIL import Image
-
-    from lipsync import picture
-
-    picture.register_plugins()
-    heic = tmp_path / "IMG_0001.HEIC"
-    Image.open(media["photo"]).save(heic, quality=90)
+    heic = heic_copy(media["photo"], tmp_path)
     video, _, status = client.predict(face_image=handle_file(str(heic)), audio=handle_file(str(voice_files["hello"])),
                                       api_name="/lipsync")  # fmt: skip
     _check_video(video, voice_files["hello"], (512, 512))

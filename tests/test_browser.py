@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
-from conftest import SPEECH_TEXT, ffprobe, media_seconds  # noqa: E402
+from conftest import SPEECH_TEXT, ffprobe, heic_copy, media_seconds  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from test_app import AV_TOLERANCE_S, launch_app, readme_block  # noqa: E402  (conftest put tests/ on sys.path)
 
@@ -280,13 +280,7 @@ def test_the_face_picker_makes_the_second_face_speak(page, astronaut_bgr, tmp_pa
 def test_an_iphone_s_heic_photo_shows_on_the_page(page, media, tmp_path):
     """Chromium cannot show HEIC: the upload is shown as the JPEG the app made of it, and its face is found. (The
     file comes typed image/heic, as a Mac or an iPhone sends it; Linux's Chromium knows no type for .HEIC.)"""
-    from PIL import Image
-
-    from lipsync import picture
-
-    picture.register_plugins()
-    heic = tmp_path / "IMG_0001.HEIC"
-    Image.open(media["photo"]).save(heic, quality=90)
+    heic = heic_copy(media["photo"], tmp_path)
     upload = {"name": heic.name, "mimeType": "image/heic", "buffer": heic.read_bytes()}
     page.locator("#face-image input[type=file]").set_input_files(upload)
     shown = page.locator("#face-image img")

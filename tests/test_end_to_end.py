@@ -113,9 +113,9 @@ def test_an_animation_at_10_frames_a_second_speaks_at_25_with_its_frames_held(me
 def test_a_phone_s_hdr_video_speaks_in_its_own_colours(media, astronaut_bgr, tmp_path):
     """HLG video (what phones record) of the photo: the result is tone-mapped SDR, near the photo's colours away from
     the mouth (read as it is, it came out dark and grey), and the notes say why it looks as it does."""
-    from test_video import _hdr_clip
+    from media_helpers import hdr_clip
 
-    clip = _hdr_clip(media["photo"], tmp_path, "arib-std-b67")
+    clip = hdr_clip(media["photo"], tmp_path, "arib-std-b67")
     out = tmp_path / "hlg.mp4"
     result = lipsync.run(clip, media["speech"], out, HAAR)
     assert any("is HLG HDR video: its frames are tone-mapped to SDR (BT.709)" in note for note in result.notes)

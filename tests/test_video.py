@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import quadrants
-from media_helpers import AUDIO_SECONDS, ODD_SIZE, ffmpeg, ffmpeg_children, no_garbage_collection, open_fds
+from media_helpers import AUDIO_SECONDS, ODD_SIZE, ffmpeg, ffmpeg_children, hdr_clip, no_garbage_collection, open_fds
 
 from lipsync.encoding import write_args
 from lipsync.errors import LipSyncError
@@ -119,16 +119,6 @@ def test_variable_frame_rate_is_resampled_by_time(tmp_path: Path) -> None:
     assert np.abs(seconds - expected).max() < 0.08 + 1 / info.fps, "frame i must show time i/fps"
 
 
-def _hdr_clip(photo: Path, folder: Path, transfer: str) -> Path:
-    """The photo as 10-bit BT.2020 HDR video (lossless FFV1), made as ITU-R BT.2408 says: SDR white at 203 cd/m²."""
-    clip = folder / f"{transfer}.mkv"
-    ffmpeg("-loop", "1", "-i", photo, "-frames:v", "3", "-vf",
-           f"format=gbrpf32le,zscale=tin=bt709:pin=bt709:t={transfer}:p=bt2020:m=bt2020nc:r=tv:npl=203,"
-           "format=yuv420p10le", "-c:v", "ffv1", "-color_trc", transfer, "-color_primaries", "bt2020",
-           "-colorspace", "bt2020nc", clip)  # fmt: skip
-    return clip
-
-
 @pytest.mark.parametrize("transfer, kind", [("arib-std-b67", "HLG"), ("smpte2084", "HDR10/PQ")])
 def test_hdr_video_is_tone_mapped_to_the_sdr_it_shows(tmp_path: Path, astronaut_bgr: np.ndarray, transfer: str,
                                                       kind: str) -> None:  # fmt: skip
@@ -136,7 +126,7 @@ def test_hdr_video_is_tone_mapped_to_the_sdr_it_shows(tmp_path: Path, astronaut_
     dark and grey."""
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), astronaut_bgr)
-    clip = _hdr_clip(photo, tmp_path, transfer)
+    clip = hdr_clip(photo, tmp_path, transfer)
     info = probe(clip)
     assert info.hdr == kind and probe(photo).hdr == ""
     with read_frames(clip, info) as frames, read_frames(clip, replace(info, transfer="")) as untouched:
@@ -148,15 +138,16 @@ def test_hdr_video_is_tone_mapped_to_the_sdr_it_shows(tmp_path: Path, astronaut_
     assert abs(saturation[1] - saturation[0]) < 0.1 * saturation[0] < saturation[0] - saturation[2]
 
 
-def test_without_zscale_hdr_is_read_as_it_is_and_the_run_says_so(tmp_path: Path, astronaut_bgr: np.ndarray,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_without_zscale_hdr_is_read_as_it_is_and_the_run_says_so(
+    tmp_path: Path, astronaut_bgr: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lipsync import ffmpeg as tools
     from lipsync import pipeline
     from lipsync.options import LipSyncOptions
 
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), astronaut_bgr)
-    info = probe(_hdr_clip(photo, tmp_path, "arib-std-b67"))
+    info = probe(hdr_clip(photo, tmp_path, "arib-std-b67"))
     assert tools.has_filters("zscale", "tonemap") and not tools.has_filters("zscale", "no-such-filter")
     assert tone_maps(info) and "tone-mapped to SDR" in pipeline._input_notes(info, LipSyncOptions())[0]
     monkeypatch.setattr(tools, "has_filters", lambda *names: False)  # an ffmpeg built without libzimg

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import media_seconds
+from conftest import heic_copy, media_seconds
 from test_app import refused_proxy
 
 import lipsync
@@ -301,13 +301,10 @@ def test_one_face_and_one_voice_at_a_time(tmp_path):
 
 def test_an_uploaded_heic_is_shown_as_a_jpeg_and_nothing_else_is_touched(tmp_path, media):
     import numpy as np
-    from PIL import Image
 
     from lipsync import picture
 
-    picture.register_plugins()
-    heic = tmp_path / "IMG_0001.HEIC"
-    Image.open(media["photo"]).save(heic, quality=90)
+    heic = heic_copy(media["photo"], tmp_path)
     shown = Path(form.viewable_picture(str(heic)))
     assert shown == tmp_path / "IMG_0001.jpg"
     difference = np.abs(picture.read_image(shown).astype(int) - picture.read_image(heic).astype(int))
