@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ AUDIO_BITRATE = "192k"
 # the default in 2018 for that reason: FFmpeg commit fcb681ac); twoloop, the default here, took 0.26 CPU s for
 # 13.7 s of speech against 0.12, on the cores the generator needs
 AUDIO_CODER = "fast"
+SAR_MAX = 65535  # H.264 stores a pixel's aspect as two 16-bit numbers: setsar keeps the ratio exact up to them
 MAX_AUDIO_RATE = 48000  # Hz; higher source rates are resampled down, lower ones kept as they are
 MAX_AUDIO_CHANNELS = 2  # surround sound is mixed down to stereo, which every browser plays
 # The mp4 muxer's options, alone or as the tee's slave (lipsync.segments): the index first, so it plays while it loads
@@ -59,20 +61,31 @@ def _hold(hold_last_frame: bool) -> list[str]:
     return ["tpad=stop=-1:stop_mode=clone"] if hold_last_frame else []  # -t cuts it at the audio's end
 
 
-def _video_filters(width: int, height: int, hold_last_frame: bool, flags: str = "") -> str:
-    """Filter chain for the writer: pad odd sizes by one smeared pixel, optionally hold the last frame, to yuv."""
+def _shown_as(pixel_aspect: Fraction) -> list[str]:
+    """Tag the frames with their pixels' aspect (none for square pixels), so that players stretch them as the
+    input was shown: raw frames on a pipe have no aspect of their own."""
+    if pixel_aspect == 1:
+        return []
+    return [f"setsar=sar={pixel_aspect.numerator}/{pixel_aspect.denominator}:max={SAR_MAX}"]
+
+
+def _video_filters(width: int, height: int, hold_last_frame: bool, flags: str = "",
+                   pixel_aspect: Fraction = Fraction(1)) -> str:  # fmt: skip
+    """Filter chain for the writer: pad odd sizes by one smeared pixel, optionally hold the last frame, to yuv,
+    with the pixels' aspect."""
     filters = []
     if width % 2 or height % 2:
         filters.append(f"pad={width + width % 2}:{height + height % 2}")
         filters.append(f"fillborders=right={width % 2}:bottom={height % 2}:mode=smear")
-    return ",".join([*filters, *_hold(hold_last_frame), _to_yuv(flags)])
+    return ",".join([*filters, *_hold(hold_last_frame), _to_yuv(flags), *_shown_as(pixel_aspect)])
 
 
-def _canvas_graph(canvas: Canvas, fps: float, hold_last_frame: bool) -> str:
+def _canvas_graph(canvas: Canvas, fps: float, hold_last_frame: bool, pixel_aspect: Fraction = Fraction(1)) -> str:
     """Filter graph for a still: its picture (input 1) converted once and repeated at the frame rate, each
     frame's changed part (input 0) converted and laid over it; ends with the parts (then held, if asked)."""
     region, convert = canvas.region, _to_yuv(SCALE_FLAGS)
-    over = [f"overlay=x={region.x}:y={region.y}:format=yuv420:shortest=1", *_hold(hold_last_frame)]
+    over = [f"overlay=x={region.x}:y={region.y}:format=yuv420:shortest=1", *_hold(hold_last_frame),
+            *_shown_as(pixel_aspect)]
     return (f"[1:v]{convert},loop=loop=-1:size=1,setpts=round(N/({rate_arg(fps)})/TB)[canvas];[0:v]{convert}[part];"
             f"[canvas][part]{','.join(over)}[video]")
 
@@ -99,6 +112,7 @@ def write_args(
     still: bool = False,
     canvas: Canvas | None = None,
     threads: int = 0,
+    pixel_aspect: Fraction = Fraction(1),
 ) -> list[str]:
     """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to mp4 (and,
     given `segments_folder`, from the same encode to one-second segments there: see lipsync.segments).
@@ -107,6 +121,7 @@ def write_args(
     audio's end (`-t`), which `-shortest` does not guarantee with piped video. A `still`'s frames are
     converted with SCALE_FLAGS and encoded with STILL_X264_PARAMS; given its `canvas`, stdin carries only the
     region of each frame that changes. `threads` > 0 caps ffmpeg's filter and encoder threads (encoder_threads).
+    The output is tagged with `pixel_aspect` (a DVD's 64/45), the width over the height of a pixel as shown.
     """
     timed = audio is not None and audio_duration > 0
     still = still or canvas is not None  # a canvas is only ever a still's
@@ -121,9 +136,11 @@ def write_args(
         args += ["-i", file_arg(audio)]
     seconds = audio_duration if timed else 0.0
     if canvas is not None:
-        video = ["-filter_complex", _canvas_graph(canvas, fps, hold_last_frame=seconds > 0), "-map", "[video]"]
+        graph = _canvas_graph(canvas, fps, hold_last_frame=seconds > 0, pixel_aspect=pixel_aspect)
+        video = ["-filter_complex", graph, "-map", "[video]"]
     else:
-        video = ["-vf", _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else ""), "-map", "0:v:0"]
+        chain = _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else "", pixel_aspect)
+        video = ["-vf", chain, "-map", "0:v:0"]
     maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
     encode = _encode_args(audio is not None, seconds, audio_sample_rate, audio_channels, crf, preset, still)
     if threads > 0:
@@ -179,14 +196,15 @@ class VideoWriter:
     moved into place.
     A `still`'s frames are converted exactly per 2x2 block; given a still's `canvas`, write() takes only the
     region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
-    `threads` > 0 caps ffmpeg's threads (encoder_threads says when).
+    `threads` > 0 caps ffmpeg's threads (encoder_threads says when). `pixel_aspect` is the width over the height
+    of a pixel as the frames are to be shown (not 1 for an anamorphic video's frames).
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
                  preset: str = VIDEO_PRESET, segments: SegmentSink | None = None,
                  audio_info: MediaInfo | None = None, still: bool = False, canvas: Canvas | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, pixel_aspect: Fraction = Fraction(1)) -> None:
         self.path = Path(path)
         self.width, self.height = size
         part = (canvas.region.height, canvas.region.width) if canvas is not None else (self.height, self.width)
@@ -205,7 +223,7 @@ class VideoWriter:
         options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
                        audio_sample_rate=sound.audio_sample_rate if sound else 0,
                        audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
-                       still=still, canvas=canvas, threads=threads)
+                       still=still, canvas=canvas, threads=threads, pixel_aspect=pixel_aspect)
         self._stream = SegmentStream(segments, temp_dir) if segments is not None else None
         folder = self._stream.folder if self._stream is not None else None
         args = write_args(self._partial, segments_folder=folder, **options)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Tuple
 
 import numpy as np
@@ -41,6 +42,12 @@ def frame_size(info: video.MediaInfo, options: LipSyncOptions) -> Size:
     if options.box is not None:
         faces.fixed_box(options.box, (height, width))
     return width, height
+
+
+def pixel_aspect(info: video.MediaInfo, options: LipSyncOptions) -> Fraction:
+    """How much wider than tall the pixels of the frames a run works on are shown: the video's own (an anamorphic
+    video's are not square), turned with --rotate; --resize_factor, --crop and the fit keep it."""
+    return 1 / info.pixel_aspect if options.rotate else info.pixel_aspect
 
 
 def _check_resize(info: video.MediaInfo, factor: int) -> None:

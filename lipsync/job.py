@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
@@ -38,6 +39,7 @@ class Job:
     segments: Optional[SegmentSink] = None  # where finished pieces of the output go while it is encoded
     still_frame: Optional[Frame] = None  # a still's one frame, decoded while the networks load
     sound: Optional[video.MediaInfo] = None  # the audio file's streams, for the encoder (probed while they load)
+    pixel_aspect: Fraction = Fraction(1)  # how much wider than tall the frames' pixels are shown (an anamorphic video)
 
 
 def run_rate(info: video.MediaInfo, options: LipSyncOptions) -> float:

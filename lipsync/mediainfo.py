@@ -17,6 +17,9 @@ IMAGE_FPS = 25.0  # frame rate reported for a still picture: the reference's def
 FALLBACK_FPS = 25.0  # for a video that states no usable frame rate
 PICTURE_DEMUXERS = ("image2", "image2pipe")  # ffmpeg's "*_pipe" demuxers are single pictures too
 HDR_TRANSFERS = {"smpte2084": "HDR10/PQ", "arib-std-b67": "HLG"}  # ffprobe's color_transfer → what people call it
+# A pixel shown this many times wider than tall (or narrower) at most: anamorphic lenses squeeze 2x, a DVD's 16:9 PAL
+# frame 1.42x; a ratio beyond it is a damaged header, and the pixels are taken as square
+MAX_PIXEL_ASPECT = 4
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class MediaInfo:
     # frame's end; its reader decodes it with Pillow. None for anything ffmpeg reads.
     frame_starts: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
     transfer: str = ""  # the video's transfer characteristic as ffprobe names it (smpte2084, arib-std-b67: HDR)
+    # How much wider than tall each pixel is shown (its sample aspect ratio, after rotation): 64/45 for a DVD's 16:9
+    # PAL frame of 720×576, shown at 1024×576; 1 for square pixels, pictures and videos that state none
+    pixel_aspect: Fraction = Fraction(1)
 
     @property
     def hdr(self) -> str:
@@ -125,6 +131,17 @@ def _rotation(stream: dict[str, Any]) -> int:
         return 0
 
 
+def _pixel_aspect(stream: dict[str, Any], rotation: int) -> Fraction:
+    """The video's sample aspect ratio (ffprobe's "64:45"), turned with the picture; 1 when it states none."""
+    try:
+        aspect = Fraction(str(stream.get("sample_aspect_ratio", "1:1")).replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return Fraction(1)
+    if not 1 / MAX_PIXEL_ASPECT <= aspect <= MAX_PIXEL_ASPECT:  # 0:1 is ffprobe's "unknown"
+        return Fraction(1)
+    return 1 / aspect if rotation in (90, 270) else aspect
+
+
 def _video_fps(stream: dict[str, Any], duration: float) -> float:
     """Average frame rate (the mean of a variable-rate video): ffprobe's, else its frame count over its duration,
     else the nominal rate (only a guess: 100/s for a two-frame GIF at 10 frames/s, whose average ffprobe omits)."""
@@ -154,7 +171,8 @@ def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
     if rotation in (90, 270):
         width, height = height, width
     return MediaInfo(path, False, width, height, fps, frames, duration, True, audio is not None,
-                     rotation, audio_duration, audio_rate, channels, transfer=video.get("color_transfer", ""))
+                     rotation, audio_duration, audio_rate, channels, transfer=video.get("color_transfer", ""),
+                     pixel_aspect=_pixel_aspect(video, rotation))
 
 
 def _picture_info(path: Path, frame: Frame) -> MediaInfo:

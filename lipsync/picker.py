@@ -75,22 +75,26 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
             recent = {i: f for i, f in recent.items() if i > index - options.detect_every - 1} | {index: frame}
             tracker.push(frame)
             if tracker.first_faces is not None:
-                return _numbered(tracker.first_faces, recent[tracker.first_faces.frame])
+                aspect = float(geometry.pixel_aspect(info, options))
+                return _numbered(tracker.first_faces, recent[tracker.first_faces.frame], aspect)
     return []
 
 
-def _numbered(first: FirstFaces, frame: Frame) -> List[FoundFace]:
+def _numbered(first: FirstFaces, frame: Frame, pixel_aspect: float) -> List[FoundFace]:
     found = []
     for index, ((x1, y1, x2, y2), score) in enumerate(first.faces):
-        found.append(FoundFace(index, (y1, y2, x1, x2), score, first.frame, thumbnail(frame, (x1, y1, x2, y2))))
+        picture = thumbnail(frame, (x1, y1, x2, y2), pixel_aspect)
+        found.append(FoundFace(index, (y1, y2, x1, x2), score, first.frame, picture))
     return found
 
 
-def thumbnail(frame: Frame, box: tuple) -> np.ndarray:
-    """The face with a margin, THUMB_SIDE² RGB (black where the margin runs past the frame)."""
+def thumbnail(frame: Frame, box: tuple, pixel_aspect: float = 1.0) -> np.ndarray:
+    """The face with a margin, THUMB_SIDE² RGB (black where the margin runs past the frame), square as shown: an
+    anamorphic video's pixels (`pixel_aspect` times wider than tall when shown) are stretched as a player would."""
     x1, y1, x2, y2 = box
-    side = int(max(x2 - x1, y2 - y1) * (1 + 2 * THUMB_MARGIN))
-    left, top = (x1 + x2 - side) // 2, (y1 + y2 - side) // 2
-    padded = cv2.copyMakeBorder(frame, side, side, side, side, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-    square = padded[top + side : top + 2 * side, left + side : left + 2 * side]
+    high = int(max((x2 - x1) * pixel_aspect, y2 - y1) * (1 + 2 * THUMB_MARGIN))  # the square's side, in rows
+    wide = max(1, int(high / pixel_aspect))
+    left, top, pad = (x1 + x2 - wide) // 2, (y1 + y2 - high) // 2, max(high, wide)
+    padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    square = padded[top + pad : top + pad + high, left + pad : left + pad + wide]
     return np.ascontiguousarray(cv2.resize(square, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)[..., ::-1])

@@ -164,7 +164,8 @@ def _prepare(face: Path, info: video.MediaInfo, speech: _Speech, outfile: Path, 
     info = read_at(info, fps)
     frames = audio.frame_count(speech.mel.shape[1], fps)
     job = Job(face, speech.path, outfile, info, speech.mel, fps, frames, still, audio.duration(speech.wav), size,
-               _input_notes(info, options), segments, sound=speech.info)
+               _input_notes(info, options), segments, sound=speech.info,
+               pixel_aspect=geometry.pixel_aspect(info, options))
     if still:  # the frame, from the pixels the probe decoded; the job keeps it, not the probe's copy
         job = replace(job, still_frame=_first_frame(job, options), info=replace(info, picture=None))
     return job
@@ -257,7 +258,8 @@ def _encode(job: Job, options: LipSyncOptions, networks: loading.Networks, batch
     in_flight = synth.chunks_in_flight(0 if job.still else first[0].nbytes, batch)
     with encoding.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                               audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound,
-                              still=job.still, canvas=board, threads=threads) as encoder, \
+                              still=job.still, canvas=board, threads=threads,
+                              pixel_aspect=job.pixel_aspect) as encoder, \
             writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer, \
             synth.Ahead(in_flight) as ahead:  # fmt: skip
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):

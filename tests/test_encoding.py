@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,27 @@ def test_a_still_is_encoded_with_its_own_x264_setting_and_a_video_without(tmp_pa
         written[still] = x264_options(out)
     assert " subme=1 " in written[True] and " subme=1 " not in written[False]
     assert " subme=2 " in written[False], "veryfast's own refinement"
+
+
+@pytest.mark.parametrize("kind", ["video", "still"])
+def test_the_output_is_shown_with_its_input_s_pixel_aspect(tmp_path: Path, kind: str) -> None:
+    """Raw frames on a pipe have square pixels: without the tag an anamorphic video (a DVD's 720×576 shown at
+    16:9) came out squeezed to 5:4. Both graphs tag it: whole frames, and a still's canvas with its parts."""
+    from lipsync import canvas
+
+    frame = np.full((576, 720, 3), 90, np.uint8)
+    board = canvas.for_still(frame, (300, 200, 420, 330), "feather", tmp_path) if kind == "still" else None
+    part = frame if board is None else board.region.cut(frame)
+    out = tmp_path / f"{kind}.mp4"
+    with VideoWriter(out, size=(720, 576), fps=25, audio=None, temp_dir=tmp_path, still=board is not None,
+                     canvas=board, pixel_aspect=Fraction(64, 45)) as writer:  # fmt: skip
+        for _ in range(3):
+            writer.write(np.ascontiguousarray(part))
+    stream = ffprobe(out)["streams"][0]
+    assert (stream["width"], stream["height"]) == (720, 576)
+    assert (stream["sample_aspect_ratio"], stream["display_aspect_ratio"]) == ("64:45", "16:9")
+    square = write_args(out, width=720, height=576, fps=25, canvas=board)
+    assert "setsar" not in " ".join(square), "square pixels are left untagged, as before"
 
 
 def test_encoder_threads_are_one_for_a_cpu_drawn_still_up_to_720p_only() -> None:

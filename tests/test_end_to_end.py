@@ -492,3 +492,17 @@ def test_cli_face_enhancement_says_the_cpu_time_first_and_writes_a_playable_vide
     _check_output(out, media["speech"], (512, 512))
     _face_changed_background_kept(read_video_frames(out)[20], astronaut_bgr)
     assert list(scratch.iterdir()) == []
+
+
+def test_an_anamorphic_video_speaks_as_wide_as_it_was_shown(media, astronaut_bgr, tmp_path):
+    """The photo stored 3/4 as wide with pixels shown 4/3 as wide (as a DVD or an HDV camera stores video): the
+    result is shown square again (it came out squeezed: raw frames carry no aspect)."""
+    from media_helpers import ffmpeg
+
+    clip = tmp_path / "anamorphic.mp4"
+    ffmpeg("-loop", "1", "-i", media["photo"], "-frames:v", "12", "-r", "25", "-vf", "scale=384:512,setsar=4/3",
+           "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", clip)  # fmt: skip
+    out = tmp_path / "anamorphic-out.mp4"
+    lipsync.run(clip, media["speech"], out, HAAR)
+    s = _check_output(out, media["speech"], (384, 512))
+    assert (s["video"]["sample_aspect_ratio"], s["video"]["display_aspect_ratio"]) == ("4:3", "1:1")

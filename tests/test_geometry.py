@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,15 @@ def test_frame_size_follows_resize_rotation_crop_and_fit():
     crop = LipSyncOptions(resize_factor=2, rotate=True, crop=(100, -1, 40, 300))
     assert geometry.frame_size(_info(1280, 720), crop) == (260, 540)
     assert geometry.frame_size(_info(8000, 8000), LipSyncOptions()) == video.fitted_size(8000, 8000)
+
+
+def test_pixel_aspect_turns_with_rotate_only():
+    anamorphic = replace(_info(720, 576), pixel_aspect=Fraction(64, 45))
+    assert geometry.pixel_aspect(anamorphic, LipSyncOptions()) == Fraction(64, 45)
+    kept = LipSyncOptions(resize_factor=2, crop=(0, 200, 10, 300))
+    assert geometry.pixel_aspect(anamorphic, kept) == Fraction(64, 45)
+    assert geometry.pixel_aspect(anamorphic, LipSyncOptions(rotate=True)) == Fraction(45, 64)
+    assert geometry.pixel_aspect(_info(720, 576), LipSyncOptions(rotate=True)) == 1
 
 
 def test_frame_size_agrees_with_what_transform_makes_of_a_frame():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_pcm16_wav
+from media_helpers import ffmpeg
 
 from lipsync import mediainfo, video
 from lipsync.errors import LipSyncError
@@ -68,3 +70,28 @@ def test_a_wav_given_as_the_face_is_refused_without_ffprobe(tmp_path: Path, monk
     with pytest.raises(LipSyncError, match="has no video stream"):
         video.probe(path)
     assert calls == []
+
+
+def test_an_anamorphic_video_s_pixel_aspect_is_probed(tmp_path: Path) -> None:
+    """A DVD's 16:9 PAL frame is 720×576 stored pixels shown at 1024×576: each pixel 64/45 as wide as tall."""
+    clip = tmp_path / "pal.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-frames:v", "3", "-vf", "setsar=64/45", clip)
+    info = video.probe(clip)
+    assert (info.width, info.height, info.pixel_aspect) == (720, 576, Fraction(64, 45))
+    square = tmp_path / "square.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-frames:v", "3", square)
+    assert video.probe(square).pixel_aspect == 1
+
+
+@pytest.mark.parametrize("stated, rotation, expected", [
+    ("64:45", 0, Fraction(64, 45)),
+    ("64:45", 90, Fraction(45, 64)),  # the picture is turned: its pixels are too
+    ("4:3", 270, Fraction(3, 4)),
+    ("0:1", 0, Fraction(1)),  # ffprobe's "unknown"
+    ("N/A", 0, Fraction(1)),
+    (None, 0, Fraction(1)),
+    ("100:1", 0, Fraction(1)),  # a damaged header, not a lens
+])
+def test_pixel_aspect_from_ffprobe_s_words(stated, rotation: int, expected: Fraction) -> None:
+    stream = {} if stated is None else {"sample_aspect_ratio": stated}
+    assert mediainfo._pixel_aspect(stream, rotation) == expected

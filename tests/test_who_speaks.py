@@ -44,6 +44,19 @@ def mouth_change(frame: np.ndarray, original: np.ndarray, left: int) -> float:
     return float(np.abs(frame[rows, cols].astype(int) - original[rows, cols]).mean())
 
 
+def test_a_thumbnail_shows_an_anamorphic_video_s_face_as_a_player_would(astronaut_bgr):
+    """The photo stored 3/4 as wide, its pixels shown 4/3 as wide: the face's thumbnail is the photo's (it was the
+    squeezed face, stretched to a square)."""
+    from lipsync.picker import thumbnail
+
+    squeezed = cv2.resize(astronaut_bgr, (384, 512), interpolation=cv2.INTER_AREA)
+    photo_box, squeezed_box = (177, 60, 270, 177), (133, 60, 202, 177)  # x1, y1, x2, y2: the face in each
+    expected = thumbnail(astronaut_bgr, photo_box).astype(int)
+    stretched = np.abs(thumbnail(squeezed, squeezed_box, 4 / 3) - expected).mean()
+    as_stored = np.abs(thumbnail(squeezed, squeezed_box) - expected).mean()
+    assert stretched < 8 and as_stored > 4 * stretched, (stretched, as_stored)  # 5.0 and 41 here
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_face_index_makes_only_that_face_speak(index, astronaut_bgr, short_speech, tmp_path):
     """The astronaut twice, side by side: face 0 is the left one, face 1 the right one."""
