@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from . import picker, video
-from .options import LipSyncOptions
+from .options import MAX_FPS, LipSyncOptions
 from .segments import SegmentSink
 from .types import Frame
 
@@ -19,6 +19,11 @@ from .types import Frame
 # its frames held as long as it lasts, so that the mouth still moves at a speaking pace; Wav2Lip learned at 25.
 # Videos at 23.976 frames/s and faster run at their own rate, as the reference runs every video
 MIN_VIDEO_FPS = 20.0
+# A video faster than this (a phone's 120 or 240 frames/s slow motion, a 144 Hz screen recording) runs at a whole
+# fraction of its rate, one frame in n, so that its motion stays even: 120 → 60, 100 → 50, 240 → 60. The mouth needs
+# no more, few screens show more, and each frame costs the generator as much (120 frames/s was 4.8x a 25's work)
+MAX_VIDEO_FPS = MAX_FPS
+RATE_SLACK = 1.01  # a variable-rate video averaging 60.3 frames/s is a 60 frames/s video: it keeps every frame
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,14 @@ class Job:
 
 
 def run_rate(info: video.MediaInfo, options: LipSyncOptions) -> float:
-    """Output frames per second: --fps for a picture, a video's own rate, or for a video slower than MIN_VIDEO_FPS
-    whichever is higher of its rate and --fps (a --fps at or below it keeps a slow video's own rate)."""
+    """Output frames per second: --fps for a picture, a video's own rate, for a video slower than MIN_VIDEO_FPS
+    whichever is higher of its rate and --fps (a --fps at or below it keeps a slow video's own rate), and for one
+    faster than MAX_VIDEO_FPS the largest whole fraction of its rate within it."""
     if info.is_image:
         return options.fps
-    return info.fps if info.fps >= MIN_VIDEO_FPS else max(info.fps, options.fps)
+    if info.fps < MIN_VIDEO_FPS:
+        return max(info.fps, options.fps)
+    return info.fps / math.ceil(info.fps / (MAX_VIDEO_FPS * RATE_SLACK))
 
 
 def read_at(info: video.MediaInfo, fps: float) -> video.MediaInfo:

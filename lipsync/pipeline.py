@@ -161,10 +161,11 @@ def _prepare(face: Path, info: video.MediaInfo, speech: _Speech, outfile: Path, 
     size = geometry.frame_size(info, options)
     still = info.is_image or options.static
     fps = run_rate(info, options)
+    notes = _input_notes(info, options, fps)
     info = read_at(info, fps)
     frames = audio.frame_count(speech.mel.shape[1], fps)
     job = Job(face, speech.path, outfile, info, speech.mel, fps, frames, still, audio.duration(speech.wav), size,
-               _input_notes(info, options), segments, sound=speech.info,
+               notes, segments, sound=speech.info,
                pixel_aspect=geometry.pixel_aspect(info, options))
     if still:  # the frame, from the pixels the probe decoded; the job keeps it, not the probe's copy
         job = replace(job, still_frame=_first_frame(job, options), info=replace(info, picture=None))
@@ -180,9 +181,13 @@ def _first_frame(job: Job, options: LipSyncOptions) -> Frame:
     return frame
 
 
-def _input_notes(info: video.MediaInfo, options: LipSyncOptions) -> Tuple[str, ...]:
-    """Say so when frames will be scaled down to what video players decode, or tone-mapped from HDR."""
+def _input_notes(info: video.MediaInfo, options: LipSyncOptions, fps: float) -> Tuple[str, ...]:
+    """Say so when frames will be scaled down to what video players decode, tone-mapped from HDR, or dropped
+    (a video faster than the run's rate `fps`)."""
     notes = []
+    if not info.is_image and fps < info.fps:
+        notes.append(f"{info.path.name} is {info.fps:.4g} frames/s: it runs at {fps:.4g}, one frame in "
+                     f"{round(info.fps / fps)} (the mouth needs no more, and few screens show more)")
     width, height = video.transformed_size(info.width, info.height, options.resize_factor, options.rotate,
                                            options.crop)  # fmt: skip
     if video.fitted_size(width, height) != (width, height):

@@ -506,3 +506,24 @@ def test_an_anamorphic_video_speaks_as_wide_as_it_was_shown(media, astronaut_bgr
     lipsync.run(clip, media["speech"], out, HAAR)
     s = _check_output(out, media["speech"], (384, 512))
     assert (s["video"]["sample_aspect_ratio"], s["video"]["display_aspect_ratio"]) == ("4:3", "1:1")
+
+
+def test_a_slow_motion_video_at_120_frames_a_second_runs_at_60_one_frame_in_two(media, astronaut_bgr, tmp_path):
+    """A phone's slow motion (12 frames at 120 frames/s, each marked): the run keeps frames 0, 2, 4, … at 60
+    frames/s (it ran at 120: twice the generator's work of 60, 4.8x that of 25), and its notes say so."""
+    clip = tmp_path / "slow-motion.mov"  # timed in 1/120 s steps (Matroska's milliseconds would drop others)
+    frames = []
+    for i in range(12):
+        marked = astronaut_bgr.copy()
+        marked[:48, :48] = 20 * i
+        frames.append(marked)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", "512x512",
+                    "-framerate", "120", "-i", "pipe:0", "-c:v", "libx264rgb", "-qp", "0", str(clip)],
+                   input=np.stack(frames).tobytes(), check=True)  # fmt: skip
+    out = tmp_path / "slow-motion.mp4"
+    result = lipsync.run(clip, media["speech"], out, HAAR)
+    assert (result.fps, result.frames) == (60.0, speech_frames(media["speech"], 60.0))
+    assert any("is 120 frames/s: it runs at 60, one frame in 2" in note for note in result.notes)
+    assert _check_output(out, media["speech"], (512, 512))["video"]["avg_frame_rate"] == "60/1"
+    marks = np.rint(read_video_frames(out)[:, 8:40, 8:40].mean(axis=(1, 2, 3)) / 20).astype(int)
+    assert set(marks.tolist()) == {0, 2, 4, 6, 8, 10}, f"every other frame, all of them: {marks[:12]}"

@@ -149,12 +149,12 @@ def test_without_zscale_hdr_is_read_as_it_is_and_the_run_says_so(
     cv2.imwrite(str(photo), astronaut_bgr)
     info = probe(hdr_clip(photo, tmp_path, "arib-std-b67"))
     assert tools.has_filters("zscale", "tonemap") and not tools.has_filters("zscale", "no-such-filter")
-    assert tone_maps(info) and "tone-mapped to SDR" in pipeline._input_notes(info, LipSyncOptions())[0]
+    assert tone_maps(info) and "tone-mapped to SDR" in pipeline._input_notes(info, LipSyncOptions(), info.fps)[0]
     monkeypatch.setattr(tools, "has_filters", lambda *names: False)  # an ffmpeg built without libzimg
     assert not tone_maps(info)
     with read_frames(info.path, info) as frames:
         assert next(frames).shape == astronaut_bgr.shape
-    assert "lacks the zscale filter" in pipeline._input_notes(info, LipSyncOptions())[0]
+    assert "lacks the zscale filter" in pipeline._input_notes(info, LipSyncOptions(), info.fps)[0]
 
 
 def test_early_close_leaves_no_ffmpeg_process(clips: dict[str, Path]) -> None:
