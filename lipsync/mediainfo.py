@@ -17,6 +17,7 @@ IMAGE_FPS = 25.0  # frame rate reported for a still picture: the reference's def
 FALLBACK_FPS = 25.0  # for a video that states no usable frame rate
 PICTURE_DEMUXERS = ("image2", "image2pipe")  # ffmpeg's "*_pipe" demuxers are single pictures too
 HDR_TRANSFERS = {"smpte2084": "HDR10/PQ", "arib-std-b67": "HLG"}  # ffprobe's color_transfer → what people call it
+INTERLACED_FIELD_ORDERS = ("tt", "bb", "tb", "bt")  # ffprobe's field_order of interlaced video (else progressive)
 # A pixel shown this many times wider than tall (or narrower) at most: anamorphic lenses squeeze 2x, a DVD's 16:9 PAL
 # frame 1.42x; a ratio beyond it is a damaged header, and the pixels are taken as square
 MAX_PIXEL_ASPECT = 4
@@ -55,6 +56,7 @@ class MediaInfo:
     # How much wider than tall each pixel is shown (its sample aspect ratio, after rotation): 64/45 for a DVD's 16:9
     # PAL frame of 720×576, shown at 1024×576; 1 for square pixels, pictures and videos that state none
     pixel_aspect: Fraction = Fraction(1)
+    interlaced: bool = False  # each frame two fields a field apart in time (a camcorder's 1080i, broadcast, DV)
 
     @property
     def hdr(self) -> str:
@@ -172,7 +174,8 @@ def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
         width, height = height, width
     return MediaInfo(path, False, width, height, fps, frames, duration, True, audio is not None,
                      rotation, audio_duration, audio_rate, channels, transfer=video.get("color_transfer", ""),
-                     pixel_aspect=_pixel_aspect(video, rotation))
+                     pixel_aspect=_pixel_aspect(video, rotation),
+                     interlaced=video.get("field_order") in INTERLACED_FIELD_ORDERS)
 
 
 def _picture_info(path: Path, frame: Frame) -> MediaInfo:

@@ -182,8 +182,8 @@ def _first_frame(job: Job, options: LipSyncOptions) -> Frame:
 
 
 def _input_notes(info: video.MediaInfo, options: LipSyncOptions, fps: float) -> Tuple[str, ...]:
-    """Say so when frames will be scaled down to what video players decode, tone-mapped from HDR, or dropped
-    (a video faster than the run's rate `fps`)."""
+    """Say so when frames will be scaled down to what video players decode, deinterlaced, tone-mapped from HDR,
+    or dropped (a video faster than the run's rate `fps`)."""
     notes = []
     if not info.is_image and fps < info.fps:
         notes.append(f"{info.path.name} is {info.fps:.4g} frames/s: it runs at {fps:.4g}, one frame in "
@@ -193,6 +193,9 @@ def _input_notes(info: video.MediaInfo, options: LipSyncOptions, fps: float) -> 
     if video.fitted_size(width, height) != (width, height):
         notes.append(f"{info.path.name} is {info.width}×{info.height} px: frames are scaled down to "
                      f"{video.MAX_FRAME_PIXELS / 1e6:.1f} megapixels at most, the largest size video players decode")
+    if info.interlaced:
+        notes.append(f"{info.path.name} is interlaced video: its frames are deinterlaced (bwdif), as the result is "
+                     "progressive")
     if video.tone_maps(info):
         notes.append(f"{info.path.name} is {info.hdr} HDR video: its frames are tone-mapped to SDR (BT.709), "
                      "as the H.264 result is shown")

@@ -19,6 +19,7 @@ from lipsync.encoding import write_args
 from lipsync.errors import LipSyncError
 from lipsync.ffmpeg import probe_args, rate_arg, tail
 from lipsync.video import (
+    DEINTERLACE,
     HDR_TO_SDR,
     MAX_FRAME_PIXELS,
     FrameCache,
@@ -63,6 +64,9 @@ def test_read_args_stream_bgr_at_constant_rate() -> None:
     assert "fps=30000/1001" in args and "tonemap" not in joined
     hdr = read_args("clip.mp4", 25.0, hdr=True)
     assert hdr[hdr.index("-vf") + 1] == f"{HDR_TO_SDR},fps=25", "tone-mapped, then resampled"
+    both = read_args("clip.mp4", 25.0, hdr=True, interlaced=True)
+    assert both[both.index("-vf") + 1] == f"{DEINTERLACE},{HDR_TO_SDR},fps=25", "fields woven first, as they were"
+    assert "bwdif" not in joined
     assert "-f rawvideo -pix_fmt bgr24 pipe:1" in joined
 
 
@@ -155,6 +159,34 @@ def test_without_zscale_hdr_is_read_as_it_is_and_the_run_says_so(
     with read_frames(info.path, info) as frames:
         assert next(frames).shape == astronaut_bgr.shape
     assert "lacks the zscale filter" in pipeline._input_notes(info, LipSyncOptions(), info.fps)[0]
+
+
+def _combing(frame: np.ndarray) -> float:
+    """Mean difference between each even row and the odd row below it: a field apart in a combed frame."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(int)
+    return float(np.abs(grey[0:-1:2] - grey[1::2]).mean())
+
+
+def test_interlaced_video_is_read_as_whole_frames(tmp_path: Path, astronaut_bgr: np.ndarray) -> None:
+    """A camera panning at 50 fields a second, stored interlaced (25 frames, top field first, lossless): read as
+    it is, every frame's rows alternate between two moments (combed); deinterlaced, they are as even as a still's."""
+    from lipsync import pipeline
+    from lipsync.options import LipSyncOptions
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), astronaut_bgr)
+    clip = tmp_path / "interlaced.mp4"
+    ffmpeg("-framerate", "50", "-loop", "1", "-i", photo, "-vf",
+           "crop=400:400:x='min(n*6,100)':y=0,tinterlace=mode=interleave_top,setfield=tff", "-frames:v", "8",
+           "-c:v", "libx264", "-qp", "0", "-x264opts", "tff=1", "-pix_fmt", "yuv444p", clip)  # fmt: skip
+    info = probe(clip)
+    assert info.interlaced and info.fps == 25 and not probe(photo).interlaced
+    with read_frames(clip, info) as frames, read_frames(clip, replace(info, interlaced=False)) as untouched:
+        woven, combed = list(frames), list(untouched)
+    still = _combing(astronaut_bgr[:400, :400])
+    assert len(woven) == len(combed) == 8, "one frame per frame: the rate is kept"
+    assert max(map(_combing, woven)) < 1.2 * still < 3 * still < min(map(_combing, combed[:6]))  # 5.7, 23
+    assert "is interlaced video: its frames are deinterlaced" in pipeline._input_notes(info, LipSyncOptions(), 25)[0]
 
 
 def test_early_close_leaves_no_ffmpeg_process(clips: dict[str, Path]) -> None:
