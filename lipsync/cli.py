@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # fmt: off
     _add(p, "face", required=True, metavar="FACE",
-         help="picture (jpg, png, webp, heic, …) or video (mp4, mov, webm, gif, animated webp, …) with the face")
+         help="picture (jpg, png, webp, heic, …) or video (mp4, mov, webm, gif, animated webp, …) with the face, "
+              "or an audio file with cover art (the cover speaks)")
     _add(p, "audio", required=True, metavar="AUDIO", help="speech to lip-sync: any audio file, or a video's audio track")
     _add(p, "outfile", required=True, metavar="OUT.mp4", help="where to write the result (H.264 + AAC mp4)")
     _add(p, "checkpoint_path", default=d.checkpoint, metavar="NAME|FILE",

@@ -92,6 +92,14 @@ def _first_stream(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def _cover_art(path: Path, data: dict[str, Any]) -> Frame | None:
+    """The picture an audio file carries as its cover (an mp3's or m4a's artwork), if any: a podcast's cover can
+    speak its episode."""
+    if not any(stream.get("disposition", {}).get("attached_pic") for stream in data.get("streams", [])):
+        return None
+    return picture.read_picture(path)  # ffmpeg's first video stream: the cover
+
+
 def _one_frame(data: dict[str, Any]) -> bool:
     """True when the video stream says it holds exactly one frame (a still GIF, a one-frame clip). Without sound
     that is a picture in all but name: it runs as one (at --fps, a still's speed) instead of at the rate its
@@ -255,7 +263,10 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
                            "and really what its name says?")
     info = _media_info(path, data)
     if require_video and not info.has_video:
-        raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
+        cover = _cover_art(path, data)
+        if cover is None:
+            raise LipSyncError(f"{path.name} has no video stream — the face must be a picture or a video")
+        return _picture_info(path, cover)
     if not info.has_audio and _one_frame(data):
         frame = picture.read_picture(path)
         if frame is not None:

@@ -95,3 +95,22 @@ def test_an_anamorphic_video_s_pixel_aspect_is_probed(tmp_path: Path) -> None:
 def test_pixel_aspect_from_ffprobe_s_words(stated, rotation: int, expected: Fraction) -> None:
     stream = {} if stated is None else {"sample_aspect_ratio": stated}
     assert mediainfo._pixel_aspect(stream, rotation) == expected
+
+
+def test_an_audio_file_s_cover_art_is_a_picture_face(tmp_path: Path, astronaut_bgr: np.ndarray) -> None:
+    """A podcast episode's cover can speak the episode: an mp3's artwork is the face (it was "has no video
+    stream"); the same file is still the speech, and an mp3 without artwork is still no face."""
+    import cv2
+
+    photo, speech = tmp_path / "cover.png", _pcm16(tmp_path / "speech.wav", 16000, 1, 0.5)
+    cv2.imwrite(str(photo), astronaut_bgr)
+    episode, bare = tmp_path / "episode.mp3", tmp_path / "bare.mp3"
+    ffmpeg("-i", speech, "-i", photo, "-map", "0:a", "-map", "1:v", "-c:v", "mjpeg", "-q:v", "2",
+           "-disposition:v", "attached_pic", episode)  # fmt: skip
+    ffmpeg("-i", speech, bare)
+    face = video.probe(episode)
+    assert face.is_image and face.picture is not None and (face.width, face.height) == (512, 512)
+    assert np.abs(face.picture.astype(int) - astronaut_bgr).mean() < 4, "the cover's pixels (as JPEG keeps them)"
+    assert video.probe(episode, require_video=False).has_audio
+    with pytest.raises(LipSyncError, match="has no video stream"):
+        video.probe(bare)
