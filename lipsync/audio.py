@@ -35,8 +35,9 @@ PathLike = Union[str, os.PathLike]
 
 
 def decode_args(path: PathLike) -> list[str]:
-    """ffmpeg arguments that write the first audio stream of `path` as 16 kHz mono float32 to stdout."""
-    return [*ffmpeg.head(), "-i", ffmpeg.file_arg(path), "-vn", "-map", "0:a:0",
+    """ffmpeg arguments that write the first audio stream of `path` as 16 kHz mono float32 to stdout, from where
+    the file starts (ffmpeg.AUDIO_FROM_FILE_START)."""
+    return [*ffmpeg.head(), "-i", ffmpeg.file_arg(path), "-vn", "-map", "0:a:0", "-af", ffmpeg.AUDIO_FROM_FILE_START,
             "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
 
 

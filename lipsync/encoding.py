@@ -171,7 +171,8 @@ def _encode_args(with_audio: bool, seconds: float, audio_sample_rate: int, audio
     if still:
         args += ["-x264-params", STILL_X264_PARAMS]
     if with_audio:
-        args += ["-c:a", AUDIO_CODEC, "-aac_coder", AUDIO_CODER, "-b:a", AUDIO_BITRATE]
+        args += ["-af", ffmpeg.AUDIO_FROM_FILE_START, "-c:a", AUDIO_CODEC, "-aac_coder", AUDIO_CODER,
+                 "-b:a", AUDIO_BITRATE]
         if audio_sample_rate > MAX_AUDIO_RATE:
             args += ["-ar", str(MAX_AUDIO_RATE)]
         if audio_channels > MAX_AUDIO_CHANNELS:

@@ -30,6 +30,11 @@ RATE_MAX_DENOMINATOR = 100_000  # float fps -> exact ffmpeg rational (30000/1001
 # Frames cross the pipes in pieces of the pipe's size: Linux's default 64 KiB made a 720p frame (2.7 MB) 43
 # hand-overs between us and ffmpeg; 1 MiB (Linux's limit for an unprivileged process) makes it 3.
 PIPE_BYTES = 1 << 20
+# Sound from where its file starts: a recording whose sound begins after its picture (0.45 s in a test clip) is
+# decoded and muxed with that lead as silence, so the mouth drawn for its mel and the sound heard stay together.
+# Without it the decoded speech began at its first sample while the muxed track kept its offset: 0.4 s out of sync.
+# Files whose sound starts with them decode bit for bit as without it
+AUDIO_FROM_FILE_START = "aresample=first_pts=0"
 INSTALL_HINT = "install ffmpeg (e.g. `apt install ffmpeg`) and make sure ffmpeg and ffprobe are on PATH"
 
 

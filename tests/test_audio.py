@@ -11,6 +11,7 @@ import pytest
 from conftest import write_pcm16_wav
 
 from lipsync import audio
+from lipsync.ffmpeg import AUDIO_FROM_FILE_START
 from lipsync.errors import LipSyncError
 
 FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
@@ -210,6 +211,25 @@ def test_decodes_speech_with_its_duration(media: dict[str, Path], name: str) -> 
     assert abs(audio.duration(wav) - wav_seconds(media["speech.wav"])) <= DURATION_TOLERANCE
     assert np.sqrt(np.mean(wav**2)) > 0.01
     assert audio.melspectrogram(wav).max() > 0  # real speech energy, not silence
+
+
+def test_sound_that_starts_after_its_file_keeps_its_lead_as_silence(media: dict[str, Path], tmp_path: Path) -> None:
+    """A recording whose sound begins 0.5 s after its picture: the speech decoded is the file's, from its start
+    (it began at the first sample, 0.5 s early against the muxed track); sound that starts with its file decodes
+    bit for bit as it did."""
+    late = tmp_path / "late.mov"  # its sound as PCM: the same samples as the WAV
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=size=64x64:rate=25:duration=1.5",
+                    "-itsoffset", "0.5", "-i", str(media["speech.wav"]), "-map", "0:v", "-map", "1:a",
+                    "-c:v", "libx264", "-c:a", "pcm_s16le", str(late)], check=True)  # fmt: skip
+    wav, speech = audio.load_audio(late), audio.load_audio(media["speech.wav"])
+    lead = int(0.5 * audio.SAMPLE_RATE)
+    assert abs(len(wav) - lead - len(speech)) <= 1
+    assert np.abs(wav[:lead - 1]).max() == 0 and np.abs(wav[lead + 1 : lead + 1 + 8000]).max() > 0.01
+    offset = len(wav) - len(speech)
+    assert np.abs(wav[offset:] - speech).max() < 1e-4, "the speech itself, after its lead"
+    plain = [arg for arg in audio.decode_args(media["speech.mp3"]) if arg not in ("-af", AUDIO_FROM_FILE_START)]
+    as_before = subprocess.run(plain, capture_output=True, check=True).stdout
+    assert audio.load_audio(media["speech.mp3"]).tobytes() == as_before
 
 
 @pytest.mark.parametrize("name", ["my voice ☺.wav", "-dash.wav", "a:b.wav"])

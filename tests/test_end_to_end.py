@@ -527,3 +527,21 @@ def test_a_slow_motion_video_at_120_frames_a_second_runs_at_60_one_frame_in_two(
     assert _check_output(out, media["speech"], (512, 512))["video"]["avg_frame_rate"] == "60/1"
     marks = np.rint(read_video_frames(out)[:, 8:40, 8:40].mean(axis=(1, 2, 3)) / 20).astype(int)
     assert set(marks.tolist()) == {0, 2, 4, 6, 8, 10}, f"every other frame, all of them: {marks[:12]}"
+
+
+def test_speech_that_starts_after_its_file_stays_with_the_mouth(media, tmp_path):
+    """A video whose sound begins 0.5 s after its picture, given as the speech: the result's sound starts at 0 with
+    that lead as silence, and lasts as long as the frames drawn for it (the track kept its 0.4 s offset while the
+    mouth was drawn from its first sample: out of sync, and its end cut off)."""
+    late = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=size=64x64:rate=25:duration=1",
+                    "-itsoffset", "0.5", "-i", str(media["speech"]), "-map", "0:v", "-map", "1:a", "-c:v", "libx264",
+                    "-c:a", "aac", str(late)], check=True)  # fmt: skip
+    out = tmp_path / "late-out.mp4"
+    result = lipsync.run(media["photo"], late, out, HAAR)
+    seconds = speech_seconds(media["speech"]) + 0.5
+    assert result.frames == audio.frame_count(audio.melspectrogram(audio.load_audio(late)).shape[1], 25)
+    sound = _streams(out)["audio"]
+    assert float(sound["start_time"]) == 0 and abs(float(sound["duration"]) - seconds) <= FRAME_TOLERANCE_S
+    heard = audio.load_audio(out)
+    assert np.abs(heard[: int(0.45 * audio.SAMPLE_RATE)]).max() < 0.01 < np.abs(heard).max()
