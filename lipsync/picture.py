@@ -1,5 +1,5 @@
-"""Pictures in: decoded with Pillow (EXIF orientation applied, alpha on white, any depth or colour model to
-BGR uint8); formats Pillow does not read go through ffmpeg, which hands them over as PNG."""
+"""Pictures in: decoded with Pillow (EXIF orientation applied, colours in sRGB, alpha on white, any depth or colour
+model to BGR uint8); formats Pillow does not read go through ffmpeg, which hands them over as PNG."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from lipsync import ffmpeg
 from lipsync.errors import LipSyncError, first_line
@@ -31,6 +31,12 @@ ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel of 16/32-bit integers or floats
 DEEP_INTEGER_MAX = 65535.0  # full scale of 16-bit pictures (Pillow holds some in 32-bit "I" mode too)
 UINT8_MAX = 255.0
+# A picture whose ICC profile names another RGB space (Display P3: iPhone photos, Mac screenshots; Adobe RGB: cameras)
+# has its colours converted to sRGB, the space of the BT.709 video it becomes: taken as sRGB, a P3 photo's reds and
+# greens came out duller than the browser showed them. Colorimetric, as browsers convert matrix profiles
+SRGB_PROFILE_NAME = "sRGB"  # in an embedded profile's description: already sRGB, nothing to convert
+PROFILED_MODES = ("RGB", "RGBA")
+PROFILES_KEPT = 8  # distinct embedded profiles whose transforms are kept (a phone's photos share one)
 # What a damaged file makes Pillow raise on open, load or conversion (UnidentifiedImageError is an OSError).
 DECODE_FAILURES = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 
@@ -150,7 +156,7 @@ def _decoded(image: Image.Image) -> Frame | None:
     """The opened picture decoded, upright, as BGR uint8; None when its data is damaged or cut short."""
     try:
         image.load()
-        return to_bgr(_upright(image))
+        return to_bgr(_in_srgb(_upright(image)))
     except DECODE_FAILURES:
         return None
 
@@ -162,6 +168,35 @@ def _upright(image: Image.Image) -> Image.Image:
     except DECODE_FAILURES:
         pass
     return image
+
+
+def _in_srgb(image: Image.Image) -> Image.Image:
+    """The image with its colours converted in place to sRGB when its ICC profile is of another RGB space; as it is
+    when it has none, an sRGB one, or one that cannot be used (a damaged profile is ignored, as browsers ignore it).
+    About 40 ns a pixel (0.5 s for a 12-megapixel photo on one core)."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in PROFILED_MODES:
+        return image
+    transform = _to_srgb(icc, image.mode)
+    if transform is not None:
+        try:
+            ImageCms.applyTransform(image, transform, inPlace=True)
+        except ImageCms.PyCMSError:
+            pass  # the profile's colours cannot be applied: the pixels as stored
+    return image
+
+
+@functools.lru_cache(maxsize=PROFILES_KEPT)
+def _to_srgb(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from an embedded ICC profile's RGB to sRGB; None for an sRGB profile or an unusable one."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if SRGB_PROFILE_NAME in ImageCms.getProfileDescription(source):
+            return None
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        return ImageCms.buildTransform(source, srgb, mode, mode, ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
 
 
 def _to_unit(image: np.ndarray) -> np.ndarray:

@@ -91,3 +91,37 @@ def make_clips(root: Path) -> dict[str, Path]:
            "sine=sample_rate=48000", "-t", "1.5", "-c:v", "libx264", "-pix_fmt", "yuv420p",
            "-c:a", "aac", paths["with_audio"])
     return paths
+
+
+# Display P3 as Apple's profile states it: primaries adapted to the D50 connection space, D50 white; its tone curve
+# here a plain gamma of 2.2 (Apple's is sRGB's piecewise curve), which the tests' own arithmetic then follows
+DISPLAY_P3_D50 = ((0.5151, 0.2412, -0.0011), (0.2919, 0.6922, 0.0419), (0.1572, 0.0666, 0.7841))
+D50_WHITE = (0.9642, 1.0, 0.8249)
+ICC_GAMMA = 2.2
+
+
+def rgb_icc_profile(description: str, colorants=DISPLAY_P3_D50, gamma: float = ICC_GAMMA) -> bytes:
+    """An ICC v2 display profile of an RGB space (matrix and one gamma for each channel), as cameras and phones embed."""
+    import struct
+
+    def fixed(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(fixed(v) for v in values)
+
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz(D50_WHITE)), (b"rXYZ", xyz(colorants[0])), (b"gXYZ", xyz(colorants[1])),
+            (b"bXYZ", xyz(colorants[2])), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+            (b"cprt", b"text\0\0\0\0none\0\0\0\0")]  # fmt: skip
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + b"".join(fixed(v) for v in D50_WHITE) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data

@@ -96,6 +96,48 @@ def test_palette_with_a_transparent_colour_goes_on_white(tmp_path: Path) -> None
     assert_close(picture.read_image(path), expected, lossy=False)
 
 
+# ---------------------------------------------------------------- colour profiles
+
+
+def _p3_in_srgb(rgb: np.ndarray) -> np.ndarray:
+    """What Display P3 colours (with media_helpers' gamma of 2.2) are in sRGB, by the arithmetic of ICC matrices:
+    to linear light, to the D50 connection space, into sRGB's linear light (its D50 colorants), sRGB's curve."""
+    from media_helpers import DISPLAY_P3_D50, ICC_GAMMA
+
+    srgb_d50 = np.array([(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)]).T
+    linear = np.linalg.solve(srgb_d50, np.array(DISPLAY_P3_D50).T @ (rgb.reshape(-1, 3).T / 255.0) ** ICC_GAMMA)
+    linear = np.clip(linear.T, 0, 1)
+    encoded = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return np.rint(encoded * 255).reshape(rgb.shape).astype(np.uint8)
+
+
+def test_a_display_p3_picture_is_read_in_srgb(tmp_path: Path) -> None:
+    """An iPhone photo or a Mac screenshot is Display P3: its colours are converted to sRGB (taken as sRGB they came
+    out duller than the browser shows them: P3's (200, 100, 80) is sRGB's (216, 93, 72)); transparency is kept."""
+    from media_helpers import rgb_icc_profile
+
+    p3 = rgb_icc_profile("Display P3")
+    rgb = np.array([[[200, 100, 80], [40, 160, 90], [128, 128, 128], [30, 60, 220]]], np.uint8)
+    path = save(Image.fromarray(rgb), tmp_path / "p3.png", icc_profile=p3)
+    expected = _p3_in_srgb(rgb)
+    assert np.abs(picture.read_image(path)[..., ::-1].astype(int) - expected).max() <= 1
+    assert np.abs(expected.astype(int) - rgb).max() > 10, "a change the eye sees"
+    alpha = np.array([[255, 128, 0, 255]], np.uint8)
+    cut = save(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), tmp_path / "p3-cut.png", icc_profile=p3)
+    composited = picture.read_image(cut)[..., ::-1].astype(int)
+    assert np.abs(composited - on_white(expected, alpha)).max() <= 1
+
+
+def test_srgb_and_unusable_profiles_leave_the_pixels_as_stored(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    rgb = np.array([[[200, 100, 80], [40, 160, 90]]], np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for name, profile in (("srgb", srgb), ("damaged", b"not a profile at all")):
+        path = save(Image.fromarray(rgb), tmp_path / f"{name}.png", icc_profile=profile)
+        assert np.array_equal(picture.read_image(path)[..., ::-1], rgb), name
+
+
 # ---------------------------------------------------------------- depths and colour models
 
 
