@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from typing import Dict, List, Optional, Sequence
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
 
-from . import native
+from . import native, tts
 from .errors import LipSyncError
 from .options import BLEND_MODES, DEVICES, PRECISIONS, LipSyncOptions
 from .optiontext import NO_BOX, bool_value, box_value, detector_value
@@ -17,6 +20,8 @@ EXIT_INTERRUPTED = 130
 SEED_DETECTORS = ("sfd", "s3fd", "haar", "blazeface")  # s3fd = sfd; blazeface, the seed's second, is served by haar
 HELP_HINT = "python -m lipsync --help explains every option"
 BATCH_COMMAND = "batch"  # `python -m lipsync batch MANIFEST ...`: lipsync/batch/cli.py
+STDIN_TEXT = "-"  # --text -: the words come from standard input (a script in a file: --text - < script.txt)
+SPEECH_FOLDER_PREFIX = "lipsync-tts-"  # the temporary folder a typed text is spoken into
 
 
 def _flag_value(text: str) -> bool:
@@ -27,7 +32,7 @@ def _flag_value(text: str) -> bool:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+def _add(parser: Union[argparse.ArgumentParser, argparse._MutuallyExclusiveGroup], name: str, **kwargs) -> None:
     """Add --snake_name with its --dashed-name alias."""
     names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     parser.add_argument(*names, dest=name, **kwargs)
@@ -51,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "face", required=True, metavar="FACE",
          help="picture (jpg, png, webp, heic, …) or video (mp4, mov, webm, gif, animated webp, …) with the face, "
               "or an audio file with cover art (the cover speaks)")
-    _add(p, "audio", required=True, metavar="AUDIO", help="speech to lip-sync: any audio file, or a video's audio track")
+    speech = p.add_mutually_exclusive_group(required=True)
+    _add(speech, "audio", metavar="AUDIO", help="speech to lip-sync: any audio file, or a video's audio track")
+    _add(speech, "text", metavar="TEXT",
+         help="words to speak instead of an audio file, in --voice (edge-tts, online; offline espeak-ng speaks "
+              f"them in the voice's language); {STDIN_TEXT} reads them from standard input")
+    _add(p, "voice", default=tts.DEFAULT_VOICE, metavar="VOICE",
+         help=f"edge-tts voice for --text (default {tts.DEFAULT_VOICE}; the app lists them)")
+    _add(p, "rate", type=int, default=0, metavar="PERCENT",
+         help=f"speaking rate for --text, {tts.MIN_RATE} to +{tts.MAX_RATE} (%% faster; default 0)")
     _add(p, "outfile", required=True, metavar="OUT.mp4", help="where to write the result (H.264 + AAC mp4)")
     _add(p, "checkpoint_path", default=d.checkpoint, metavar="NAME|FILE",
          help="generator weights: wav2lip_hq (default), wav2lip_gan, wav2lip, or a .pdparams/.pth file")
@@ -189,16 +202,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.text is None and (args.voice != tts.DEFAULT_VOICE or args.rate != 0):
+        parser.error("--voice and --rate are for --text (an audio file is spoken as it is)")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
         from .engine import Engine
         from .pipeline import run
 
-        # one run, then the process ends: no oneDNN kernels are made for batch shapes only later runs would use
-        result = run(args.face, args.audio, args.outfile, options_from_args(args), progress=bars,
-                     engine=Engine(single_job=True))
+        with contextlib.ExitStack() as scratch:
+            options = options_from_args(args)
+            speech = args.audio if args.text is None else _spoken(args, scratch)
+            # one run, then the process ends: no oneDNN kernels are made for batch shapes only later runs would use
+            result = run(args.face, speech, args.outfile, options, progress=bars, engine=Engine(single_job=True))
     except LipSyncError as exc:
         bars.close()
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
@@ -212,6 +230,17 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"{result.outfile}: {result.frames} frames at {result.fps:g} fps in {result.seconds:.1f} s on {result.device}")
     return 0
+
+
+def _spoken(args: argparse.Namespace, scratch: contextlib.ExitStack) -> Path:
+    """--text spoken into a temporary folder that `scratch` removes; says so when espeak-ng spoke it offline."""
+    text = sys.stdin.read() if args.text == STDIN_TEXT else args.text
+    tts.check_request(text, args.voice, args.rate)  # before any engine starts
+    folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=SPEECH_FOLDER_PREFIX)))
+    speech = tts.speak(text, folder, args.voice, args.rate)
+    if speech.fallback_reason:
+        print(f"note: spoken offline by espeak-ng ({speech.voice}): {speech.fallback_reason}", file=sys.stderr)
+    return speech.path
 
 
 def one_line(message: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -122,6 +121,8 @@ def voices_from_service(entries: Iterable[dict]) -> Tuple[List[Voice], Dict[str,
 
 
 def _fetch_service_voices() -> List[dict]:
+    import asyncio  # here, not at the top: 33 ms of every command line's start-up
+
     import edge_tts
 
     return asyncio.run(asyncio.wait_for(edge_tts.list_voices(), LIST_TIMEOUT_S))
@@ -250,6 +251,8 @@ def _new_file(out_dir: Path, suffix: str) -> Path:
 
 def _edge_problem(exc: BaseException) -> str:
     """What went wrong with edge-tts, in words: unreachable (network, timeout) or failed (service, library)."""
+    import asyncio
+
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
         return f"the edge-tts service could not be reached ({first_line(exc)})"
     if isinstance(exc, ImportError):
@@ -259,6 +262,8 @@ def _edge_problem(exc: BaseException) -> str:
 
 def edge_speak(text: str, voice: str, rate: int, target: Path) -> None:
     """edge-tts into target (mp3); raises on any failure, network or service."""
+    import asyncio
+
     import edge_tts
 
     communicate = edge_tts.Communicate(

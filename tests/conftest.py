@@ -212,3 +212,17 @@ def x264_options(path: Path) -> str:
     data = path.read_bytes()
     start = data.index(b"options: ")
     return data[start : data.index(b"\0", start)].decode()
+
+
+def free_port() -> int:
+    """A local port nothing listens on (bound, then released): connections to it are refused at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def refused_proxy() -> str:
+    """A proxy nothing listens at: edge-tts fails at once through it, as offline."""
+    return f"http://127.0.0.1:{free_port()}"

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import cv2
 import gradio as gr
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe, heic_copy, media_seconds
+from conftest import ROOT, ffprobe, free_port, heic_copy, media_seconds, refused_proxy
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -38,17 +37,6 @@ AV_TOLERANCE_S = 0.12  # output vs speech duration: a frame plus AAC padding
 
 
 # ---------------------------------------------------------------- a server like `python app.py`
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def refused_proxy() -> str:
-    """A proxy nothing listens at: edge-tts fails at once, as offline."""
-    return f"http://127.0.0.1:{free_port()}"
 
 
 @dataclass

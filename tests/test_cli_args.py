@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lipsync.cli import build_parser, one_line, options_from_args
+from lipsync.cli import build_parser, main, one_line, options_from_args
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -85,6 +85,23 @@ def test_usage_errors_are_one_line_exit_2(capsys, extra, said):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and said in err, err
     assert "--help" in err
+
+
+def test_text_is_the_speech_instead_of_an_audio_file(capsys):
+    """--text (or --audio, not both, one of them) with its --voice and --rate; those two without --text are a
+    mistake said at once, before anything loads."""
+    face_out = ["--face", "f.png", "--outfile", "o.mp4"]
+    args = build_parser().parse_args([*face_out, "--text", "Hello", "--voice", "fr-FR-DeniseNeural", "--rate", "20"])
+    assert (args.audio, args.text, args.voice, args.rate) == (None, "Hello", "fr-FR-DeniseNeural", 20)
+    for extra, said in ((["--audio", "a.wav", "--text", "Hi"], "not allowed with argument --audio"),
+                        ([], "one of the arguments --audio --text is required")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(face_out + extra)
+        assert said in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*face_out, "--audio", "a.wav", "--voice", "en-GB-SoniaNeural"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--voice and --rate are for --text" in err and err.count("\n") == 1
 
 
 def test_multi_line_messages_print_as_one():

@@ -16,6 +16,7 @@ from typing import Dict, Iterator, Tuple
 
 import huggingface_hub.constants
 import pytest
+from conftest import free_port
 
 from lipsync import cpu, cuda, doctor, weights
 
@@ -25,24 +26,17 @@ LABELS = ("python", "paddle", "cuda links", "libcudnn.so", "libcublas.so", "gpus
           "precision", "edge-tts", "verdict")  # fmt: skip
 
 
-def _closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(autouse=True)
 def offline_edge_tts(monkeypatch):
     """Point the edge-tts check at a closed local port: tests never touch the network."""
     monkeypatch.setattr(doctor, "EDGE_TTS_HOST", "127.0.0.1")
-    monkeypatch.setattr(doctor, "EDGE_TTS_PORT", _closed_port())
+    monkeypatch.setattr(doctor, "EDGE_TTS_PORT", free_port())
 
 
 @pytest.fixture(autouse=True)
 def offline_downloads(monkeypatch, tmp_path) -> str:
     """Every weights URL and the Hub endpoint on a closed local port, and an empty hub cache: never the network."""
-    closed = f"http://127.0.0.1:{_closed_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     for name, entry in weights.WEIGHTS.items():
         if entry.url is not None:
             monkeypatch.setitem(weights.WEIGHTS, name, replace(entry, url=f"{closed}/{entry.filename}"))
@@ -219,7 +213,7 @@ def test_connection_check_answers_for_open_and_closed_ports():
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert doctor.connection_problem("127.0.0.1", server.getsockname()[1], 2.0) is None
-    assert doctor.connection_problem("127.0.0.1", _closed_port(), 2.0)
+    assert doctor.connection_problem("127.0.0.1", free_port(), 2.0)
 
 
 def test_connection_check_gives_up_on_a_lookup_that_never_returns(monkeypatch):

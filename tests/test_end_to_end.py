@@ -175,6 +175,33 @@ def test_cli_run_writes_the_video_and_leaves_no_temp(media, tmp_path):
     assert np.abs(frames[10, 75:110, 92:128].astype(int) - half[75:110, 92:128]).mean() > 10, "the mouth moved"
 
 
+@pytest.mark.parametrize("given, voice, spoken_by", [("--text", "en-GB-SoniaNeural", "en-gb"),
+                                                    ("stdin", "fr-FR-DeniseNeural", "fr-fr")])  # fmt: skip
+def test_cli_speaks_typed_text(media, tmp_path, given, voice, spoken_by):
+    """--text (or --text - and the words on standard input) instead of an audio file: edge-tts, unreachable here (a
+    refused proxy, as offline), gives way to espeak-ng in the voice's language, which a note says; the result lasts
+    as long as that speech, and its temporary folder is gone."""
+    from conftest import refused_proxy
+
+    from lipsync import tts
+
+    words = "Good morning, and welcome."
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "typed.mp4"
+    text = [words] if given == "--text" else ["-"]
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(ROOT), HTTPS_PROXY=refused_proxy(), NO_PROXY="")
+    proc = subprocess.run([sys.executable, "-m", "lipsync", "--face", str(media["photo"]), "--text", *text, "--voice",
+                           voice, "--outfile", str(out), "--face_detector", "haar", "--cpu"],
+                          input=words if given == "stdin" else "", capture_output=True, text=True, env=env,
+                          cwd=str(scratch))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: spoken offline by espeak-ng ({spoken_by}): the edge-tts service could not be reached" in proc.stderr
+    reference = tts.espeak_speak(words, voice, 0, tmp_path).path  # what espeak-ng makes of the words alone
+    _check_output(out, reference, (512, 512))
+    assert list(scratch.iterdir()) == [], "the spoken text's folder is removed"
+
+
 def test_cli_on_a_photo_changes_the_face_and_nothing_else(media, astronaut_bgr, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()

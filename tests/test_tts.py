@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import ffprobe
+from conftest import ffprobe, free_port
 
 from lipsync import tts
 from lipsync.errors import LipSyncError
 
 MIN_SPEECH_S = 0.3
 FD_CALLS = 30  # speak() calls per engine in the descriptor test
-
-
-def _closed_port() -> int:
-    """A local port nothing listens on: connections to it are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _audio(path: Path) -> dict:
@@ -79,7 +71,7 @@ def test_failed_edge_tts_leaves_no_empty_mp3_and_espeak_speaks(tmp_path):
 
 def test_real_edge_tts_without_its_service_falls_back_fast(tmp_path, monkeypatch):
     """edge-tts itself, pointed at a refused local proxy: the same failure as a machine without internet."""
-    proxy = f"http://127.0.0.1:{_closed_port()}"
+    proxy = f"http://127.0.0.1:{free_port()}"
     for name in ("HTTPS_PROXY", "WSS_PROXY", "https_proxy", "wss_proxy"):
         monkeypatch.setenv(name, proxy)
     monkeypatch.delenv("NO_PROXY", raising=False)

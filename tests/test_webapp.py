@@ -15,8 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import heic_copy, media_seconds
-from test_app import refused_proxy
+from conftest import heic_copy, media_seconds, refused_proxy
 
 import lipsync
 from lipsync import native, tts
