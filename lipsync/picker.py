@@ -54,6 +54,7 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
     video's first SCAN_FRAMES frames) has none. Loads the face detector (once per engine)."""
     from . import runtime
     from .engine import DEFAULT_ENGINE, detection_batch, run_detector
+    from .job import read_at, run_rate  # (job reads frames through this module)
 
     options = replace(options or LipSyncOptions(), box=None, face_index=None)
     video.require_ffmpeg()
@@ -62,6 +63,7 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
     geometry.check_source(info)
     geometry.frame_size(info, options)
     still = info.is_image or options.static
+    info = read_at(info, run_rate(info, options))  # frames numbered as a run numbers them (a GIF's held, 120 → 60)
     device = runtime.choose_device(options.device, announce=False)
     detect, _ = run_detector(engine or DEFAULT_ENGINE, options, device, still)
     assert detect is not None  # no box: a detector

@@ -57,6 +57,19 @@ def test_a_thumbnail_shows_an_anamorphic_video_s_face_as_a_player_would(astronau
     assert stretched < 8 and as_stored > 4 * stretched, (stretched, as_stored)  # 5.0 and 41 here
 
 
+def test_the_picker_numbers_frames_as_a_run_does(astronaut_bgr, tmp_path):
+    """An animation at 10 frames/s runs at 25, each frame held: its face, from its third frame (0.2 s), is in the
+    run's frame 5, and the picker says 5 (it counted the animation's own frames, the two blank ones stored as one: 1)."""
+    from PIL import Image
+
+    blank = Image.new("RGB", (512, 512), (90, 90, 90))
+    face = Image.fromarray(astronaut_bgr[..., ::-1])
+    gif = tmp_path / "late-face.gif"
+    blank.save(gif, save_all=True, append_images=[blank, face, face, face], duration=100, loop=0)
+    found = lipsync.find_faces(gif, HAAR)
+    assert len(found) == 1 and found[0].frame == 5
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_face_index_makes_only_that_face_speak(index, astronaut_bgr, short_speech, tmp_path):
     """The astronaut twice, side by side: face 0 is the left one, face 1 the right one."""
