@@ -101,7 +101,7 @@ ICC_GAMMA = 2.2
 
 
 def rgb_icc_profile(description: str, colorants=DISPLAY_P3_D50, gamma: float = ICC_GAMMA) -> bytes:
-    """An ICC v2 display profile of an RGB space (matrix and one gamma for each channel), as cameras and phones embed."""
+    """An ICC v2 display profile of an RGB space (a matrix, one gamma per channel), as cameras and phones embed."""
     import struct
 
     def fixed(value: float) -> bytes:

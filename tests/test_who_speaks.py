@@ -59,7 +59,7 @@ def test_a_thumbnail_shows_an_anamorphic_video_s_face_as_a_player_would(astronau
 
 def test_the_picker_numbers_frames_as_a_run_does(astronaut_bgr, tmp_path):
     """An animation at 10 frames/s runs at 25, each frame held: its face, from its third frame (0.2 s), is in the
-    run's frame 5, and the picker says 5 (it counted the animation's own frames, the two blank ones stored as one: 1)."""
+    run's frame 5, and the picker says 5 (it counted the animation's own frames, its two blank ones stored as one)."""
     from PIL import Image
 
     blank = Image.new("RGB", (512, 512), (90, 90, 90))
