@@ -117,3 +117,45 @@ def test_the_stream_takes_the_lipsync_endpoints_parameters():
 
     assert inspect.signature(stream.make_video_stream) == inspect.signature(jobs.make_video)
     assert inspect.isgeneratorfunction(stream.make_video_stream)
+
+
+def _first_stall(arrivals: list, start: float) -> float:
+    """Playing one-second segments from `start`, the first moment the player waits for one; 0 if it never does."""
+    for index, arrived in enumerate(arrivals):
+        if start + index < arrived:
+            return start + index
+    return 0.0
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.6, 0.95, 1.5, 4.0])  # seconds of video encoded a second
+def test_the_player_starts_once_it_plays_through_without_a_stall(rate):
+    """20 s of video whose segments come after 3 s of start-up, `rate` seconds of video a second: the player starts
+    once the encoder can no longer be caught up, and never waits; as fast as playback or faster, at the second
+    segment. Started at the first segment, a run at 0.6 stalled the player a second in."""
+    arrivals = [3.0 + (index + 1) / rate for index in range(20)]
+    now = iter(arrivals)
+    pacer = stream.Pacer(20.0, 1.0, clock=lambda: next(now))
+    start = next(arrived for arrived in arrivals if pacer.arrived())
+    assert _first_stall(arrivals, start) == 0.0, f"played from {start:.1f} s"
+    if rate >= 1 / stream.RATE_MARGIN:
+        assert start == arrivals[1]
+    else:
+        assert start > arrivals[1] and _first_stall(arrivals, arrivals[0]) > 0, "the stall it spares"
+
+
+def test_a_short_or_unmeasured_video_plays_at_once():
+    clock = iter([1.0, 1.0])
+    assert stream.Pacer(0.0, clock=lambda: next(clock)).arrived(), "length unknown: no waiting"
+    pacer = stream.Pacer(1.0, clock=lambda: next(clock))
+    assert pacer.arrived(), "one segment is the whole video"
+
+
+def test_held_segments_go_in_order_at_the_latest_when_the_run_ends(requests, monkeypatch, media):
+    """A run the pacer never lets play (no rate is enough): every segment still reaches the page, in order, before
+    the mp4."""
+    monkeypatch.setattr(stream, "RATE_MARGIN", 0.0)
+    monkeypatch.setattr(lipsync, "run", Engine(), raising=False)
+    every = list(_stream(media, []))
+    kinds = ["segment" if not isinstance(update[0], dict) else "other" for update in every]
+    assert kinds == ["other"] + ["segment"] * SEGMENTS + ["other"]
+    assert [Path(update[0]).name for update in every[1:-1]] == [f"made-{i}.ts" for i in range(SEGMENTS)]

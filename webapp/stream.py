@@ -11,18 +11,26 @@ import inspect
 import queue
 import shutil
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import gradio as gr
 
+from lipsync.segments import SEGMENT_SECONDS
+
 from . import folders, jobs
 from .jobs import Reporter
-from .limits import Limits
+from .limits import Limits, media_seconds
 
 SEGMENTS_FOLDER = "segments"  # in the request folder: where each segment waits for gradio to read it
 WAIT_S = 0.1  # between looks at whether the run has ended, while no segment comes
+# The player gets the first segments only once what is encoded plays through while the rest is made: a run slower
+# than playback (a CPU Space at 720p) stalled it every second instead. Encoding r seconds of video a second, T
+# seconds in all, playing from B encoded seconds never catches up with the encoder when B >= T (1 - r); r is
+# measured between segments (the first one's wait is the start-up's), taken this much slower (a run's pace wavers)
+RATE_MARGIN = 0.85
 
 Update = Tuple[Any, Any, Any, Any]  # the result video (a segment), the mp4 to download, the speech, the status
 
@@ -54,6 +62,46 @@ class Segments:
                     return
 
 
+class Pacer:
+    """When the page's player may have the segments held so far (RATE_MARGIN says when); once it may, it has each
+    as it comes. A run as fast as playback or faster holds only its first segment, until the second shows the pace."""
+
+    def __init__(self, total_s: float, segment_s: float = SEGMENT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.total_s, self.segment_s, self._clock = total_s, segment_s, clock
+        self._arrivals: List[float] = []
+        self.playing = False
+
+    def arrived(self) -> bool:
+        """One more segment is encoded: whether the player may have every segment held, this one too."""
+        self._arrivals.append(self._clock())
+        self.playing = self.playing or self._plays_through()
+        return self.playing
+
+    def _plays_through(self) -> bool:
+        encoded = len(self._arrivals) * self.segment_s
+        if encoded >= self.total_s:  # all of it (or a length unknown: 0)
+            return True
+        if len(self._arrivals) < 2:
+            return False
+        span = self._arrivals[-1] - self._arrivals[0]
+        if span <= 0:
+            return True
+        rate = RATE_MARGIN * (len(self._arrivals) - 1) * self.segment_s / span
+        return encoded >= self.total_s * (1 - rate)
+
+
+def paced(segments: Iterator[Path], pacer: Pacer) -> Iterator[Path]:
+    """The segments, each held until `pacer` lets the player have it; those still held when the run ends, then."""
+    held: List[Path] = []
+    for segment in segments:
+        held.append(segment)
+        if pacer.arrived():
+            yield from held
+            held.clear()
+    yield from held
+
+
 def stoppable(report: Reporter, stop: threading.Event) -> Reporter:
     """The progress callback, raising Stopped into the run once `stop` is set."""
 
@@ -80,10 +128,10 @@ def make_video_stream(limits: Limits, *args: Any, **kwargs: Any) -> Iterator[Upd
     stop = threading.Event()
     report = stoppable(jobs.progress_reporter(given.arguments["progress"], enhanced=bool(form.face_enhancement)),
                        stop)  # fmt: skip
-    job, segments, run = _start(limits, form, report)
+    job, segments, run, seconds = _start(limits, form, report)
     try:
         yield gr.skip(), download_button(), None, ""  # the last result's download and status go
-        for segment in segments.until_done(run):
+        for segment in paced(segments.until_done(run), Pacer(seconds)):
             yield segment, gr.skip(), gr.skip(), gr.skip()
         with jobs.visitor_errors():
             video, speech, status = jobs.finished(job, run.result())
@@ -93,20 +141,21 @@ def make_video_stream(limits: Limits, *args: Any, **kwargs: Any) -> Iterator[Upd
     yield gr.skip(), download_button(video), speech, status
 
 
-def _start(limits: Limits, form: jobs.Form, report: Reporter) -> Tuple[jobs.Job, Segments, Future]:
+def _start(limits: Limits, form: jobs.Form, report: Reporter) -> Tuple[jobs.Job, Segments, Future, float]:
     """A request folder, the request checked and its text spoken (as make_video does), and the run started; the
-    folder is kept once the run succeeded, removed once it failed or stopped."""
+    folder is kept once the run succeeded, removed once it failed or stopped. Also the video's length: its speech's."""
     workdir = folders.requests.new()
     try:
         with jobs.visitor_errors():
             job = jobs.prepare(limits, form, workdir, report)
+            seconds = media_seconds(job.speech_path)
             segments = Segments(workdir / SEGMENTS_FOLDER)
             run = jobs.start_engine(job, report, segments)
     except BaseException:
         folders.requests.finish(workdir, keep=False)
         raise
     run.add_done_callback(lambda ended: folders.requests.finish(workdir, keep=_succeeded(ended)))
-    return job, segments, run
+    return job, segments, run, seconds
 
 
 def _succeeded(run: Future) -> bool:
