@@ -43,7 +43,8 @@ MODEL_NOTES = {
 PAD_MIN_WIDTH = 100  # px: the four pad boxes share one row of the half-page column (gradio's default is 160)
 DESCRIPTION = """\
 # lipsync: make a face speak
-Give a **face** (a picture or a video) and a **voice** (an audio file, a recording, or text to speak).
+Give a **face** (a picture or a video) and a **voice** (an audio file, a recording, or text to speak;
+without one, a video with sound speaks its own).
 Wav2Lip on PaddlePaddle redraws the mouth to match the speech. Try an example below.
 <small>The Wav2Lip weights are for personal, research and non-commercial use only. Don't use this to deceive.</small>
 """

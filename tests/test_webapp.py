@@ -298,6 +298,24 @@ def test_one_face_and_one_voice_at_a_time(tmp_path):
     assert cleared is None and tabs.selected == "picture"
 
 
+def test_a_video_with_sound_and_no_voice_speaks_its_own(tmp_path, media, monkeypatch):
+    """No audio and no text: a face video with sound is its own speech (a dubbed video re-synced), and the page
+    says so; a silent video or a picture still asks for a voice, saying a video with sound would not."""
+    from media_helpers import ffmpeg
+
+    told: list = []
+    monkeypatch.setattr(gr, "Info", lambda message, *args, **kwargs: told.append(message))
+    talking = tmp_path / "talking.mp4"
+    ffmpeg("-i", media["video"], "-i", media["speech"], "-c:v", "copy", "-c:a", "aac", talking)
+    given = limits.Limits()
+    path, speech = jobs.speech_for(None, "", tts.DEFAULT_VOICE, 0, tmp_path, given, jobs.no_progress,
+                                   face_video=str(talking))  # fmt: skip
+    assert (path, speech, told) == (str(talking), None, [jobs.OWN_SOUND])
+    for silent in (str(media["video"]), None):
+        with pytest.raises(LipSyncError, match=r"Give a voice: .* \(a video with sound speaks its own"):
+            jobs.speech_for(None, " ", tts.DEFAULT_VOICE, 0, tmp_path, given, jobs.no_progress, face_video=silent)
+
+
 def test_an_uploaded_heic_is_shown_as_a_jpeg_and_nothing_else_is_touched(tmp_path, media):
     import numpy as np
 

@@ -46,6 +46,7 @@ ENHANCED_STAGES = {**{s: STAGES[s] for s in (STAGE_SPEECH, STAGE_AUDIO, STAGE_LO
                    STAGE_SYNC: (0.3, 0.4), STAGE_ENHANCE: (0.4, 0.95), STAGE_ENCODE: STAGES[STAGE_ENCODE]}
 HAAR_NOTE = "OpenCV's Haar detector found the faces"  # in the engine's note when S3FD had no weights
 SPOKEN_OFFLINE = "Spoken offline by espeak-ng"
+OWN_SOUND = "No voice given: the video speaks its own sound, its lips redrawn to follow it."
 
 RUN_THREAD_PREFIX = "lipsync-run"
 # lipsync runs execute on these threads, which live as long as the process, not on gradio's worker threads:
@@ -105,9 +106,11 @@ def one_face(face_image: Optional[str], face_video: Optional[str], limits: Limit
 
 
 def speech_for(
-    audio: Optional[str], text: Optional[str], voice: str, rate: float, workdir: Path, limits: Limits, report: Reporter
+    audio: Optional[str], text: Optional[str], voice: str, rate: float, workdir: Path, limits: Limits, report: Reporter,
+    face_video: Optional[str] = None,
 ) -> Tuple[str, Optional[tts.Speech]]:
-    """The speech to lip-sync: the audio given, or the text spoken by edge-tts (espeak-ng offline)."""
+    """The speech to lip-sync: the audio given, the text spoken by edge-tts (espeak-ng offline), or with neither
+    the face video's own sound (its lips then follow it: a dubbed video re-synced)."""
     text = text or ""
     if audio and text.strip():
         raise LipSyncError("Give the voice as an audio file or as text, not both.")
@@ -115,7 +118,7 @@ def speech_for(
         check_seconds(audio, "audio", limits)
         return audio, None
     if not text.strip():
-        raise LipSyncError("Give a voice: upload or record audio, or type a text to speak.")
+        return _own_sound(face_video)
     check_text(text, limits)
     report(STAGE_SPEECH, 0, 1)
     with _speech_slots:
@@ -125,6 +128,17 @@ def speech_for(
         gr.Warning(plain(f"{SPOKEN_OFFLINE}: {speech.fallback_reason}."))
     check_seconds(speech.path, "speech made from your text", limits)
     return str(speech.path), speech
+
+
+def _own_sound(face_video: Optional[str]) -> Tuple[str, None]:
+    """No voice given: a face video with sound speaks that (its length was checked as the face's)."""
+    from lipsync import video
+
+    if not face_video or not video.probe(face_video).has_audio:
+        raise LipSyncError("Give a voice: upload or record audio, or type a text to speak (a video with sound "
+                           "speaks its own when no voice is given).")
+    gr.Info(OWN_SOUND)
+    return face_video, None
 
 
 def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device,
@@ -261,7 +275,8 @@ def prepare(limits: Limits, form: Form, workdir: Path, report: Reporter) -> Job:
     """Check the request against the limits and speak its text (in `workdir`): everything before the engine."""
     options = form.options()
     face = one_face(form.face_image, form.face_video, limits)
-    speech_path, speech = speech_for(form.audio, form.text, form.voice, form.rate, workdir, limits, report)
+    speech_path, speech = speech_for(form.audio, form.text, form.voice, form.rate, workdir, limits, report,
+                                     face_video=form.face_video)
     if options.face_enhancement and not on_gpu(options):
         check_enhanced_seconds(speech_path, limits)
     quiet_paddle_signals()
