@@ -4,12 +4,15 @@ in a folder that can be made, and taking back the folders a failed run made."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import List, Tuple, Union
 
 from .errors import LipSyncError
 
 OUTPUT_SUFFIX = ".mp4"
+# https://…, s3://…: an address, not a path (a Path of it keeps one slash; a scheme of one letter is a Windows drive)
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 PathLike = Union[str, Path]
 
@@ -30,7 +33,10 @@ def check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tupl
 
 
 def check_input(given: PathLike, what: str) -> Path:
-    """An input file that exists and is not empty."""
+    """An input file that exists and is not empty (a web address is not one)."""
+    if URL.match(os.fspath(given)) and not Path(given).exists():
+        raise LipSyncError(f"the {what} {os.fspath(given)} is a web address: lipsync reads files on this machine, so "
+                           "download it first (for example with curl -LO, or your browser's Save as)")
     path = Path(given).expanduser()
     if path.is_dir():
         raise LipSyncError(f"the {what} {path} is a folder: give a file in it")

@@ -188,6 +188,8 @@ CASES = [
          "could not decode the audio in noise.mp3"),
     Case("text_as_mp4", _media(face=lambda i: i.file("notes.mp4", lambda p: p.write_text("not a video\n" * 40))),
          "notes.mp4 cannot be read as a picture or a video"),
+    Case("url_face", _media(face=lambda i: "https://example.com/face.jpg"),
+         "the face https://example.com/face.jpg is a web address"),
     Case("no_face", _media(face=lambda i: i.picture("wall.png", np.full((360, 480, 3), 90, np.uint8))), "No face found"),
     Case("face_too_small", _media(face=lambda i: i.picture("far.png", _small_face(i.photo_bgr))), "No face found"),
     Case("several_faces", _media(face=lambda i: i.picture("two.png", two_faces(i.photo_bgr)),
