@@ -51,6 +51,7 @@ def _manifest(tmp_path: Path, text: str, name: str = "jobs.csv") -> Path:
     ("face,audio,face_detector\nface.png,s.wav,\nface.png,s.wav,mtcnn\n", ["row 2", "column 'face_detector'", "mtcnn"]),
     ("face,audio,voice\nface.png,speech.wav,en-US-GuyNeural\n", ["row 1", "column 'voice'", "text rows"]),
     ("face,text,rate\nface.png,Hi,300\n", ["row 1", "column 'rate'"]),
+    ("face,audio\nhttps://example.com/a.png,speech.wav\n", ["row 1", "column 'face'", "a web address"]),
     ("face,audio,outfile\nface.png,a.wav,same.mp4\nface.png,b.wav,same.mp4\n", ["row 2", "'outfile'", "same.mp4"]),
     ("Face,audio,face\nface.png,speech.wav,other.png\n", ["column 'face' twice"]),
     ("face,audio,\nface.png,speech.wav,\nface.png,speech.wav,0 20 0 0\n", ["row 2", "'0 20 0 0'", "without a name"]),

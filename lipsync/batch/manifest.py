@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .. import tts
+from .. import paths, tts
 from ..errors import LipSyncError
 from ..options import LipSyncOptions, option_names
 from ..optiontext import option_value
@@ -161,13 +161,18 @@ def _job(number: int, row: Dict[str, Any], folder: Path, base: LipSyncOptions, s
     for column in TEXT_ONLY_COLUMNS:
         if column in cells and AUDIO in cells:
             raise ManifestError(f"{where}, column {column!r}: only for text rows (this row has an audio file)")
-    audio = _path(cells[AUDIO], folder) if AUDIO in cells else None
-    return Job(row=number, face=_path(cells[FACE], folder), audio=audio, text=cells.get(TEXT),
+    audio = _path(cells, AUDIO, folder, where) if AUDIO in cells else None
+    return Job(row=number, face=_path(cells, FACE, folder, where), audio=audio, text=cells.get(TEXT),
                voice=cells.get(VOICE, tts.DEFAULT_VOICE), rate=_rate(cells, where), outfile=_outfile(cells, where),
                options=_options(cells, base, where))  # fmt: skip
 
 
-def _path(text: str, folder: Path) -> Path:
+def _path(cells: Dict[str, str], column: str, folder: Path, where: str) -> Path:
+    """A column's file, relative to the manifest's folder; a web address is this row's error, said before any job."""
+    text = cells[column]
+    if paths.URL.match(text):
+        raise ManifestError(f"{where}, column {column!r}: {text} is a web address; lipsync reads files on this "
+                            "machine, so download it first")
     path = Path(text).expanduser()
     return path if path.is_absolute() else folder / path
 
