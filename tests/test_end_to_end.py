@@ -196,7 +196,7 @@ def test_cli_speaks_typed_text(media, tmp_path, given, voice, spoken_by):
                           input=words if given == "stdin" else "", capture_output=True, text=True, env=env,
                           cwd=str(scratch))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert f"note: spoken offline by espeak-ng ({spoken_by}): the edge-tts service could not be reached" in proc.stderr
+    assert f"note: spoken offline by espeak-ng ({spoken_by}): " in proc.stderr  # unreachable, or not installed
     reference = tts.espeak_speak(words, voice, 0, tmp_path).path  # what espeak-ng makes of the words alone
     _check_output(out, reference, (512, 512))
     assert list(scratch.iterdir()) == [], "the spoken text's folder is removed"
