@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="words to speak instead of an audio file, in --voice (edge-tts, online; offline espeak-ng speaks "
               f"them in the voice's language); {STDIN_TEXT} reads them from standard input")
     _add(p, "voice", default=tts.DEFAULT_VOICE, metavar="VOICE",
-         help=f"edge-tts voice for --text (default {tts.DEFAULT_VOICE}; the app lists them)")
+         help=f"edge-tts voice for --text (default {tts.DEFAULT_VOICE}; --list_voices lists them)")
     _add(p, "rate", type=int, default=0, metavar="PERCENT",
          help=f"speaking rate for --text, {tts.MIN_RATE} to +{tts.MAX_RATE} (%% faster; default 0)")
     _add(p, "outfile", required=True, metavar="OUT.mp4", help="where to write the result (H.264 + AAC mp4)")
@@ -123,6 +124,8 @@ def _add_machine_options(p: argparse.ArgumentParser, d: LipSyncOptions) -> None:
     _add(p, "quiet", action="store_true", help="no progress bars")
     p.add_argument("--doctor", action=_DoctorAction,
                    help="check this machine (paddle, CUDA libraries, GPU, ffmpeg, weights) and exit: 0 = a job can run")
+    p.add_argument("--list_voices", "--list-voices", action=_VoicesAction,
+                   help="list the voices --voice takes (edge-tts's own list, or the built-in one offline) and exit")
     # fmt: on
 
 
@@ -136,6 +139,30 @@ class _DoctorAction(argparse.Action):
         from .doctor import main as doctor
 
         parser.exit(doctor())
+
+
+class _VoicesAction(_DoctorAction):
+    """--list_voices, like --doctor: runs while parsing, prints, exits 0."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
+        try:
+            print_voices()
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit fails no more
+        parser.exit(0)
+
+
+def print_voices() -> None:
+    """The voices --voice takes, a line each (name, language, who), by language: the service's list when it
+    answers, else the built-in one, which the first line says."""
+    voices = tts.catalog()
+    fetched = voices.refresh()
+    print("edge-tts's voices:" if fetched else "the built-in voices (edge-tts's service could not be reached; "
+          "offline, espeak-ng speaks in each voice's language):")  # fmt: skip
+    for language, locale in voices.languages():
+        for voice in voices.voices(locale):
+            print(f"{voice.name:40} {language:32} {voice.label}")
 
 
 def options_from_args(args: argparse.Namespace) -> LipSyncOptions:

@@ -104,6 +104,30 @@ def test_text_is_the_speech_instead_of_an_audio_file(capsys):
     assert exc.value.code == 2 and "--voice and --rate are for --text" in err and err.count("\n") == 1
 
 
+def test_list_voices_prints_the_service_s_list_or_the_built_in_one(capsys, monkeypatch):
+    """--list_voices needs no --face: it prints a voice a line (name, language, who) and exits 0; offline, the
+    built-in list, which its first line says."""
+    from lipsync import tts
+
+    def unreachable():
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(tts, "catalog", lambda: tts.VoiceCatalog(fetch=unreachable))
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--list_voices"])
+    lines = capsys.readouterr().out.splitlines()
+    assert exc.value.code == 0 and lines[0].startswith("the built-in voices (edge-tts's service could not be reached")
+    assert len(lines) == 1 + len(tts.curated_voices())
+    assert any(line.split()[0] == tts.DEFAULT_VOICE and "Emma (female, multilingual)" in line for line in lines)
+    service = [{"ShortName": "cy-GB-NiaNeural", "Locale": "cy-GB", "Gender": "Female",
+                "FriendlyName": "Microsoft Nia Online (Natural) - Welsh (United Kingdom)"}]  # fmt: skip
+    monkeypatch.setattr(tts, "catalog", lambda: tts.VoiceCatalog(fetch=lambda: service))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--list-voices"])
+    assert capsys.readouterr().out.splitlines() == [
+        "edge-tts's voices:", f"{'cy-GB-NiaNeural':40} {'Welsh (United Kingdom)':32} Nia (female)"]
+
+
 def test_multi_line_messages_print_as_one():
     assert one_line("first\n  second \n\nthird") == "first | second | third"
 
