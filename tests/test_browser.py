@@ -37,7 +37,7 @@ ENCODING = jobs.STAGE_ENCODE
 STREAM_PADDING_S = 0.1  # gradio's stream re-times its AAC frames: its end may differ from the mp4's by a frame or two
 # When the result starts playing, and when each progress stage first shows, from the click on "Make it speak".
 WATCH_THE_RUN = """
-window.run = {clicked: performance.now(), playing: null, stages: {}};
+window.run = {clicked: performance.now(), playing: null, stages: {}, stalls: 0, starved: false};
 document.querySelector('#run').addEventListener('click', () => { window.run.clicked = performance.now(); },
                                                 {capture: true, once: true});
 const stage = () => {
@@ -48,6 +48,11 @@ const stage = () => {
   const video = document.querySelector('#result video');
   if (window.run.playing === null && video && !video.paused && video.currentTime > 0) {
     window.run.playing = performance.now();
+  }
+  if (window.run.playing !== null && video && !video.ended) {  // the player waiting for data: a stall begins
+    const starved = video.readyState < HTMLMediaElement.HAVE_FUTURE_DATA;
+    if (starved && !window.run.starved) window.run.stalls += 1;
+    window.run.starved = starved;
   }
 };
 new MutationObserver(stage).observe(document, {childList: true, subtree: true, attributes: true});
@@ -182,7 +187,7 @@ def test_the_result_plays_while_it_is_being_made_then_the_mp4_downloads(page, se
     after = {name: (at - seen["clicked"]) / 1000 for name, at in (("playing", playing), ("encoding", encoding))}
     speech_s = media_seconds(speech)
     print(f"click to result playing: {after['playing']:.1f} s (picture + {speech_s:.1f} s of speech; "
-          f"the job's last stage began after {after['encoding']:.1f} s)")
+          f"the job's last stage began after {after['encoding']:.1f} s); stalls while playing: {seen['stalls']}")
     assert playing < encoding, "the result plays while it is being made"
     shoot(page, screenshots, "4-streamed")
     mp4 = download_the_mp4(page, tmp_path)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, List, Tuple
 import gradio as gr
 
 from lipsync.segments import SEGMENT_SECONDS
+from lipsync.types import STAGE_SYNC
 
 from . import folders, jobs
 from .jobs import Reporter
@@ -27,9 +28,10 @@ from .limits import Limits, media_seconds
 SEGMENTS_FOLDER = "segments"  # in the request folder: where each segment waits for gradio to read it
 WAIT_S = 0.1  # between looks at whether the run has ended, while no segment comes
 # The player gets the first segments only once what is encoded plays through while the rest is made: a run slower
-# than playback (a CPU Space at 720p) stalled it every second instead. Encoding r seconds of video a second, T
-# seconds in all, playing from B encoded seconds never catches up with the encoder when B >= T (1 - r); r is
-# measured between segments (the first one's wait is the start-up's), taken this much slower (a run's pace wavers)
+# than playback (a CPU Space at 720p) stalled it every second instead. Making r seconds of video a second, T seconds in
+# all, playing from B encoded seconds never catches up with the encoder when B >= T (1 - r). r comes from the frames
+# the run hands to the encoder (its "lip-syncing" progress: steady, where segments come in lumps of 0.8 and 1.5 s),
+# taken this much slower, as a run's pace wavers
 RATE_MARGIN = 0.85
 
 Update = Tuple[Any, Any, Any, Any]  # the result video (a segment), the mp4 to download, the speech, the status
@@ -64,30 +66,45 @@ class Segments:
 
 class Pacer:
     """When the page's player may have the segments held so far (RATE_MARGIN says when); once it may, it has each
-    as it comes. A run as fast as playback or faster holds only its first segment, until the second shows the pace."""
+    as it comes. Fed the run's progress (watching) and each segment's arrival; told the video's length (expect)."""
 
-    def __init__(self, total_s: float, segment_s: float = SEGMENT_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.total_s, self.segment_s, self._clock = total_s, segment_s, clock
-        self._arrivals: List[float] = []
+    def __init__(self, clock: Callable[[], float] = time.monotonic, segment_s: float = SEGMENT_SECONDS) -> None:
+        self._clock, self.segment_s = clock, segment_s
+        self.total_s = 0.0
+        self._made: List[Tuple[float, float]] = []  # (when, share of the frames handed to the encoder)
+        self._segments = 0
         self.playing = False
+
+    def expect(self, total_s: float) -> None:
+        """The video's length (its speech's), once known; 0: unknown, and nothing is held."""
+        self.total_s = total_s
+
+    def watching(self, report: Reporter) -> Reporter:
+        """The progress callback `report`, also noting how fast the run makes frames."""
+
+        def noted(stage: str, done: int, total: int) -> None:
+            if stage == STAGE_SYNC and total > 0:
+                self._made.append((self._clock(), done / total))
+            report(stage, done, total)
+
+        return noted
 
     def arrived(self) -> bool:
         """One more segment is encoded: whether the player may have every segment held, this one too."""
-        self._arrivals.append(self._clock())
+        self._segments += 1
         self.playing = self.playing or self._plays_through()
         return self.playing
 
     def _plays_through(self) -> bool:
-        encoded = len(self._arrivals) * self.segment_s
-        if encoded >= self.total_s:  # all of it (or a length unknown: 0)
-            return True
-        if len(self._arrivals) < 2:
+        encoded = self._segments * self.segment_s
+        if encoded >= self.total_s or (self._made and self._made[-1][1] >= 1):  # all of it, or every frame made:
+            return True  # what is left is the encoder's short lag (a length unknown: 0, nothing held)
+        if len(self._made) < 2:
             return False
-        span = self._arrivals[-1] - self._arrivals[0]
-        if span <= 0:
+        (first, share_then), (last, share_now) = self._made[0], self._made[-1]
+        if last <= first:
             return True
-        rate = RATE_MARGIN * (len(self._arrivals) - 1) * self.segment_s / span
+        rate = RATE_MARGIN * self.total_s * (share_now - share_then) / (last - first)
         return encoded >= self.total_s * (1 - rate)
 
 
@@ -125,13 +142,14 @@ def make_video_stream(limits: Limits, *args: Any, **kwargs: Any) -> Iterator[Upd
     given = inspect.signature(jobs.make_video).bind(limits, *args, **kwargs)
     given.apply_defaults()
     form = jobs.Form(**{k: v for k, v in given.arguments.items() if k in jobs.FORM_FIELDS})
-    stop = threading.Event()
-    report = stoppable(jobs.progress_reporter(given.arguments["progress"], enhanced=bool(form.face_enhancement)),
-                       stop)  # fmt: skip
+    stop, pacer = threading.Event(), Pacer()
+    bar = jobs.progress_reporter(given.arguments["progress"], enhanced=bool(form.face_enhancement))
+    report = stoppable(pacer.watching(bar), stop)
     job, segments, run, seconds = _start(limits, form, report)
+    pacer.expect(seconds)
     try:
         yield gr.skip(), download_button(), None, ""  # the last result's download and status go
-        for segment in paced(segments.until_done(run), Pacer(seconds)):
+        for segment in paced(segments.until_done(run), pacer):
             yield segment, gr.skip(), gr.skip(), gr.skip()
         with jobs.visitor_errors():
             video, speech, status = jobs.finished(job, run.result())
