@@ -262,7 +262,6 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 def _spoken(args: argparse.Namespace, scratch: contextlib.ExitStack) -> Path:
     """--text spoken into a temporary folder that `scratch` removes; says so when espeak-ng spoke it offline."""
     text = sys.stdin.read() if args.text == STDIN_TEXT else args.text
-    tts.check_request(text, args.voice, args.rate)  # before any engine starts
     folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=SPEECH_FOLDER_PREFIX)))
     speech = tts.speak(text, folder, args.voice, args.rate)
     if speech.fallback_reason:
