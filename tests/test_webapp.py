@@ -308,12 +308,39 @@ def test_a_video_with_sound_and_no_voice_speaks_its_own(tmp_path, media, monkeyp
     talking = tmp_path / "talking.mp4"
     ffmpeg("-i", media["video"], "-i", media["speech"], "-c:v", "copy", "-c:a", "aac", talking)
     given = limits.Limits()
-    path, speech = jobs.speech_for(None, "", tts.DEFAULT_VOICE, 0, tmp_path, given, jobs.no_progress,
-                                   face_video=str(talking))  # fmt: skip
-    assert (path, speech, told) == (str(talking), None, [jobs.OWN_SOUND])
+    voice = jobs.speech_for(None, "", tts.DEFAULT_VOICE, 0, tmp_path, given, jobs.no_progress,
+                            face_video=str(talking))  # fmt: skip
+    assert (voice.path, voice.spoken, told) == (str(talking), None, [jobs.OWN_SOUND])
+    assert voice.seconds == pytest.approx(media_seconds(media["speech"]), abs=0.05), "its sound's length, not 2 s"
+    with pytest.raises(gr.Error, match=r"face video's sound lasts 3.4 s; this app accepts up to 3 s"):
+        jobs.speech_for(None, "", tts.DEFAULT_VOICE, 0, tmp_path, limits.Limits(max_seconds=3), jobs.no_progress,
+                        face_video=str(talking))  # fmt: skip
     for silent in (str(media["video"]), None):
         with pytest.raises(LipSyncError, match=r"Give a voice: .* \(a video with sound speaks its own"):
             jobs.speech_for(None, " ", tts.DEFAULT_VOICE, 0, tmp_path, given, jobs.no_progress, face_video=silent)
+
+
+def test_a_request_probes_each_file_once(tmp_path, monkeypatch, media):
+    """The face video and the speech are each measured once per request, and every check (length, sharpening's
+    limit, the stream's pacing) uses that measure: a probe is an ffprobe run, or a decode when the header is silent."""
+    from lipsync import video
+    from media_helpers import ffmpeg
+
+    probed: list = []
+    real_probe = video.probe
+    monkeypatch.setattr(video, "probe", lambda path, **kw: probed.append(Path(path).name) or real_probe(path, **kw))
+    talking = tmp_path / "talking.mp4"
+    ffmpeg("-i", media["video"], "-i", media["speech"], "-c:v", "copy", "-c:a", "aac", talking)
+    monkeypatch.setattr(gr, "Info", lambda *args, **kwargs: None)
+    given = limits.Limits(max_seconds=100, max_enhanced_seconds=100)
+    dubbed = jobs.prepare(given, jobs.Form(face_video=str(talking), face_enhancement=True), tmp_path, jobs.no_progress)
+    assert probed == ["talking.mp4"] and dubbed.speech_path == str(talking)
+    assert dubbed.speech_seconds == pytest.approx(media_seconds(talking), abs=0.05)
+    probed.clear()
+    voiced = jobs.prepare(given, jobs.Form(face_video=str(media["video"]), audio=str(media["speech"]),
+                                           face_enhancement=True), tmp_path, jobs.no_progress)  # fmt: skip
+    assert sorted(probed) == sorted([media["video"].name, media["speech"].name])
+    assert voiced.speech_seconds == pytest.approx(media_seconds(media["speech"]), abs=0.05)
 
 
 def test_an_uploaded_heic_is_shown_as_a_jpeg_and_nothing_else_is_touched(tmp_path, media):

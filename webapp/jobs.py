@@ -25,7 +25,7 @@ from lipsync.types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES
 
 from . import folders
 from .form import plain
-from .limits import Limits, check_enhanced_seconds, check_seconds, check_text
+from .limits import Limits, Measured, check_enhanced_seconds, check_length, check_seconds, check_text
 
 log = logging.getLogger("lipsync.app")
 
@@ -94,31 +94,40 @@ def no_progress(*args: object, **kwargs: object) -> None:
     return None
 
 
-def one_face(face_image: Optional[str], face_video: Optional[str], limits: Limits) -> str:
-    """The face to animate: the picture or the video given (exactly one)."""
+def one_face(face_image: Optional[str], face_video: Optional[str], limits: Limits) -> Tuple[str, Optional[Measured]]:
+    """The face to animate: the picture or the video given (exactly one); a video's measure."""
     if face_image and face_video:
         raise LipSyncError("Give one face: a picture or a video, not both.")
     if not (face_image or face_video):
         raise LipSyncError("Give a face: upload a picture or a video (or use the webcam).")
     if face_video:
-        check_seconds(face_video, "face video", limits, require_video=True)
-    return face_image or face_video  # type: ignore[return-value]
+        return face_video, check_seconds(face_video, "face video", limits, require_video=True)
+    return face_image, None  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Voice:
+    """The speech to lip-sync: its file, how long it lasts, and what spoke it when it was made from text."""
+
+    path: str
+    seconds: float
+    spoken: Optional[tts.Speech] = None
 
 
 def speech_for(
     audio: Optional[str], text: Optional[str], voice: str, rate: float, workdir: Path, limits: Limits, report: Reporter,
-    face_video: Optional[str] = None,
-) -> Tuple[str, Optional[tts.Speech]]:
+    face_video: Optional[str] = None, face_measured: Optional[Measured] = None,
+) -> Voice:
     """The speech to lip-sync: the audio given, the text spoken by edge-tts (espeak-ng offline), or with neither
-    the face video's own sound (its lips then follow it: a dubbed video re-synced)."""
+    the face video's own sound (its lips then follow it: a dubbed video re-synced). Each file is probed once:
+    `face_measured` is the face video's measure, when the caller has it."""
     text = text or ""
     if audio and text.strip():
         raise LipSyncError("Give the voice as an audio file or as text, not both.")
     if audio:
-        check_seconds(audio, "audio", limits)
-        return audio, None
+        return Voice(audio, check_seconds(audio, "audio", limits, as_speech=True).sound_seconds)
     if not text.strip():
-        return _own_sound(face_video)
+        return _own_sound(face_video, face_measured, limits)
     check_text(text, limits)
     report(STAGE_SPEECH, 0, 1)
     with _speech_slots:
@@ -126,19 +135,25 @@ def speech_for(
     report(STAGE_SPEECH, 1, 1)
     if speech.fallback_reason:
         gr.Warning(plain(f"{SPOKEN_OFFLINE}: {speech.fallback_reason}."))
-    check_seconds(speech.path, "speech made from your text", limits)
-    return str(speech.path), speech
+    measured = check_seconds(speech.path, "speech made from your text", limits, as_speech=True)
+    return Voice(str(speech.path), measured.sound_seconds, speech)
 
 
-def _own_sound(face_video: Optional[str]) -> Tuple[str, None]:
-    """No voice given: a face video with sound speaks that (its length was checked as the face's)."""
-    from lipsync import video
+def _own_sound(face_video: Optional[str], measured: Optional[Measured], limits: Limits) -> Voice:
+    """No voice given: a face video with sound speaks that, held to the app's length as any speech is."""
+    from lipsync import audio
 
-    if not face_video or not video.probe(face_video).has_audio:
+    from .limits import measure
+
+    if face_video and measured is None:
+        measured = measure(face_video, require_video=True)
+    if not face_video or not measured or not measured.has_audio:
         raise LipSyncError("Give a voice: upload or record audio, or type a text to speak (a video with sound "
                            "speaks its own when no voice is given).")
+    seconds = measured.sound_seconds or audio.duration(audio.load_audio(face_video))  # the header did not say
+    check_length(seconds, "face video's sound", limits)
     gr.Info(OWN_SOUND)
-    return face_video, None
+    return Voice(face_video, seconds)
 
 
 def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device,
@@ -267,6 +282,7 @@ class Job:
     face: str
     speech_path: str
     speech: Optional[tts.Speech]
+    speech_seconds: float
     options: LipSyncOptions
     outfile: Path
 
@@ -274,13 +290,13 @@ class Job:
 def prepare(limits: Limits, form: Form, workdir: Path, report: Reporter) -> Job:
     """Check the request against the limits and speak its text (in `workdir`): everything before the engine."""
     options = form.options()
-    face = one_face(form.face_image, form.face_video, limits)
-    speech_path, speech = speech_for(form.audio, form.text, form.voice, form.rate, workdir, limits, report,
-                                     face_video=form.face_video)
+    face, face_measured = one_face(form.face_image, form.face_video, limits)
+    voice = speech_for(form.audio, form.text, form.voice, form.rate, workdir, limits, report,
+                       face_video=form.face_video, face_measured=face_measured)
     if options.face_enhancement and not on_gpu(options):
-        check_enhanced_seconds(speech_path, limits)
+        check_enhanced_seconds(voice.seconds, limits)
     quiet_paddle_signals()
-    return Job(face, speech_path, speech, options, workdir / OUTPUT_NAME)
+    return Job(face, voice.path, voice.spoken, voice.seconds, options, workdir / OUTPUT_NAME)
 
 
 def finished(job: Job, result: "lipsync.RunResult") -> Result:
@@ -319,9 +335,9 @@ def preview_speech(
 ) -> Tuple[str, str]:
     """Speak the text only, to hear the voice before making the video."""
     with request_folder() as workdir:
-        path, speech = speech_for(None, text, voice, rate, workdir, limits, no_progress)
+        speech = speech_for(None, text, voice, rate, workdir, limits, no_progress).spoken
     assert speech is not None  # text was given
-    return path, f"voice: {speech.engine} {speech.voice}"
+    return str(speech.path), f"voice: {speech.engine} {speech.voice}"
 
 
 def start_engine(job: Job, report: Reporter, segments: Optional[SegmentSink] = None) -> "Future[lipsync.RunResult]":

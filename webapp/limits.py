@@ -53,37 +53,49 @@ def launch_options(limits: Limits) -> dict:
     return {"max_file_size": f"{limits.max_upload_mb:g}mb" if limits.max_upload_mb else None}
 
 
-def media_seconds(path: str | Path, require_video: bool = False) -> float:
-    """Duration of an audio or video file (decoding it when the header does not say); 0 for a picture."""
+@dataclass(frozen=True)
+class Measured:
+    """A request's file as probed once, for every check that needs its length."""
+
+    seconds: float  # what it lasts as a face: its video's length (0 for a picture), else its sound's
+    sound_seconds: float  # what its sound lasts: the speech's length when it is the speech (0 if unknown or none)
+    has_audio: bool
+
+
+def measure(path: str | Path, require_video: bool = False, as_speech: bool = False) -> Measured:
+    """The file's lengths from its header; `as_speech` decodes its sound when the header does not say."""
     from lipsync import audio, video
 
     info = video.probe(path, require_video=require_video)
     if info.is_image:
-        return 0.0
-    seconds = info.duration or info.audio_duration
-    if not seconds and not info.has_video:
-        seconds = audio.duration(audio.load_audio(path))
-    return seconds
+        return Measured(0.0, 0.0, False)
+    sound = info.audio_duration
+    if as_speech and info.has_audio and not sound:
+        sound = audio.duration(audio.load_audio(path))
+    return Measured(info.duration or sound, sound, info.has_audio)
 
 
-def check_seconds(path: str | Path, what: str, limits: Limits, require_video: bool = False) -> None:
-    """gr.Error when the file lasts longer than the app accepts (a face must be a picture or a video)."""
-    if limits.max_seconds <= 0:
-        return
-    seconds = media_seconds(path, require_video)
-    if seconds > limits.max_seconds:
+def check_length(seconds: float, what: str, limits: Limits) -> None:
+    """gr.Error when something lasts longer than the app accepts."""
+    if limits.max_seconds and seconds > limits.max_seconds:
         raise gr.Error(
             f"The {what} lasts {seconds:.1f} s; this app accepts up to {limits.max_seconds:g} s. "
             "Trim it, or run lipsync on your own machine (its command line has no limit)."
         )
 
 
-def check_enhanced_seconds(path: str | Path, limits: Limits) -> None:
+def check_seconds(path: str | Path, what: str, limits: Limits, require_video: bool = False,
+                  as_speech: bool = False) -> Measured:  # fmt: skip
+    """The file measured, and held to the app's length: a face (which must be a picture or a video, given
+    `require_video`) by its video's length, speech (`as_speech`) by its sound's."""
+    measured = measure(path, require_video, as_speech)
+    check_length(measured.sound_seconds if as_speech else measured.seconds, what, limits)
+    return measured
+
+
+def check_enhanced_seconds(seconds: float, limits: Limits) -> None:
     """gr.Error when speech is too long to sharpen the face on this CPU (the caller knows no GPU is used)."""
-    if limits.max_enhanced_seconds <= 0:
-        return
-    seconds = media_seconds(path)
-    if seconds > limits.max_enhanced_seconds:
+    if limits.max_enhanced_seconds and seconds > limits.max_enhanced_seconds:
         raise gr.Error(
             f"The speech lasts {seconds:.1f} s; without a GPU this app sharpens the face (GPEN) for up to "
             f"{limits.max_enhanced_seconds:g} s of speech. Turn \"Sharpen the face\" off, or trim the speech."

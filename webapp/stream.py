@@ -23,7 +23,7 @@ from lipsync.types import STAGE_SYNC
 
 from . import folders, jobs
 from .jobs import Reporter
-from .limits import Limits, media_seconds
+from .limits import Limits
 
 SEGMENTS_FOLDER = "segments"  # in the request folder: where each segment waits for gradio to read it
 WAIT_S = 0.1  # between looks at whether the run has ended, while no segment comes
@@ -145,8 +145,8 @@ def make_video_stream(limits: Limits, *args: Any, **kwargs: Any) -> Iterator[Upd
     stop, pacer = threading.Event(), Pacer()
     bar = jobs.progress_reporter(given.arguments["progress"], enhanced=bool(form.face_enhancement))
     report = stoppable(pacer.watching(bar), stop)
-    job, segments, run, seconds = _start(limits, form, report)
-    pacer.expect(seconds)
+    job, segments, run = _start(limits, form, report)
+    pacer.expect(job.speech_seconds)
     try:
         yield gr.skip(), download_button(), None, ""  # the last result's download and status go
         for segment in paced(segments.until_done(run), pacer):
@@ -159,21 +159,20 @@ def make_video_stream(limits: Limits, *args: Any, **kwargs: Any) -> Iterator[Upd
     yield gr.skip(), download_button(video), speech, status
 
 
-def _start(limits: Limits, form: jobs.Form, report: Reporter) -> Tuple[jobs.Job, Segments, Future, float]:
+def _start(limits: Limits, form: jobs.Form, report: Reporter) -> Tuple[jobs.Job, Segments, Future]:
     """A request folder, the request checked and its text spoken (as make_video does), and the run started; the
-    folder is kept once the run succeeded, removed once it failed or stopped. Also the video's length: its speech's."""
+    folder is kept once the run succeeded, removed once it failed or stopped."""
     workdir = folders.requests.new()
     try:
         with jobs.visitor_errors():
             job = jobs.prepare(limits, form, workdir, report)
-            seconds = media_seconds(job.speech_path)
             segments = Segments(workdir / SEGMENTS_FOLDER)
             run = jobs.start_engine(job, report, segments)
     except BaseException:
         folders.requests.finish(workdir, keep=False)
         raise
     run.add_done_callback(lambda ended: folders.requests.finish(workdir, keep=_succeeded(ended)))
-    return job, segments, run, seconds
+    return job, segments, run
 
 
 def _succeeded(run: Future) -> bool:
