@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
          help=f"edge-tts voice for --text (default {tts.DEFAULT_VOICE}; --list_voices lists them)")
     _add(p, "rate", type=int, default=0, metavar="PERCENT",
          help=f"speaking rate for --text, {tts.MIN_RATE} to +{tts.MAX_RATE} (%% faster; default 0)")
-    _add(p, "outfile", required=True, metavar="OUT.mp4", help="where to write the result (H.264 + AAC mp4)")
+    _add(p, "outfile", required=True, metavar="OUT.mp4",
+         help="where to write the result: .mp4 (H.264 + AAC, plays everywhere), .mov or .mkv (the same inside), "
+              ".webm (VP9 + Opus)")
     _add(p, "checkpoint_path", default=d.checkpoint, metavar="NAME|FILE",
          help="generator weights: wav2lip_hq (default), wav2lip_gan, wav2lip, or a .pdparams/.pth file")
     _add(p, "static", nargs="?", const=True, default=False, type=_flag_value, metavar="BOOL",

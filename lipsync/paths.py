@@ -1,5 +1,5 @@
-"""The paths of one job: inputs that exist and are not empty, an .mp4 output that overwrites neither of them,
-in a folder that can be made, and taking back the folders a failed run made."""
+"""The paths of one job: inputs that exist and are not empty, an output (.mp4, .mov, .mkv or .webm) that overwrites
+neither of them, in a folder that can be made, and taking back the folders a failed run made."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import List, Tuple, Union
 
+from .containers import SUFFIX_LIST, container_for
 from .errors import LipSyncError
 
-OUTPUT_SUFFIX = ".mp4"
 # https://…, s3://…: an address, not a path (a Path of it keeps one slash; a scheme of one letter is a Windows drive)
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
@@ -18,12 +18,12 @@ PathLike = Union[str, Path]
 
 
 def check_paths(face: PathLike, audio_path: PathLike, outfile: PathLike) -> Tuple[Path, Path, Path]:
-    """Inputs must be non-empty files; the output an .mp4 that is neither of them, in a folder we can make."""
+    """Inputs must be non-empty files; the output a video file (containers.SUFFIXES) that is neither of them, in a
+    folder we can make."""
     face_p, audio_p, out_p = check_input(face, "face"), check_input(audio_path, "audio"), Path(outfile).expanduser()
-    if out_p.suffix.lower() != OUTPUT_SUFFIX:
-        raise LipSyncError(f"the output must be an .mp4 file (got {out_p.name})")
     if out_p.is_dir():
-        raise LipSyncError(f"the output {out_p} is a folder; give a file name ending in .mp4")
+        raise LipSyncError(f"the output {out_p} is a folder; give a file name in it ending in {SUFFIX_LIST}")
+    container_for(out_p)
     for what, path in (("face", face_p), ("audio", audio_p)):
         if out_p.exists() and out_p.samefile(path):
             raise LipSyncError(f"the output {out_p.name} is the {what} input: give another output name, "

@@ -58,11 +58,12 @@ def run(
     engine: Optional[Engine] = None,
     segments: Optional[SegmentSink] = None,
 ) -> RunResult:
-    """Make the face in `face` (picture or video) speak `audio_path`; write an H.264/AAC mp4 to `outfile`.
+    """Make the face in `face` (picture or video) speak `audio_path`; write it to `outfile`: an H.264/AAC .mp4,
+    .mov or .mkv, or a VP9/Opus .webm, as its name says (lipsync.containers).
 
     `segments`, when given, receives the output while it is encoded, as one-second MPEG-TS files of the same
     frames and audio (H.264 + AAC, in order; see lipsync.segments), all of them before `run` returns; they are
-    cut from the mp4's own encode, which then has a keyframe every second."""
+    cut from the output's own encode (H.264 only), which then has a keyframe every second."""
     options = options or LipSyncOptions()
     report = progress or _no_progress
     engine = engine or DEFAULT_ENGINE

@@ -51,7 +51,7 @@ def _clip(image: np.ndarray, path: Path, frames: int = 25) -> None:
 
 def write_manifest(folder: Path, media: Dict[str, Path]) -> Path:
     """Seven rows, paths relative to the manifest: picture+audio, typed text, video, a broken face, a per-row option
-    (fps), a second picture with an outfile in a subfolder, and a missing audio file."""
+    (fps), a second picture with an outfile in a subfolder (a .webm), and a missing audio file."""
     rel = {key: os.path.relpath(path, folder) for key, path in media.items()}
     rows = [
         {"face": rel["photo"], "audio": rel["speech"]},
@@ -59,7 +59,7 @@ def write_manifest(folder: Path, media: Dict[str, Path]) -> Path:
         {"face": rel["video"], "audio": rel["speech"]},
         {"face": rel["broken"], "audio": rel["speech"], "outfile": "broken.mp4"},
         {"face": rel["photo"], "audio": rel["speech"], "outfile": "slow.mp4", "fps": str(PER_ROW_FPS)},
-        {"face": rel["photo2"], "audio": rel["speech"], "outfile": "sub/second.mp4", "pads": "0 12 0 0"},
+        {"face": rel["photo2"], "audio": rel["speech"], "outfile": "sub/second.webm", "pads": "0 12 0 0"},
         {"face": rel["photo"], "audio": "nowhere.wav"},
     ]
     manifest = folder / "jobs.csv"
@@ -95,7 +95,7 @@ def check_batch(rows: List[ResultRow], outdir: Path, media: Dict[str, Path], typ
         assert row.status == DONE, row
         assert row.frames > 0 and row.device.startswith("cpu") and row.attempts == 1
         check_video(Path(row.outfile), seconds, fps=PER_ROW_FPS if number == 5 else 25)
-    assert Path(by_row[6].outfile) == outdir / "sub" / "second.mp4"
+    assert Path(by_row[6].outfile) == outdir / "sub" / "second.webm"
     assert Path(by_row[1].outfile).parent == outdir and Path(by_row[1].outfile).name == "astronaut-hello.mp4"
     listed = read_csv(outdir / "results.csv")
     assert [r["status"] for r in listed] == ["done", "done", "done", "failed", "done", "done", "failed"]
@@ -104,11 +104,12 @@ def check_batch(rows: List[ResultRow], outdir: Path, media: Dict[str, Path], typ
 
 
 def check_video(path: Path, seconds: float, fps: int) -> None:
-    """H.264 yuv420p + AAC, at `fps`, lasting as long as its speech."""
+    """H.264 yuv420p + AAC (VP9 + Opus for a .webm), at `fps`, lasting as long as its speech."""
     info = ffprobe(path)
     streams = {s["codec_type"]: s for s in info["streams"]}
-    assert streams["video"]["codec_name"] == "h264" and streams["video"]["pix_fmt"] == "yuv420p"
-    assert streams["audio"]["codec_name"] == "aac"
+    codecs = ("vp9", "opus") if path.suffix == ".webm" else ("h264", "aac")
+    assert (streams["video"]["codec_name"], streams["audio"]["codec_name"]) == codecs, path
+    assert streams["video"]["pix_fmt"] == "yuv420p"
     num, den = (int(x) for x in streams["video"]["r_frame_rate"].split("/"))
     assert abs(num / den - fps) < 0.01
     assert abs(float(info["format"]["duration"]) - seconds) <= LENGTH_TOLERANCE_S, (path, seconds)

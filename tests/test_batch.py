@@ -53,6 +53,8 @@ def _manifest(tmp_path: Path, text: str, name: str = "jobs.csv") -> Path:
     ("face,text,rate\nface.png,Hi,300\n", ["row 1", "column 'rate'"]),
     ("face,audio\nhttps://example.com/a.png,speech.wav\n", ["row 1", "column 'face'", "a web address"]),
     ("face,audio,outfile\nface.png,a.wav,same.mp4\nface.png,b.wav,same.mp4\n", ["row 2", "'outfile'", "same.mp4"]),
+    ("face,audio,outfile\nface.png,a.wav,a.webm\nface.png,b.wav,b.avi\n", ["row 2", "'outfile'", ".mkv or .webm",
+                                                                         "got b.avi"]),
     ("Face,audio,face\nface.png,speech.wav,other.png\n", ["column 'face' twice"]),
     ("face,audio,\nface.png,speech.wav,\nface.png,speech.wav,0 20 0 0\n", ["row 2", "'0 20 0 0'", "without a name"]),
 ])  # fmt: skip
@@ -87,12 +89,12 @@ def test_manifest_rows_become_jobs_with_options_parsed_as_the_cli_parses_them(tm
 def test_a_spreadsheet_s_csv_is_read_as_meant(tmp_path):
     """What Excel and friends write: a byte-order mark, CRLF, capitalised and padded headers, empty columns
     without a name, and rows of commas only."""
-    text = "\ufeffFace , Audio,OUTFILE,,\r\na.png,s.wav,one.mp4,,\r\n,,,,\r\n b.png , t.wav ,,,\r\n,,,,\r\n"
+    text = "\ufeffFace , Audio,OUTFILE,,\r\na.png,s.wav,one.MOV,,\r\n,,,,\r\n b.png , t.wav ,,,\r\n,,,,\r\n"
     path = tmp_path / "jobs.csv"
     path.write_bytes(text.encode("utf-8"))
     jobs = read_manifest(path, CPU_HAAR)
     assert [(job.row, job.face.name, job.audio.name) for job in jobs] == [(1, "a.png", "s.wav"), (2, "b.png", "t.wav")]
-    assert jobs[0].outfile == Path("one.mp4") and jobs[1].outfile is None
+    assert jobs[0].outfile == Path("one.MOV") and jobs[1].outfile is None, "any container lipsync writes"
     lines = [{"Face": "a.png", " AUDIO ": "s.wav"}]
     assert read_manifest(_manifest(tmp_path, json.dumps(lines[0]) + "\n", "jobs.jsonl"))[0].audio == tmp_path / "s.wav"
 
@@ -147,15 +149,16 @@ def test_a_batch_on_two_workers_then_a_rerun_that_skips_what_is_done(small_media
     assert len({row.worker for row in rows if row.status == DONE}) == 2, "both workers took jobs"
     assert ("jobs", 7, 7) in seen and any(stage == "frames" and done > 0 for stage, done, _ in seen)
     # a file cut short (as a copy or another tool might leave it) is redone; complete ones are skipped
-    cut = Path(rows[0].outfile)
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    for cut in (Path(rows[0].outfile), Path(rows[5].outfile)):  # an mp4 and a .webm
+        cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
     code = batch_main([str(manifest), "--outdir", str(outdir), "--workers", "2", "--set", "device=cpu",
                        "--set", "face_detector=haar", "--quiet"])  # fmt: skip
     assert code == 1, "a row failed"
     statuses = [row["status"] for row in read_csv(outdir / "results.csv")]
-    assert statuses == [DONE, SKIPPED, SKIPPED, "failed", SKIPPED, SKIPPED, "failed"]
-    assert "4 skipped, 2 failed" in capsys.readouterr().out
-    assert batch.results.is_complete(batch.place_outputs(read_manifest(manifest), outdir)[0])
+    assert statuses == [DONE, SKIPPED, SKIPPED, "failed", SKIPPED, DONE, "failed"]
+    assert "3 skipped, 2 failed" in capsys.readouterr().out
+    placed = batch.place_outputs(read_manifest(manifest), outdir)
+    assert batch.results.is_complete(placed[0]) and batch.results.is_complete(placed[5])
 
 
 def test_a_job_whose_worker_is_killed_mid_job_is_retried_and_done(small_media, tmp_path, monkeypatch):

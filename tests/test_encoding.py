@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,6 +33,56 @@ def test_write_args_even_size_audio_and_duration() -> None:
     assert surround[surround.index("-ac") + 1] == "2", "7.1 is mixed down to stereo, which browsers play"
     silent = " ".join(write_args("out.mp4", width=320, height=240, fps=25))
     assert "1:a:0" not in silent and "-c:a" not in silent
+
+
+def test_the_output_name_chooses_the_container_and_its_codecs() -> None:
+    def args_for(name: str) -> list[str]:
+        return write_args(name, width=320, height=240, fps=25, audio="voice.wav", audio_duration=2.0)
+
+    def option(args: list[str], name: str) -> str:  # the output's: the last one given
+        return args[len(args) - 1 - args[::-1].index(name) + 1]
+
+    for name, muxer, video, sound in (("a.mp4", "mp4", "libx264", "aac"), ("b.MOV", "mov", "libx264", "aac"),
+                                      ("c.mkv", "matroska", "libx264", "aac"),
+                                      ("d.webm", "webm", "libvpx-vp9", "libopus")):  # fmt: skip
+        args = args_for(name)
+        assert (option(args, "-f"), option(args, "-c:v"), option(args, "-c:a")) == (muxer, video, sound), name
+        assert ("+faststart" in args) == (muxer in ("mp4", "mov")), "the index first where the container has one"
+        assert option(args, "-colorspace") == "bt709" and option(args, "-t") == "2.000000", name
+    webm = args_for("d.webm")
+    assert option(webm, "-b:v") == "0" and "-x264-params" not in webm and "-aac_coder" not in webm
+    still = write_args("d.webm", width=320, height=240, fps=25, still=True)
+    assert "-x264-params" not in still, "x264's options go to x264 only"
+    with pytest.raises(LipSyncError, match=r"must be a \.mp4, \.mov, \.mkv or \.webm file \(got e.avi\)"):
+        args_for("e.avi")
+    with pytest.raises(ValueError, match="H.264 only"):
+        write_args("d.webm", width=320, height=240, fps=25, segments_folder="segments")
+
+
+@pytest.mark.parametrize("name, codecs", [("talk.webm", ("vp9", "opus")), ("talk.mov", ("h264", "aac")),
+                                          ("talk.mkv", ("h264", "aac"))])  # fmt: skip
+def test_each_container_plays_as_long_as_its_speech(clips: dict[str, Path], tmp_path: Path, name: str,
+                                                    codecs: tuple[str, str]) -> None:  # fmt: skip
+    out = tmp_path / name
+    with VideoWriter(out, size=ODD_SIZE, fps=25, audio=clips["audio"], temp_dir=tmp_path,
+                     pixel_aspect=Fraction(64, 45)) as writer:  # fmt: skip
+        for index in range(20):  # 0.8 s of video for 1.0 s of audio
+            writer.write(colour_frame(index))
+    streams = {s["codec_type"]: s for s in ffprobe(out)["streams"]}
+    video, audio = streams["video"], streams["audio"]
+    assert (video["codec_name"], audio["codec_name"]) == codecs
+    assert (video["width"], video["height"], video["pix_fmt"]) == (322, 242, "yuv420p")
+    shown = Fraction(video["sample_aspect_ratio"].replace(":", "/"))  # Matroska stores the shown size in whole pixels
+    assert abs(shown / Fraction(64, 45) - 1) < 1 / 322 and video.get("color_space") == "bt709"
+    assert media_seconds(out) == pytest.approx(AUDIO_SECONDS, abs=1 / 25)
+    counted = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                              "stream=nb_read_frames", "-of", "csv=p=0", out], capture_output=True, text=True)
+    assert int(counted.stdout) == round(AUDIO_SECONDS * 25), "the last frame held to the speech's end"
+    with read_frames(out, probe(out)) as frames:
+        back = next(frames)
+    for column, colour in ((50, (0, 0, 255)), (150, (0, 255, 0)), (250, (255, 0, 0))):
+        assert np.abs(back[100:200, column].astype(int) - colour).max() <= 8, "colours survive encode + decode"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "no partial file left beside it"
 
 
 def top_level_boxes(path: Path) -> list[str]:

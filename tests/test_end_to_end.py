@@ -202,6 +202,20 @@ def test_cli_speaks_typed_text(media, tmp_path, given, voice, spoken_by):
     assert list(scratch.iterdir()) == [], "the spoken text's folder is removed"
 
 
+def test_a_webm_is_vp9_and_opus_and_speaks_as_the_mp4_does(media, astronaut_bgr, tmp_path):
+    """The output's name chooses the container: a picture's job (its frames laid over the still by ffmpeg) written
+    as a .webm is VP9 and Opus, as long as the speech, the face changed and nothing else."""
+    out = tmp_path / "talking.webm"
+    result = lipsync.run(media["photo"], media["speech"], out, HAAR)
+    s = _streams(out)
+    assert (s["video"]["codec_name"], s["audio"]["codec_name"], s["format"]["format_name"]) == ("vp9", "opus",
+                                                                                               "matroska,webm")
+    assert (s["video"]["width"], s["video"]["height"], result.outfile) == (512, 512, out)
+    assert abs(float(s["format"]["duration"]) - speech_seconds(media["speech"])) <= FRAME_TOLERANCE_S
+    _face_changed_background_kept(read_video_frames(out)[20], astronaut_bgr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talking.webm"]
+
+
 def test_cli_on_a_photo_changes_the_face_and_nothing_else(media, astronaut_bgr, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -223,7 +237,7 @@ def test_cli_on_a_photo_changes_the_face_and_nothing_else(media, astronaut_bgr, 
         ("text_as_video", "cannot be read as a picture or a video"),
         ("no_face", "No face found"),
         ("silent_video_as_audio", "no audio track"),
-        ("not_mp4", ".mp4"),
+        ("not_mp4", "the output must be a .mp4, .mov, .mkv or .webm file (got o.avi)"),
         ("bad_box", "box"),
     ],
 )

@@ -132,14 +132,15 @@ def test_a_sink_that_fails_fails_the_writer_and_an_abort_stops_the_watcher(speec
 
 
 def test_segments_come_from_the_mp4s_one_encode_and_a_run_with_no_frames_hands_over_none(speech, tmp_path):
-    from lipsync.encoding import MP4_MUXER, write_args
+    from lipsync.containers import MP4
+    from lipsync.encoding import write_args
 
     plain = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS)
     assert plain[-4:] == ["+faststart", "-f", "mp4", f"file:{tmp_path / 'o.mp4'}"] and "segment" not in plain
     segmented = write_args(tmp_path / "o.mp4", width=64, height=48, fps=FPS, audio=speech, audio_duration=SECONDS,
                       segments_folder=tmp_path / "s")  # fmt: skip
     assert segmented[: len(plain) - 5] == plain[:-5], "the same frames, audio and codecs as the mp4's"
-    assert segmented[len(plain) - 5 :] == segments.tee_args(tmp_path / "o.mp4", MP4_MUXER, tmp_path / "s")
+    assert segmented[len(plain) - 5 :] == segments.tee_args(tmp_path / "o.mp4", MP4.muxer, tmp_path / "s")
     assert segmented.count("-c:v") == 1 and segmented.count("-f") == plain.count("-f"), "one encode, one output"
     (tmp_path / "t").mkdir()
     with pytest.raises(LipSyncError, match="no frames were written"):

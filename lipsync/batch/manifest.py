@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .. import paths, tts
+from .. import containers, paths, tts
 from ..errors import LipSyncError
 from ..options import LipSyncOptions, option_names
 from ..optiontext import option_value
@@ -21,7 +21,7 @@ FACE, AUDIO, TEXT, VOICE, RATE, OUTFILE = "face", "audio", "text", "voice", "rat
 JOB_COLUMNS = (FACE, AUDIO, TEXT, VOICE, RATE, OUTFILE)
 TEXT_ONLY_COLUMNS = (VOICE, RATE)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-OUTPUT_SUFFIX = ".mp4"
+OUTPUT_SUFFIX = ".mp4"  # a row without an outfile: its own name, as an mp4
 SLUG_WORDS = 4  # words of a text row's text in its default output name
 SLUG_CHARS = 40
 SLUG_JUNK = re.compile(r"[^\w-]+")
@@ -196,8 +196,8 @@ def _outfile(cells: Dict[str, str], where: str) -> Optional[Path]:
     if OUTFILE not in cells:
         return None
     path = Path(cells[OUTFILE]).expanduser()
-    if path.suffix.lower() != OUTPUT_SUFFIX:
-        raise ManifestError(f"{where}, column 'outfile': must end in .mp4 (got {path.name})")
+    if path.suffix.lower() not in containers.CONTAINERS:
+        raise ManifestError(f"{where}, column 'outfile': must end in {containers.SUFFIX_LIST} (got {path.name})")
     return path
 
 

@@ -52,7 +52,7 @@ class Dubber:
             folder = Path(tmp)
             audio = _unpack(folder / "speech", job.audio.name, speech) if job.audio else None
             local = replace(job, face=_unpack(folder / "face", job.face.name, face), audio=audio,
-                            outfile=folder / "out.mp4")  # fmt: skip
+                            outfile=folder / f"out{job.outfile.suffix}")  # its container, as the row named it
             outcome = dub(local, local.outfile, self._engine)  # type: ignore[arg-type]
             video = local.outfile.read_bytes() if outcome.ok else None  # type: ignore[union-attr]
         return outcome, video

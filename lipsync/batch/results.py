@@ -1,10 +1,11 @@
 """What a batch did, row by row (results.csv), and whether a row's output from an earlier run is complete.
 
-An output is complete when its MP4 boxes fill the file exactly (lipsync's index, the moov box, comes first, so
-ffprobe alone would still read a file cut short in its media data), ffprobe reads it, it has an H.264 video and
-an AAC audio stream, they last as long as each other (lipsync makes them equal), and, for a row with an audio
-file, as long as that file's audio. lipsync itself never leaves a partial file under a final
-name (it writes a hidden .part file and renames it), so this catches files cut short by other means, or made
+An output is complete when it is whole: an mp4's or a .mov's boxes fill the file exactly (lipsync's index, the moov
+box, comes first, so ffprobe alone would still read a file cut short in its media data), a .mkv's or a .webm's
+packets reach the length its header states (written first, too); ffprobe reads it, it has the codecs its name asks
+for (H.264 and AAC, or VP9 and Opus in a .webm), they last as long as each other (lipsync makes them equal), and,
+for a row with an audio file, as long as that file's audio. lipsync itself never leaves a partial file under a
+final name (it writes a hidden .part file and renames it), so this catches files cut short by other means, or made
 from other speech."""
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .. import mediainfo
+from .. import containers, ffmpeg, mediainfo
+from ..containers import Container
 from ..errors import LipSyncError
 from .manifest import Job
 
 RESULTS_NAME = "results.csv"
 DONE, FAILED, SKIPPED, INTERRUPTED = "done", "failed", "skipped", "interrupted"
-VIDEO_CODEC, AUDIO_CODEC = "h264", "aac"
 LENGTH_TOLERANCE_FRAMES = 2  # an output's length may differ from its speech's by this many frames…
 AAC_BLOCK_S = 0.07  # …plus one AAC block (1024 samples at 16 kHz: 64 ms)
+# A Matroska file's packets end this close to the length its header states (measured: 0 to 23 ms, an AAC priming
+# block; a file cut short ends short of it by the clusters it lost)
+MATROSKA_END_TOLERANCE_S = 0.1
 MP4_REQUIRED_BOXES = {b"ftyp", b"moov", b"mdat"}
 BOX_HEADER, LARGE_SIZE = 8, 8  # bytes: size (32-bit) + type; a size of 1 means a 64-bit size follows
 PARTIAL_GLOB = ".{name}.*.part"  # what lipsync.encoding.VideoWriter writes before renaming into place
@@ -78,19 +82,40 @@ def read_results(path: Path) -> List[dict]:
 def is_complete(job: Job) -> bool:
     """Whether the job's output exists from an earlier run and is a whole video of the right length."""
     assert job.outfile is not None
-    if not job.outfile.is_file() or not mp4_boxes_complete(job.outfile):
+    container = containers.CONTAINERS.get(job.outfile.suffix.lower())
+    if container is None or not job.outfile.is_file() or not _whole(job.outfile, container):
         return False
     try:
         out = mediainfo.probe(job.outfile)
     except LipSyncError:
         return False
-    codecs = _codecs(job.outfile)
-    if codecs != (VIDEO_CODEC, AUDIO_CODEC) or not out.fps:
+    if _codecs(job.outfile) != container.codecs or not out.fps:
         return False
     tolerance = LENGTH_TOLERANCE_FRAMES / out.fps + AAC_BLOCK_S
     if abs(out.duration - out.audio_duration) > tolerance:
         return False
     return job.audio is None or _close_to_speech(job.audio, out.audio_duration, tolerance)
+
+
+def _whole(path: Path, container: Container) -> bool:
+    """Whether the file was not cut short: its ISO boxes fill it, or its Matroska packets reach its stated end."""
+    return mp4_boxes_complete(path) if container.boxes else matroska_packets_complete(path)
+
+
+def matroska_packets_complete(path: Path) -> bool:
+    """Whether the packets of a Matroska (or WebM) file last as long as its header says (within
+    MATROSKA_END_TOLERANCE_S): its length is written at the front, so a file cut short still states it."""
+    import json
+
+    args = [ffmpeg.FFPROBE, "-v", ffmpeg.LOG_LEVEL, "-print_format", "json", "-show_entries",
+            "packet=pts_time,duration_time:format=duration", ffmpeg.file_arg(path)]  # fmt: skip
+    result = ffmpeg.run(args)
+    if result.returncode != 0:
+        return False
+    found = json.loads(result.stdout or b"{}")
+    ends = [float(p.get("pts_time", 0)) + float(p.get("duration_time", 0)) for p in found.get("packets", [])]
+    stated = float(found.get("format", {}).get("duration", 0))
+    return bool(ends) and stated > 0 and max(ends) >= stated - MATROSKA_END_TOLERANCE_S
 
 
 def mp4_boxes_complete(path: Path) -> bool:
@@ -126,8 +151,6 @@ def _close_to_speech(speech: Path, seconds: float, tolerance: float) -> bool:
 def _codecs(path: Path) -> Optional[tuple]:
     """(video codec, audio codec) of the first streams, from ffprobe."""
     import json
-
-    from .. import ffmpeg
 
     result = ffmpeg.run(ffmpeg.probe_args(path))
     if result.returncode != 0:
