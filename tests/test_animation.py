@@ -72,19 +72,46 @@ def test_frames_are_held_and_dropped_as_ffmpeg_does_for_the_same_gif(tmp_path: P
     assert shown[0] == 0 and shown[-1] == 4
 
 
-def test_an_animation_is_decoded_once_per_version_of_the_file(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """The app probes one face three times (its limits, its face picker, its run): the frame times are decoded once,
-    and again only when the file changes."""
+def test_an_animations_frame_times_are_read_once_per_version_of_the_file_decoding_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The app probes one face three times (its limits, its face picker, its run): the frame times are read from
+    the frames' headers once, no frame decoded, and read again only when the file changes."""
     path = webp(tmp_path / "a.webp", [100] * 3)
-    decoded = []
-    real = animation._duration
-    monkeypatch.setattr(animation, "_duration", lambda *args: decoded.append(args[1]) or real(*args))
+    read, decoded = [], []
+    real_read, real_decode = animation._stated_durations, animation._duration
+    monkeypatch.setattr(animation, "_stated_durations", lambda *args: read.append(args) or real_read(*args))
+    monkeypatch.setattr(animation, "_duration", lambda *args: decoded.append(args[1]) or real_decode(*args))
     assert video.probe(path).frame_count == video.probe(path).frame_count == 3
-    assert decoded == [0, 1, 2]
+    assert len(read) == 1 and decoded == []
     webp(path, [100] * 4)
     os.utime(path, ns=(1, 1))  # a new version even where the clock is coarse
-    assert video.probe(path).frame_count == 4 and len(decoded) == 7
+    assert video.probe(path).frame_count == 4 and len(read) == 2 and decoded == []
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 60}, {"quality": 60, "mode": "RGBA"}])
+def test_the_frame_headers_state_the_times_pillow_decodes(tmp_path: Path, options: dict) -> None:
+    """Lossless, lossy and lossy with alpha frames (an ALPH chunk in each frame): the 24-bit durations read from
+    the headers are those Pillow reports after decoding each frame (0 ms to 70 s)."""
+    mode = options.pop("mode", "RGB")
+    durations = [40, 1000, 0, 70000, 17]
+    frames = [Image.new(mode, SIZE, (STEP * i,) * len(mode)) for i in range(len(durations))]
+    path = tmp_path / "a.webp"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, **options)
+    with Image.open(path) as image:
+        decoded = [animation._duration(image, index, path.name) for index in range(image.n_frames)]
+    assert animation._stated_durations(str(path), len(durations)) == decoded == durations
+
+
+def test_frame_headers_past_the_riffs_stated_end_are_decoded_instead(tmp_path: Path) -> None:
+    path = webp(tmp_path / "a.webp", [40, 60, 100])
+    data = bytearray(path.read_bytes())
+    data[4:8] = (len(data) - 8 - 10).to_bytes(4, "little")  # the RIFF's size now ends inside the last frame
+    odd = tmp_path / "odd.webp"
+    odd.write_bytes(bytes(data) + b"\0" * 10)
+    assert animation._stated_durations(str(odd), 3) is None
+    junk = tmp_path / "junk.webp"
+    junk.write_bytes(path.read_bytes() + b"JUNK" * 5)  # after the RIFF's end: not read
+    assert animation._stated_durations(str(junk), 3) == [40, 60, 100]
 
 
 def test_the_reader_keeps_no_file_open(tmp_path: Path) -> None:
