@@ -76,14 +76,17 @@ def _face_picker() -> Tuple[gr.Column, gr.Markdown, gr.Gallery, gr.Button, gr.Nu
 
 
 def _wire_picker(image, video, advanced: list, column, heading, gallery, automatic, index) -> None:
-    resize, detector = advanced[4], advanced[10]  # _advanced_inputs' order
+    """Faces found: click one. None found in a picture: click on it, above the eyebrows then the chin, for the box."""
+    resize, box, detector = advanced[4], advanced[8], advanced[10]  # _advanced_inputs' order
+    clicks = gr.State(None)  # picker.Clicks: waiting for clicks on a picture without a face found
     for changed in (image.change, video.change, detector.change, resize.change):
-        changed(picker.faces_of, [image, video, detector, resize], [column, heading, gallery, index],
-                api_visibility="private", concurrency_id=FACES_GROUP, concurrency_limit=1,
-                show_progress="minimal")  # fmt: skip
+        changed(picker.faces_of, [image, video, detector, resize, box, clicks],
+                [column, heading, gallery, automatic, index, box, clicks], api_visibility="private",
+                concurrency_id=FACES_GROUP, concurrency_limit=1, show_progress="minimal")  # fmt: skip
     light = dict(queue=False, show_progress="hidden", api_visibility="private")
     gallery.select(picker.chosen, None, index, **light)
     automatic.click(picker.automatic, None, [index, gallery], **light)
+    image.select(picker.clicked, [image, resize, clicks], [heading, box, clicks], **light)
 
 
 def _voice_inputs():
@@ -126,7 +129,8 @@ def _advanced_inputs() -> list:
             smooth = gr.Checkbox(value=DEFAULTS.smooth, label="Smooth face boxes over time")
             static = gr.Checkbox(value=DEFAULTS.static, label="Video: use only its first frame")
             device = gr.Radio(list(DEVICES), value=DEFAULTS.device, label="Device")
-        box = gr.Textbox(label="Face box (last resort)", placeholder="y1 y2 x1 x2 in pixels; empty = detect the face")
+        box = gr.Textbox(label="Face box (last resort)", placeholder="y1 y2 x1 x2 in pixels; empty = detect the face",
+                         elem_id="face-box")
     return [*pads, resize, smooth, static, fps, box, blend, detector, device]
 
 

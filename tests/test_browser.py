@@ -293,3 +293,40 @@ def test_an_iphone_s_heic_photo_shows_on_the_page(page, media, tmp_path):
     shown.evaluate("img => img.decode()")  # rejects when the browser cannot decode the picture
     assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 512]
     playwright.expect(page.locator("#faces button.thumbnail-item")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+
+
+def test_a_drawing_without_a_face_found_speaks_where_the_visitor_clicks(page, tmp_path, screenshots):
+    """A drawing the detector misses: the picker asks for two clicks on the picture, above the eyebrows then on
+    the chin; they set the face box (in the picture's pixels, whatever size the page shows it at), the run uses
+    it, and the mouth inside it is redrawn while the rest of the drawing stays."""
+    import cv2
+    import numpy as np
+    from conftest import read_video_frames
+
+    expect = playwright.expect
+    drawing = np.full((480, 640, 3), (200, 220, 235), np.uint8)  # a sketch of a face: no detector's face
+    cv2.circle(drawing, (320, 240), 150, (90, 190, 250), -1)
+    for eye in (265, 375):
+        cv2.circle(drawing, (eye, 200), 18, (40, 40, 40), -1)
+    cv2.ellipse(drawing, (320, 310), (60, 25), 0, 0, 180, (30, 30, 160), 8)
+    picture = tmp_path / "sketch.png"
+    cv2.imwrite(str(picture), drawing)
+    page.locator("#face-image input[type=file]").set_input_files(str(picture))
+    heading = page.locator("#picker-heading")
+    expect(heading).to_contain_text("No face found", timeout=RUN_TIMEOUT_MS)
+    shown = page.locator("#face-image img")
+    scale = shown.evaluate("img => img.clientWidth / img.naturalWidth")
+    for x, y in ((320, 170), (322, 385)):  # above the eyebrows, then the chin, in the picture's pixels
+        shown.click(position={"x": x * scale, "y": y * scale})
+        expect(heading).to_contain_text("chin" if y < 300 else "Face box set")
+    placed = re.search(r"Face box set: (\d+) (\d+) (\d+) (\d+)", heading.inner_text())
+    assert placed and np.abs(np.array(placed.groups(), int) - (170, 385, 214, 429)).max() <= 2, placed
+    shoot(page, screenshots, "clicked-box")
+    page.locator("#text textarea").fill("Hello from the browser.")
+    page.locator("#run").click()
+    wait_for_a_new_result(page, "")
+    expect(page.locator("#status textarea")).to_have_value(re.compile(r" · faces: fixed box"))
+    frame = read_video_frames(download_the_mp4(page, tmp_path))[8].astype(int)
+    changed = np.abs(frame - drawing).max(axis=2)
+    assert changed[300:380, 230:410].mean() > 10, "the lower half of the clicked box is redrawn"
+    assert changed[:150].mean() < 3 and changed[400:].mean() < 3, "above and below the box, the drawing stays"

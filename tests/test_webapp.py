@@ -21,7 +21,7 @@ import lipsync
 from lipsync import native, tts
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
-from webapp import examples, folders, form, jobs, limits, voices  # test_app put the repository on sys.path
+from webapp import examples, folders, form, jobs, limits, picker, voices  # test_app put the repository on sys.path
 
 
 def _refuse_edge_tts(monkeypatch) -> None:
@@ -276,6 +276,54 @@ def test_the_status_line_names_the_detector_that_found_the_faces():
     cutaway = replace(ran, frames_without_face=12)
     assert jobs.status_line(cutaway, LipSyncOptions(face_index=1), None).endswith(
         "faces: sfd, face 1 from the left · 12 of 30 frames had no face (left unchanged)")
+
+
+def test_two_clicks_make_a_face_box_from_the_eyebrows_to_the_chin():
+    """In the picture's pixels as shown, in either order; scaled to the run's frames (a resize factor of 2 halves
+    them); as wide as tall, inside the frame; clicks closer than a face can be are a slip."""
+    assert picker.clicked_box((200, 100), (210, 300), (640, 480), (640, 480)) == (100, 300, 105, 305)
+    assert picker.clicked_box((210, 300), (200, 100), (640, 480), (640, 480)) == (100, 300, 105, 305), "chin first"
+    assert picker.clicked_box((200, 100), (210, 300), (640, 480), (320, 240)) == (50, 150, 52, 152)
+    assert picker.clicked_box((20, 100), (30, 300), (640, 480), (640, 480)) == (100, 300, 0, 125), "inside the frame"
+    assert picker.clicked_box((200, 100), (200, 110), (640, 480), (640, 480)) is None
+
+
+class _Click:  # what gradio hands a select listener: the pixel clicked, (x, y), in the picture as shown
+    def __init__(self, x: int, y: int) -> None:
+        self.index = [x, y]
+
+
+def test_a_picture_without_a_face_waits_for_two_clicks_which_set_the_face_box(media, tmp_path):
+    """No face found in a picture: the picker shows how to click the face; the first click marks the eyebrows, the
+    second the chin and sets the box, which a new picture empties. A picture with faces, or a video, takes no
+    clicks; a box typed by hand is never emptied."""
+    import cv2
+    import numpy as np
+    from media_helpers import ffmpeg
+
+    blank = tmp_path / "drawing.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 200, np.uint8))
+    shown, heading, gallery, automatic, index, box, clicks = picker.faces_of(str(blank), None, "haar", 1, "", None)
+    assert shown["visible"] and heading == picker.NO_FACE_HEADING and gallery.visible is False
+    assert automatic["visible"] is False and index is None and clicks == {"top": None, "box": None}
+    heading, box, clicks = picker.clicked(_Click(150, 60), str(blank), 1, clicks)
+    assert heading.startswith("**Now click the bottom of the chin.**") and clicks["top"] == [150, 60]
+    heading, box, clicks = picker.clicked(_Click(160, 160), str(blank), 1, clicks)
+    assert box == "60 160 105 205" and heading.startswith("**Face box set: 60 160 105 205**")
+    assert clicks == {"top": None, "box": [60, 160, 105, 205]}
+    halved = picker.clicked(_Click(160, 160), str(blank), 2, {"top": [150, 60], "box": None})
+    assert halved[1] == "30 80 52 102", "in the pixels of frames halved by the resize factor"
+    *_, emptied, clicks = picker.faces_of(str(media["photo"]), None, "haar", 1, box, clicks)
+    assert emptied == "" and clicks is None, "the clicked box was the last picture's"
+    assert picker.clicked(_Click(10, 10), str(media["photo"]), 1, clicks) == (gr.skip(), gr.skip(), None), \
+        "faces were found: a click on the picture changes nothing"
+    typed = {"top": None, "box": [60, 160, 105, 205]}
+    *_, kept, clicks = picker.faces_of(str(blank), None, "haar", 1, "1 2 3 4", typed)
+    assert kept == gr.skip() and clicks == {"top": None, "box": None}, "a box the visitor typed stays"
+    grey = tmp_path / "grey.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:d=1", "-pix_fmt", "yuv420p", grey)
+    shown, heading, *_, clicks = picker.faces_of(None, str(grey), "haar", 1, "", None)
+    assert not shown["visible"] and clicks is None, "a video without a face takes no clicks: its run says so"
 
 
 def test_the_face_index_comes_from_the_form_as_a_whole_number():

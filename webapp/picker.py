@@ -1,11 +1,12 @@
 """The face picker: after a picture or video is given, its faces as numbered thumbnails to click; the face clicked
-is the job's face_index (none clicked: the most confident face)."""
+is the job's face_index (none clicked: the most confident face). A picture in which no face is found (a drawing
+the detectors miss) is clicked on instead: above the eyebrows, then the chin; those two clicks are the face box."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
 
@@ -16,16 +17,38 @@ log = logging.getLogger("lipsync.app")
 
 HEADING = "**Who speaks?** {count} faces found: click one (none chosen: the most confident face speaks)"
 ONE_HEADING = "**Who speaks?** 1 face found"
+NO_FACE_HEADING = ("**No face found.** Show where it is: in the picture above, click just above the eyebrows, "
+                   "then the bottom of the chin. (Or try the other face detector under Advanced options.)")
+CHIN_HEADING = "**Now click the bottom of the chin.** (Above the eyebrows: x {x}, y {y}.)"
+BOX_HEADING = ("**Face box set: {box}** (y1 y2 x1 x2, under Advanced options). Click above the eyebrows, then the "
+               "chin, to place it again.")
+TOO_CLOSE_HEADING = ("**The two clicks are {apart} px apart.** Click just above the eyebrows, then the bottom of the "
+                     "chin, at least {least} px below.")
 CACHED_FACES = 8  # uploads whose faces are kept (thumbnails of 96 px: a few kB each)
+# A face box from two clicks: from above the eyebrows down to the chin, as tall as a detector's box, and as wide as
+# it is tall (a detector's box of a face seen from the front is about square)
+FACE_WIDTH_PER_HEIGHT = 1.0
+MIN_CLICKED_FACE_PX = 16  # clicks closer than this (in the picture's pixels) are a slip, not a face
+Clicks = Optional[Dict[str, Optional[list]]]  # the clicks' state: None when the picture's faces were found
 
 
-def faces_of(face_image: Optional[str], face_video: Optional[str], detector: str,
-             resize_factor: float) -> Tuple[dict, str, gr.Gallery, None]:  # fmt: skip
-    """The picker (shown only when there are faces): its heading and the faces of the face given, nothing
-    chosen yet."""
+def faces_of(face_image: Optional[str], face_video: Optional[str], detector: str, resize_factor: float,
+             box: Optional[str] = None,
+             clicks: Clicks = None) -> Tuple[dict, str, gr.Gallery, dict, None, object, Clicks]:  # fmt: skip
+    """The picker (shown when there are faces, or a picture without one): its heading, the faces of the face given
+    (nothing chosen yet), the automatic button, and the clicks' state (waiting for clicks on a picture without a
+    face). A face box the clicks set for the last picture is emptied."""
     items = thumbnails(face_image or face_video, detector, int(resize_factor or 1))
-    heading = ONE_HEADING if len(items) == 1 else HEADING.format(count=len(items))
-    return gr.update(visible=bool(items)), heading, gr.Gallery(value=items or None, selected_index=None), None
+    placed = clicks.get("box") if clicks else None
+    emptied = "" if placed and box == " ".join(map(str, placed)) else gr.skip()
+    waiting = bool(face_image) and not items
+    if waiting:
+        heading = NO_FACE_HEADING
+    else:
+        heading = ONE_HEADING if len(items) == 1 else HEADING.format(count=len(items))
+    gallery = gr.Gallery(value=items or None, selected_index=None, visible=bool(items))
+    return (gr.update(visible=bool(items) or waiting), heading, gallery, gr.update(visible=bool(items)), None,
+            emptied, {"top": None, "box": None} if waiting else None)
 
 
 @functools.lru_cache(maxsize=CACHED_FACES)
@@ -56,3 +79,52 @@ def chosen(event: gr.SelectData) -> int:
 def automatic() -> Tuple[None, gr.Gallery]:
     """No face chosen: the most confident one speaks."""
     return None, gr.Gallery(selected_index=None)
+
+
+def clicked(event: gr.SelectData, face_image: Optional[str], resize_factor: float,
+            clicks: Clicks) -> Tuple[object, object, Clicks]:  # fmt: skip
+    """A click on the picture while it waits for clicks: the first marks above the eyebrows, the second the chin,
+    and sets the face box (the heading says each step); other clicks change nothing."""
+    if not clicks or not face_image:
+        return gr.skip(), gr.skip(), clicks
+    x, y = (int(v) for v in event.index)
+    top = clicks.get("top")
+    if top is None:
+        return CHIN_HEADING.format(x=x, y=y), gr.skip(), {**clicks, "top": [x, y]}
+    try:
+        shown, frame = picture_sizes(face_image, int(resize_factor or 1))
+    except LipSyncError as exc:  # the run will say it
+        log.info("no face box from clicks: %s", exc)
+        return gr.skip(), gr.skip(), {**clicks, "top": None}
+    box = clicked_box(top, (x, y), shown, frame)
+    if box is None:
+        apart = abs(y - top[1])
+        return TOO_CLOSE_HEADING.format(apart=apart, least=MIN_CLICKED_FACE_PX), gr.skip(), {**clicks, "top": None}
+    text = " ".join(map(str, box))
+    return BOX_HEADING.format(box=text), text, {"top": None, "box": list(box)}
+
+
+def picture_sizes(face_image: str, resize_factor: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """The picture's (width, height) as the page shows it (turned as its EXIF says) and as a run's frames are
+    (after the resize factor and the fit to what players decode): the face box is in the frames' pixels."""
+    from lipsync import geometry, video
+
+    info = video.probe(face_image)
+    return (info.width, info.height), geometry.frame_size(info, LipSyncOptions(resize_factor=resize_factor))
+
+
+def clicked_box(top: Sequence[int], chin: Sequence[int], shown: Tuple[int, int],
+                frame: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:  # fmt: skip
+    """The face box (y1 y2 x1 x2, in the frame's pixels) from a click above the eyebrows and one on the chin (in
+    the shown picture's pixels; either order): from one to the other, FACE_WIDTH_PER_HEIGHT as wide, centred
+    between them, inside the frame. None when the clicks are less than MIN_CLICKED_FACE_PX apart."""
+    (x_a, y_a), (x_b, y_b) = top, chin
+    if abs(y_b - y_a) < MIN_CLICKED_FACE_PX:
+        return None
+    scale_x, scale_y = frame[0] / shown[0], frame[1] / shown[1]
+    y1, y2 = sorted((y_a * scale_y, y_b * scale_y))
+    half = (y2 - y1) * FACE_WIDTH_PER_HEIGHT / 2 * scale_x / scale_y
+    centre = (x_a + x_b) / 2 * scale_x
+    width, height = frame
+    x1, x2 = max(centre - half, 0), min(centre + half, width)
+    return round(y1), min(round(y2), height), round(x1), round(x2)
