@@ -27,13 +27,14 @@ from .errors import LipSyncError
 from .options import LipSyncOptions
 
 __version__ = "0.1.0"
-__all__ = ["LipSyncError", "LipSyncOptions", "run", "RunResult", "Engine", "load_wav2lip", "available_models",
-           "find_faces", "FoundFace"]
+__all__ = ["LipSyncError", "LipSyncOptions", "run", "RunResult", "Engine", "DEFAULT_ENGINE", "load_wav2lip",
+           "available_models", "find_faces", "FoundFace"]
 
 _LAZY = {
     "run": "pipeline",
     "RunResult": "pipeline",
     "Engine": "engine",
+    "DEFAULT_ENGINE": "engine",  # the one run() uses unless given another
     "load_wav2lip": "weights",
     "available_models": "weights",
     "find_faces": "picker",
@@ -41,7 +42,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .engine import DEFAULT_ENGINE, Engine
     from .picker import FoundFace, find_faces
     from .pipeline import RunResult, run
     from .weights import available_models, load_wav2lip

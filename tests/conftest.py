@@ -56,6 +56,16 @@ def private_temp_dir(tmp_path_factory) -> Path:
     tempfile.tempdir = saved
 
 
+@pytest.fixture(scope="module", autouse=True)
+def networks_released_after_each_module():
+    """The shared engine's networks go after each test module: every module's own weights, options and shapes left
+    loaded took the suite's process to 19 GB of a 24-GB machine's memory."""
+    yield
+    from lipsync.engine import DEFAULT_ENGINE
+
+    DEFAULT_ENGINE.release()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_weights(tmp_path_factory) -> Path:
     """$LIPSYNC_MODELS with a random wav2lip_hq; a planted S3FD beside it; cache and hub offline in tmp.

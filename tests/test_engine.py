@@ -89,6 +89,18 @@ def test_predictors_are_kept_per_thread_count():
     assert engine.generator(replace(OPTIONS, threads=2), CPU) is not one
 
 
+def test_released_networks_are_freed_and_load_again_when_asked_for():
+    engine = Engine()
+    first = engine.generator(OPTIONS, CPU)
+    gone = weakref.ref(first)
+    del first
+    engine.release()
+    gc.collect()
+    assert gone() is None, "the engine held the last reference: the predictor is freed"
+    again = engine.generator(OPTIONS, CPU)
+    assert again is not None and engine.generator(OPTIONS, CPU) is again, "loaded again, then shared again"
+
+
 def test_the_feathered_paste_gets_the_generators_that_draw_only_the_rows_it_reads():
     """Blend "feather" runs exports that draw rows 35..95, equal to the whole generator's rows there under
     Paddle Inference as well; "box" (the reference's paste) keeps the whole face."""
