@@ -84,9 +84,9 @@ def _wire_picker(image, video, advanced: list, column, heading, gallery, automat
                 [column, heading, gallery, automatic, index, box, clicks], api_visibility="private",
                 concurrency_id=FACES_GROUP, concurrency_limit=1, show_progress="minimal")  # fmt: skip
     light = dict(queue=False, show_progress="hidden", api_visibility="private")
-    gallery.select(picker.chosen, None, index, **light)
+    gallery.select(picker.chosen, clicks, index, **light)
     automatic.click(picker.automatic, None, [index, gallery], **light)
-    image.select(picker.clicked, [image, resize, clicks], [heading, box, clicks], **light)
+    image.select(picker.clicked, [image, resize, clicks], [heading, box, clicks, gallery], **light)
 
 
 def _voice_inputs():

@@ -319,6 +319,7 @@ def test_a_drawing_without_a_face_found_speaks_where_the_visitor_clicks(page, tm
     for x, y in ((320, 170), (322, 385)):  # above the eyebrows, then the chin, in the picture's pixels
         shown.click(position={"x": x * scale, "y": y * scale})
         expect(heading).to_contain_text("Now click the bottom of the chin" if y < 300 else "Face box set")
+    expect(page.locator("#faces button.thumbnail-item")).to_have_count(1)  # the box, shown as a face found is
     placed = re.search(r"Face box set: (\d+) (\d+) (\d+) (\d+)", heading.inner_text())
     assert placed and np.abs(np.array(placed.groups(), int) - (170, 385, 214, 429)).max() <= 2, placed
     shoot(page, screenshots, "clicked-box")

@@ -12,6 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -295,27 +296,35 @@ class _Click:  # what gradio hands a select listener: the pixel clicked, (x, y),
 
 def test_a_picture_without_a_face_waits_for_two_clicks_which_set_the_face_box(media, tmp_path):
     """No face found in a picture: the picker shows how to click the face; the first click marks the eyebrows, the
-    second the chin and sets the box, which a new picture empties. A picture with faces, or a video, takes no
-    clicks; a box typed by hand is never emptied."""
+    second the chin and sets the box, shown as a face thumbnail that is not a face to choose; a new picture empties
+    the box. A picture with faces, or a video, takes no clicks; a box typed by hand is never emptied."""
     import cv2
     import numpy as np
     from media_helpers import ffmpeg
 
     blank = tmp_path / "drawing.png"
-    cv2.imwrite(str(blank), np.full((240, 320, 3), 200, np.uint8))
+    drawing = np.full((240, 320, 3), 200, np.uint8)
+    drawing[85:135, 130:180] = (0, 0, 255)  # red, in the middle of the box the clicks below make
+    cv2.imwrite(str(blank), drawing)
     shown, heading, gallery, automatic, index, box, clicks = picker.faces_of(str(blank), None, "haar", 1, "", None)
     assert shown["visible"] and heading == picker.NO_FACE_HEADING and gallery.visible is False
     assert automatic["visible"] is False and index is None and clicks == {"top": None, "box": None}
-    heading, box, clicks = picker.clicked(_Click(150, 60), str(blank), 1, clicks)
+    heading, box, clicks, gallery = picker.clicked(_Click(150, 60), str(blank), 1, clicks)
     assert heading.startswith("**Now click the bottom of the chin.**") and clicks["top"] == [150, 60]
-    heading, box, clicks = picker.clicked(_Click(160, 160), str(blank), 1, clicks)
+    heading, box, clicks, gallery = picker.clicked(_Click(160, 160), str(blank), 1, clicks)
     assert box == "60 160 105 205" and heading.startswith("**Face box set: 60 160 105 205**")
     assert clicks == {"top": None, "box": [60, 160, 105, 205]}
+    (thumb, label), = gallery.constructor_args["value"]  # as given (its .value is gradio's processed copy)
+    assert label == picker.BOX_LABEL and gallery.visible is True
+    assert tuple(np.asarray(thumb)[48, 48]) == (255, 0, 0), "the box's middle, in RGB"
+    thumbnail_clicked = SimpleNamespace(index=0)  # a gallery's select: the thumbnail's place
+    assert picker.chosen(thumbnail_clicked, clicks) == gr.skip(), "the box's thumbnail is no face to choose"
+    assert picker.chosen(SimpleNamespace(index=1), None) == 1, "faces found: the face clicked is face_index"
     halved = picker.clicked(_Click(160, 160), str(blank), 2, {"top": [150, 60], "box": None})
     assert halved[1] == "30 80 52 102", "in the pixels of frames halved by the resize factor"
     *_, emptied, clicks = picker.faces_of(str(media["photo"]), None, "haar", 1, box, clicks)
     assert emptied == "" and clicks is None, "the clicked box was the last picture's"
-    assert picker.clicked(_Click(10, 10), str(media["photo"]), 1, clicks) == (gr.skip(), gr.skip(), None), \
+    assert picker.clicked(_Click(10, 10), str(media["photo"]), 1, clicks) == (gr.skip(), gr.skip(), None, gr.skip()), \
         "faces were found: a click on the picture changes nothing"
     typed = {"top": None, "box": [60, 160, 105, 205]}
     *_, kept, clicks = picker.faces_of(str(blank), None, "haar", 1, "1 2 3 4", typed)

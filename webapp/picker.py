@@ -20,8 +20,9 @@ ONE_HEADING = "**Who speaks?** 1 face found"
 NO_FACE_HEADING = ("**No face found.** Show where it is: in the picture above, click just above the eyebrows, "
                    "then the bottom of the chin. (Or try the other face detector under Advanced options.)")
 CHIN_HEADING = "**Now click the bottom of the chin.** (Above the eyebrows: x {x}, y {y}.)"
-BOX_HEADING = ("**Face box set: {box}** (y1 y2 x1 x2, under Advanced options). Click above the eyebrows, then the "
-               "chin, to place it again.")
+BOX_HEADING = ("**Face box set: {box}** (y1 y2 x1 x2, under Advanced options): the face below. Click above the "
+               "eyebrows, then the chin, to place it again.")
+BOX_LABEL = "face box"  # the clicked box's thumbnail, where found faces show theirs
 TOO_CLOSE_HEADING = ("**The two clicks are {apart} px apart.** Click just above the eyebrows, then the bottom of the "
                      "chin, at least {least} px below.")
 CACHED_FACES = 8  # uploads whose faces are kept (thumbnails of 96 px: a few kB each)
@@ -71,9 +72,9 @@ def thumbnails(face: Optional[str], detector: str, resize_factor: int) -> List[T
     return [(face.thumbnail, f"face {face.index}") for face in found]
 
 
-def chosen(event: gr.SelectData) -> int:
-    """The face clicked: its face_index."""
-    return int(event.index)
+def chosen(event: gr.SelectData, clicks: Clicks = None) -> object:
+    """The face clicked: its face_index (none for the thumbnail of a box set by clicks: it is no face found)."""
+    return gr.skip() if clicks is not None else int(event.index)
 
 
 def automatic() -> Tuple[None, gr.Gallery]:
@@ -82,26 +83,42 @@ def automatic() -> Tuple[None, gr.Gallery]:
 
 
 def clicked(event: gr.SelectData, face_image: Optional[str], resize_factor: float,
-            clicks: Clicks) -> Tuple[object, object, Clicks]:  # fmt: skip
+            clicks: Clicks) -> Tuple[object, object, Clicks, object]:  # fmt: skip
     """A click on the picture while it waits for clicks: the first marks above the eyebrows, the second the chin,
-    and sets the face box (the heading says each step); other clicks change nothing."""
+    and sets the face box, shown as the picker shows a face found (the heading says each step); other clicks
+    change nothing."""
     if not clicks or not face_image:
-        return gr.skip(), gr.skip(), clicks
+        return gr.skip(), gr.skip(), clicks, gr.skip()
     x, y = (int(v) for v in event.index)
     top = clicks.get("top")
     if top is None:
-        return CHIN_HEADING.format(x=x, y=y), gr.skip(), {**clicks, "top": [x, y]}
+        return CHIN_HEADING.format(x=x, y=y), gr.skip(), {**clicks, "top": [x, y]}, gr.skip()
     try:
         shown, frame = picture_sizes(face_image, int(resize_factor or 1))
     except LipSyncError as exc:  # the run will say it
         log.info("no face box from clicks: %s", exc)
-        return gr.skip(), gr.skip(), {**clicks, "top": None}
+        return gr.skip(), gr.skip(), {**clicks, "top": None}, gr.skip()
     box = clicked_box(top, (x, y), shown, frame)
     if box is None:
-        apart = abs(y - top[1])
-        return TOO_CLOSE_HEADING.format(apart=apart, least=MIN_CLICKED_FACE_PX), gr.skip(), {**clicks, "top": None}
+        heading = TOO_CLOSE_HEADING.format(apart=abs(y - top[1]), least=MIN_CLICKED_FACE_PX)
+        return heading, gr.skip(), {**clicks, "top": None}, gr.skip()
     text = " ".join(map(str, box))
-    return BOX_HEADING.format(box=text), text, {"top": None, "box": list(box)}
+    seen = _box_thumbnail(face_image, clicked_box(top, (x, y), shown, shown))  # type: ignore[arg-type]
+    return BOX_HEADING.format(box=text), text, {"top": None, "box": list(box)}, seen
+
+
+def _box_thumbnail(face_image: str, box: Tuple[int, int, int, int]) -> object:
+    """The picker's gallery holding the clicked box (y1 y2 x1 x2 in the picture's pixels) as a face thumbnail."""
+    from lipsync.picker import thumbnail
+    from lipsync.picture import read_image
+
+    y1, y2, x1, x2 = box
+    try:
+        picture = read_image(face_image)
+    except LipSyncError as exc:  # a picture only ffmpeg decodes: the heading states the box all the same
+        log.info("no thumbnail of the clicked box: %s", exc)
+        return gr.skip()
+    return gr.Gallery(value=[(thumbnail(picture, (x1, y1, x2, y2)), BOX_LABEL)], selected_index=None, visible=True)
 
 
 def picture_sizes(face_image: str, resize_factor: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
