@@ -25,7 +25,8 @@ from lipsync.types import (STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_FACES
 
 from . import folders
 from .form import plain
-from .limits import Limits, Measured, check_enhanced_seconds, check_length, check_seconds, check_text
+from .limits import (Limits, Measured, check_enhanced_seconds, check_length, check_seconds, check_text, measure,
+                     with_sound_length)
 
 log = logging.getLogger("lipsync.app")
 
@@ -141,16 +142,12 @@ def speech_for(
 
 def _own_sound(face_video: Optional[str], measured: Optional[Measured], limits: Limits) -> Voice:
     """No voice given: a face video with sound speaks that, held to the app's length as any speech is."""
-    from lipsync import audio
-
-    from .limits import measure
-
     if face_video and measured is None:
         measured = measure(face_video, require_video=True)
     if not face_video or not measured or not measured.has_audio:
         raise LipSyncError("Give a voice: upload or record audio, or type a text to speak (a video with sound "
                            "speaks its own when no voice is given).")
-    seconds = measured.sound_seconds or audio.duration(audio.load_audio(face_video))  # the header did not say
+    seconds = with_sound_length(face_video, measured).sound_seconds
     check_length(seconds, "face video's sound", limits)
     gr.Info(OWN_SOUND)
     return Voice(face_video, seconds)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -64,15 +64,23 @@ class Measured:
 
 def measure(path: str | Path, require_video: bool = False, as_speech: bool = False) -> Measured:
     """The file's lengths from its header; `as_speech` decodes its sound when the header does not say."""
-    from lipsync import audio, video
+    from lipsync import video
 
     info = video.probe(path, require_video=require_video)
     if info.is_image:
         return Measured(0.0, 0.0, False)
-    sound = info.audio_duration
-    if as_speech and info.has_audio and not sound:
-        sound = audio.duration(audio.load_audio(path))
-    return Measured(info.duration or sound, sound, info.has_audio)
+    measured = Measured(info.duration or info.audio_duration, info.audio_duration, info.has_audio)
+    return with_sound_length(path, measured) if as_speech else measured
+
+
+def with_sound_length(path: str | Path, measured: Measured) -> Measured:
+    """`measured`, with its sound's length decoded from `path` when it has sound and its header did not say."""
+    if not measured.has_audio or measured.sound_seconds:
+        return measured
+    from lipsync import audio
+
+    sound = audio.duration(audio.load_audio(path))
+    return replace(measured, seconds=measured.seconds or sound, sound_seconds=sound)
 
 
 def check_length(seconds: float, what: str, limits: Limits) -> None:
