@@ -196,8 +196,10 @@ def _outfile(cells: Dict[str, str], where: str) -> Optional[Path]:
     if OUTFILE not in cells:
         return None
     path = Path(cells[OUTFILE]).expanduser()
-    if path.suffix.lower() not in containers.CONTAINERS:
-        raise ManifestError(f"{where}, column 'outfile': must end in {containers.SUFFIX_LIST} (got {path.name})")
+    try:
+        containers.container_for(path)
+    except LipSyncError as exc:
+        raise ManifestError(f"{where}, column 'outfile': {exc}") from None
     return path
 
 
