@@ -63,30 +63,35 @@ def _face_inputs() -> Tuple[gr.Tabs, gr.Image, gr.Video]:
     return tabs, image, video
 
 
-def _face_picker() -> Tuple[gr.Column, gr.Markdown, gr.Gallery, gr.Button, gr.Number]:
-    """The faces found, to click one; the number clicked is the /lipsync endpoint's face_index."""
+def _face_picker() -> Tuple[gr.Column, gr.Markdown, gr.Image, gr.Gallery, gr.Button, gr.Number]:
+    """The faces found, to click one; the number clicked is the /lipsync endpoint's face_index. A video without a
+    face found shows its first frame, to click the face on."""
     with gr.Column(visible=False, elem_id="picker") as column:
         heading = gr.Markdown(elem_id="picker-heading")  # a gallery's own label would cover the faces' tops
+        still = gr.Image(label="The video's first frame: click on the face", type="filepath", format="png",
+                         interactive=False, visible=False, height=320, buttons=[], elem_id="face-frame")  # fmt: skip
         gallery = gr.Gallery(show_label=False, columns=FACE_COLUMNS, fit_columns=False, height=FACES_HEIGHT,
                              allow_preview=False, object_fit="contain", interactive=False, buttons=[],
                              elem_id="faces")  # fmt: skip
         automatic = gr.Button("Most confident face (automatic)", size="sm", elem_id="auto-face")
     index = gr.Number(value=None, precision=0, label="Face index", visible="hidden", elem_id="face-index")
-    return column, heading, gallery, automatic, index
+    return column, heading, still, gallery, automatic, index
 
 
-def _wire_picker(image, video, advanced: list, column, heading, gallery, automatic, index) -> None:
-    """Faces found: click one. None found in a picture: click on it, above the eyebrows then the chin, for the box."""
+def _wire_picker(image, video, advanced: list, column, heading, still, gallery, automatic, index) -> None:
+    """Faces found: click one. None found: click on the picture (or the video's first frame), above the eyebrows
+    then the chin, for the box."""
     resize, box, detector = advanced[4], advanced[8], advanced[10]  # _advanced_inputs' order
-    clicks = gr.State(None)  # picker.Clicks: waiting for clicks on a picture without a face found
+    clicks = gr.State(None)  # picker.Clicks: waiting for clicks on a face without a face found
     for changed in (image.change, video.change, detector.change, resize.change):
         changed(picker.faces_of, [image, video, detector, resize, box, clicks],
-                [column, heading, gallery, automatic, index, box, clicks], api_visibility="private",
+                [column, heading, gallery, automatic, index, box, clicks, still], api_visibility="private",
                 concurrency_id=FACES_GROUP, concurrency_limit=1, show_progress="minimal")  # fmt: skip
     light = dict(queue=False, show_progress="hidden", api_visibility="private")
     gallery.select(picker.chosen, clicks, index, **light)
     automatic.click(picker.automatic, None, [index, gallery], **light)
-    image.select(picker.clicked, [image, resize, clicks], [heading, box, clicks, gallery], **light)
+    for shown in (image, still):
+        shown.select(picker.clicked, [shown, clicks], [heading, box, clicks, gallery], **light)
 
 
 def _voice_inputs():

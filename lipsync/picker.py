@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from . import faces, geometry, paths, video
+from .errors import LipSyncError
 from .follow import FirstFaces
 from .options import LipSyncOptions
 from .types import Frame
@@ -80,6 +81,31 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
                 aspect = float(geometry.pixel_aspect(info, options))
                 return _numbered(tracker.first_faces, recent[tracker.first_faces.frame], aspect)
     return []
+
+
+def first_frame(face: PathLike, options: Optional[LipSyncOptions] = None) -> Tuple[Frame, float]:
+    """The face input's first frame as a run works on it (BGR, after the resize factor, rotation, crop and the fit
+    to playable sizes: a --box is in its pixels) and how much wider than tall its pixels are shown."""
+    options = options or LipSyncOptions()
+    video.require_ffmpeg()
+    path = paths.check_input(face, "face")
+    info = video.probe(path)
+    geometry.check_source(info)
+    geometry.frame_size(info, options)
+    with contextlib.closing(source_frames(path, info, options, still=True)) as frames:
+        frame = next(frames, None)
+    if frame is None:
+        raise LipSyncError(f"no frame could be decoded from the face {path.name}")
+    return frame, float(geometry.pixel_aspect(info, options))
+
+
+def as_shown(frame: Frame, pixel_aspect: float) -> np.ndarray:
+    """A frame as a player shows it, in RGB: an anamorphic video's pixels (`pixel_aspect` times wider than tall when
+    shown) stretched across."""
+    height, width = frame.shape[:2]
+    if pixel_aspect != 1:
+        frame = cv2.resize(frame, (max(1, round(width * pixel_aspect)), height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(frame[..., ::-1])
 
 
 def _numbered(first: FirstFaces, frame: Frame, pixel_aspect: float) -> List[FoundFace]:

@@ -297,42 +297,72 @@ class _Click:  # what gradio hands a select listener: the pixel clicked, (x, y),
 def test_a_picture_without_a_face_waits_for_two_clicks_which_set_the_face_box(media, tmp_path):
     """No face found in a picture: the picker shows how to click the face; the first click marks the eyebrows, the
     second the chin and sets the box, shown as a face thumbnail that is not a face to choose; a new picture empties
-    the box. A picture with faces, or a video, takes no clicks; a box typed by hand is never emptied."""
+    the box. A picture with faces takes no clicks; a box typed by hand is never emptied."""
     import cv2
     import numpy as np
-    from media_helpers import ffmpeg
 
     blank = tmp_path / "drawing.png"
     drawing = np.full((240, 320, 3), 200, np.uint8)
     drawing[85:135, 130:180] = (0, 0, 255)  # red, in the middle of the box the clicks below make
     cv2.imwrite(str(blank), drawing)
-    shown, heading, gallery, automatic, index, box, clicks = picker.faces_of(str(blank), None, "haar", 1, "", None)
+    shown, heading, gallery, automatic, index, box, clicks, still = picker.faces_of(str(blank), None, "haar", 1, "")
     assert shown["visible"] and heading == picker.NO_FACE_HEADING and gallery.visible is False
-    assert automatic["visible"] is False and index is None and clicks == {"top": None, "box": None}
-    heading, box, clicks, gallery = picker.clicked(_Click(150, 60), str(blank), 1, clicks)
+    assert automatic["visible"] is False and index is None and still.visible is False
+    assert clicks == {"top": None, "box": None, "sizes": [[320, 240], [320, 240]]}
+    heading, box, clicks, gallery = picker.clicked(_Click(150, 60), str(blank), clicks)
     assert heading.startswith("**Now click the bottom of the chin.**") and clicks["top"] == [150, 60]
-    heading, box, clicks, gallery = picker.clicked(_Click(160, 160), str(blank), 1, clicks)
+    heading, box, clicks, gallery = picker.clicked(_Click(160, 160), str(blank), clicks)
     assert box == "60 160 105 205" and heading.startswith("**Face box set: 60 160 105 205**")
-    assert clicks == {"top": None, "box": [60, 160, 105, 205]}
+    assert clicks["top"] is None and clicks["box"] == [60, 160, 105, 205]
     (thumb, label), = gallery.constructor_args["value"]  # as given (its .value is gradio's processed copy)
     assert label == picker.BOX_LABEL and gallery.visible is True
     assert tuple(np.asarray(thumb)[48, 48]) == (255, 0, 0), "the box's middle, in RGB"
     thumbnail_clicked = SimpleNamespace(index=0)  # a gallery's select: the thumbnail's place
     assert picker.chosen(thumbnail_clicked, clicks) == gr.skip(), "the box's thumbnail is no face to choose"
     assert picker.chosen(SimpleNamespace(index=1), None) == 1, "faces found: the face clicked is face_index"
-    halved = picker.clicked(_Click(160, 160), str(blank), 2, {"top": [150, 60], "box": None})
+    *_, halved, _ = picker.faces_of(str(blank), None, "haar", 2, "")
+    assert halved["sizes"] == [[320, 240], [160, 120]], "the run's frames are halved by the resize factor"
+    halved = picker.clicked(_Click(160, 160), str(blank), {**halved, "top": [150, 60]})
     assert halved[1] == "30 80 52 102", "in the pixels of frames halved by the resize factor"
-    *_, emptied, clicks = picker.faces_of(str(media["photo"]), None, "haar", 1, box, clicks)
+    *_, emptied, clicks, _ = picker.faces_of(str(media["photo"]), None, "haar", 1, box, clicks)
     assert emptied == "" and clicks is None, "the clicked box was the last picture's"
-    assert picker.clicked(_Click(10, 10), str(media["photo"]), 1, clicks) == (gr.skip(), gr.skip(), None, gr.skip()), \
+    assert picker.clicked(_Click(10, 10), str(media["photo"]), clicks) == (gr.skip(), gr.skip(), None, gr.skip()), \
         "faces were found: a click on the picture changes nothing"
     typed = {"top": None, "box": [60, 160, 105, 205]}
-    *_, kept, clicks = picker.faces_of(str(blank), None, "haar", 1, "1 2 3 4", typed)
-    assert kept == gr.skip() and clicks == {"top": None, "box": None}, "a box the visitor typed stays"
-    grey = tmp_path / "grey.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:d=1", "-pix_fmt", "yuv420p", grey)
-    shown, heading, *_, clicks = picker.faces_of(None, str(grey), "haar", 1, "", None)
-    assert not shown["visible"] and clicks is None, "a video without a face takes no clicks: its run says so"
+    *_, kept, clicks, _ = picker.faces_of(str(blank), None, "haar", 1, "1 2 3 4", typed)
+    assert kept == gr.skip() and clicks["box"] is None, "a box the visitor typed stays"
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    shown, *_, clicks, still = picker.faces_of(str(damaged), None, "haar", 1, "")
+    assert not shown["visible"] and clicks is None, "nothing to click on: the run says what is wrong with the file"
+
+
+def test_a_video_without_a_face_shows_its_first_frame_to_click_the_face_on(tmp_path):
+    """No face found in a video: its first frame is shown (as a player shows it: an anamorphic video's pixels
+    stretched) and clicked on as a picture is; the box is in the pixels of the run's frames."""
+    import cv2
+    import numpy as np
+    from media_helpers import ffmpeg
+
+    wide = tmp_path / "anamorphic.mp4"  # 320×240 stored, shown 2:1 wide (640×240); red in its middle
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:d=1,drawbox=x=140:y=100:w=40:h=40:c=red:t=fill",
+           "-vf", "setsar=2", "-pix_fmt", "yuv420p", wide)  # fmt: skip
+    shown, heading, gallery, automatic, index, box, clicks, still = picker.faces_of(None, str(wide), "haar", 1, "")
+    assert shown["visible"] and heading == picker.NO_FACE_VIDEO_HEADING and gallery.visible is False
+    frame = np.asarray(still.constructor_args["value"])
+    assert still.visible is True and frame.shape == (240, 640, 3), "shown as a player shows it"
+    assert tuple(frame[120, 320] // 16) == tuple(np.array((255, 0, 0)) // 16), "RGB, the red box in the middle"
+    assert clicks == {"top": None, "box": None, "sizes": [[640, 240], [320, 240]]}
+    shown_still = tmp_path / "frame.png"  # as gradio hands the clicked still to the listener: a file
+    cv2.imwrite(str(shown_still), frame[..., ::-1])
+    _, _, clicks, _ = picker.clicked(_Click(320, 70), str(shown_still), clicks)
+    heading, box, clicks, gallery = picker.clicked(_Click(320, 170), str(shown_still), clicks)
+    assert box == "70 170 135 185", "in the stored pixels: the face's 100 rows are 50 stored columns wide"
+    assert heading.startswith("**Face box set: 70 170 135 185**")
+    (thumb, _), = gallery.constructor_args["value"]
+    assert tuple(np.asarray(thumb)[48, 48] // 16) == (15, 0, 0), "the box's thumbnail: the red in its middle"
+    *_, emptied, clicks, still = picker.faces_of(None, str(wide), "haar", 2, box, clicks)
+    assert emptied == "" and clicks["sizes"] == [[320, 120], [160, 120]], "a new resize factor: click again"
 
 
 def test_the_face_index_comes_from_the_form_as_a_whole_number():
