@@ -163,8 +163,9 @@ def _video_fps(stream: dict[str, Any], duration: float) -> float:
     return FALLBACK_FPS
 
 
-def _media_info(path: Path, data: dict[str, Any]) -> MediaInfo:
-    """MediaInfo for a video or audio file from ffprobe's JSON."""
+def from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
+    """MediaInfo for a video or audio file from ffprobe's JSON (`ffmpeg.probe_args`' output), as it is: no picture
+    or cover art is looked for."""
     video, audio = _first_stream(data, "video"), _first_stream(data, "audio")
     container_duration = _number(data.get("format", {}).get("duration"))
     audio_duration = (_number(audio.get("duration")) or container_duration) if audio else 0.0
@@ -261,7 +262,7 @@ def probe(path: str | Path, *, require_video: bool = True) -> MediaInfo:
         kind = "a picture or a video" if require_video else "an audio or video file"
         raise LipSyncError(f"{path.name} cannot be read as {kind} (ffmpeg: {said}); is the file complete, "
                            "and really what its name says?")
-    info = _media_info(path, data)
+    info = from_ffprobe(path, data)
     if require_video and not info.has_video:
         cover = _cover_art(path, data)
         if cover is None:

@@ -140,6 +140,46 @@ def offline_tts(monkeypatch):
     monkeypatch.setenv("https_proxy", CLOSED_PORT_PROXY)
 
 
+def test_an_earlier_output_is_done_only_when_whole_in_its_container_s_codecs_and_as_long_as_its_speech(
+        tmp_path, monkeypatch):  # fmt: skip
+    """The rerun's check, on files made here: each container's own codecs, sound and picture as long as each other
+    and as the row's speech, nothing cut off; one ffprobe reads each output (a WAV speech is read from its header)."""
+    from media_helpers import ffmpeg
+
+    from lipsync import ffmpeg as tools
+    from lipsync.batch.manifest import Job
+
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=2:sample_rate=16000", speech)
+
+    def made(name: str, *codecs: str, seconds: float = 2, sound: Path = speech) -> Path:
+        out = tmp_path / name
+        ffmpeg("-f", "lavfi", "-i", f"testsrc=s=64x64:r=25:d={seconds}", "-i", sound, "-shortest", *codecs, out)
+        return out
+
+    h264_aac, vp9_opus = ("-c:v", "libx264", "-c:a", "aac"), ("-c:v", "libvpx-vp9", "-c:a", "libopus")
+    cut = made("cut.mkv", *h264_aac)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
+    outputs = {
+        "whole.mp4": True, "whole.mkv": True, "whole.webm": True, "cut.mkv": False,
+        "mpeg4.mkv": False,  # another video codec than the .mkv's H.264
+        "short.mp4": False,  # a second where the speech lasts two
+        "silent_end.mp4": False,  # the picture stops a second before its sound
+    }  # fmt: skip
+    made("whole.mp4", *h264_aac), made("whole.mkv", *h264_aac), made("whole.webm", *vp9_opus)
+    made("mpeg4.mkv", "-c:v", "mpeg4", "-c:a", "aac"), made("short.mp4", *h264_aac, seconds=1)
+    ffmpeg("-f", "lavfi", "-i", "testsrc=s=64x64:r=25:d=1", "-i", speech, "-c:v", "libx264", "-c:a", "aac",
+           tmp_path / "silent_end.mp4")  # fmt: skip
+    probes = []
+    run = tools.run
+    monkeypatch.setattr(tools, "run", lambda args, *a, **k: probes.append(args[0]) or run(args, *a, **k))
+    for name, whole in outputs.items():
+        probes.clear()
+        assert batch.results.is_complete(Job(1, speech, audio=speech, outfile=tmp_path / name)) is whole, name
+        assert len(probes) <= 1, (name, probes)
+    assert not batch.results.is_complete(Job(1, speech, audio=speech, outfile=tmp_path / "missing.mp4"))
+
+
 def test_a_batch_on_two_workers_then_a_rerun_that_skips_what_is_done(small_media, offline_tts, tmp_path, capsys):
     media, manifest = small_media
     outdir = tmp_path / "out"

@@ -40,7 +40,7 @@ def test_a_pcm_wav_is_described_from_its_header_as_ffprobe_describes_it(tmp_path
     info = video.probe(path, require_video=False)
     assert calls == [], "a PCM WAV needs no ffprobe process"
     data, _ = mediainfo._ffprobe(path)
-    expected = mediainfo._media_info(path, data)
+    expected = mediainfo.from_ffprobe(path, data)
     assert (info.has_audio, info.has_video, info.audio_sample_rate, info.audio_channels) == (
         expected.has_audio, expected.has_video, rate, channels) == (True, False, rate, channels)
     assert info.audio_duration == pytest.approx(expected.audio_duration, abs=1e-6)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .. import containers, ffmpeg, mediainfo
-from ..containers import Container
 from ..errors import LipSyncError
 from .manifest import Job
 
@@ -83,13 +82,17 @@ def is_complete(job: Job) -> bool:
     """Whether the job's output exists from an earlier run and is a whole video of the right length."""
     assert job.outfile is not None
     container = containers.CONTAINERS.get(job.outfile.suffix.lower())
-    if container is None or not job.outfile.is_file() or not _whole(job.outfile, container):
+    if container is None or not job.outfile.is_file():
         return False
-    try:
-        out = mediainfo.probe(job.outfile)
-    except LipSyncError:
+    if container.boxes and not mp4_boxes_complete(job.outfile):
         return False
-    if _codecs(job.outfile) != container.codecs or not out.fps:
+    data = _described(job.outfile, packets=not container.boxes)
+    if data is None or _codecs(data) != container.codecs:
+        return False
+    if not container.boxes and not matroska_packets_complete(data):
+        return False
+    out = mediainfo.from_ffprobe(job.outfile, data)
+    if not out.fps:
         return False
     tolerance = LENGTH_TOLERANCE_FRAMES / out.fps + AAC_BLOCK_S
     if abs(out.duration - out.audio_duration) > tolerance:
@@ -97,24 +100,27 @@ def is_complete(job: Job) -> bool:
     return job.audio is None or _close_to_speech(job.audio, out.audio_duration, tolerance)
 
 
-def _whole(path: Path, container: Container) -> bool:
-    """Whether the file was not cut short: its ISO boxes fill it, or its Matroska packets reach its stated end."""
-    return mp4_boxes_complete(path) if container.boxes else matroska_packets_complete(path)
-
-
-def matroska_packets_complete(path: Path) -> bool:
-    """Whether the packets of a Matroska (or WebM) file last as long as its header says (within
-    MATROSKA_END_TOLERANCE_S): its length is written at the front, so a file cut short still states it."""
+def _described(path: Path, packets: bool) -> Optional[dict]:
+    """ffprobe's JSON description of the file's streams and container, with each packet's time and length when
+    `packets` (one ffprobe run for every check); None when ffprobe cannot read it."""
     import json
 
-    args = [ffmpeg.FFPROBE, "-v", ffmpeg.LOG_LEVEL, "-print_format", "json", "-show_entries",
-            "packet=pts_time,duration_time:format=duration", ffmpeg.file_arg(path)]  # fmt: skip
+    args = ffmpeg.probe_args(path)
+    if packets:
+        args[-1:-1] = ["-show_entries", "packet=pts_time,duration_time"]
     result = ffmpeg.run(args)
     if result.returncode != 0:
-        return False
-    found = json.loads(result.stdout or b"{}")
-    ends = [float(p.get("pts_time", 0)) + float(p.get("duration_time", 0)) for p in found.get("packets", [])]
-    stated = float(found.get("format", {}).get("duration", 0))
+        return None
+    data = json.loads(result.stdout or b"{}")
+    return data if data.get("streams") else None
+
+
+def matroska_packets_complete(data: dict) -> bool:
+    """Whether the packets of a Matroska (or WebM) file, as `_described` lists them, last as long as its header
+    says (within MATROSKA_END_TOLERANCE_S): its length is written at the front, so a file cut short still states
+    it."""
+    ends = [float(p.get("pts_time", 0)) + float(p.get("duration_time", 0)) for p in data.get("packets", [])]
+    stated = float(data.get("format", {}).get("duration", 0))
     return bool(ends) and stated > 0 and max(ends) >= stated - MATROSKA_END_TOLERANCE_S
 
 
@@ -148,14 +154,9 @@ def _close_to_speech(speech: Path, seconds: float, tolerance: float) -> bool:
     return abs(expected - seconds) <= tolerance
 
 
-def _codecs(path: Path) -> Optional[tuple]:
-    """(video codec, audio codec) of the first streams, from ffprobe."""
-    import json
-
-    result = ffmpeg.run(ffmpeg.probe_args(path))
-    if result.returncode != 0:
-        return None
-    streams = json.loads(result.stdout or b"{}").get("streams", [])
+def _codecs(data: dict) -> tuple:
+    """(video codec, audio codec) of the first streams ffprobe described."""
+    streams = data.get("streams", [])
     first = {kind: next((s.get("codec_name") for s in streams if s.get("codec_type") == kind), None)
              for kind in ("video", "audio")}  # fmt: skip
     return first["video"], first["audio"]
