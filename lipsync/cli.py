@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="keep only this part of each frame; -1 means the frame edge (default 0 -1 0 -1)")
     _add(p, "box", type=int, nargs=4, default=list(NO_BOX), metavar=("Y1", "Y2", "X1", "X2"),
          help="fixed face box, skipping detection: a last resort when no face is found (-1 -1 -1 -1 = detect)")
+    _add(p, "follow_box", action="store_true",
+         help="in a video, the --box (placed on the first frame) moves with what it frames: a cartoon face that "
+              "moves about")
     _add(p, "face_index", type=int, default=None, metavar="N",
          help="who speaks: the N-th face from the left (0 = leftmost) in the first frame with faces, then followed; "
               "default: the most confident face")
@@ -180,6 +183,7 @@ def options_from_args(args: argparse.Namespace) -> LipSyncOptions:
         resize_factor=args.resize_factor,
         crop=tuple(args.crop),
         box=box_value(args.box),
+        follow_box=args.follow_box,
         rotate=args.rotate,
         smooth=not args.nosmooth,
         face_detector=detector,

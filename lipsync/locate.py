@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from . import faces, geometry, shots, video
+from .boxfollow import BoxFollower
 from .errors import LipSyncError
 from .job import Job, source_frames
 from .options import LipSyncOptions
@@ -60,7 +61,7 @@ def locate_faces(
     fixed = None
     if detect is None:  # a fixed --box, checked against the frame size when the job was prepared
         fixed = np.array([faces.fixed_box(options.box, job.size[::-1])])  # type: ignore[arg-type]
-        if cache is None:
+        if cache is None and not _follows(job, options):
             return FaceBoxes(fixed)
     try:
         tracked = _pass_frames(job, options, detect, batch, cache, report)
@@ -74,11 +75,24 @@ def locate_faces(
     return FaceBoxes(boxes, cache, None if present.all() else present)
 
 
+def _follows(job: Job, options: LipSyncOptions) -> bool:
+    """Whether the given box moves with what it frames (--follow_box on a video)."""
+    return options.box is not None and options.follow_box and not job.still
+
+
+def _follower(job: Job, options: LipSyncOptions) -> Optional[BoxFollower]:
+    if not _follows(job, options):
+        return None
+    return BoxFollower(faces.fixed_box(options.box, job.size[::-1]))  # type: ignore[arg-type]
+
+
 def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], batch: int,
                  cache: Optional[video.FrameCache], report: Progress) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """Read the frames, caching and/or tracking the face in them; the boxes found and whether the face is in
-    each frame (None without a detector)."""
-    tracker = None
+    """Read the frames, caching and/or finding the face in them (by a detector, or following the given box); the
+    boxes found and whether the face is in each frame (None for a box that stays put)."""
+    tracker: Optional[faces.FaceTracker] = None
+    follower = _follower(job, options)
+    followed: List[Box] = []
     if detect is not None:
         every = 1 if job.still else options.detect_every
         tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still,
@@ -92,10 +106,23 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
                 cache.append(frame)
             if tracker is not None:
                 tracker.push(frame)
+            if follower is not None:
+                followed.append(follower.push(frame))
             if index % FACES_REPORT_EVERY == 0:
                 report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
+    if follower is not None:
+        return _followed_boxes(followed, job, options)
     return None if tracker is None else _finish_boxes(tracker, shape, job, options)
+
+
+def _followed_boxes(followed: List[Box], job: Job, options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:
+    """The followed box in each frame (smoothed over time, as detected boxes are), in every frame."""
+    if not followed:
+        raise LipSyncError(f"no frame could be read from {job.face.name}")
+    boxes = np.array(followed, dtype=np.int64)
+    present = np.ones(len(boxes), dtype=bool)
+    return (shots.smooth_runs(boxes, present) if options.smooth else boxes), present
 
 
 def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:

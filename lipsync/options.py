@@ -37,6 +37,7 @@ class LipSyncOptions:
     resize_factor: int = 1  # divide the input resolution by this before anything else
     crop: Tuple[int, int, int, int] = NO_CROP  # y1, y2, x1, x2 of the frame to keep; -1 = edge
     box: Optional[Tuple[int, int, int, int]] = None  # fixed face box y1, y2, x1, x2: skips detection
+    follow_box: bool = False  # the box (set on a video's first frame) moves with what it frames, frame by frame
     rotate: bool = False  # rotate frames 90° clockwise first (phone videos without metadata)
     smooth: bool = True  # average face boxes over a short window of frames
     face_detector: FaceDetector = "sfd"  # sfd (S3FD weights) or haar (OpenCV, no download)
@@ -74,6 +75,9 @@ class LipSyncOptions:
         _check_quad("crop", self.crop)
         if self.box is not None:
             _check_box(self.box)
+        elif self.follow_box:
+            raise LipSyncError("follow_box moves a given face box with the face: give the box too "
+                               "(y1 y2 x1 x2 on the first frame)")
         _check_face_index(self.face_index, self.box)
 
 

@@ -11,10 +11,34 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 AUDIO_SECONDS = 1.0
 ODD_SIZE = (321, 241)  # width, height
+
+
+# A drawing of a face (640×480) no detector takes for one; its face box (y1 y2 x1 x2) runs from above the
+# eyebrows (y 170) to the chin's bottom (y 385), as wide as tall, centred on x 321
+SKETCH_BOX = (170, 385, 214, 429)
+
+
+def face_sketch(dx: int = 0, dy: int = 0, mouth_open: int = 0) -> "np.ndarray":
+    """The drawing (BGR), its face moved by (dx, dy) px and its mouth open by `mouth_open` px (0: a smile)."""
+    import cv2
+    import numpy as np
+
+    drawing = np.full((480, 640, 3), (200, 220, 235), np.uint8)
+    cv2.circle(drawing, (320 + dx, 240 + dy), 150, (90, 190, 250), -1)
+    for eye in (265, 375):
+        cv2.circle(drawing, (eye + dx, 200 + dy), 18, (40, 40, 40), -1)
+    if mouth_open:
+        cv2.ellipse(drawing, (320 + dx, 320 + dy), (45, mouth_open), 0, 0, 360, (30, 30, 90), -1)
+    else:
+        cv2.ellipse(drawing, (320 + dx, 310 + dy), (60, 25), 0, 0, 180, (30, 30, 160), 8)
+    return drawing
 
 
 def ffmpeg(*args: str | Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
 from conftest import SPEECH_TEXT, ffprobe, heic_copy, media_seconds  # noqa: E402
+from media_helpers import SKETCH_BOX, face_sketch  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from test_app import AV_TOLERANCE_S, launch_app, readme_block  # noqa: E402  (conftest put tests/ on sys.path)
 
@@ -295,22 +296,7 @@ def test_an_iphone_s_heic_photo_shows_on_the_page(page, media, tmp_path):
     playwright.expect(page.locator("#faces button.thumbnail-item")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
 
 
-def _sketch():
-    """A drawing of a face (640×480 BGR) that no detector takes for one: above its eyebrows is y 170, its chin's
-    bottom y 385, at x 320; the clicked box is then (170, 385, 214, 429)."""
-    import cv2
-    import numpy as np
-
-    drawing = np.full((480, 640, 3), (200, 220, 235), np.uint8)
-    cv2.circle(drawing, (320, 240), 150, (90, 190, 250), -1)
-    for eye in (265, 375):
-        cv2.circle(drawing, (eye, 200), 18, (40, 40, 40), -1)
-    cv2.ellipse(drawing, (320, 310), (60, 25), 0, 0, 180, (30, 30, 160), 8)
-    return drawing
-
-
-SKETCH_CLICKS = ((320, 170), (322, 385))  # above the eyebrows, then the chin, in the drawing's pixels
-SKETCH_BOX = (170, 385, 214, 429)
+SKETCH_CLICKS = ((320, 170), (322, 385))  # above the eyebrows, then the chin (SKETCH_BOX's top and bottom)
 
 
 def _click_the_face(page, shown) -> None:
@@ -329,15 +315,16 @@ def _click_the_face(page, shown) -> None:
     assert placed and np.abs(np.array(placed.groups(), int) - SKETCH_BOX).max() <= 2, placed
 
 
-def _speak_and_check_the_mouth(page, drawing, tmp_path) -> None:
-    """Run with typed text: the run used the box, the mouth inside it is redrawn, the rest of the drawing stays."""
+def _speak_and_check_the_mouth(page, drawing, tmp_path, faces: str) -> None:
+    """Run with typed text: the run used the box (the status says how: `faces`), the mouth inside it is redrawn,
+    the rest of the drawing stays."""
     import numpy as np
     from conftest import read_video_frames
 
     page.locator("#text textarea").fill("Hello from the browser.")
     page.locator("#run").click()
     wait_for_a_new_result(page, "")
-    playwright.expect(page.locator("#status textarea")).to_have_value(re.compile(r" · faces: fixed box"))
+    playwright.expect(page.locator("#status textarea")).to_have_value(re.compile(" · faces: " + faces))
     frame = read_video_frames(download_the_mp4(page, tmp_path))[8].astype(int)
     changed = np.abs(frame - drawing).max(axis=2)
     assert changed[300:380, 230:410].mean() > 10, "the lower half of the clicked box is redrawn"
@@ -352,23 +339,24 @@ def test_a_drawing_without_a_face_found_speaks_where_the_visitor_clicks(page, tm
     it, and the mouth inside it is redrawn while the rest of the drawing stays."""
     import cv2
 
-    drawing = _sketch()
+    drawing = face_sketch()
     picture = tmp_path / "sketch.png"
     cv2.imwrite(str(picture), drawing)
     page.locator("#face-image input[type=file]").set_input_files(str(picture))
     playwright.expect(page.locator("#picker-heading")).to_contain_text("No face found", timeout=RUN_TIMEOUT_MS)
     _click_the_face(page, page.locator("#face-image img"))
     shoot(page, screenshots, "clicked-box")
-    _speak_and_check_the_mouth(page, drawing, tmp_path)
+    _speak_and_check_the_mouth(page, drawing, tmp_path, "fixed box")
 
 
-def test_a_cartoon_video_without_a_face_found_speaks_where_the_visitor_clicks_its_first_frame(page, tmp_path):
+def test_a_cartoon_video_without_a_face_found_speaks_where_the_visitor_clicks_its_first_frame(page, tmp_path,
+                                                                                             screenshots):
     """A video the detector finds no face in: the picker shows its first frame to click on, the clicks set the
     face box in the video's pixels, and the run redraws the mouth there."""
     import cv2
     from media_helpers import ffmpeg
 
-    drawing = _sketch()
+    drawing = face_sketch()
     still = tmp_path / "sketch.png"
     cv2.imwrite(str(still), drawing)
     clip = tmp_path / "cartoon.mp4"
@@ -379,4 +367,5 @@ def test_a_cartoon_video_without_a_face_found_speaks_where_the_visitor_clicks_it
     playwright.expect(page.locator("#picker-heading")).to_contain_text("the video's first frame",
                                                                        timeout=RUN_TIMEOUT_MS)  # fmt: skip
     _click_the_face(page, page.locator("#face-frame img"))
-    _speak_and_check_the_mouth(page, drawing, tmp_path)
+    shoot(page, screenshots, "clicked-video-box")
+    _speak_and_check_the_mouth(page, drawing, tmp_path, "box followed from the first frame")

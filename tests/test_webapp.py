@@ -270,6 +270,8 @@ def test_the_status_line_names_the_detector_that_found_the_faces():
     assert jobs.status_line(replace(ran, notes=stood_in), LipSyncOptions(), None).endswith("faces: haar")
     assert jobs.faces_found_by(ran, LipSyncOptions(face_detector="haar")) == "haar"
     assert jobs.faces_found_by(ran, LipSyncOptions(box=(0, 10, 0, 10))) == "fixed box"
+    followed = LipSyncOptions(box=(0, 10, 0, 10), follow_box=True)
+    assert jobs.faces_found_by(ran, followed) == "box followed from the first frame"
     speech = tts.Speech(Path("s.wav"), tts.ENGINE_ESPEAK, "en-us", "offline")
     assert jobs.status_line(ran, LipSyncOptions(), speech).endswith("faces: sfd · voice: espeak-ng en-us")
     assert jobs.status_line(replace(ran, precision="bf16"), LipSyncOptions(), None).startswith(
@@ -363,6 +365,13 @@ def test_a_video_without_a_face_shows_its_first_frame_to_click_the_face_on(tmp_p
     assert tuple(np.asarray(thumb)[48, 48] // 16) == (15, 0, 0), "the box's thumbnail: the red in its middle"
     *_, emptied, clicks, still = picker.faces_of(None, str(wide), "haar", 2, box, clicks)
     assert emptied == "" and clicks["sizes"] == [[320, 120], [160, 120]], "a new resize factor: click again"
+
+
+def test_a_face_box_given_for_a_video_follows_the_face_and_one_for_a_picture_stays():
+    box = "60 160 105 205"
+    assert jobs.Form(face_video="v.mp4", box=box).options().follow_box is True
+    assert jobs.Form(face_image="p.png", box=box).options() == LipSyncOptions(box=(60, 160, 105, 205))
+    assert jobs.Form(face_video="v.mp4").options().follow_box is False, "no box: the detector finds the face"
 
 
 def test_the_face_index_comes_from_the_form_as_a_whole_number():

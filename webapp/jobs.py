@@ -154,7 +154,10 @@ def _own_sound(face_video: Optional[str], measured: Optional[Measured], limits: 
 
 
 def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blend, detector, device,
-                      face_enhancement=False, face_index=None) -> LipSyncOptions:  # fmt: skip
+                      face_enhancement=False, face_index=None, video=False) -> LipSyncOptions:  # fmt: skip
+    """The engine's options from the form's values; a face box given for a video follows the face it frames (the
+    page's clicks set it on the first frame)."""
+    fixed = parse_box(box or "")
     return LipSyncOptions(
         checkpoint=model or DEFAULTS.checkpoint,
         pads=tuple(int(p or 0) for p in pads),  # type: ignore[arg-type]
@@ -162,7 +165,8 @@ def options_from_form(model, pads, resize_factor, smooth, static, fps, box, blen
         smooth=bool(smooth),
         static=bool(static),
         fps=float(fps or DEFAULTS.fps),
-        box=parse_box(box or ""),
+        box=fixed,
+        follow_box=bool(video) and fixed is not None,
         blend=blend or DEFAULTS.blend,
         face_detector=detector or DEFAULTS.face_detector,
         device=device or DEFAULTS.device,
@@ -198,7 +202,7 @@ def status_line(result: "lipsync.RunResult", options: LipSyncOptions, speech: Op
 def faces_found_by(result: "lipsync.RunResult", options: LipSyncOptions) -> str:
     """The detector that ran: the one asked for, unless the engine said Haar stood in for S3FD."""
     if options.box:
-        return "fixed box"
+        return "box followed from the first frame" if options.follow_box else "fixed box"
     if any(HAAR_NOTE in note for note in result.notes):
         return "haar"
     return options.face_detector
@@ -266,7 +270,8 @@ class Form:
     def options(self) -> LipSyncOptions:
         return options_from_form(self.model, (self.pad_top, self.pad_bottom, self.pad_left, self.pad_right),
                                  self.resize_factor, self.smooth, self.static, self.fps, self.box, self.blend,
-                                 self.detector, self.device, self.face_enhancement, self.face_index)  # fmt: skip
+                                 self.detector, self.device, self.face_enhancement, self.face_index,
+                                 video=bool(self.face_video))  # fmt: skip
 
 
 FORM_FIELDS = frozenset(f.name for f in fields(Form))

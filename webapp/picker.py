@@ -22,8 +22,8 @@ ONE_HEADING = "**Who speaks?** 1 face found"
 NO_FACE_HEADING = ("**No face found.** Show where it is: in the picture above, click just above the eyebrows, "
                    "then the bottom of the chin. (Or try the other face detector under Advanced options.)")
 NO_FACE_VIDEO_HEADING = ("**No face found.** Show where it is: in the video's first frame below, click just above the "
-                         "eyebrows, then the bottom of the chin; the face box stays there in every frame. (Or try the "
-                         "other face detector under Advanced options.)")
+                         "eyebrows, then the bottom of the chin; the face box then follows the face from frame to "
+                         "frame. (Or try the other face detector under Advanced options.)")
 CHIN_HEADING = "**Now click the bottom of the chin.** (Above the eyebrows: x {x}, y {y}.)"
 BOX_HEADING = ("**Face box set: {box}** (y1 y2 x1 x2, under Advanced options): the face below. Click above the "
                "eyebrows, then the chin, to place it again.")

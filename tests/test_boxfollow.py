@@ -1,0 +1,93 @@
+"""--follow_box: a face box given on a video's first frame moves with the face it frames (a cartoon no detector
+finds), while its mouth changes; it stays put where the face is gone or nothing can be followed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from media_helpers import SKETCH_BOX, face_sketch
+
+import lipsync
+from lipsync.boxfollow import BoxFollower
+from lipsync.errors import LipSyncError
+from lipsync.options import LipSyncOptions
+
+Y1, Y2, X1, X2 = SKETCH_BOX
+START = (X1, Y1, X2, Y2)  # as the follower takes it: x1, y1, x2, y2
+
+
+def _path(count: int) -> list:
+    """The face's (dx, dy) per frame: a figure of eight, up to 40 px across and 25 down, several px a frame."""
+    return [(round(40 * np.sin(i / 6)), round(25 * np.sin(i / 4))) for i in range(count)]
+
+
+def test_the_box_follows_a_moving_cartoon_face_to_the_pixel_while_its_mouth_changes():
+    follower = BoxFollower(START)
+    for index, (dx, dy) in enumerate(_path(60)):
+        box = follower.push(face_sketch(dx, dy, mouth_open=(0, 12, 24)[index % 3]))
+        assert box == (X1 + dx, Y1 + dy, X2 + dx, Y2 + dy), index
+    assert follower.lost == 0
+
+
+def test_where_the_face_is_gone_the_box_stays_then_finds_it_again():
+    follower = BoxFollower(START)
+    follower.push(face_sketch())
+    follower.push(face_sketch(12, 6))
+    blank = np.full((480, 640, 3), (200, 220, 235), np.uint8)
+    assert follower.push(blank) == (X1 + 12, Y1 + 6, X2 + 12, Y2 + 6) and follower.lost == 1
+    assert follower.push(face_sketch(20, 10)) == (X1 + 20, Y1 + 10, X2 + 20, Y2 + 10)
+
+
+def test_a_face_leaving_the_frame_takes_the_box_to_the_edge_not_past_it():
+    follower = BoxFollower(START)
+    follower.push(face_sketch())
+    for dx in range(20, 240, 20):  # the face slides right, over the frame's edge
+        x1, y1, x2, y2 = follower.push(face_sketch(dx))
+        assert x2 <= 640 and x2 - x1 == X2 - X1 and y1 == Y1
+    assert x2 == 640
+
+
+def test_a_box_on_nothing_to_follow_stays_where_it_was_given():
+    flat = np.full((480, 640, 3), 128, np.uint8)
+    follower = BoxFollower(START)
+    for _ in range(3):
+        assert follower.push(flat) == START
+
+
+def test_following_needs_a_box_and_the_command_line_has_the_flag():
+    from lipsync.cli import build_parser, options_from_args
+
+    with pytest.raises(LipSyncError, match="follow_box .* give the box too"):
+        LipSyncOptions(follow_box=True)
+    args = ["--face", "f.mp4", "--audio", "a.wav", "--outfile", "/tmp/o.mp4", "--box", *map(str, SKETCH_BOX)]
+    options = options_from_args(build_parser().parse_args([*args, "--follow_box"]))
+    assert options.follow_box and options.box == SKETCH_BOX
+    assert options_from_args(build_parser().parse_args(args)).follow_box is False
+
+
+def test_a_cartoon_video_speaks_with_its_mouth_redrawn_where_the_face_has_moved(tmp_path, media):
+    """End to end: the moving cartoon's mouth is redrawn inside the followed box in each frame; the same box
+    without following stays where it was given, and misses the moved face."""
+    import cv2
+    from conftest import read_video_frames
+    from media_helpers import ffmpeg
+
+    path = _path(50)
+    for index, (dx, dy) in enumerate(path):
+        cv2.imwrite(str(tmp_path / f"f{index:03d}.png"), face_sketch(dx, dy))
+    clip = tmp_path / "cartoon.mp4"
+    ffmpeg("-framerate", "25", "-i", tmp_path / "f%03d.png", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", clip)
+    options = LipSyncOptions(box=SKETCH_BOX, follow_box=True, device="cpu")
+    followed, fixed = tmp_path / "followed.mp4", tmp_path / "fixed.mp4"
+    lipsync.run(clip, media["speech"], followed, options)
+    lipsync.run(clip, media["speech"], fixed, LipSyncOptions(box=SKETCH_BOX, device="cpu"))
+    far = max(range(len(path)), key=lambda i: abs(path[i][0]) + abs(path[i][1]))  # where the face has moved most
+    dx, dy = path[far]
+    source = face_sketch(dx, dy).astype(int)
+    for result, (x_shift, y_shift) in ((followed, (dx, dy)), (fixed, (0, 0))):
+        changed = (np.abs(read_video_frames(result)[far].astype(int) - source).max(axis=2) > 24).astype(np.uint8)
+        # the redrawn mouth is an area; the drawing's sharp edges, blurred by the encode's colour, are thin lines
+        rows, cols = np.nonzero(cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8)))
+        # the redrawn lower face: inside the box as it was placed for that frame, centred on it left to right
+        assert rows.min() >= Y1 + y_shift and rows.max() < Y2 + y_shift, result.name
+        assert abs(cols.mean() - (X1 + X2) / 2 - x_shift) < 8, result.name
