@@ -17,7 +17,7 @@ SEARCH_SHARE = 0.5  # of the box's side: how far the face may move from one fram
 COARSE_WIDTH = 48  # px: the template's width in the small copy the first search runs on
 REFINE_MARGIN = 2  # px at full size, around the coarse match's cell, searched again to the pixel
 MIN_MATCH = 0.5  # normalised correlation below this: the face is hidden or turned away, the box stays put
-MIN_TEMPLATE_STD = 2.0  # grey levels: a flatter template (a blank wall) cannot be followed; the box stays put
+MIN_TEMPLATE_STD = 2.0  # grey levels: a flatter box (black, a blank wall) holds nothing to follow yet
 
 
 class BoxFollower:
@@ -35,21 +35,23 @@ class BoxFollower:
         if self._template is None:
             self._start(grey)
             return self.box
-        if self._small is not None:
-            moved = self._match(grey)
-            if moved is None:
-                self.lost += 1
-            else:
-                self.box = _inside(moved, grey.shape)
+        moved = self._match(grey)
+        if moved is None:
+            self.lost += 1
+        else:
+            self.box = _inside(moved, grey.shape)
         return self.box
 
     def _start(self, grey: np.ndarray) -> None:
+        """Take the template from this frame, unless the box holds nothing to follow there (a frame of a fade from
+        black, a blank wall): the box stays where it is given until a frame has something in it."""
         x1, y1, x2, y2 = self.box
-        self._template = grey[y1 : y1 + _template_rows(self.box), x1:x2]
-        if float(self._template.std()) < MIN_TEMPLATE_STD:
-            return  # nothing to follow: the box stays where it is given
+        template = grey[y1 : y1 + _template_rows(self.box), x1:x2]
+        if float(template.std()) < MIN_TEMPLATE_STD:
+            return
+        self._template = template
         self._scale = min(1.0, COARSE_WIDTH / max(1, x2 - x1))
-        self._small = _shrink(self._template, self._scale)
+        self._small = _shrink(template, self._scale)
 
     def _match(self, grey: np.ndarray) -> Optional[Box]:
         """The box moved to where its template matches best near where it was; None when no place matches."""

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 SCAN_FRAMES = 250  # frames of a video looked through for the first with faces (10 s at 25 fps)
 THUMB_SIDE = 96  # px: the side of each face's picture
 THUMB_MARGIN = 0.2  # of the face's size, shown around its box
+CLEAR_FRAME_STD = 8.0  # grey levels: a frame less varied than this (black, a fade's first frames) shows no face
+FADE_STEP = 0.02  # a frame whose contrast differs from the last one's by more than this share is still fading in
 
 PathLike = Union[str, Path]
 
@@ -33,7 +35,8 @@ class FoundFace:
     """One face a run can be asked to follow with face_index=index."""
 
     index: int  # from 0 at the left, by the box's centre
-    box: Tuple[int, int, int, int]  # y1, y2, x1, x2 (as --box takes it) in the frames a run works on (after resize, rotation, crop)
+    # y1, y2, x1, x2 (as --box takes it) in the frames a run works on (after resize, rotation, crop)
+    box: Tuple[int, int, int, int]
     score: float  # the detector's confidence
     frame: int  # the frame it was found in: the first with faces
     thumbnail: np.ndarray  # THUMB_SIDE² RGB uint8
@@ -84,19 +87,37 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
 
 
 def first_frame(face: PathLike, options: Optional[LipSyncOptions] = None) -> Tuple[Frame, float]:
-    """The face input's first frame as a run works on it (BGR, after the resize factor, rotation, crop and the fit
-    to playable sizes: a --box is in its pixels) and how much wider than tall its pixels are shown."""
+    """The face input's first frame past a fade from black (its contrast steady, within its first SCAN_FRAMES; else
+    the first with something in it, else the first) as a run works on it (BGR, after the resize factor, rotation, crop
+    and the fit to playable sizes: a --box is in its pixels), and how much wider than tall its pixels are shown."""
     options = options or LipSyncOptions()
     video.require_ffmpeg()
     path = paths.check_input(face, "face")
     info = video.probe(path)
     geometry.check_source(info)
     geometry.frame_size(info, options)
-    with contextlib.closing(source_frames(path, info, options, still=True)) as frames:
-        frame = next(frames, None)
-    if frame is None:
+    first: Optional[Frame] = None
+    clear: Optional[Frame] = None  # the first frame with something in it
+    before = 0.0
+    with contextlib.closing(source_frames(path, info, options, info.is_image or options.static)) as frames:
+        for index, frame in enumerate(frames):
+            if index >= SCAN_FRAMES:
+                break
+            first = frame if first is None else first
+            contrast = _contrast(frame)
+            if contrast >= CLEAR_FRAME_STD:
+                clear = frame if clear is None else clear
+                if abs(contrast - before) <= FADE_STEP * contrast:  # no longer fading in
+                    return frame, float(geometry.pixel_aspect(info, options))
+            before = contrast
+    if first is None:
         raise LipSyncError(f"no frame could be decoded from the face {path.name}")
-    return frame, float(geometry.pixel_aspect(info, options))
+    return (first if clear is None else clear), float(geometry.pixel_aspect(info, options))
+
+
+def _contrast(frame: Frame) -> float:
+    """The standard deviation of the frame's grey levels: near 0 for a black or single-colour frame."""
+    return float(cv2.meanStdDev(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))[1][0, 0])
 
 
 def as_shown(frame: Frame, pixel_aspect: float) -> np.ndarray:

@@ -47,11 +47,17 @@ def test_a_face_leaving_the_frame_takes_the_box_to_the_edge_not_past_it():
     assert x2 == 640
 
 
-def test_a_box_on_nothing_to_follow_stays_where_it_was_given():
+def test_a_box_on_nothing_to_follow_stays_where_it_was_given_until_the_face_fades_in():
     flat = np.full((480, 640, 3), 128, np.uint8)
     follower = BoxFollower(START)
     for _ in range(3):
         assert follower.push(flat) == START
+    # a fade from black, the face moving already: the box is where it was given in the first frame with something
+    # in it, and follows from there
+    for step in range(1, 9):
+        faded = (face_sketch(step, 0).astype(np.float32) * step / 8).astype(np.uint8)
+        assert follower.push(faded) == (X1 + step - 1, Y1, X2 + step - 1, Y2), step
+    assert follower.push(face_sketch(31, 10)) == (X1 + 30, Y1 + 10, X2 + 30, Y2 + 10)
 
 
 def test_following_needs_a_box_and_the_command_line_has_the_flag():

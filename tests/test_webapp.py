@@ -344,7 +344,7 @@ def test_a_video_without_a_face_shows_its_first_frame_to_click_the_face_on(tmp_p
     stretched) and clicked on as a picture is; the box is in the pixels of the run's frames."""
     import cv2
     import numpy as np
-    from media_helpers import ffmpeg
+    from media_helpers import face_sketch, ffmpeg
 
     wide = tmp_path / "anamorphic.mp4"  # 320×240 stored, shown 2:1 wide (640×240); red in its middle
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:d=1,drawbox=x=140:y=100:w=40:h=40:c=red:t=fill",
@@ -365,6 +365,13 @@ def test_a_video_without_a_face_shows_its_first_frame_to_click_the_face_on(tmp_p
     assert tuple(np.asarray(thumb)[48, 48] // 16) == (15, 0, 0), "the box's thumbnail: the red in its middle"
     *_, emptied, clicks, still = picker.faces_of(None, str(wide), "haar", 2, box, clicks)
     assert emptied == "" and clicks["sizes"] == [[320, 120], [160, 120]], "a new resize factor: click again"
+    drawing, faded = tmp_path / "sketch.png", tmp_path / "fade.mp4"  # a drawing fading in over 20 frames
+    cv2.imwrite(str(drawing), face_sketch())
+    ffmpeg("-loop", "1", "-i", drawing, "-t", "2", "-r", "25", "-vf", "fade=in:0:20", "-pix_fmt", "yuv420p",
+           faded)  # fmt: skip
+    *_, still = picker.faces_of(None, str(faded), "haar", 1, "")
+    shown = np.asarray(still.constructor_args["value"]).astype(int)
+    assert np.abs(shown - face_sketch()[..., ::-1]).mean() < 40, "the frame to click on is past the fade, not black"
 
 
 def test_a_face_box_given_for_a_video_follows_the_face_and_one_for_a_picture_stays():
