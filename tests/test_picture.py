@@ -29,7 +29,7 @@ DISPLAYED = {
     7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
     8: lambda a: np.rot90(a, 1),
 }
-LOSSY = ("JPEG",)
+LOSSY = ("JPEG", "AVIF")
 JPEG_MEAN_ERROR = 4  # quality 95, chroma subsampled at the quadrant edges
 
 
@@ -51,11 +51,12 @@ def assert_close(got: np.ndarray, expected_rgb: np.ndarray, lossy: bool) -> None
 # ---------------------------------------------------------------- orientation
 
 
-@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("TIFF", ".tif")])
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("TIFF", ".tif"),
+                                        ("AVIF", ".avif")])
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation(tmp_path: Path, fmt: str, suffix: str, orientation: int) -> None:
     stored = quadrants()
-    extra = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    extra = {"quality": 95} if fmt in ("JPEG", "AVIF") else {"lossless": True} if fmt == "WEBP" else {}
     path = save(Image.fromarray(stored), tmp_path / f"o{orientation}{suffix}", orientation, **extra)
     expected = DISPLAYED[orientation](stored)
     assert_close(picture.read_image(path), expected, fmt in LOSSY)
