@@ -116,6 +116,21 @@ def test_the_command_exits_2_on_a_bad_manifest_before_any_work(tmp_path, capsys)
     assert err.startswith("error: ") and "unknown column 'colour'" in err and err.count("\n") == 1
 
 
+def test_a_ctrl_c_after_the_interrupted_batch_is_reported_still_ends_with_exit_code_130(tmp_path):
+    """A second Ctrl-C that comes once the first one's batch is stopped (its report printed, the process on its
+    way out) does not turn exit code 130 into death by SIGINT."""
+    code = ("import os, signal, sys\n"
+            "import lipsync.batch.cli as cli\n"
+            "def stopped(*args, **kwargs):\n"
+            "    raise KeyboardInterrupt\n"
+            "cli.run = stopped\n"
+            f"code = cli.main([{str(tmp_path / 'jobs.csv')!r}, '--outdir', {str(tmp_path / 'out')!r}])\n"
+            "os.kill(os.getpid(), signal.SIGINT)  # the second press\n"
+            "sys.exit(code)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 130 and done.stderr.startswith("interrupted: "), done.stderr
+
+
 def test_python_m_lipsync_batch_dispatches_to_the_batch_command(tmp_path):
     manifest = _manifest(tmp_path, "face,text,audio\nface.png,Hi,s.wav\n")
     done = subprocess.run([sys.executable, "-m", "lipsync", "batch", str(manifest), "--outdir", str(tmp_path / "o")],

@@ -88,6 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers cleanly, as Ctrl-C does
+    interrupted = False
     try:
         rows = run(args.manifest, args.outdir, workers=args.workers, ray_address=args.ray, progress=bar,
                    options=defaults_from(args.defaults))  # fmt: skip
@@ -96,17 +97,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        interrupted = True
+        _ignore_interrupts()
         bar.close()
         print(f"interrupted: what finished is listed in {Path(args.outdir) / RESULTS_NAME}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not interrupted:
+            signal.signal(signal.SIGTERM, previous)
     bar.close()
     return _summary(rows, Path(args.outdir) / RESULTS_NAME)
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _ignore_interrupts() -> None:
+    """The interrupted batch is stopped and its results written: from here to the process's end, another Ctrl-C
+    (or kill) has nothing left to stop, and must not cut the report short or turn exit code 130 into a signal's."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _summary(rows: List[ResultRow], results: Path) -> int:
