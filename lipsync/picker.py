@@ -25,7 +25,7 @@ SCAN_FRAMES = 250  # frames of a video looked through for the first with faces (
 THUMB_SIDE = 96  # px: the side of each face's picture
 THUMB_MARGIN = 0.2  # of the face's size, shown around its box
 CLEAR_FRAME_STD = 8.0  # grey levels: a frame less varied than this (black, a fade's first frames) shows no face
-FADE_STEP = 0.02  # a frame whose contrast differs from the last one's by more than this share is still fading in
+FADE_STEP = 0.02  # a frame whose contrast differs from the next one's by more than this share is still fading in
 
 PathLike = Union[str, Path]
 
@@ -87,7 +87,7 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
 
 
 def first_frame(face: PathLike, options: Optional[LipSyncOptions] = None) -> Tuple[Frame, float]:
-    """The face input's first frame past a fade from black (its contrast steady, within its first SCAN_FRAMES; else
+    """The face input's first frame past a fade from black (as varied as the next, within its first SCAN_FRAMES; else
     the first with something in it, else the first) as a run works on it (BGR, after the resize factor, rotation, crop
     and the fit to playable sizes: a --box is in its pixels), and how much wider than tall its pixels are shown."""
     options = options or LipSyncOptions()
@@ -96,23 +96,28 @@ def first_frame(face: PathLike, options: Optional[LipSyncOptions] = None) -> Tup
     info = video.probe(path)
     geometry.check_source(info)
     geometry.frame_size(info, options)
+    aspect = float(geometry.pixel_aspect(info, options))
     first: Optional[Frame] = None
     clear: Optional[Frame] = None  # the first frame with something in it
-    before = 0.0
+    before: Optional[Tuple[Frame, float]] = None  # the last frame and its contrast
     with contextlib.closing(source_frames(path, info, options, info.is_image or options.static)) as frames:
         for index, frame in enumerate(frames):
             if index >= SCAN_FRAMES:
                 break
-            first = frame if first is None else first
             contrast = _contrast(frame)
-            if contrast >= CLEAR_FRAME_STD:
-                clear = frame if clear is None else clear
-                if abs(contrast - before) <= FADE_STEP * contrast:  # no longer fading in
-                    return frame, float(geometry.pixel_aspect(info, options))
-            before = contrast
+            if before is not None and _faded_in(before[1], contrast):
+                return before[0], aspect
+            first = frame if first is None else first
+            clear = frame if clear is None and contrast >= CLEAR_FRAME_STD else clear
+            before = (frame, contrast)
     if first is None:
         raise LipSyncError(f"no frame could be decoded from the face {path.name}")
-    return (first if clear is None else clear), float(geometry.pixel_aspect(info, options))
+    return (first if clear is None else clear), aspect
+
+
+def _faded_in(contrast: float, next_contrast: float) -> bool:
+    """Whether a frame of this contrast shows something and is past a fade: the next one looks as varied."""
+    return contrast >= CLEAR_FRAME_STD and abs(next_contrast - contrast) <= FADE_STEP * contrast
 
 
 def _contrast(frame: Frame) -> float:

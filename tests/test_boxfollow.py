@@ -71,6 +71,23 @@ def test_following_needs_a_box_and_the_command_line_has_the_flag():
     assert options_from_args(build_parser().parse_args(args)).follow_box is False
 
 
+def test_the_frame_to_place_the_box_on_is_the_first_the_follower_takes_its_template_from(tmp_path):
+    """A moving video's frame to click on is its first (where the follower starts), not the next one; a fade's is
+    past the fade."""
+    import cv2
+    from media_helpers import ffmpeg
+
+    from lipsync.picker import first_frame
+
+    for index, (dx, dy) in enumerate(_path(6)):
+        cv2.imwrite(str(tmp_path / f"f{index:03d}.png"), face_sketch(dx, dy))
+    clip = tmp_path / "moving.mp4"
+    ffmpeg("-framerate", "25", "-i", tmp_path / "f%03d.png", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", clip)
+    frame, _ = first_frame(clip)
+    errors = [np.abs(frame.astype(int) - face_sketch(dx, dy)).mean() for dx, dy in _path(6)]
+    assert int(np.argmin(errors)) == 0, errors
+
+
 def test_a_cartoon_video_speaks_with_its_mouth_redrawn_where_the_face_has_moved(tmp_path, media):
     """End to end: the moving cartoon's mouth is redrawn inside the followed box in each frame; the same box
     without following stays where it was given, and misses the moved face."""
