@@ -1,7 +1,7 @@
 """What the tests of ffmpeg's readers and writers share (test_video, test_encoding, test_ffmpeg, test_segments, and
 test_faults, test_stream for their clean-up checks): small clips, ffmpeg and ffprobe runs, and checks that nothing
-(processes, descriptors) is left behind, waiting for what a thread ends just after; and HDR clips (for
-test_end_to_end too)."""
+(processes, descriptors) is left behind, waiting for what a thread ends just after; HDR clips (for
+test_end_to_end too); and a drawn face no detector finds (test_boxfollow, test_webapp, test_browser)."""
 
 from __future__ import annotations
 
