@@ -52,6 +52,16 @@ def source_frames(path: Path, info: video.MediaInfo, options: LipSyncOptions, st
                 return
 
 
+def _checked(face: PathLike, options: LipSyncOptions) -> Tuple[Path, video.MediaInfo]:
+    """The face file and its description, checked as a run checks them (a LipSyncError says what is wrong)."""
+    video.require_ffmpeg()
+    path = paths.check_input(face, "face")
+    info = video.probe(path)
+    geometry.check_source(info)
+    geometry.frame_size(info, options)
+    return path, info
+
+
 def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
                engine: Optional["Engine"] = None) -> List[FoundFace]:  # fmt: skip
     """The faces a run with these options numbers for face_index, left to right; [] when the picture (or the
@@ -61,11 +71,7 @@ def find_faces(face: PathLike, options: Optional[LipSyncOptions] = None,
     from .job import read_at, run_rate  # (job reads frames through this module)
 
     options = replace(options or LipSyncOptions(), box=None, face_index=None)
-    video.require_ffmpeg()
-    path = paths.check_input(face, "face")
-    info = video.probe(path)
-    geometry.check_source(info)
-    geometry.frame_size(info, options)
+    path, info = _checked(face, options)
     still = info.is_image or options.static
     info = read_at(info, run_rate(info, options))  # frames numbered as a run numbers them (a GIF's held, 120 → 60)
     device = runtime.choose_device(options.device, announce=False)
@@ -91,11 +97,7 @@ def first_frame(face: PathLike, options: Optional[LipSyncOptions] = None) -> Tup
     the first with something in it, else the first) as a run works on it (BGR, after the resize factor, rotation, crop
     and the fit to playable sizes: a --box is in its pixels), and how much wider than tall its pixels are shown."""
     options = options or LipSyncOptions()
-    video.require_ffmpeg()
-    path = paths.check_input(face, "face")
-    info = video.probe(path)
-    geometry.check_source(info)
-    geometry.frame_size(info, options)
+    path, info = _checked(face, options)
     aspect = float(geometry.pixel_aspect(info, options))
     first: Optional[Frame] = None
     clear: Optional[Frame] = None  # the first frame with something in it
