@@ -58,13 +58,15 @@ def locate_faces(
 ) -> FaceBoxes:
     """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
     cache = video.FrameCache(tmp) if _needs_loop(job) else None
-    fixed = None
-    if detect is None:  # a fixed --box, checked against the frame size when the job was prepared
-        fixed = np.array([faces.fixed_box(options.box, job.size[::-1])])  # type: ignore[arg-type]
-        if cache is None and not _follows(job, options):
+    fixed, follower = None, None
+    if detect is None:  # a given --box, checked against the frame size when the job was prepared
+        given = faces.fixed_box(options.box, job.size[::-1])  # type: ignore[arg-type]
+        fixed = np.array([given])
+        follower = BoxFollower(given) if options.follow_box and not job.still else None
+        if cache is None and follower is None:
             return FaceBoxes(fixed)
     try:
-        tracked = _pass_frames(job, options, detect, batch, cache, report)
+        tracked = _pass_frames(job, options, detect, follower, batch, cache, report)
     except BaseException:
         if cache is not None:
             cache.close()
@@ -75,23 +77,13 @@ def locate_faces(
     return FaceBoxes(boxes, cache, None if present.all() else present)
 
 
-def _follows(job: Job, options: LipSyncOptions) -> bool:
-    """Whether the given box moves with what it frames (--follow_box on a video)."""
-    return options.box is not None and options.follow_box and not job.still
-
-
-def _follower(job: Job, options: LipSyncOptions) -> Optional[BoxFollower]:
-    if not _follows(job, options):
-        return None
-    return BoxFollower(faces.fixed_box(options.box, job.size[::-1]))  # type: ignore[arg-type]
-
-
-def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], batch: int,
-                 cache: Optional[video.FrameCache], report: Progress) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """Read the frames, caching and/or finding the face in them (by a detector, or following the given box); the
-    boxes found and whether the face is in each frame (None for a box that stays put)."""
+def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn],
+                 follower: Optional[BoxFollower], batch: int, cache: Optional[video.FrameCache],
+                 report: Progress) -> Optional[Tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Read the frames, caching and/or finding the face in them (by a detector, or following the given box with
+    --follow_box on a video); the boxes found and whether the face is in each frame (None for a box that stays
+    put)."""
     tracker: Optional[faces.FaceTracker] = None
-    follower = _follower(job, options)
     followed: List[Box] = []
     if detect is not None:
         every = 1 if job.still else options.detect_every
