@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from . import shots
+from . import boxfollow, shots
 # detectors, gaps and smoothing were split out of this module: their names stay importable from it
 from .detectors import (Candidates, DetectFn, Detections, HaarDetector, S3FDDetector, Scored,  # noqa: F401
                         candidates_of)
@@ -120,11 +120,14 @@ class FaceTracker:
 
     Every `every`-th frame (and the last, and the frames on both sides of a scene cut) is a keyframe: the
     detector looks at a small crop around the face it follows (the whole frame, at COARSE_SIDE then at
-    `max_side`, when it has none or the crop misses). Between two keyframes whose boxes differ, the middle frame
-    is checked against linear motion, and halves that break it are checked the same way; where the face came or
-    went, every frame is. The others stay None for fill_gaps, which interpolates, unless the face is away on both
-    sides: then absent() says so. Of several faces, the one followed is the nearest to where it was; the first is
-    the most confident, or the `face_index`-th from the left in the first frame with faces.
+    `max_side`, when it has none or the crop misses). Between two keyframes with the face, its pixels are followed
+    from one keyframe's box to the next's (boxfollow.follow_between: a few ms a frame, against a detection's
+    ~100 on a CPU), which gives the frames between their boxes. Where that fails (the face turned or was hidden)
+    and the keyframes' boxes differ, the middle frame is detected and checked against linear motion, and halves
+    that break it are checked the same way; where the face came or went, every frame is. The others stay None for
+    fill_gaps, which interpolates, unless the face is away on both sides: then absent() says so. Of several faces,
+    the one followed is the nearest to where it was; the first is the most confident, or the `face_index`-th from
+    the left in the first frame with faces.
     """
 
     def __init__(self, detect: DetectFn, every: int, max_side: int, batch: int, retry_larger: bool = False,
@@ -139,6 +142,7 @@ class FaceTracker:
         self._looked: List[bool] = []  # whether the detector looked at each frame
         self._between: List[Tuple[int, Frame]] = []  # frames since the last keyframe
         self._last_key: Optional[int] = None
+        self._key_frame: Optional[Frame] = None  # the last keyframe, where following the face to the next starts
         self._track: Optional[Box] = None
         self._shots = shots.CutDetector()
 
@@ -181,18 +185,27 @@ class FaceTracker:
         box = self._find(index, frame)
         self._set(index, box)
         if self._last_key is not None and self._between:
-            self._between_keyframes(self._last_key, index)
+            self._between_keyframes(self._last_key, index, frame)
         self._between = []
-        self._last_key = index
+        self._last_key, self._key_frame = index, frame
         self._track = box or self._track
 
-    def _between_keyframes(self, first: int, last: int) -> None:
-        """Check the frames between two keyframes: nothing to do when the face held still (or stayed away)."""
+    def _between_keyframes(self, first: int, last: int, frame: Frame) -> None:
+        """Place the face in the frames between two keyframes (the last is `frame`): followed by its pixels, else
+        by the detector where it moved; nothing to do when it stayed away."""
         before, after = self.boxes[first], self.boxes[last]
         if before is None and after is None:
             return  # no face on either side: a gap, not a move
         if before is None or after is None:
             self._refine(self._between, (before, after))  # the face came or went somewhere in between
+            return
+        assert self._key_frame is not None
+        path = [self._key_frame, *(between for _, between in self._between), frame]
+        followed = boxfollow.follow_between(path, before, after, KEYFRAME_DRIFT)
+        if followed is not None:
+            for (index, _), box in zip(self._between, followed):
+                if valid_box(box):  # else (clipped to nothing at the frame's edge) left to fill_gaps
+                    self._set(index, box)
         elif _moved(before, after):
             self._bisect(first, last, dict(self._between))
 

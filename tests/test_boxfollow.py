@@ -8,7 +8,7 @@ import pytest
 from media_helpers import SKETCH_BOX, face_sketch
 
 import lipsync
-from lipsync.boxfollow import BoxFollower
+from lipsync.boxfollow import BoxFollower, follow_between
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -58,6 +58,37 @@ def test_a_box_on_nothing_to_follow_stays_where_it_was_given_until_the_face_fade
         faded = (face_sketch(step, 0).astype(np.float32) * step / 8).astype(np.uint8)
         assert follower.push(faded) == (X1 + step - 1, Y1, X2 + step - 1, Y2), step
     assert follower.push(face_sketch(31, 10)) == (X1 + 30, Y1 + 10, X2 + 30, Y2 + 10)
+
+
+def _moved(box, dx, dy, grow=0):
+    x1, y1, x2, y2 = box
+    return (x1 + dx - grow, y1 + dy - grow, x2 + dx + grow, y2 + dy + grow)
+
+
+def test_between_two_keyframes_the_boxes_take_the_face_s_path_and_end_at_the_detector_s_box():
+    """The face swings out and back while the detector's box grows by 4 px a side from one keyframe to the next:
+    each box between is where the face is (not on the straight line), its size part way from one box to the other."""
+    path = [(round(30 * np.sin(np.pi * i / 8)) + 2 * i, 3 * i) for i in range(9)]
+    frames = [face_sketch(dx, dy, mouth_open=(0, 20)[i % 2]) for i, (dx, dy) in enumerate(path)]
+    last = _moved(START, *path[-1], grow=4)
+    boxes = follow_between(frames, START, last, tolerance=0.08)
+    assert boxes is not None and len(boxes) == 7
+    for i, box in enumerate(boxes, 1):
+        grow = 4 * i / 8
+        assert np.abs(np.array(box) - _moved(START, *path[i], grow=grow)).max() <= 1, i
+    straight = np.array(START) + (np.array(last) - START) * 4 / 8
+    assert np.abs(np.array(boxes[3]) - straight).max() >= 25, "the face is off the straight line mid-way"
+
+
+def test_between_two_keyframes_following_gives_way_to_the_detector_where_it_cannot_tell():
+    frames = [face_sketch(2 * i, 0) for i in range(9)]
+    end = _moved(START, 16, 0)
+    assert follow_between(frames, START, end, 0.08) is not None
+    blank = np.full((480, 640, 3), (200, 220, 235), np.uint8)
+    assert follow_between(frames[:4] + [blank] + frames[5:], START, end, 0.08) is None, "lost in a frame"
+    assert follow_between(frames, START, _moved(START, 16 + 40, 0), 0.08) is None, "ends far from the detector's box"
+    flat = [np.full((480, 640, 3), 128, np.uint8)] + frames[1:]
+    assert follow_between(flat, START, end, 0.08) is None, "nothing in the first box to follow"
 
 
 def test_following_needs_a_box_and_the_command_line_has_the_flag():

@@ -132,6 +132,25 @@ def _frame(boxes, shape=(720, 1280)):
     return frame
 
 
+def _flickering_frame(boxes, rng, shape=(720, 1280)):
+    """Squares the detector sees (bright blue on dark blue) under red and green snow new in every frame: nothing
+    the tracker can follow from one frame to the next in grey (as a face turning), so between keyframes only the
+    detector can place the face."""
+    frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    frame[..., 0] //= 16
+    for x1, y1, x2, y2 in boxes:
+        frame[y1:y2, x1:x2, 0] += 240
+    return frame
+
+
+def _grained_frame(box, grain, shape=(720, 1280)):
+    """A bright square on a dark frame whose grain moves with it: a face whose pixels can be followed."""
+    frame = np.zeros((*shape, 3), np.uint8)
+    x1, y1, x2, y2 = box
+    frame[y1:y2, x1:x2] = grain[: y2 - y1, : x2 - x1, None]
+    return frame
+
+
 def _track(tracker, frames):
     for frame in frames:
         tracker.push(frame)
@@ -148,13 +167,31 @@ def test_tracking_a_steady_face_detects_keyframes_in_small_crops():
     assert finder.shapes[1:] == [crop] * 6, "placed by a crop, then searched only near where it was"
 
 
-def test_smooth_motion_costs_about_one_more_detection_per_stretch():
+def test_where_pixels_cannot_be_followed_smooth_motion_costs_about_one_more_detection_per_stretch():
     truth = [(300 + 4 * i, 200 + i, 500 + 4 * i, 420 + i) for i in range(41)]  # 32 px between keyframes
+    rng = np.random.default_rng(3)
     finder = SquareFinder()
-    found = _track(faces.FaceTracker(finder, every=8, max_side=640, batch=4), [_frame([b]) for b in truth])
+    found = _track(faces.FaceTracker(finder, every=8, max_side=640, batch=4),
+                   [_flickering_frame([b], rng) for b in truth])  # fmt: skip
     assert [i for i, b in enumerate(found) if b is not None] == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
     filled = faces.fill_gaps(found, "clip")
     assert np.abs(filled - np.array(truth)).max() <= 3, "crop boxes map back to frame pixels; interpolation holds"
+
+
+def test_a_face_swaying_between_keyframes_is_followed_by_its_pixels_not_the_detector():
+    """The face sways 24 px to and fro within each stretch of 8 frames while drifting down: linear motion between
+    keyframes misses it by up to 24 px, the detector looks at keyframes alone, and every box is the face's."""
+    truth = [(300 + round(24 * np.sin(np.pi * i / 8)) + i, 200 + 2 * i, 500 + round(24 * np.sin(np.pi * i / 8)) + i,
+              420 + 2 * i) for i in range(41)]  # fmt: skip
+    grain = np.random.default_rng(5).integers(150, 256, (220, 200), dtype=np.uint8)
+    finder = SquareFinder()
+    found = _track(faces.FaceTracker(finder, every=8, max_side=640, batch=4), [_grained_frame(b, grain) for b in truth])
+    assert all(b is not None for b in found)
+    assert np.abs(np.array(found) - np.array(truth)).max() <= 2
+    keyframes = [0, 8, 16, 24, 32, 40]
+    assert len(finder.shapes) == 1 + len(keyframes), "the first whole-frame search, then one crop per keyframe"
+    straight = faces.fill_gaps([b if i in keyframes else None for i, b in enumerate(truth)], "clip")
+    assert np.abs(straight - np.array(truth)).max() >= 20, "a straight line between keyframes would miss the face"
 
 
 def test_frames_between_keyframes_are_detected_where_the_face_jumped():
