@@ -1,6 +1,6 @@
 """A face box that moves with what it frames. The box's upper part (forehead, eyes, nose: the mouth below changes
 as it speaks) is found again in each frame by normalised cross-correlation, coarsely on a small copy, then to the
-pixel; the box keeps its size and moves as the match does.
+pixel; the box moves as the match does (and, for --follow_box, grows or shrinks with it: a zoom).
 
 It serves --follow_box (a face no detector finds, such as a cartoon's, set by hand on the first frame) and the
 face tracker between its keyframes (follow_between): a detector's box in one keyframe is followed by its pixels
@@ -8,6 +8,8 @@ to the next, so the frames between need no detector and get the face's own path,
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -21,25 +23,45 @@ COARSE_WIDTH = 48  # px: the template's width in the small copy the first search
 REFINE_MARGIN = 2  # px at full size, around the coarse match's cell, searched again to the pixel
 MIN_MATCH = 0.5  # normalised correlation below this: the face is hidden or turned away, the box stays put
 MIN_TEMPLATE_STD = 2.0  # grey levels: a flatter box (black, a blank wall) holds nothing to follow yet
+ZOOM_STEP = 0.03  # with zoom: how much a box may grow or shrink from one frame to the next
+MIN_SIDE = 16  # px: a box following a zoom out is not made smaller than this (too little left to match)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """The matched part at one size, and its small copy for the coarse search (`coarse` times its size)."""
+
+    full: np.ndarray
+    small: np.ndarray
+    coarse: float
+
+    @classmethod
+    def of(cls, grey: np.ndarray) -> "_Template":
+        coarse = min(1.0, COARSE_WIDTH / max(1, grey.shape[1]))
+        return cls(grey, _shrink(grey, coarse), coarse)
 
 
 class BoxFollower:
-    """Feed frames in order with push(); each answer is that frame's box (x1, y1, x2, y2), inside the frame."""
+    """Feed frames in order with push(); each answer is that frame's box (x1, y1, x2, y2), inside the frame.
 
-    def __init__(self, box: Box) -> None:
+    With `zoom`, the box also grows and shrinks with what it frames (a zoom, a face coming closer): each frame the
+    template is matched a step larger and smaller too, and the best of the three sizes is kept."""
+
+    def __init__(self, box: Box, zoom: bool = False) -> None:
         self.box = box
-        self._template: Optional[np.ndarray] = None
-        self._small: Optional[np.ndarray] = None
-        self._scale = 1.0
         self.lost = 0  # frames where the match was too weak (the box stayed where it was)
+        self._zoom = zoom
+        self._given: Optional[_Template] = None  # at the size of the box as given
+        self._size = (box[2] - box[0], box[3] - box[1])  # the box as given: its size at scale 1
+        self._scale = 1.0  # the box's size now, over its size as given
 
     @property
     def following(self) -> bool:
         """Whether a template was taken (a frame had something in the box to follow)."""
-        return self._template is not None
+        return self._given is not None
 
     def push(self, frame: Frame) -> Box:
-        if self._template is None:
+        if self._given is None:
             self._start(frame)
             return self.box
         moved = self._match(frame)
@@ -56,27 +78,63 @@ class BoxFollower:
         template, _ = _grey(frame, (x1, y1, x2, y1 + _template_rows(self.box)))
         if template.size == 0 or float(template.std()) < MIN_TEMPLATE_STD:
             return
-        self._template = template
-        self._scale = min(1.0, COARSE_WIDTH / max(1, x2 - x1))
-        self._small = _shrink(template, self._scale)
+        self._given = _Template.of(template)
 
     def _match(self, frame: Frame) -> Optional[Box]:
-        """The box moved to where its template matches best near where it was; None when no place matches. Only
-        the part of the frame the searches can reach is turned grey."""
-        assert self._template is not None and self._small is not None
+        """The box moved (and, with zoom, resized) to where its template matches best near where it was; None when
+        no place matches. Only the part of the frame the searches can reach is turned grey."""
+        template = self._at(self._scale)
         x1, y1, x2, y2 = self.box
         reach = round(SEARCH_SHARE * max(x2 - x1, y2 - y1))
-        margin = round(1 / self._scale) + REFINE_MARGIN
-        around = reach + margin + 1
+        margin = round(1 / template.coarse) + REFINE_MARGIN
+        around = reach + margin + 1 + (math.ceil(ZOOM_STEP * max(x2 - x1, y2 - y1)) if self._zoom else 0)
         grey, (left, top) = _grey(frame, (x1 - around, y1 - around, x2 + around,
-                                          y1 + self._template.shape[0] + around))  # fmt: skip
-        coarse = _best(grey, self._small, self._scale, (x1 - reach - left, y1 - reach - top), reach)
+                                          y1 + template.full.shape[0] + around))  # fmt: skip
+        coarse = _best(grey, template.small, template.coarse, (x1 - reach - left, y1 - reach - top), reach)
         if coarse is None:
             return None
-        fine = _best(grey, self._template, 1.0, (coarse[0] - margin, coarse[1] - margin), margin)
+        corner = (coarse[0] - margin, coarse[1] - margin)
+        fine, scale = _best(grey, template.full, 1.0, corner, margin), self._scale
+        if self._zoom and fine is not None:
+            fine, scale = self._resized(grey, fine, template, margin, frame.shape)
         if fine is None or fine[2] < MIN_MATCH:
             return None
-        return fine[0] + left, fine[1] + top, fine[0] + left + x2 - x1, fine[1] + top + y2 - y1
+        self._scale = scale
+        width, height = (max(1, round(side * scale)) for side in self._size)
+        return fine[0] + left, fine[1] + top, fine[0] + left + width, fine[1] + top + height
+
+    def _resized(self, grey: np.ndarray, fine: Tuple[int, int, float], template: _Template, margin: int,
+                 shape: Tuple[int, ...]) -> Tuple[Tuple[int, int, float], float]:  # fmt: skip
+        """The best of the match at this size and the template a step larger and smaller, centred where it matched;
+        and the scale that made it."""
+        best, chosen = fine, self._scale
+        rows, cols = template.full.shape
+        for scale in self._steps(shape):
+            other = self._resized_template(scale)
+            corner = (fine[0] + (cols - other.shape[1]) // 2 - margin, fine[1] + (rows - other.shape[0]) // 2 - margin)
+            found = _best(grey, other, 1.0, corner, margin)
+            if found is not None and found[2] > best[2]:
+                best, chosen = found, scale
+        return best, chosen
+
+    def _steps(self, shape: Tuple[int, ...]) -> List[float]:
+        """The sizes tried besides this one: a step either way, no smaller than MIN_SIDE px, no larger than the
+        frame (`shape`)."""
+        width, height = self._size
+        largest = min(shape[1] / max(1, width), shape[0] / max(1, height))
+        smallest = MIN_SIDE / max(1, min(width, height))
+        return [s for s in (self._scale * (1 - ZOOM_STEP), self._scale * (1 + ZOOM_STEP)) if smallest <= s <= largest]
+
+    def _at(self, scale: float) -> _Template:
+        """The template at `scale` times the size it was taken at (resized from that, so no drift builds up)."""
+        assert self._given is not None
+        return self._given if scale == 1.0 else _Template.of(self._resized_template(scale))
+
+    def _resized_template(self, scale: float) -> np.ndarray:
+        assert self._given is not None
+        rows, cols = self._given.full.shape
+        size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+        return cv2.resize(self._given.full, size, interpolation=cv2.INTER_LINEAR)
 
 
 def follow_between(frames: Sequence[Frame], first: Box, last: Box, tolerance: float) -> Optional[List[Box]]:
@@ -105,9 +163,10 @@ def _centre(box: Box, axis: int) -> float:
 
 def _bent(first: Box, last: Box, path: Sequence[Box], index: int, shape: Tuple[int, ...]) -> Box:
     """Frame `index`'s box: as far from `first` to `last` as the frame is along the path, moved by how far the
-    followed path strays there from the straight line between its own ends. Clipped to the frame."""
+    followed path's centre strays there from the straight line between its ends. Clipped to the frame."""
     t = index / (len(path) - 1)
-    offset = [path[index][i] - (path[0][i] + (path[-1][i] - path[0][i]) * t) for i in (0, 1)]
+    offset = [_centre(path[index], i) - (_centre(path[0], i) + (_centre(path[-1], i) - _centre(path[0], i)) * t)
+              for i in (0, 1)]  # fmt: skip
     x1, y1, x2, y2 = (p + (q - p) * t + offset[i % 2] for i, (p, q) in enumerate(zip(first, last)))
     rows, cols = shape[:2]
     return (max(0, round(x1)), max(0, round(y1)), min(cols, round(x2)), min(rows, round(y2)))

@@ -62,7 +62,7 @@ def locate_faces(
     if detect is None:  # a given --box, checked against the frame size when the job was prepared
         given = faces.fixed_box(options.box, job.size[::-1])  # type: ignore[arg-type]
         fixed = np.array([given])
-        follower = BoxFollower(given) if options.follow_box and not job.still else None
+        follower = BoxFollower(given, zoom=True) if options.follow_box and not job.still else None
         if cache is None and follower is None:
             return FaceBoxes(fixed)
     try:

@@ -21,12 +21,50 @@ def _path(count: int) -> list:
     return [(round(40 * np.sin(i / 6)), round(25 * np.sin(i / 4))) for i in range(count)]
 
 
-def test_the_box_follows_a_moving_cartoon_face_to_the_pixel_while_its_mouth_changes():
-    follower = BoxFollower(START)
+@pytest.mark.parametrize("zoom", [False, True])
+def test_the_box_follows_a_moving_cartoon_face_to_the_pixel_while_its_mouth_changes(zoom):
+    """Following sizes too (zoom) keeps a face that does not change size at its size, to the pixel."""
+    follower = BoxFollower(START, zoom=zoom)
     for index, (dx, dy) in enumerate(_path(60)):
         box = follower.push(face_sketch(dx, dy, mouth_open=(0, 12, 24)[index % 3]))
         assert box == (X1 + dx, Y1 + dy, X2 + dx, Y2 + dy), index
     assert follower.lost == 0
+
+
+def _zoomed(drawing, scale, centre):
+    """The drawing enlarged (or reduced) `scale` times about `centre`, as a camera zooming on it."""
+    import cv2
+
+    (cx, cy) = centre
+    warp = np.array([[scale, 0, cx * (1 - scale)], [0, scale, cy * (1 - scale)]])
+    return cv2.warpAffine(drawing, warp, (640, 480), flags=cv2.INTER_LINEAR, borderValue=(200, 220, 235))
+
+
+def _scaled(box, scale, centre):
+    cx, cy = centre
+    x1, y1, x2, y2 = box
+    return (cx + (x1 - cx) * scale, cy + (y1 - cy) * scale, cx + (x2 - cx) * scale, cy + (y2 - cy) * scale)
+
+
+@pytest.mark.parametrize("end_scale", [1.4, 0.7])
+def test_with_zoom_the_box_grows_and_shrinks_with_a_face_coming_closer_or_going_away(end_scale):
+    """Over 40 frames the face drifts 30 px right while the camera zooms to 1.4 (0.7) times: the box's size
+    keeps within 3 % of the face's, and its sides within 4 px of where they belong; without zoom the box keeps
+    its size, off by more than a quarter at the end."""
+    frames, truths = [], []
+    for index in range(41):
+        scale, dx = 1 + (end_scale - 1) * index / 40, round(30 * index / 40)
+        centre = (320 + dx, 240)
+        frames.append(_zoomed(face_sketch(dx, 0, mouth_open=(0, 16)[index % 2]), scale, centre))
+        truths.append(_scaled((X1 + dx, Y1, X2 + dx, Y2), scale, centre))
+    zooming, fixed = BoxFollower(START, zoom=True), BoxFollower(START)
+    for frame, truth in zip(frames, truths):
+        box = zooming.push(frame)
+        assert abs((box[2] - box[0]) / (truth[2] - truth[0]) - 1) <= 0.03, (box, truth)
+        assert np.abs(np.array(box) - truth).max() <= 4, (box, truth)
+        fixed.push(frame)
+    assert zooming.lost == 0
+    assert abs((fixed.box[2] - fixed.box[0]) / (truths[-1][2] - truths[-1][0]) - 1) >= 0.25
 
 
 def test_where_the_face_is_gone_the_box_stays_then_finds_it_again():
