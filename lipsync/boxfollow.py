@@ -22,6 +22,7 @@ SEARCH_SHARE = 0.5  # of the box's side: how far the face may move from one fram
 COARSE_WIDTH = 48  # px: the template's width in the small copy the first search runs on
 REFINE_MARGIN = 2  # px at full size, around the coarse match's cell, searched again to the pixel
 MIN_MATCH = 0.5  # normalised correlation below this: the face is hidden or turned away, the box stays put
+REACQUIRE_MATCH = 0.6  # with reacquire: a face lost nearby is taken where the whole frame matches at least this well
 MIN_TEMPLATE_STD = 2.0  # grey levels: a flatter box (black, a blank wall) holds nothing to follow yet
 ZOOM_STEP = 0.03  # with zoom: how much a box may grow or shrink from one frame to the next
 MIN_SIDE = 16  # px: a box following a zoom out is not made smaller than this (too little left to match)
@@ -45,12 +46,16 @@ class BoxFollower:
     """Feed frames in order with push(); each answer is that frame's box (x1, y1, x2, y2), inside the frame.
 
     With `zoom`, the box also grows and shrinks with what it frames (a zoom, a face coming closer): each frame the
-    template is matched a step larger and smaller too, and the best of the three sizes is kept."""
+    template is matched a step larger and smaller too, and the best of the three sizes is kept. With `reacquire`,
+    a face not found near where it was is searched for in the whole frame (it left and came back elsewhere, or the
+    shot changed and changed back)."""
 
-    def __init__(self, box: Box, zoom: bool = False) -> None:
+    def __init__(self, box: Box, zoom: bool = False, reacquire: bool = False) -> None:
         self.box = box
         self.lost = 0  # frames where the match was too weak (the box stayed where it was)
-        self._zoom = zoom
+        self.found = False  # whether the last frame's box was matched (or is the box as given, before and where the
+        # template was taken: a fade from black holds the face, dimmed)
+        self._zoom, self._reacquire = zoom, reacquire
         self._given: Optional[_Template] = None  # at the size of the box as given
         self._size = (box[2] - box[0], box[3] - box[1])  # the box as given: its size at scale 1
         self._scale = 1.0  # the box's size now, over its size as given
@@ -63,8 +68,12 @@ class BoxFollower:
     def push(self, frame: Frame) -> Box:
         if self._given is None:
             self._start(frame)
+            self.found = True
             return self.box
         moved = self._match(frame)
+        if moved is None and self._reacquire:
+            moved = self._search_whole(frame)
+        self.found = moved is not None
         if moved is None:
             self.lost += 1
         else:
@@ -100,8 +109,23 @@ class BoxFollower:
         if fine is None or fine[2] < MIN_MATCH:
             return None
         self._scale = scale
-        width, height = (max(1, round(side * scale)) for side in self._size)
-        return fine[0] + left, fine[1] + top, fine[0] + left + width, fine[1] + top + height
+        return self._placed(fine[0] + left, fine[1] + top)
+
+    def _search_whole(self, frame: Frame) -> Optional[Box]:
+        """The box where the whole frame matches its template best (at its size now), if well enough."""
+        template = self._at(self._scale)
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        coarse = _best(grey, template.small, template.coarse, (0, 0), max(grey.shape))
+        if coarse is None:
+            return None
+        margin = round(1 / template.coarse) + REFINE_MARGIN
+        fine = _best(grey, template.full, 1.0, (coarse[0] - margin, coarse[1] - margin), margin)
+        return None if fine is None or fine[2] < REACQUIRE_MATCH else self._placed(fine[0], fine[1])
+
+    def _placed(self, left: int, top: int) -> Box:
+        """The box at its size now with its top-left corner here."""
+        width, height = (max(1, round(side * self._scale)) for side in self._size)
+        return left, top, left + width, top + height
 
     def _resized(self, grey: np.ndarray, fine: Tuple[int, int, float], template: _Template, margin: int,
                  shape: Tuple[int, ...]) -> Tuple[Tuple[int, int, float], float]:  # fmt: skip

@@ -62,7 +62,7 @@ def locate_faces(
     if detect is None:  # a given --box, checked against the frame size when the job was prepared
         given = faces.fixed_box(options.box, job.size[::-1])  # type: ignore[arg-type]
         fixed = np.array([given])
-        follower = BoxFollower(given, zoom=True) if options.follow_box and not job.still else None
+        follower = BoxFollower(given, zoom=True, reacquire=True) if options.follow_box and not job.still else None
         if cache is None and follower is None:
             return FaceBoxes(fixed)
     try:
@@ -84,7 +84,7 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
     --follow_box on a video); the boxes found and whether the face is in each frame (None for a box that stays
     put)."""
     tracker: Optional[faces.FaceTracker] = None
-    followed: List[Box] = []
+    following = _Following(follower) if follower is not None else None
     if detect is not None:
         every = 1 if job.still else options.detect_every
         tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still,
@@ -98,23 +98,42 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
                 cache.append(frame)
             if tracker is not None:
                 tracker.push(frame)
-            if follower is not None:
-                followed.append(follower.push(frame))
+            if following is not None:
+                following.push(frame)
             if index % FACES_REPORT_EVERY == 0:
                 report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
-    if follower is not None:
-        return _followed_boxes(followed, job, options)
+    if following is not None:
+        return following.finish(job, options)
     return None if tracker is None else _finish_boxes(tracker, shape, job, options)
 
 
-def _followed_boxes(followed: List[Box], job: Job, options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:
-    """The followed box in each frame (smoothed over time, as detected boxes are), in every frame."""
-    if not followed:
-        raise LipSyncError(f"no frame could be read from {job.face.name}")
-    boxes = np.array(followed, dtype=np.int64)
-    present = np.ones(len(boxes), dtype=bool)
-    return (shots.smooth_runs(boxes, present) if options.smooth else boxes), present
+class _Following:
+    """A given box followed through a video's frames (--follow_box): the box in each frame the face was found in,
+    and the shots' cuts."""
+
+    def __init__(self, follower: BoxFollower) -> None:
+        self._follower = follower
+        self._boxes: List[Optional[Box]] = []
+        self._shots = shots.CutDetector()
+        self._cuts: List[int] = []
+
+    def push(self, frame: Frame) -> None:
+        if self._shots.cut(frame):
+            self._cuts.append(len(self._boxes))
+        box = self._follower.push(frame)
+        self._boxes.append(box if self._follower.found else None)
+
+    def finish(self, job: Job, options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:
+        """Boxes for every frame (smoothed over time within each stretch with the face, as detected boxes are) and
+        whether the face is in each: not where it was lost for more than shots.MISSED_FRAMES frames in a row
+        (those pass through unchanged); a shorter loss within a shot takes boxes between where it was seen."""
+        if not self._boxes:
+            raise LipSyncError(f"no frame could be read from {job.face.name}")
+        absent = [box is None for box in self._boxes]
+        present = ~np.array(shots.bridge_misses(absent, self._cuts), dtype=bool)
+        boxes = faces.fill_gaps(self._boxes, job.face.name)
+        return (shots.smooth_runs(boxes, present, self._cuts) if options.smooth else boxes), present
 
 
 def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:

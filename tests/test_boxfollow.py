@@ -76,6 +76,32 @@ def test_where_the_face_is_gone_the_box_stays_then_finds_it_again():
     assert follower.push(face_sketch(20, 10)) == (X1 + 20, Y1 + 10, X2 + 20, Y2 + 10)
 
 
+def _wide(dx: int, dy: int = 0):
+    """The drawing on a frame twice as wide, its face moved by (dx, dy) px: room to come back far from where it
+    left."""
+    wide = np.full((480, 1280, 3), (200, 220, 235), np.uint8)
+    wide[:, 320:960] = face_sketch()
+    return np.roll(wide, (dy, dx), axis=(0, 1))
+
+
+def test_with_reacquire_a_face_that_left_is_found_again_wherever_it_comes_back():
+    """Gone for five frames (a blank wall), the face comes back 560 px away, far past the near search: found
+    there and followed on; without reacquire the box waits where the face was."""
+    start = _moved(START, 320, 0)
+    blank = np.full((480, 1280, 3), (200, 220, 235), np.uint8)
+    back = [_wide(-280, 20), _wide(-275, 22)]
+    seen = {}
+    for reacquire in (True, False):
+        follower = BoxFollower(start, reacquire=reacquire)
+        follower.push(_wide(0))
+        assert follower.push(_wide(30)) == _moved(start, 30, 0) and follower.found
+        for _ in range(5):
+            assert follower.push(blank) == _moved(start, 30, 0) and not follower.found
+        seen[reacquire] = [(follower.push(frame), follower.found) for frame in back]
+    assert seen[True] == [(_moved(start, -280, 20), True), (_moved(start, -275, 22), True)]
+    assert seen[False] == [(_moved(start, 30, 0), False)] * 2
+
+
 def test_a_face_leaving_the_frame_takes_the_box_to_the_edge_not_past_it():
     follower = BoxFollower(START)
     follower.push(face_sketch())
@@ -127,6 +153,37 @@ def test_between_two_keyframes_following_gives_way_to_the_detector_where_it_cann
     assert follow_between(frames, START, _moved(START, 16 + 40, 0), 0.08) is None, "ends far from the detector's box"
     flat = [np.full((480, 640, 3), 128, np.uint8)] + frames[1:]
     assert follow_between(flat, START, end, 0.08) is None, "nothing in the first box to follow"
+
+
+def test_a_followed_face_away_for_a_while_is_left_alone_and_redrawn_where_it_comes_back(tmp_path, media):
+    """End to end: a cartoon, a cutaway to a wall with a picture on it for 12 frames (no mouth is painted on it:
+    those frames pass through unchanged and the result says so), then the cartoon again further left, redrawn
+    there."""
+    import cv2
+    from conftest import read_video_frames, speech_frames
+    from media_helpers import ffmpeg
+
+    total = speech_frames(media["speech"], 25) + 2
+    wall = np.full((480, 640, 3), (120, 160, 200), np.uint8)
+    cv2.rectangle(wall, (150, 120), (470, 360), (40, 90, 60), 12)
+    cutaway = range(20, 32)
+    for index in range(total):
+        frame = wall if index in cutaway else face_sketch(*((0, 0) if index < 20 else (-90, 10)))
+        cv2.imwrite(str(tmp_path / f"f{index:03d}.png"), frame)
+    clip = tmp_path / "cutaway.mp4"
+    ffmpeg("-framerate", "25", "-i", tmp_path / "f%03d.png", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", clip)
+    result = lipsync.run(clip, media["speech"], tmp_path / "out.mp4",
+                         LipSyncOptions(box=SKETCH_BOX, follow_box=True, device="cpu"))  # fmt: skip
+    assert result.frames_without_face == len(cutaway)
+    frames = read_video_frames(result.outfile).astype(int)
+
+    def redrawn(result_frame, source):  # an area changed, not the encode's thin lines along sharp edges
+        changed = (np.abs(result_frame - source).max(axis=2) > 24).astype(np.uint8)
+        return np.nonzero(cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8)))
+
+    assert all(redrawn(frames[i], wall)[0].size == 0 for i in cutaway), "no mouth is painted on the wall"
+    rows, cols = redrawn(frames[40], face_sketch(-90, 10))
+    assert rows.size and rows.min() >= Y1 + 10 and abs(cols.mean() - (X1 + X2) / 2 + 90) < 8, "redrawn where it is"
 
 
 def test_following_needs_a_box_and_the_command_line_has_the_flag():
