@@ -153,6 +153,8 @@ def test_between_two_keyframes_following_gives_way_to_the_detector_where_it_cann
     assert follow_between(frames, START, _moved(START, 16 + 40, 0), 0.08) is None, "ends far from the detector's box"
     flat = [np.full((480, 640, 3), 128, np.uint8)] + frames[1:]
     assert follow_between(flat, START, end, 0.08) is None, "nothing in the first box to follow"
+    jump = [face_sketch()] + [face_sketch(-150, 20)] * 3  # beyond the near search: a loose match 110 px off
+    assert follow_between(jump, START, _moved(START, -150, 20), 0.08) is None, "a weak match is not taken"
 
 
 def test_a_followed_face_away_for_a_while_is_left_alone_and_redrawn_where_it_comes_back(tmp_path, media):
