@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "box", type=int, nargs=4, default=list(NO_BOX), metavar=("Y1", "Y2", "X1", "X2"),
          help="fixed face box, skipping detection: a last resort when no face is found (-1 -1 -1 -1 = detect)")
     _add(p, "follow_box", action="store_true",
-         help="in a video, the --box (placed on the first frame) moves with what it frames: a cartoon face that "
-              "moves about")
+         help="in a video, the --box (placed on the first frame) moves and resizes with what it frames (a cartoon "
+              "face that moves about); frames it has left pass through unchanged")
     _add(p, "face_index", type=int, default=None, metavar="N",
          help="who speaks: the N-th face from the left (0 = leftmost) in the first frame with faces, then followed; "
               "default: the most confident face")
