@@ -44,6 +44,19 @@ class _Template:
         coarse = min(1.0, COARSE_WIDTH / max(1, grey.shape[1]))
         return cls(grey, _shrink(grey, coarse), coarse)
 
+    @property
+    def margin(self) -> int:
+        """Full-size px around a coarse match's cell searched again to the pixel."""
+        return round(1 / self.coarse) + REFINE_MARGIN
+
+    def find(self, grey: np.ndarray, corner: Tuple[int, int], reach: int) -> Optional[Tuple[int, int, float]]:
+        """Where it matches best within `reach` px of `corner` (top-left, full-size px of `grey`): coarsely on the
+        small copies, then to the pixel around that; and how well. None when the window holds no place."""
+        coarse = _best(grey, self.small, self.coarse, corner, reach)
+        if coarse is None:
+            return None
+        return _best(grey, self.full, 1.0, (coarse[0] - self.margin, coarse[1] - self.margin), self.margin)
+
 
 class BoxFollower:
     """Feed frames in order with push(); each answer is that frame's box (x1, y1, x2, y2), inside the frame.
@@ -99,17 +112,12 @@ class BoxFollower:
         template = self._at(self._scale)
         x1, y1, x2, y2 = self.box
         reach = round(SEARCH_SHARE * max(x2 - x1, y2 - y1))
-        margin = round(1 / template.coarse) + REFINE_MARGIN
-        around = reach + margin + 1 + (math.ceil(ZOOM_STEP * max(x2 - x1, y2 - y1)) if self._zoom else 0)
+        around = reach + template.margin + 1 + (math.ceil(ZOOM_STEP * max(x2 - x1, y2 - y1)) if self._zoom else 0)
         grey, (left, top) = _grey(frame, (x1 - around, y1 - around, x2 + around,
                                           y1 + template.full.shape[0] + around))  # fmt: skip
-        coarse = _best(grey, template.small, template.coarse, (x1 - reach - left, y1 - reach - top), reach)
-        if coarse is None:
-            return None
-        corner = (coarse[0] - margin, coarse[1] - margin)
-        fine, scale = _best(grey, template.full, 1.0, corner, margin), self._scale
+        fine, scale = template.find(grey, (x1 - reach - left, y1 - reach - top), reach), self._scale
         if self._zoom and fine is not None:
-            fine, scale = self._resized(grey, fine, template, margin, frame.shape)
+            fine, scale = self._resized(grey, fine, template, frame.shape)
         if fine is None or fine[2] < self._min_match:
             return None
         self._scale = scale
@@ -117,13 +125,8 @@ class BoxFollower:
 
     def _search_whole(self, frame: Frame) -> Optional[Box]:
         """The box where the whole frame matches its template best (at its size now), if well enough."""
-        template = self._at(self._scale)
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        coarse = _best(grey, template.small, template.coarse, (0, 0), max(grey.shape))
-        if coarse is None:
-            return None
-        margin = round(1 / template.coarse) + REFINE_MARGIN
-        fine = _best(grey, template.full, 1.0, (coarse[0] - margin, coarse[1] - margin), margin)
+        fine = self._at(self._scale).find(grey, (0, 0), max(grey.shape))
         return None if fine is None or fine[2] < REACQUIRE_MATCH else self._placed(fine[0], fine[1])
 
     def _placed(self, left: int, top: int) -> Box:
@@ -131,12 +134,12 @@ class BoxFollower:
         width, height = (max(1, round(side * self._scale)) for side in self._size)
         return left, top, left + width, top + height
 
-    def _resized(self, grey: np.ndarray, fine: Tuple[int, int, float], template: _Template, margin: int,
+    def _resized(self, grey: np.ndarray, fine: Tuple[int, int, float], template: _Template,
                  shape: Tuple[int, ...]) -> Tuple[Tuple[int, int, float], float]:  # fmt: skip
         """The best of the match at this size and the template a step larger and smaller, centred where it matched;
         and the scale that made it."""
         best, chosen = fine, self._scale
-        rows, cols = template.full.shape
+        rows, cols, margin = *template.full.shape, template.margin
         for scale in self._steps(shape):
             other = self._resized_template(scale)
             corner = (fine[0] + (cols - other.shape[1]) // 2 - margin, fine[1] + (rows - other.shape[0]) // 2 - margin)
