@@ -170,7 +170,7 @@ def _tools() -> List[Line]:
         else:
             lines.append(Line(tool, "missing: install it (apt-get install ffmpeg)", blocking=True))
         if tool == "ffmpeg" and version is not None:
-            lines.append(_hdr_line())
+            lines += [_hdr_line(), _encoder_line()]
     return [*lines, _heic_line()]
 
 
@@ -180,6 +180,14 @@ def _hdr_line() -> Line:
     if video.can_tone_map():
         return Line("hdr video", "tone-mapped to SDR (ffmpeg has zscale and tonemap)")
     return Line("hdr video", "read as it is, colours dull: this ffmpeg lacks zscale or tonemap (Debian's has both)")
+
+
+def _encoder_line() -> Line:
+    """What encodes a video's H.264 here: NVENC is tried (a test encode) only when the networks would run on a GPU."""
+    from . import nvenc
+    from .runtime import choose_device
+
+    return Line("video encoder", nvenc.describe(choose_device("auto", announce=False).kind == "gpu"))
 
 
 def _heic_line() -> Line:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from lipsync import containers, ffmpeg, segments
+from lipsync import containers, ffmpeg, nvenc, segments
 from lipsync.canvas import SCALE_FLAGS, Canvas
 from lipsync.containers import Container
 from lipsync.errors import LipSyncError
@@ -19,7 +20,7 @@ from lipsync.mediainfo import MediaInfo, probe
 from lipsync.segments import SegmentSink, SegmentStream
 from lipsync.types import Frame
 
-__all__ = ["VideoWriter", "encoder_threads", "write_args"]
+__all__ = ["Encoder", "VideoWriter", "encoder_threads", "write_args"]
 
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18  # near-transparent quality; the regenerated mouth must not smear
@@ -54,6 +55,15 @@ OPUS_BITRATE = "128k"  # transparent for speech and music alike; Opus resamples 
 SAR_MAX = 65535  # H.264 stores a pixel's aspect as two 16-bit numbers: setsar keeps the ratio exact up to them
 MAX_AUDIO_RATE = 48000  # Hz; higher source rates are resampled down, lower ones kept as they are
 MAX_AUDIO_CHANNELS = 2  # surround sound is mixed down to stereo, which every browser plays
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """How a job's ffmpeg encodes: its threads (encoder_threads: 0 = ffmpeg's choice) and whether H.264 is the GPU's
+    (lipsync.nvenc.chosen)."""
+
+    threads: int = 0
+    gpu: bool = False
 
 
 # ---------------------------------------------------------------- argument builders (pure)
@@ -122,6 +132,7 @@ def write_args(
     threads: int = 0,
     pixel_aspect: Fraction = Fraction(1),
     container: Container | None = None,
+    gpu_encoder: bool = False,
 ) -> list[str]:
     """ffmpeg command encoding raw BGR frames from stdin, plus the first audio stream of `audio`, to `container`
     (by default the one `output`'s suffix names) and, given `segments_folder`, from the same encode to one-second
@@ -132,7 +143,8 @@ def write_args(
     converted with SCALE_FLAGS and encoded with STILL_X264_PARAMS; given its `canvas`, stdin carries only the
     region of each frame that changes. `threads` > 0 caps ffmpeg's filter and encoder threads (encoder_threads).
     The output is tagged with `pixel_aspect` (a DVD's 64/45), the width over the height of a pixel as shown.
-    `crf` and `preset` are x264's; VP9 has its own (VP9_CRF, VP9_SPEED).
+    `crf` and `preset` are x264's; VP9 has its own (VP9_CRF, VP9_SPEED). With `gpu_encoder`, H.264 is NVENC's
+    (lipsync.nvenc says when it can be).
     """
     container = container or containers.container_for(output)
     timed = audio is not None and audio_duration > 0
@@ -154,7 +166,8 @@ def write_args(
         chain = _video_filters(width, height, seconds > 0, SCALE_FLAGS if still else "", pixel_aspect)
         video = ["-vf", chain, "-map", "0:v:0"]
     maps = [*video, "-map", f"{2 if canvas is not None else 1}:a:0"] if audio is not None else video
-    encode = [*_video_codec(container, crf, preset, still), *_colour_tags()]
+    keyframes_forced = segments_folder is not None
+    encode = [*_video_codec(container, crf, preset, still, gpu_encoder, keyframes_forced), *_colour_tags()]
     if audio is not None:
         encode += _audio_codec(container, audio_sample_rate, audio_channels)
     if seconds > 0:
@@ -181,10 +194,14 @@ def _raw_input(width: int, height: int, fps: float, source: str) -> list[str]:
             "-i", source]
 
 
-def _video_codec(container: Container, crf: int, preset: str, still: bool) -> list[str]:
-    """The video encoder and its quality: x264 (a still's frames with STILL_X264_PARAMS), or VP9 in a .webm."""
+def _video_codec(container: Container, crf: int, preset: str, still: bool, gpu_encoder: bool,
+                 keyframes_forced: bool) -> list[str]:  # fmt: skip
+    """The video encoder and its quality: x264 (a still's frames with STILL_X264_PARAMS) or NVENC (`gpu_encoder`),
+    or VP9 in a .webm."""
     if container.codecs == containers.VP9_OPUS:
         return ["-c:v", VP9_CODEC, "-crf", str(VP9_CRF), "-b:v", "0", *VP9_SPEED, "-pix_fmt", VIDEO_PIX_FMT]
+    if gpu_encoder:
+        return nvenc.args(keyframes_forced)
     args = ["-c:v", VIDEO_CODEC, "-preset", preset, "-crf", str(crf), "-pix_fmt", VIDEO_PIX_FMT]
     return [*args, "-x264-params", STILL_X264_PARAMS] if still else args
 
@@ -226,14 +243,15 @@ class VideoWriter:
     A `still`'s frames are converted exactly per 2x2 block; given a still's `canvas`, write() takes only the
     region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
     `threads` > 0 caps ffmpeg's threads (encoder_threads says when). `pixel_aspect` is the width over the height
-    of a pixel as the frames are to be shown (not 1 for an anamorphic video's frames).
+    of a pixel as the frames are to be shown (not 1 for an anamorphic video's frames). With `gpu_encoder`, the H.264
+    is NVENC's (lipsync.nvenc.chosen says when).
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
                  temp_dir: str | Path, audio_seconds: float | None = None, crf: int = VIDEO_CRF,
                  preset: str = VIDEO_PRESET, segments: SegmentSink | None = None,
                  audio_info: MediaInfo | None = None, still: bool = False, canvas: Canvas | None = None,
-                 threads: int = 0, pixel_aspect: Fraction = Fraction(1)) -> None:
+                 threads: int = 0, pixel_aspect: Fraction = Fraction(1), gpu_encoder: bool = False) -> None:
         self.path = Path(path)
         container = containers.container_for(self.path)  # its suffix: the partial file's is .part
         self.width, self.height = size
@@ -253,7 +271,8 @@ class VideoWriter:
         options = dict(width=self.width, height=self.height, fps=fps, audio=audio, audio_duration=seconds,
                        audio_sample_rate=sound.audio_sample_rate if sound else 0,
                        audio_channels=sound.audio_channels if sound else 0, crf=crf, preset=preset,
-                       still=still, canvas=canvas, threads=threads, pixel_aspect=pixel_aspect)
+                       still=still, canvas=canvas, threads=threads, pixel_aspect=pixel_aspect,
+                       gpu_encoder=gpu_encoder)
         self._stream = SegmentStream(segments, temp_dir) if segments is not None else None
         folder = self._stream.folder if self._stream is not None else None
         args = write_args(self._partial, segments_folder=folder, container=container,

@@ -97,14 +97,23 @@ def tail(text: bytes | str, path: str | Path | None = None) -> str:
     return " | ".join(line for line in lines[-STDERR_TAIL_LINES:] if line) or NO_ERROR_TEXT
 
 
+def first_line(text: bytes | str) -> str:
+    """The first line ffmpeg wrote on stderr (the cause; later lines say what failed because of it), without
+    its "[encoder @ 0x…]" prefix."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = [LINE_PREFIX.sub("", line.strip()) for line in text.strip().splitlines()]
+    return next((line for line in lines if line), NO_ERROR_TEXT)
+
+
 # ---------------------------------------------------------------- running
 
 
-def run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+def run(args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a short ffmpeg/ffprobe command to completion, stdout and stderr captured (subprocess.run reaps
-    the child even when interrupted)."""
+    the child even when interrupted, or killed after `timeout` seconds: subprocess.TimeoutExpired)."""
     try:
-        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=timeout)
     except FileNotFoundError as error:
         raise _not_found(error, args) from error
 

@@ -13,8 +13,8 @@ from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
-from . import (audio, canvas, cpu, encoding, facecrop, geometry, loading, native, paths, runtime, synth, video,
-               writeahead)
+from . import (audio, canvas, cpu, encoding, facecrop, geometry, loading, native, nvenc, paths, runtime, synth,
+               video, writeahead)
 from .engine import DEFAULT_ENGINE, Engine, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .job import Job, read_at, run_rate, source_frames
@@ -123,12 +123,22 @@ def _render(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: 
     found = locate_faces(job, options, networks.detect, detection_batch(options, device), tmp, report)
     absent = found.absent_frames(job)
     try:
-        threads = encoding.encoder_threads(*job.size, job.still, cpu_bound=device.kind == "cpu")
-        _synthesize(job, options, networks, generator_batch(options, device), found, tmp, report, threads)
+        encoder = _encoder(job, device)
+        _synthesize(job, options, networks, generator_batch(options, device), found, tmp, report, encoder)
     finally:
         if found.cache is not None:
             found.cache.close()
     return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
+
+
+def _encoder(job: Job, device: runtime.Device) -> encoding.Encoder:
+    """How the job's frames are encoded: ffmpeg's threads, and on a GPU whether NVENC encodes them."""
+    on_gpu = device.kind == "gpu"
+    encoder = encoding.Encoder(threads=encoding.encoder_threads(*job.size, job.still, cpu_bound=not on_gpu),
+                               gpu=nvenc.chosen(on_gpu, job.still, job.size))  # fmt: skip
+    if on_gpu and not job.still:
+        log.info("video encoder: %s", nvenc.CODEC if encoder.gpu else f"x264 ({nvenc.describe(on_gpu)})")
+    return encoder
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -232,16 +242,15 @@ def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: Job) -> Fra
 
 
 def _synthesize(job: Job, options: LipSyncOptions, networks: loading.Networks, batch: int, found: FaceBoxes,
-                tmp: Path, report: Progress, threads: int) -> None:  # fmt: skip
+                tmp: Path, report: Progress, encoder: encoding.Encoder) -> None:  # fmt: skip
     """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
-    frames into the encoder (ffmpeg with `threads`, 0 for its own choice); frames without the face go through as
-    they are."""
+    frames into the `encoder`; frames without the face go through as they are."""
     with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
-        _encode(job, options, networks, batch, pairs, tmp, report, threads)
+        _encode(job, options, networks, batch, pairs, tmp, report, encoder)
 
 
 def _encode(job: Job, options: LipSyncOptions, networks: loading.Networks, batch: int, pairs: Iterator[Pair],
-            tmp: Path, report: Progress, threads: int) -> None:  # fmt: skip
+            tmp: Path, report: Progress, encoder: encoding.Encoder) -> None:  # fmt: skip
     first = next(pairs)
     generate = synth.mouth_generator(networks.generator, batch, first, networks.single_job)
     enhancer = networks.enhancer
@@ -267,9 +276,9 @@ def _encode(job: Job, options: LipSyncOptions, networks: loading.Networks, batch
     in_flight = synth.chunks_in_flight(0 if job.still else first[0].nbytes, batch)
     with encoding.VideoWriter(job.outfile, size=(width, height), fps=job.fps, audio=job.audio, temp_dir=tmp,
                               audio_seconds=job.seconds, segments=job.segments, audio_info=job.sound,
-                              still=job.still, canvas=board, threads=threads,
-                              pixel_aspect=job.pixel_aspect) as encoder, \
-            writeahead.WriteAhead(encoder.write, unblock=encoder.abort) as writer, \
+                              still=job.still, canvas=board, threads=encoder.threads,
+                              pixel_aspect=job.pixel_aspect, gpu_encoder=encoder.gpu) as ffmpeg_writer, \
+            writeahead.WriteAhead(ffmpeg_writer.write, unblock=ffmpeg_writer.abort) as writer, \
             synth.Ahead(in_flight) as ahead:  # fmt: skip
         for chunk in synth.batches(synth.chain_first(first, pairs), batch):
             frames, boxes = [p[0] for p in chunk], [p[1] for p in chunk]

@@ -1,0 +1,156 @@
+"""NVENC for a video's H.264 on a GPU (lipsync.nvenc): which jobs get it, and that its options are this ffmpeg's.
+
+No GPU here: a machine without NVENC must keep x264 and say why, and the options a GPU job would give NVENC must be
+ones this ffmpeg accepts (an option it refused would fail every video on the GPU Space, where this cannot be run)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+
+from lipsync import doctor, encoding, ffmpeg, nvenc, pipeline
+from lipsync.device import Device
+from lipsync.encoding import VideoWriter, write_args
+from lipsync.errors import LipSyncError
+
+# what ffmpeg says when it has h264_nvenc but the machine lacks the driver's libraries (no GPU, or a container
+# without video capabilities): the options were all accepted, since ffmpeg sets them before it loads the libraries
+LIBRARY_MISSING = ("libcuda", "libnvidia-encode", "No capable devices found", "no NVENC capable devices found")
+OPTION_REFUSED = ("Unrecognized option", "Error setting option", "Unable to parse option", "Option not found")
+FRAME = (320, 256)  # width, height: within NVENC's sides
+
+
+def has_nvenc_encoder() -> bool:
+    listed = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    return nvenc.CODEC in listed
+
+
+needs_nvenc_build = pytest.mark.skipif(not has_nvenc_encoder(), reason="this ffmpeg is built without h264_nvenc")
+
+
+VERDICT = nvenc.verdict  # the process's one test encode (a test may put another in its place)
+
+
+@pytest.fixture(autouse=True)
+def fresh_verdict(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(nvenc.SWITCH, raising=False)
+    VERDICT.cache_clear()
+    yield
+    VERDICT.cache_clear()
+
+
+def write_frames(out: Path, audio: Path, tmp: Path, segments: List[Path] | None) -> None:
+    """A GPU video job's writer: NVENC, the speech, and (given a list) the page's segments from the same encode."""
+    sink = None if segments is None else segments.append
+    with VideoWriter(out, size=FRAME, fps=25, audio=audio, temp_dir=tmp, segments=sink, gpu_encoder=True) as writer:
+        for index in range(30):
+            frame = np.zeros((FRAME[1], FRAME[0], 3), np.uint8)
+            frame[:, : index * 8] = (40, 160, 220)
+            writer.write(frame)
+
+
+@needs_nvenc_build
+@pytest.mark.parametrize("streamed", [False, True], ids=["mp4", "mp4+segments"])
+def test_a_gpu_job_s_nvenc_options_are_accepted_by_this_ffmpeg(clips: dict, tmp_path: Path, streamed: bool) -> None:
+    out, segments = tmp_path / "out.mp4", ([] if streamed else None)
+    if nvenc.verdict().usable:  # a machine with NVENC: the job's file is NVENC's H.264
+        write_frames(out, clips["audio"], tmp_path, segments)
+        assert out.is_file() and (not streamed or segments)
+        return
+    with pytest.raises(LipSyncError) as failed:
+        write_frames(out, clips["audio"], tmp_path, segments)
+    said = str(failed.value)
+    assert any(cause in said for cause in LIBRARY_MISSING), said
+    assert not any(refused in said for refused in OPTION_REFUSED), said
+    assert not out.exists()
+
+
+@needs_nvenc_build
+def test_the_check_above_tells_a_refused_option_from_a_missing_library(clips: dict, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nvenc, "PRESET", "p9")  # NVENC's presets end at p7
+    with pytest.raises(LipSyncError) as failed:
+        write_frames(tmp_path / "out.mp4", clips["audio"], tmp_path, None)
+    assert any(refused in str(failed.value) for refused in OPTION_REFUSED), str(failed.value)
+
+
+@needs_nvenc_build
+def test_without_nvenc_the_test_encode_says_why_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+    real_run = ffmpeg.run
+    monkeypatch.setattr(ffmpeg, "run", lambda args, **kw: runs.append(args) or real_run(args, **kw))
+    found = nvenc.verdict()
+    if found.usable:
+        pytest.skip("this machine has NVENC")
+    assert any(cause in found.reason for cause in LIBRARY_MISSING), found.reason
+    assert nvenc.verdict() is found and len(runs) == 1, "tried once per process"
+    assert nvenc.CODEC in runs[0] and "-forced-idr" in runs[0], "the test encode uses the job's own options"
+    assert not nvenc.chosen(True, False, (1280, 720)), "x264 encodes when NVENC cannot"
+    assert found.reason in nvenc.describe(on_gpu=True)
+
+
+def test_a_cpu_job_never_tries_nvenc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ffmpeg, "run", lambda *a, **k: pytest.fail("no test encode for a CPU job"))
+    assert not nvenc.chosen(False, False, (1280, 720))
+    assert "x264" in nvenc.describe(on_gpu=False)
+    assert pipeline._encoder(job_of((1280, 720), still=False), Device("cpu", "requested")).gpu is False
+
+
+def test_lipsync_nvenc_0_keeps_x264_without_trying(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(nvenc.SWITCH, "0")
+    monkeypatch.setattr(ffmpeg, "run", lambda *a, **k: pytest.fail("switched off: no test encode"))
+    assert nvenc.verdict() == nvenc.Verdict(False, f"{nvenc.SWITCH}=0")
+    assert not nvenc.chosen(True, False, (1280, 720))
+
+
+class FakeJob:
+    def __init__(self, size: tuple, still: bool) -> None:
+        self.size, self.still = size, still
+
+
+def job_of(size: tuple, still: bool) -> "pipeline.Job":
+    return FakeJob(size, still)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("size, still, expected", [
+    ((1280, 720), False, True),
+    ((3840, 2160), False, True),
+    ((1280, 720), True, False),  # a still: only its mouth's part is encoded, x264 on one core keeps up
+    ((200, 720), False, False),  # below NVENC's sides: x264 is cheap there
+    ((5000, 720), False, False),  # beyond NVENC's H.264 (4096 a side)
+])  # fmt: skip
+def test_which_gpu_jobs_nvenc_encodes_where_it_works(monkeypatch: pytest.MonkeyPatch, size: tuple, still: bool,
+                                                     expected: bool) -> None:  # fmt: skip
+    monkeypatch.setattr(nvenc, "verdict", lambda: nvenc.Verdict(True, "h264_nvenc encodes here"))
+    assert nvenc.chosen(True, still, size) is expected
+    encoder = pipeline._encoder(job_of(size, still), Device("gpu", "requested"))
+    assert encoder == encoding.Encoder(threads=0, gpu=expected)
+
+
+def test_nvenc_replaces_x264_s_options_and_forces_idr_keyframes_only_for_segments(tmp_path: Path) -> None:
+    plain = write_args(tmp_path / "a.mp4", width=1280, height=720, fps=25, gpu_encoder=True)
+    streamed = write_args(tmp_path / "a.mp4", width=1280, height=720, fps=25, gpu_encoder=True,
+                          segments_folder=tmp_path)
+    for args in (plain, streamed):
+        assert args[args.index("-c:v") + 1] == nvenc.CODEC and "libx264" not in args and "-crf" not in args
+        assert args[args.index("-cq") + 1] == str(nvenc.CQ) and args[args.index("-b:v") + 1] == "0"
+        assert "bt709" in args, "colours tagged as with x264"
+    assert "-forced-idr" not in plain and streamed[streamed.index("-forced-idr") + 1] == "1"
+    webm = write_args(tmp_path / "a.webm", width=1280, height=720, fps=25, gpu_encoder=True)
+    assert webm[webm.index("-c:v") + 1] == encoding.VP9_CODEC, "a .webm stays VP9"
+
+
+def test_first_line_is_the_cause_without_its_prefix() -> None:
+    said = (b"[h264_nvenc @ 0x55d3a6195c40] Cannot load libcuda.so.1\n"
+            b"Error initializing output stream 0:0 -- Error while opening encoder\n")  # fmt: skip
+    assert ffmpeg.first_line(said) == "Cannot load libcuda.so.1"
+    assert ffmpeg.first_line("\n\n") == ffmpeg.NO_ERROR_TEXT
+
+
+def test_the_doctor_names_the_video_encoder() -> None:
+    line = doctor._encoder_line()
+    assert line.label == "video encoder" and "x264" in line.text and not line.blocking
