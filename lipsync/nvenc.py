@@ -75,8 +75,18 @@ def verdict() -> Verdict:
 def chosen(on_gpu: bool, still: bool, size: Tuple[int, int]) -> bool:
     """Whether a job's H.264 of frames of `size` (width, height) is NVENC's: a video whose networks run on a GPU with
     NVENC, its sides within MIN_SIDE..MAX_SIDE. Otherwise x264 encodes it."""
-    fits = all(MIN_SIDE <= side <= MAX_SIDE for side in size)
-    return on_gpu and not still and fits and verdict().usable
+    return on_gpu and not still and _fits(size) and verdict().usable
+
+
+def why_not(size: Tuple[int, int]) -> str:
+    """Why a GPU job's video of frames of `size` is x264's, in words."""
+    if not verdict().usable:
+        return f"x264: NVENC cannot be used ({verdict().reason})"
+    return f"x264: {size[0]}×{size[1]} px frames lie outside the {MIN_SIDE}–{MAX_SIDE} px sides NVENC gets"
+
+
+def _fits(size: Tuple[int, int]) -> bool:
+    return all(MIN_SIDE <= side <= MAX_SIDE for side in size)
 
 
 def describe(on_gpu: bool) -> str:

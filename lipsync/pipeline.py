@@ -137,7 +137,7 @@ def _encoder(job: Job, device: runtime.Device) -> encoding.Encoder:
     encoder = encoding.Encoder(threads=encoding.encoder_threads(*job.size, job.still, cpu_bound=not on_gpu),
                                gpu=nvenc.chosen(on_gpu, job.still, job.size))  # fmt: skip
     if on_gpu and not job.still:
-        log.info("video encoder: %s", nvenc.CODEC if encoder.gpu else f"x264 ({nvenc.describe(on_gpu)})")
+        log.info("video encoder: %s", nvenc.CODEC if encoder.gpu else nvenc.why_not(job.size))
     return encoder
 
 

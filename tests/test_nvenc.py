@@ -90,7 +90,7 @@ def test_without_nvenc_the_test_encode_says_why_once_per_process(monkeypatch: py
     assert nvenc.verdict() is found and len(runs) == 1, "tried once per process"
     assert nvenc.CODEC in runs[0] and "-forced-idr" in runs[0], "the test encode uses the job's own options"
     assert not nvenc.chosen(True, False, (1280, 720)), "x264 encodes when NVENC cannot"
-    assert found.reason in nvenc.describe(on_gpu=True)
+    assert found.reason in nvenc.describe(on_gpu=True) and found.reason in nvenc.why_not((1280, 720))
 
 
 def test_a_cpu_job_never_tries_nvenc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,6 +127,8 @@ def test_which_gpu_jobs_nvenc_encodes_where_it_works(monkeypatch: pytest.MonkeyP
                                                      expected: bool) -> None:  # fmt: skip
     monkeypatch.setattr(nvenc, "verdict", lambda: nvenc.Verdict(True, "h264_nvenc encodes here"))
     assert nvenc.chosen(True, still, size) is expected
+    if not still and not expected:
+        assert f"{size[0]}×{size[1]}" in nvenc.why_not(size)
     encoder = pipeline._encoder(job_of(size, still), Device("gpu", "requested"))
     assert encoder == encoding.Encoder(threads=0, gpu=expected)
 
