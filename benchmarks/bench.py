@@ -173,6 +173,8 @@ def chosen_sizes(args: argparse.Namespace) -> Sizes:
 
 def measure(args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
     """Every figure of the table, with inputs and weights made under `folder`; each measurement in its own process."""
+    from lipsync import nvenc
+
     sizes = chosen_sizes(args)
     detector_weights = make_weights(Path(os.environ["LIPSYNC_MODELS"]))
     options = {"device": args.device, "detector_weights": str(detector_weights)}
@@ -180,8 +182,9 @@ def measure(args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
     cases = make_cases(folder, photo, sizes, args.cases.split(","))
     note(f"inputs and weights ready; generator runtime vs dygraph, {sizes.repeats} x {sizes.stage_frames} frames")
     samples = run_child("generator", _spec(cases[0], options, sizes=asdict(sizes)))
-    results: Dict[str, Any] = {"device": _device_kind(args.device), "sizes": asdict(sizes),
-                               "generator": generator_summary(samples), "cases": {}}
+    device = _device_kind(args.device)
+    results: Dict[str, Any] = {"device": device, "video_encoder": nvenc.describe(device == "gpu"),
+                               "sizes": asdict(sizes), "generator": generator_summary(samples), "cases": {}}
     note(f"generator: runtime {nums(samples['runtime'])} frames/s, dygraph {nums(samples['dygraph'])} frames/s")
     for case in cases:
         stages = run_child("stages", _spec(case, options, sizes=asdict(sizes), folder=str(folder)))

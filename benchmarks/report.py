@@ -150,6 +150,7 @@ def print_report(results: Dict[str, Any]) -> None:
           f"opencv {box['opencv']}, ffmpeg {box['ffmpeg']}, python {box['python']}")
     print(f"date: {box['date']}; device: {results['device']}; load average at start {box['load_average']}, "
           f"at end {results['load_average_end']}")
+    print(f"video encoder: {results.get('video_encoder', '?')}")
     print("stage columns: output frames/s each stage sustains alone (a still is decoded and detected once); "
           "a case's generator figure is taken in its e2e process right after each run; e2e: lipsync.run with the "
           "networks loaded, in a fresh process, best of the runs (a picture's run uses the generator split in two: "

@@ -87,6 +87,7 @@ def test_quick_run_prints_one_full_table_and_matching_json(tmp_path):
     assert 100 < generator["runtime_peak_rss_mb"] <= generator["dygraph_peak_rss_mb"], "runtime measured first"
     assert f"generator runtime / dygraph: {generator['ratio']:.2f}x" in stdout
     assert f"paddle {results['machine']['paddle']}" in stdout and f"{results['machine']['cores']} cores" in stdout
+    assert f"video encoder: {results['video_encoder']}" in stdout and "x264" in results["video_encoder"]
     assert results["reference"] is None and "not measured: pass --reference" in stdout, "no reference given"
 
 
