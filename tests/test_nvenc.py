@@ -11,11 +11,14 @@ from typing import List
 
 import numpy as np
 import pytest
+from conftest import x264_options
 
+import lipsync
 from lipsync import doctor, encoding, ffmpeg, nvenc, pipeline
 from lipsync.device import Device
 from lipsync.encoding import VideoWriter, write_args
 from lipsync.errors import LipSyncError
+from lipsync.options import LipSyncOptions
 
 # what ffmpeg says when it has h264_nvenc but the machine lacks the driver's libraries (no GPU, or a container
 # without video capabilities): the options were all accepted, since ffmpeg sets them before it loads the libraries
@@ -156,3 +159,26 @@ def test_first_line_is_the_cause_without_its_prefix() -> None:
 def test_the_doctor_names_the_video_encoder() -> None:
     line = doctor._encoder_line()
     assert line.label == "video encoder" and "x264" in line.text and not line.blocking
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["mp4", "mp4+segments"])
+def test_a_gpu_video_job_hands_its_frames_to_the_encoder_nvenc_would_be(media: dict, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          streamed: bool) -> None:  # fmt: skip
+    """The job's path from the choice to ffmpeg's arguments, run on this CPU: x264 stands in for NVENC (whose
+    options the test above checks) with settings of its own, which the file then carries."""
+    asked: List[bool] = []
+
+    def stand_in(keyframes_forced: bool) -> List[str]:
+        asked.append(keyframes_forced)
+        return ["-c:v", "libx264", "-preset", "ultrafast", "-x264-params", "ref=2:subme=3", "-pix_fmt", "yuv420p"]
+
+    monkeypatch.setattr(nvenc, "args", stand_in)
+    monkeypatch.setattr(pipeline, "_encoder", lambda job, device: encoding.Encoder(threads=0, gpu=not job.still))
+    segments: List[Path] = []
+    out = tmp_path / "out.mp4"
+    lipsync.run(media["video"], media["speech"], out, LipSyncOptions(face_detector="haar", device="cpu"),
+                segments=segments.append if streamed else None)
+    assert asked == [streamed], "the job's encoder options came from lipsync.nvenc, IDR keyframes for segments"
+    assert "ref=2" in x264_options(out) and "subme=3" in x264_options(out)
+    assert not streamed or len(segments) >= 2
