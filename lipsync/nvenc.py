@@ -38,7 +38,7 @@ PROBE_TIMEOUT_S = 30.0  # a first CUDA context can take seconds; a driver that h
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether NVENC encodes here, and why (or why not), in words for --doctor and a result's notes."""
+    """Whether NVENC encodes here, and why (or why not), in words for --doctor and a job's log line."""
 
     usable: bool
     reason: str
