@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
+from lipsync import errors
 from lipsync.errors import LipSyncError
 
 try:
@@ -99,11 +100,11 @@ def tail(text: bytes | str, path: str | Path | None = None) -> str:
 
 def first_line(text: bytes | str) -> str:
     """The first line ffmpeg wrote on stderr (the cause; later lines say what failed because of it), without
-    its "[encoder @ 0x…]" prefix."""
+    its "[encoder @ 0x…]" prefix, as errors.first_line quotes another tool's words."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    lines = [LINE_PREFIX.sub("", line.strip()) for line in text.strip().splitlines()]
-    return next((line for line in lines if line), NO_ERROR_TEXT)
+    stripped = "\n".join(LINE_PREFIX.sub("", line.strip()) for line in text.splitlines())
+    return errors.first_line(stripped) if stripped.strip() else NO_ERROR_TEXT
 
 
 # ---------------------------------------------------------------- running
