@@ -167,11 +167,20 @@ class FaceTracker:
             self._keyframe(*self._between.pop())
         return self.boxes
 
-    def absent(self) -> List[bool]:
-        """Per frame (after finish): whether the followed face is not in it: looked at and not found, or between
-        two frames where it was not."""
-        away, previous_away = [], True
-        for box, looked in zip(self.boxes, self._looked):
+    @property
+    def settled(self) -> int:
+        """How many frames, from the first, have their boxes final: all up to the last keyframe (after finish: all).
+        The frames since wait for the next keyframe, at most `every` frames on."""
+        return 0 if self._last_key is None else self._last_key + 1
+
+    def absent(self, start: int = 0, stop: Optional[int] = None) -> List[bool]:
+        """Per frame of [start, stop) (settled ones: after finish, all): whether the followed face is not in it:
+        looked at and not found, or between two frames where it was not."""
+        stop = len(self.boxes) if stop is None else stop
+        looked_before = [i for i in range(start - 1, max(start - 1 - self._every, -1), -1) if self._looked[i]]
+        previous_away = self.boxes[looked_before[0]] is None if looked_before else True
+        away = []
+        for box, looked in zip(self.boxes[start:stop], self._looked[start:stop]):
             if looked:
                 previous_away = box is None
             away.append(box is None and (looked or previous_away))

@@ -85,17 +85,18 @@ def check_pads(pads: Tuple[int, int, int, int], size: Size) -> None:
                            f"negative pads shrink the face box, keep them small (or use 0)")
 
 
-def check_padded(found: np.ndarray, padded: np.ndarray, pads: Tuple[int, int, int, int], source: str) -> None:
-    """Face boxes (x1, y1, x2, y2) as found and after the pads: a box the pads made empty or inverted is the
-    user's to fix, said before the generator runs."""
+def check_padded(found: np.ndarray, padded: np.ndarray, pads: Tuple[int, int, int, int], source: str,
+                 first: int = 0) -> None:  # fmt: skip
+    """Face boxes (x1, y1, x2, y2) as found and after the pads, of frames `first` on: a box the pads made empty or
+    inverted is the user's to fix, said before the generator takes it."""
     widths, heights = padded[:, 2] - padded[:, 0], padded[:, 3] - padded[:, 1]
     bad = np.flatnonzero((widths < MIN_BOX_SIDE) | (heights < MIN_BOX_SIDE))
     if len(bad) == 0:
         return
-    frame = int(bad[0])
-    raise LipSyncError(f"--pads {_words(pads)} leave nothing of the face box {_span(found[frame])} in frame {frame} "
-                       f"of {source} (after the pads: {_span(padded[frame])}): make the negative pads smaller "
-                       f"(or use 0), or give the face position with --box y1 y2 x1 x2")
+    row = int(bad[0])
+    raise LipSyncError(f"--pads {_words(pads)} leave nothing of the face box {_span(found[row])} in frame "
+                       f"{first + row} of {source} (after the pads: {_span(padded[row])}): make the negative pads "
+                       "smaller (or use 0), or give the face position with --box y1 y2 x1 x2")
 
 
 def _span(box: np.ndarray) -> str:

@@ -4,13 +4,14 @@ the frames on disk when the output must loop over them."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import faces, geometry, shots, video
+from . import faces, geometry, settle, shots, video
 from .boxfollow import BoxFollower
 from .errors import LipSyncError
 from .job import Job, source_frames
@@ -47,7 +48,7 @@ class FaceBoxes:
         return int(np.count_nonzero(~self.present[sources]))
 
 
-def _needs_loop(job: Job) -> bool:
+def needs_loop(job: Job) -> bool:
     """Whether the audio may outlast the video, so frames must be replayed forward and back."""
     known = job.info.frame_count
     return not job.still and (known is None or known < job.frames + LOOP_MARGIN_FRAMES)
@@ -57,12 +58,12 @@ def locate_faces(
     job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn], batch: int, tmp: Path, report: Progress
 ) -> FaceBoxes:
     """Pass 1: read the frames once, find a face box in each, keep the frames on disk if they must loop."""
-    cache = video.FrameCache(tmp) if _needs_loop(job) else None
+    cache = video.FrameCache(tmp) if needs_loop(job) else None
     fixed, follower = None, None
     if detect is None:  # a given --box, checked against the frame size when the job was prepared
         given = faces.fixed_box(options.box, job.size[::-1])  # type: ignore[arg-type]
         fixed = np.array([given])
-        follower = BoxFollower(given, zoom=True, reacquire=True) if options.follow_box and not job.still else None
+        follower = given_follower(job, options)
         if cache is None and follower is None:
             return FaceBoxes(fixed)
     try:
@@ -73,8 +74,19 @@ def locate_faces(
         raise
     if tracked is None:
         return FaceBoxes(fixed, cache)  # type: ignore[arg-type]
-    boxes, present = tracked
+    return found_boxes(*tracked, cache)
+
+
+def found_boxes(boxes: np.ndarray, present: np.ndarray, cache: Optional[video.FrameCache]) -> FaceBoxes:
+    """Every source frame's box and whether the face is in it, as pass 2 reads them."""
     return FaceBoxes(boxes, cache, None if present.all() else present)
+
+
+def given_follower(job: Job, options: LipSyncOptions) -> Optional[BoxFollower]:
+    """What follows the given --box through a video's frames with --follow_box; None when it stays put."""
+    if not options.follow_box or job.still or options.box is None:
+        return None
+    return BoxFollower(faces.fixed_box(options.box, job.size[::-1]), zoom=True, reacquire=True)  # type: ignore
 
 
 def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn],
@@ -83,29 +95,86 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
     """Read the frames, caching and/or finding the face in them (by a detector, or following the given box with
     --follow_box on a video); the boxes found and whether the face is in each frame (None for a box that stays
     put)."""
-    tracker: Optional[faces.FaceTracker] = None
-    following = _Following(follower) if follower is not None else None
-    if detect is not None:
-        every = 1 if job.still else options.detect_every
-        tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still,
-                                    face_index=options.face_index)  # fmt: skip
-    total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
-    shape: Tuple[int, ...] = ()
+    finder = FaceFinder(job, options, detect, follower, batch, cache)
+    total = source_count(job)
     with contextlib.closing(source_frames(job, options)) as frames:  # ffmpeg stops here, not when collected
         for index, frame in enumerate(_limit(frames, job.frames)):
-            shape = frame.shape
-            if cache is not None:
-                cache.append(frame)
-            if tracker is not None:
-                tracker.push(frame)
-            if following is not None:
-                following.push(frame)
+            finder.push(frame)
             if index % FACES_REPORT_EVERY == 0:
                 report(STAGE_FACES, index, total)
     report(STAGE_FACES, total, total)
-    if following is not None:
-        return following.finish(job, options)
-    return None if tracker is None else _finish_boxes(tracker, shape, job, options)
+    return finder.finish()
+
+
+def source_count(job: Job) -> int:
+    """How many source frames pass 1 reads, as far as the probe knows (for progress)."""
+    return 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
+
+
+class FaceFinder:
+    """Pass 1's work on each frame, in order: keep it in the cache (when the output loops), find the face in it
+    (a detector) or follow the given box (--follow_box). finish() gives every frame's box; a Settler, fed by
+    settle(), gives them a few frames behind instead (lipsync.settle)."""
+
+    def __init__(self, job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn],
+                 follower: Optional[BoxFollower], batch: int, cache: Optional[video.FrameCache]) -> None:  # fmt: skip
+        self._job, self._options, self._cache = job, options, cache
+        self._shape: Tuple[int, ...] = ()
+        self._tracker: Optional[faces.FaceTracker] = None
+        self._following = _Following(follower) if follower is not None else None
+        if detect is not None:
+            every = 1 if job.still else options.detect_every
+            self._tracker = faces.FaceTracker(detect, every, options.detect_max_side, batch, retry_larger=job.still,
+                                              face_index=options.face_index)  # fmt: skip
+
+    def push(self, frame: Frame) -> None:
+        self._shape = frame.shape
+        if self._cache is not None:
+            self._cache.append(frame)
+        if self._tracker is not None:
+            self._tracker.push(frame)
+        if self._following is not None:
+            self._following.push(frame)
+
+    def finish(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """After the last frame: every frame's box and whether the face is in it (None: no boxes are found)."""
+        if self._following is not None:
+            return self._following.finish(self._job, self._options)
+        if self._tracker is None:
+            return None
+        found = self._tracker.finish()
+        if not found:
+            raise LipSyncError(f"no frame could be read from {self._job.face.name}")
+        return self._finisher()(found, self._tracker.absent(), self._tracker.cuts, 0, 0)
+
+    def settler(self) -> settle.Settler:
+        """A Settler for this finder's boxes (one that finds them)."""
+        reach = 1 if self._tracker is None else self._options.detect_every
+        return settle.Settler(lambda *window: self._finisher()(*window), reach)
+
+    def settle(self, settler: settle.Settler, end: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """Hand the frames settled since the last call to `settler` (`end`: after the last frame, which settles
+        them all); the boxes and presence it releases."""
+        if end and self._tracker is not None:
+            if not self._tracker.finish():
+                raise LipSyncError(f"no frame could be read from {self._job.face.name}")
+        done = settler.settled
+        if self._tracker is not None:
+            stop = self._tracker.settled
+            settler.add(self._tracker.boxes[done:stop], self._tracker.absent(done, stop))
+            return settler.release(self._tracker.cuts, end)
+        assert self._following is not None
+        found = self._following.boxes[done:]
+        settler.add(found, [box is None for box in found])
+        if end and not self._following.boxes:
+            raise LipSyncError(f"no frame could be read from {self._job.face.name}")
+        return settler.release(self._following.cuts, end)
+
+    def _finisher(self) -> settle.Finish:
+        if self._following is not None:
+            return functools.partial(_followed, self._job, self._options)
+        advice = _no_face_advice(self._options, self._shape, self._job.still)
+        return functools.partial(_detected, self._job, self._options, self._shape, advice)
 
 
 class _Following:
@@ -114,26 +183,30 @@ class _Following:
 
     def __init__(self, follower: BoxFollower) -> None:
         self._follower = follower
-        self._boxes: List[Optional[Box]] = []
+        self.boxes: List[Optional[Box]] = []
         self._shots = shots.CutDetector()
-        self._cuts: List[int] = []
+        self.cuts: List[int] = []
 
     def push(self, frame: Frame) -> None:
         if self._shots.cut(frame):
-            self._cuts.append(len(self._boxes))
+            self.cuts.append(len(self.boxes))
         box = self._follower.push(frame)
-        self._boxes.append(box if self._follower.found else None)
+        self.boxes.append(box if self._follower.found else None)
 
     def finish(self, job: Job, options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:
-        """Boxes for every frame (smoothed over time within each stretch with the face, as detected boxes are) and
-        whether the face is in each: not where it was lost for more than shots.MISSED_FRAMES frames in a row
-        (those pass through unchanged); a shorter loss within a shot takes boxes between where it was seen."""
-        if not self._boxes:
+        if not self.boxes:
             raise LipSyncError(f"no frame could be read from {job.face.name}")
-        absent = [box is None for box in self._boxes]
-        present = ~np.array(shots.bridge_misses(absent, self._cuts), dtype=bool)
-        boxes = faces.fill_gaps(self._boxes, job.face.name)
-        return (shots.smooth_runs(boxes, present, self._cuts) if options.smooth else boxes), present
+        return _followed(job, options, self.boxes, [box is None for box in self.boxes], self.cuts, 0, 0)
+
+
+def _followed(job: Job, options: LipSyncOptions, found: Sequence[Optional[Box]], absent: Sequence[bool],
+              cuts: Sequence[int], first: int, check_from: int) -> Tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Followed boxes for every frame (smoothed over time within each stretch with the face, as detected boxes are)
+    and whether the face is in each: not where it was lost for more than shots.MISSED_FRAMES frames in a row (those
+    pass through unchanged); a shorter loss within a shot takes boxes between where it was seen. (A settle.Finish.)"""
+    present = ~np.array(shots.bridge_misses(absent, cuts), dtype=bool)
+    boxes = faces.fill_gaps(found, job.face.name)
+    return (shots.smooth_runs(boxes, present, cuts) if options.smooth else boxes), present
 
 
 def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
@@ -143,21 +216,18 @@ def _limit(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
         yield frame
 
 
-def _finish_boxes(tracker: faces.FaceTracker, shape: Tuple[int, ...], job: Job,
-                  options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _detected(job: Job, options: LipSyncOptions, shape: Tuple[int, ...], advice: str,
+              found: Sequence[Optional[Box]], absent: Sequence[bool], cuts: Sequence[int], first: int,
+              check_from: int) -> Tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Fill the frames between detections, add the pads, smooth over time within each stretch of frames with
-    the face (boxes only: frames are gone); also whether the face is in each frame."""
-    found = tracker.finish()
-    if not found:
-        raise LipSyncError(f"no frame could be read from {job.face.name}")
-    boxes = faces.fill_gaps(found, job.face.name, _no_face_advice(options, shape, job.still))
-    present = ~np.array(shots.bridge_misses(tracker.absent(), tracker.cuts), dtype=bool)
+    the face (boxes only: frames are gone); also whether the face is in each frame. (A settle.Finish.)"""
+    boxes = faces.fill_gaps(found, job.face.name, advice)
+    present = ~np.array(shots.bridge_misses(absent, cuts), dtype=bool)
     padded = faces.apply_pads(boxes, options.pads, shape)
-    geometry.check_padded(boxes, padded, options.pads, job.face.name)
-    boxes = padded
+    geometry.check_padded(boxes[check_from:], padded[check_from:], options.pads, job.face.name, first + check_from)
     if options.smooth and not job.still:
-        boxes = shots.smooth_runs(boxes, present, tracker.cuts)
-    return boxes, present
+        padded = shots.smooth_runs(padded, present, cuts)
+    return padded, present
 
 
 def _no_face_advice(options: LipSyncOptions, shape: Tuple[int, ...], still: bool) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,15 +14,15 @@ from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
-from . import (audio, canvas, cpu, encoding, facecrop, geometry, loading, native, nvenc, paths, runtime, synth,
-               video, writeahead)
+from . import (audio, canvas, cpu, encoding, facecrop, geometry, loading, native, nvenc, passes, paths, runtime,
+               synth, video, writeahead)
 from .engine import DEFAULT_ENGINE, Engine, cpu_threads, detection_batch, generator_batch
 from .errors import LipSyncError
 from .job import Job, read_at, run_rate, source_frames
-from .locate import FaceBoxes, locate_faces
+from .passes import Pair
 from .options import LipSyncOptions
 from .segments import SegmentSink
-from .types import STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_LOAD, STAGE_SYNC, Box, Frame, Progress
+from .types import STAGE_AUDIO, STAGE_ENCODE, STAGE_ENHANCE, STAGE_LOAD, STAGE_SYNC, Frame, Progress
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ OVERLAP_LOADING = True  # load the networks while the audio and a picture decode
 
 PathLike = Union[str, Path]
 T = TypeVar("T")
-Pair = Tuple[Frame, Optional[Box]]  # an output frame and its face box (None: the face is not in it)
 NO_FACE_NOTE = "{absent} of {total} frames had no face; they are passed through unchanged"
 
 
@@ -120,15 +120,23 @@ def _render(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: 
     cpu.use_opencv_threads(cpu_threads(options))
     if enhancer is not None and device.kind == "cpu":
         facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
-    found = locate_faces(job, options, networks.detect, detection_batch(options, device), tmp, report)
-    absent = found.absent_frames(job)
-    try:
+    report = _serialized(report)  # pass 1 may report from a thread of its own
+    with passes.open_passes(job, options, networks.detect, detection_batch(options, device), tmp, report) as found:
         encoder = _encoder(job, device)
-        _synthesize(job, options, networks, generator_batch(options, device), found, tmp, report, encoder)
-    finally:
-        if found.cache is not None:
-            found.cache.close()
+        _synthesize(job, options, networks, generator_batch(options, device), found.pairs(), tmp, report, encoder)
+        absent = found.found.absent_frames(job)
     return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
+
+
+def _serialized(report: Progress) -> Progress:
+    """`report`, called by one thread at a time."""
+    lock = threading.Lock()
+
+    def serialized(stage: str, done: int, total: int) -> None:
+        with lock:
+            report(stage, done, total)
+
+    return serialized
 
 
 def _encoder(job: Job, device: runtime.Device) -> encoding.Encoder:
@@ -216,36 +224,11 @@ def _input_notes(info: video.MediaInfo, options: LipSyncOptions, fps: float) -> 
     return tuple(notes)
 
 
-def _output_frames(job: Job, options: LipSyncOptions, found: FaceBoxes) -> Iterator[Pair]:
-    """Pass 2: (frame, box) for each output frame; video loops forward and back when the audio is longer."""
-    if found.cache is not None:
-        for i in range(job.frames):
-            src = video.pingpong_index(i, len(found.cache))
-            yield found.cache[src], found.box(src)
-        return
-    frame: Optional[Frame] = None
-    with contextlib.closing(source_frames(job, options)) as stream:
-        for i in range(job.frames):
-            frame = _next_frame(stream, frame, job)
-            yield frame, found.box(0 if job.still else i)
-
-
-def _next_frame(stream: Iterator[Frame], last: Optional[Frame], job: Job) -> Frame:
-    """The stream's next frame. A video shorter than its probed length repeats its last frame, as a copy: the
-    one sent may still wait for the encoder while this one is pasted on (a still's frame is only copied from)."""
-    frame = next(stream, None)
-    if frame is not None:
-        return frame
-    if last is None:
-        raise LipSyncError(f"no frame could be read from {job.face.name}")
-    return last if job.still else last.copy()
-
-
-def _synthesize(job: Job, options: LipSyncOptions, networks: loading.Networks, batch: int, found: FaceBoxes,
+def _synthesize(job: Job, options: LipSyncOptions, networks: loading.Networks, batch: int, frames: Iterator[Pair],
                 tmp: Path, report: Progress, encoder: encoding.Encoder) -> None:  # fmt: skip
-    """Run the generator batch by batch, paste the mouths back, enhance them (GPEN, when on), and stream
-    frames into the `encoder`; frames without the face go through as they are."""
-    with contextlib.closing(_output_frames(job, options, found)) as pairs:  # its reader stops however this ends
+    """Run the generator batch by batch over pass 2's (frame, box) pairs, paste the mouths back, enhance them (GPEN,
+    when on), and stream frames into the `encoder`; frames without the face go through as they are."""
+    with contextlib.closing(frames) as pairs:  # its reader stops however this ends
         _encode(job, options, networks, batch, pairs, tmp, report, encoder)
 
 
