@@ -121,10 +121,10 @@ def _render(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: 
     if enhancer is not None and device.kind == "cpu":
         facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
     report = _serialized(report)  # pass 1 may report from a thread of its own
-    with passes.open_passes(job, options, networks.detect, detection_batch(options, device), tmp, report) as found:
+    with passes.open_passes(job, options, networks.detect, detection_batch(options, device), tmp, report) as source:
         encoder = _encoder(job, device)
-        _synthesize(job, options, networks, generator_batch(options, device), found.pairs(), tmp, report, encoder)
-        absent = found.found.absent_frames(job)
+        _synthesize(job, options, networks, generator_batch(options, device), source.pairs(), tmp, report, encoder)
+        absent = source.found.absent_frames(job)
     return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
 
 

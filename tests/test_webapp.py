@@ -245,6 +245,18 @@ def test_progress_is_one_bar_across_the_stages():
     assert seen[5][1] == "detecting faces 16/40" and seen[-1][1] == "encoding"
 
 
+def test_faces_found_while_the_first_frames_are_lip_synced_leave_the_bar_on_lip_syncing():
+    seen = []
+    report = jobs.progress_reporter(lambda value, desc: seen.append((value, desc)))
+    for stage, done, total in [("detecting faces", 0, 90), ("detecting faces", 25, 90), ("lip-syncing", 16, 87),
+                               ("detecting faces", 50, 90), ("lip-syncing", 32, 87), ("detecting faces", 90, 90),
+                               ("lip-syncing", 87, 87)]:  # fmt: skip
+        report(stage, done, total)
+    assert [desc for _, desc in seen] == ["detecting faces 0/90", "detecting faces 25/90", "lip-syncing 16/87",
+                                          "lip-syncing 32/87", "lip-syncing 87/87"]  # fmt: skip
+    assert [v for v, _ in seen] == sorted(v for v, _ in seen)
+
+
 def test_every_engine_stage_has_its_own_share_of_the_bar():
     from lipsync.types import STAGE_ENHANCE, STAGES
 

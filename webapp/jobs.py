@@ -77,11 +77,17 @@ def parse_box(text: str) -> Optional[Tuple[int, int, int, int]]:
 
 
 def progress_reporter(progress: Callable[..., object], enhanced: bool = False) -> Reporter:
-    """The engine's (stage, done, total) callback drawn as one bar across all stages, never moving back."""
+    """The engine's (stage, done, total) callback drawn as one bar across all stages, never moving back: a video's
+    faces are still being found while its first frames are lip-synced, and the bar then tells the later stage."""
     stages = ENHANCED_STAGES if enhanced else STAGES
-    reached = [0.0]
+    order = list(stages)
+    reached, latest = [0.0], [0]
 
     def report(stage: str, done: int, total: int) -> None:
+        if stage in stages:
+            if order.index(stage) < latest[0]:
+                return
+            latest[0] = order.index(stage)
         start, end = stages.get(stage, (0.0, 1.0))
         share = min(done / total, 1.0) if total > 0 else 0.0
         counts = f" {done}/{total}" if total > 1 else ""
