@@ -114,8 +114,8 @@ def _in_background(call: Callable[[], T]) -> Callable[[], T]:
 
 def _render(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: Path,
             report: Progress) -> Tuple[Tuple[str, ...], int]:  # fmt: skip
-    """Find the faces, then generate, blend, enhance and encode; returns notes for the user and the number of
-    frames without the face."""
+    """Find the faces (pass 1: before pass 2, or alongside it for a video: lipsync.passes), then generate, blend,
+    enhance and encode (pass 2); returns notes for the user and the number of frames without the face."""
     device, enhancer = networks.device, networks.enhancer
     cpu.use_opencv_threads(cpu_threads(options))
     if enhancer is not None and device.kind == "cpu":

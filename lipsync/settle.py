@@ -20,7 +20,8 @@ from . import shots
 from .types import Box
 
 # Frames behind the tracker's settled ones whose boxes may still change: the smoothing window reaches this far
-# ahead, and a trailing miss may yet be bridged.
+# ahead, and a trailing miss may yet be bridged (6 is the least that holds: tests/test_settle.py fails with 5;
+# 8 leaves room).
 LAG = shots.SMOOTH_WINDOW + shots.MISSED_FRAMES + 1
 # (found, absent, cuts, first, check_from) of a window of frames → their boxes (n, 4) and whether the face is in
 # each; `first` is the window's first frame in the video, cuts are the window's own indices, and boxes from
