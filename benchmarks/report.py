@@ -162,6 +162,7 @@ def print_report(results: Dict[str, Any]) -> None:
           f"{nums(spread['runtime'])}; dygraph {nums(spread['dygraph'])}; runtime/dygraph per repeat "
           f"{nums(spread['pair_ratios'])}")
     for case in results["cases"].values():
+        first_out_line(case)
         runs = case["e2e"].get("runs", [])
         if len(runs) > 1:
             print(f"{case['label']}, {len(runs)} runs: {_per_run(runs)} "
@@ -185,6 +186,16 @@ def print_report(results: Dict[str, Any]) -> None:
         print(f"\n{results.get('profiled', 'video case')}, share of wall time inside lipsync functions "
               "(py-spy, idle included):")
         print("\n".join(f"- {100 * share:5.1f}%  {name}" for name, share in results["profile"]))
+
+
+def first_out_line(case: Dict[str, Any]) -> None:
+    """When the fastest run's first frames were lip-synced (the page's stream can start then), against when its
+    faces were all found: a video's lip-sync pass takes frames while its faces are still being found."""
+    phases = case["e2e"].get("phases", {})
+    if "lip-syncing" not in phases or "detecting faces" not in phases:
+        return  # older results
+    print(f"{case['label']}, the fastest run: first frames lip-synced {phases['lip-syncing'][0]:.2f} s into it, "
+          f"every face found at {phases['detecting faces'][1]:.2f} s, done at {case['e2e']['seconds']:.2f} s")
 
 
 def startup_lines(found: Optional[Dict[str, Any]]) -> None:

@@ -67,6 +67,9 @@ def test_quick_run_prints_one_full_table_and_matching_json(tmp_path):
 
     for key, case in results["cases"].items():
         assert case["e2e"]["frames"] == case["frames"], f"{key}: the run made a frame per mel window"
+        phases = case["e2e"]["phases"]
+        assert (f"{case['label']}, the fastest run: first frames lip-synced {phases['lip-syncing'][0]:.2f} s into it, "
+                f"every face found at {phases['detecting faces'][1]:.2f} s") in stdout
         assert 100 < case["e2e"]["peak_rss_mb"] < 100_000, "peak RSS in MB of a process that loaded paddle"
     still = results["cases"]["still"]["e2e"]  # warm picture jobs with pictures not seen before: the page's, the API's
     page, api = still["new_picture"], still["new_picture_api"]

@@ -14,7 +14,7 @@ from conftest import read_video_frames, speech_frames
 from media_helpers import ffmpeg_children
 
 import lipsync
-from lipsync import passes
+from lipsync import passes, settle
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -113,6 +113,39 @@ def test_one_pass_then_the_loop_from_its_cache_is_the_two_passes_loop(media, ast
     two, one = _run_both(monkeypatch, clip, media["speech"], tmp_path, replace(HAAR, smooth=False))
     _assert_same(two, one)
     assert one[2].frames > count
+
+
+def test_pass_2_takes_its_first_frame_long_before_pass_1_reads_the_last_and_the_video_is_read_once(
+        media, astronaut_bgr, tmp_path, monkeypatch):  # fmt: skip
+    count = speech_frames(media["speech"], FPS) + 5
+    clip = _eventful_clip(astronaut_bgr, tmp_path / "clip.mp4", count)
+    monkeypatch.setattr(passes, "STREAM_QUEUE_BYTES", 1)  # pass 1 waits for pass 2 after each frame handed over
+    reads, pushed, at_first = [], [0], []
+    source_frames, push = passes.source_frames, passes.FaceFinder.push
+
+    def reading(*args):
+        reads.append(1)
+        return source_frames(*args)
+
+    def counting(finder, frame):
+        pushed[0] += 1
+        return push(finder, frame)
+
+    monkeypatch.setattr(passes, "source_frames", reading)
+    monkeypatch.setattr(passes.FaceFinder, "push", counting)
+    _, kinds = _record(monkeypatch, True)
+    original = passes.Streamed.pairs
+
+    def noting(self):
+        for pair in original(self):
+            if not at_first:
+                at_first.append(pushed[0])
+            yield pair
+
+    monkeypatch.setattr(passes.Streamed, "pairs", noting)
+    lipsync.run(clip, media["speech"], tmp_path / "once.mp4", HAAR)
+    assert kinds == ["Streamed"] and reads == [1], "one decode of the video"
+    assert at_first[0] <= HAAR.detect_every + settle.LAG + 2 < pushed[0] // 3
 
 
 def test_a_face_found_late_makes_two_passes_after_all(media, astronaut_bgr, tmp_path, monkeypatch):
