@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Deque, Iterator, Optional, Tuple, Type
+from typing import Deque, Iterator, List, Optional, Tuple, Type
 
 import numpy as np
 
@@ -38,8 +38,8 @@ Pair = Tuple[Frame, Optional[Box]]  # an output frame and its face box (None: th
 def streams(job: Job, options: LipSyncOptions, detect: Optional[faces.DetectFn]) -> bool:
     """Whether pass 1 runs alongside pass 2: a video whose boxes are found (a detector, or --follow_box), whose
     frames waiting for their boxes (a keyframe interval and settle.LAG) fit in STREAM_HOLD_BYTES."""
-    if not OVERLAP_PASSES or job.still or (detect is None and given_follower(job, options) is None):
-        return False
+    if not OVERLAP_PASSES or job.still or (detect is None and not options.follow_box):
+        return False  # a still, or a given box that stays put: no boxes to find
     every = options.detect_every if detect is not None else 1
     width, height = job.size
     return (every + settle.LAG + 1) * width * height * 3 <= STREAM_HOLD_BYTES
@@ -64,8 +64,9 @@ class TwoPasses:
 
 def replayed_pairs(job: Job, options: LipSyncOptions, found: FaceBoxes, start: int = 0,
                    last: Optional[Frame] = None) -> Iterator[Pair]:  # fmt: skip
-    """(frame, box) for output frames `start` on, pass 1 done: a video loops forward and back when the audio is
-    longer, from the cache; else it is read again (from frame `start`: `last` is the frame before)."""
+    """(frame, box) for output frames `start` on, pass 1 done: from its cache when the audio outlasts the video
+    (which plays forward and back); else the video read again, or, from `start` > 0 (the frames pass 1 handed
+    over), its last frame `last` held where the video ended before its probed length."""
     if found.cache is not None:
         for i in range(start, job.frames):
             src = video.pingpong_index(i, len(found.cache))
@@ -104,8 +105,8 @@ class Streamed:
         self._finder = FaceFinder(job, options, detect, given_follower(job, options), batch, self._cache)
         self._settler = self._finder.settler()
         self._held: Deque[Frame] = deque()  # read by pass 1, box not final yet (pass 1's thread only)
-        self._boxes: list = []  # released boxes and presence, in order
-        self._present: list = []
+        self._boxes: List[np.ndarray] = []  # released boxes and presence, in order
+        self._present: List[bool] = []
         self._ready: Deque[Pair] = deque()  # boxes final, waiting for pass 2
         self._ready_bytes = 0
         self._changed = threading.Condition()
