@@ -96,19 +96,23 @@ def _pass_frames(job: Job, options: LipSyncOptions, detect: Optional[faces.Detec
     --follow_box on a video); the boxes found and whether the face is in each frame (None for a box that stays
     put)."""
     finder = FaceFinder(job, options, detect, follower, batch, cache)
-    total = source_count(job)
-    with contextlib.closing(source_frames(job, options)) as frames:  # ffmpeg stops here, not when collected
+    with contextlib.closing(read_into(finder, job, options, report)) as frames:
+        for _ in frames:
+            pass
+    return finder.finish()
+
+
+def read_into(finder: FaceFinder, job: Job, options: LipSyncOptions, report: Progress) -> Iterator[Frame]:
+    """Pass 1's reading: each frame (at most the job's frames) pushed into `finder`, then yielded, with progress.
+    Close it to stop early: its ffmpeg stops then, not when collected."""
+    total = 1 if job.still else min(job.frames, job.info.frame_count or job.frames)  # as far as the probe knows
+    with contextlib.closing(source_frames(job, options)) as frames:
         for index, frame in enumerate(_limit(frames, job.frames)):
             finder.push(frame)
             if index % FACES_REPORT_EVERY == 0:
                 report(STAGE_FACES, index, total)
+            yield frame
     report(STAGE_FACES, total, total)
-    return finder.finish()
-
-
-def source_count(job: Job) -> int:
-    """How many source frames pass 1 reads, as far as the probe knows (for progress)."""
-    return 1 if job.still else min(job.frames, job.info.frame_count or job.frames)
 
 
 class FaceFinder:
@@ -138,14 +142,10 @@ class FaceFinder:
 
     def finish(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """After the last frame: every frame's box and whether the face is in it (None: no boxes are found)."""
-        if self._following is not None:
-            return self._following.finish(self._job, self._options)
-        if self._tracker is None:
+        if self._tracker is None and self._following is None:
             return None
-        found = self._tracker.finish()
-        if not found:
-            raise LipSyncError(f"no frame could be read from {self._job.face.name}")
-        return self._finisher()(found, self._tracker.absent(), self._tracker.cuts, 0, 0)
+        self._read_all()
+        return self._finisher()(*self._tracked(), 0, 0)
 
     def settler(self) -> settle.Settler:
         """A Settler for this finder's boxes (one that finds them)."""
@@ -155,20 +155,27 @@ class FaceFinder:
     def settle(self, settler: settle.Settler, end: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """Hand the frames settled since the last call to `settler` (`end`: after the last frame, which settles
         them all); the boxes and presence it releases."""
-        if end and self._tracker is not None:
-            if not self._tracker.finish():
-                raise LipSyncError(f"no frame could be read from {self._job.face.name}")
-        done = settler.settled
+        if end:
+            self._read_all()
+        found, absent, cuts = self._tracked(settler.settled)
+        settler.add(found, absent)
+        return settler.release(cuts, end)
+
+    def _read_all(self) -> None:
+        """After the last frame: the tracker places the frames since its last keyframe; no frame is an error."""
+        read = self._tracker.finish() if self._tracker is not None else self._following.boxes  # type: ignore
+        if not read:
+            raise LipSyncError(f"no frame could be read from {self._job.face.name}")
+
+    def _tracked(self, start: int = 0) -> Tuple[Sequence[Optional[Box]], List[bool], List[int]]:
+        """The settled frames from `start` on: each one's box found (None: not found) and whether the face is away
+        in it; and the shots' cuts so far."""
         if self._tracker is not None:
             stop = self._tracker.settled
-            settler.add(self._tracker.boxes[done:stop], self._tracker.absent(done, stop))
-            return settler.release(self._tracker.cuts, end)
+            return self._tracker.boxes[start:stop], self._tracker.absent(start, stop), self._tracker.cuts
         assert self._following is not None
-        found = self._following.boxes[done:]
-        settler.add(found, [box is None for box in found])
-        if end and not self._following.boxes:
-            raise LipSyncError(f"no frame could be read from {self._job.face.name}")
-        return settler.release(self._following.cuts, end)
+        found = self._following.boxes[start:]
+        return found, [box is None for box in found], self._following.cuts
 
     def _finisher(self) -> settle.Finish:
         if self._following is not None:
@@ -192,11 +199,6 @@ class _Following:
             self.cuts.append(len(self.boxes))
         box = self._follower.push(frame)
         self.boxes.append(box if self._follower.found else None)
-
-    def finish(self, job: Job, options: LipSyncOptions) -> Tuple[np.ndarray, np.ndarray]:
-        if not self.boxes:
-            raise LipSyncError(f"no frame could be read from {job.face.name}")
-        return _followed(job, options, self.boxes, [box is None for box in self.boxes], self.cuts, 0, 0)
 
 
 def _followed(job: Job, options: LipSyncOptions, found: Sequence[Optional[Box]], absent: Sequence[bool],

@@ -22,10 +22,9 @@ import numpy as np
 from . import faces, settle, video
 from .errors import LipSyncError
 from .job import Job, source_frames
-from .locate import FACES_REPORT_EVERY, FaceBoxes, FaceFinder, found_boxes, given_follower, locate_faces
-from .locate import needs_loop, source_count
+from .locate import FaceBoxes, FaceFinder, found_boxes, given_follower, locate_faces, needs_loop, read_into
 from .options import LipSyncOptions
-from .types import STAGE_FACES, Box, Frame, Progress
+from .types import Box, Frame, Progress
 
 OVERLAP_PASSES = True  # pass 1 on a thread of its own, pass 2 taking its frames (False: one after the other)
 STREAM_HOLD_BYTES = 192 * 2**20  # frames pass 1 holds at most while their boxes settle: 69 of 720p, 30 of 1080p
@@ -153,19 +152,14 @@ class Streamed:
             return pair
 
     def _pass1(self) -> None:
-        job = self._job
-        total = source_count(job)
         try:
-            with contextlib.closing(source_frames(job, self._options)) as frames:
-                for index, frame in enumerate(frames):
-                    if index >= job.frames or self._stopping:
+            with contextlib.closing(read_into(self._finder, self._job, self._options, self._report)) as frames:
+                for frame in frames:
+                    if self._stopping:
                         break
-                    self._push(frame)
-                    if index % FACES_REPORT_EVERY == 0:
-                        self._report(STAGE_FACES, index, total)
+                    self._hold(frame)
             if self._stopping:
                 return
-            self._report(STAGE_FACES, total, total)
             self.found = self._finish()
         except BaseException as error:  # handed to pass 2's next take
             self._error = error
@@ -174,8 +168,8 @@ class Streamed:
                 self._ended = True
                 self._changed.notify_all()
 
-    def _push(self, frame: Frame) -> None:
-        self._finder.push(frame)
+    def _hold(self, frame: Frame) -> None:
+        """Keep a frame pass 1 has taken until its box is final; hand over those whose boxes are."""
         if self._two_passes:
             return
         self._held.append(frame)

@@ -70,12 +70,10 @@ class Settler:
         found, absent = self._found[start:self.settled], self._absent[start:self.settled]
         window_cuts = [c - start for c in cuts if start <= c < self.settled]
         first = self._released - start
-        if any(box is not None for box in found):
-            boxes, present = self._finish(found, absent, window_cuts, start, first)
-        elif end and not self._seen_face:
-            boxes, present = self._finish(found, absent, window_cuts, start, first)  # raises: no face anywhere
-        else:  # a long absence: no box in reach, so none of these frames has the face
+        if self._seen_face and all(box is None for box in found):  # a long absence: no box in reach, no face
             boxes, present = np.zeros((len(found), 4), np.int64), np.zeros(len(found), bool)
+        else:  # (at the end without a face anywhere, this raises what the whole video's finish raises)
+            boxes, present = self._finish(found, absent, window_cuts, start, first)
         count = stop - self._released
         self._released = stop
         return boxes[first:first + count], present[first:first + count]

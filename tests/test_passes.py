@@ -14,7 +14,7 @@ from conftest import read_video_frames, speech_frames
 from media_helpers import ffmpeg_children
 
 import lipsync
-from lipsync import passes, settle
+from lipsync import locate, passes, settle
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
 
@@ -131,7 +131,8 @@ def test_pass_2_takes_its_first_frame_long_before_pass_1_reads_the_last_and_the_
         pushed[0] += 1
         return push(finder, frame)
 
-    monkeypatch.setattr(passes, "source_frames", reading)
+    for reader in (passes, locate):  # pass 1 reads in lipsync.locate, a second read would come from lipsync.passes
+        monkeypatch.setattr(reader, "source_frames", reading)
     monkeypatch.setattr(passes.FaceFinder, "push", counting)
     _, kinds = _record(monkeypatch, True)
     original = passes.Streamed.pairs
