@@ -20,7 +20,7 @@ from lipsync.mediainfo import MediaInfo, probe
 from lipsync.segments import SegmentSink, SegmentStream
 from lipsync.types import Frame
 
-__all__ = ["Encoder", "VideoWriter", "encoder_threads", "write_args"]
+__all__ = ["Encoder", "GpuEncoderFailed", "VideoWriter", "encoder_threads", "write_args"]
 
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18  # near-transparent quality; the regenerated mouth must not smear
@@ -64,6 +64,15 @@ class Encoder:
 
     threads: int = 0
     gpu: bool = False
+
+
+class GpuEncoderFailed(LipSyncError):
+    """A writer's ffmpeg failed while NVENC encoded its H.264 (`said`: the last of ffmpeg's words, `reason`: its
+    first line, the cause); `shown`: some of the video was handed over as segments already (the page played it)."""
+
+    def __init__(self, path: Path, said: str, reason: str, shown: bool) -> None:
+        super().__init__(f"ffmpeg could not write {path} with the GPU's encoder {nvenc.CODEC} ({said})")
+        self.reason, self.shown = reason, shown
 
 
 # ---------------------------------------------------------------- argument builders (pure)
@@ -244,7 +253,9 @@ class VideoWriter:
     region of each frame that changes, and ffmpeg lays it over the still's picture (lipsync.canvas).
     `threads` > 0 caps ffmpeg's threads (encoder_threads says when). `pixel_aspect` is the width over the height
     of a pixel as the frames are to be shown (not 1 for an anamorphic video's frames). With `gpu_encoder`, the H.264
-    is NVENC's (lipsync.nvenc.chosen says when).
+    is NVENC's (lipsync.nvenc.chosen says when), and its failure is a GpuEncoderFailed.
+    An ffmpeg that fails while frames still come (it stops reading them) is told by the write that finds it, so
+    that a run stops at once instead of drawing its frames for nothing.
     """
 
     def __init__(self, path: str | Path, *, size: tuple[int, int], fps: float, audio: str | Path | None,
@@ -260,6 +271,7 @@ class VideoWriter:
         self.canvas = canvas
         self.frames_written = 0
         self._stopped = False  # ffmpeg stopped reading: it reached the audio's end, or failed
+        self._gpu = gpu_encoder
         sound = audio_info  # `audio` probed already (a run does it while the networks load), else probed here
         if sound is None and audio is not None:
             sound = probe(audio, require_video=False)
@@ -298,7 +310,9 @@ class VideoWriter:
         try:
             self._process.stdin.write(data)
         except BrokenPipeError:
-            self._stopped = True  # close() tells success (audio end reached) from failure
+            self._stopped = True  # ffmpeg has ended or is ending: it reached the audio's end (0), or failed
+            if self._process.wait() != 0:
+                raise self._failure(self._process, self._process.said(self._partial)) from None
 
     def close(self) -> None:
         """Finish encoding and move the file into place; LipSyncError with ffmpeg's words if it failed.
@@ -320,14 +334,20 @@ class VideoWriter:
         reason = process.said(self._partial)
         process.stop()
         if code != 0 or self.frames_written == 0 or not self._partial.is_file():
-            detail = reason if self.frames_written else "no frames were written"
-            raise LipSyncError(f"ffmpeg could not write {self.path} ({detail})")
+            raise self._failure(process, reason if self.frames_written else "no frames were written")
         if self._stream is not None:
             self._stream.finish()  # the last segments before the mp4
         try:
             os.replace(self._partial, self.path)
         except OSError as error:
             raise LipSyncError(f"could not write {self.path} ({error.strerror})") from error
+
+    def _failure(self, process: ffmpeg.Process, said: str) -> LipSyncError:
+        """The error for `process` failing, telling what it `said`."""
+        if self._gpu:
+            shown = self._stream is not None and self._stream.handed > 0
+            return GpuEncoderFailed(self.path, said, process.cause(), shown)
+        return LipSyncError(f"ffmpeg could not write {self.path} ({said})")
 
     def abort(self) -> None:
         """Stop ffmpeg and delete the partial file."""

@@ -165,12 +165,23 @@ class Process:
         _close_quietly(self.stdin)
         return self._proc.wait()
 
+    def wait(self) -> int:
+        """Wait for ffmpeg to exit (it has stopped reading its input) and return its exit code."""
+        return self._proc.wait()
+
     def said(self, path: str | Path | None = None) -> str:
         """The tail of what ffmpeg wrote on stderr so far (see `tail`)."""
         if self._errors is None:
             return NO_ERROR_TEXT
         self._errors.seek(0)
         return tail(self._errors.read(), path)
+
+    def cause(self) -> str:
+        """The first line ffmpeg wrote on stderr so far (see `first_line`)."""
+        if self._errors is None:
+            return NO_ERROR_TEXT
+        self._errors.seek(0)
+        return first_line(self._errors.read())
 
     def stop(self) -> None:
         """Kill (if still running) and reap ffmpeg; close its pipes and the stderr file."""

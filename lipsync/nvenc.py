@@ -7,7 +7,9 @@ NVENC encodes on the GPU's own video engine, beside the CUDA cores the networks 
 only known by trying: Debian's ffmpeg is built with h264_nvenc, but it needs the driver's libnvidia-encode, which a
 container has only when its runtime was asked for video capabilities. So the first video on a GPU encodes a few
 frames with exactly the job's NVENC options (probe); a machine without NVENC, or whose ffmpeg refuses the options,
-keeps x264, and says why (--doctor, and a log line per job). A still keeps x264: only its mouth's part of each frame is
+keeps x264, and says why (--doctor, and a log line per job). Should NVENC still fail in a job (its sessions or the
+GPU's memory used up by other work), the writer tells it at once, the job runs again with x264, and the process
+keeps x264 from then on (give_up). A still keeps x264: only its mouth's part of each frame is
 converted and encoded, about 700 frames/s on one core. Set LIPSYNC_NVENC=0 to keep x264 everywhere."""
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ PROBE_INPUT = f"testsrc2=size={MIN_SIDE}x{MIN_SIDE}:rate=25"  # a moving test pi
 PROBE_SECONDS = "0.2"
 PROBE_TIMEOUT_S = 30.0  # a first CUDA context can take seconds; a driver that hangs must not hang the job
 
+_given_up: list[str] = []  # why NVENC is no longer used in this process: a job's encode with it failed
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -56,9 +60,23 @@ def switched_off() -> bool:
     return os.environ.get(SWITCH, "").strip() == "0"
 
 
-@functools.lru_cache(maxsize=1)
 def verdict() -> Verdict:
-    """Whether this machine's ffmpeg encodes with NVENC and the options `args` gives: tried once per process."""
+    """Whether this machine's ffmpeg encodes with NVENC and the options `args` gives: tried once per process, and
+    not used again once it failed in a job (give_up)."""
+    if _given_up:
+        return Verdict(False, _given_up[0])
+    return _tried()
+
+
+def give_up(reason: str) -> None:
+    """NVENC failed in a job (`reason`: ffmpeg's words): the rest of this process encodes with x264."""
+    if not _given_up:
+        _given_up.append(f"{CODEC} failed in a job: {reason}")
+
+
+@functools.lru_cache(maxsize=1)
+def _tried() -> Verdict:
+    """The test encode (see verdict)."""
     if switched_off():
         return Verdict(False, f"{SWITCH}=0")
     command = [*ffmpeg.head(), "-f", "lavfi", "-i", PROBE_INPUT, "-t", PROBE_SECONDS, *args(keyframes_forced=True),

@@ -31,6 +31,10 @@ OVERLAP_LOADING = True  # load the networks while the audio and a picture decode
 PathLike = Union[str, Path]
 T = TypeVar("T")
 NO_FACE_NOTE = "{absent} of {total} frames had no face; they are passed through unchanged"
+# the GPU's video encoder failed in a job (lipsync.nvenc: the process keeps x264 from then on)
+NVENC_FAILED_NOTE = "the GPU's video encoder (NVENC) failed ({reason}): x264 encoded this video on the CPU"
+NVENC_FAILED_SHOWN = ("the GPU's video encoder (NVENC) failed part-way ({reason}); runs from now on encode with x264 "
+                      "on the CPU: run this again")
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,31 @@ def _render(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: 
     if enhancer is not None and device.kind == "cpu":
         facecrop.announce_cpu_time(job.frames, enhancer.size, cpu_threads(options))
     report = _serialized(report)  # pass 1 may report from a thread of its own
+    absent, notes = _lip_sync(job, options, networks, tmp, report)
+    return notes + ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
+
+
+def _lip_sync(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: Path,
+              report: Progress) -> Tuple[int, Tuple[str, ...]]:  # fmt: skip
+    """The passes; run again if NVENC failed before any of the video was shown (the writer tells it at its first
+    frames: little is lost), x264 encoding then. The frames without the face, and a note if it ran again."""
+    try:
+        return _passes(job, options, networks, tmp, report), ()
+    except encoding.GpuEncoderFailed as failed:
+        nvenc.give_up(failed.reason)  # before running again: _encoder asks lipsync.nvenc
+        if failed.shown:
+            raise LipSyncError(NVENC_FAILED_SHOWN.format(reason=failed.reason)) from failed
+        log.warning("video encoder: %s failed (%s); the job runs again with x264", nvenc.CODEC, failed.reason)
+        return _passes(job, options, networks, tmp, report), (NVENC_FAILED_NOTE.format(reason=failed.reason),)
+
+
+def _passes(job: Job, options: LipSyncOptions, networks: loading.Networks, tmp: Path, report: Progress) -> int:
+    """Pass 1 and pass 2 (lipsync.passes) into the job's encoder; the number of output frames without the face."""
+    device = networks.device
     with passes.open_passes(job, options, networks.detect, detection_batch(options, device), tmp, report) as source:
-        encoder = _encoder(job, device)
+        encoder = _encoder(job, device)  # NVENC's first test encode runs while pass 1 starts
         _synthesize(job, options, networks, generator_batch(options, device), source.pairs(), tmp, report, encoder)
-        absent = source.found.absent_frames(job)
-    return ((NO_FACE_NOTE.format(absent=absent, total=job.frames),) if absent else ()), absent
+        return source.found.absent_frames(job)
 
 
 def _serialized(report: Progress) -> Progress:

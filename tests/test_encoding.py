@@ -219,6 +219,19 @@ def test_writer_failures_leave_no_fd(clips: dict[str, Path], tmp_path: Path) -> 
         assert open_fds() == before and ffmpeg_children() == [] and list(tmp_path.iterdir()) == []
 
 
+def test_an_ffmpeg_that_fails_while_frames_come_is_told_by_the_next_write(clips: dict[str, Path],
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    """A run stops drawing frames once its encoder has failed, instead of drawing them all for nothing."""
+    frame, written = np.zeros((480, 640, 3), np.uint8), 0  # three frames fill the pipe
+    with pytest.raises(LipSyncError, match="(?i)preset") as failed:
+        with VideoWriter(tmp_path / "r.mp4", size=(640, 480), fps=25, audio=clips["audio"], temp_dir=tmp_path,
+                         preset="no-such-preset") as writer:  # fmt: skip
+            for written in range(1, 101):
+                writer.write(frame)
+    assert written < 100 and "could not write" in str(failed.value)
+    assert ffmpeg_children() == [] and list(tmp_path.iterdir()) == []
+
+
 def test_writer_whose_file_cannot_be_moved_into_place_says_so(clips: dict[str, Path], tmp_path: Path) -> None:
     taken = tmp_path / "taken.mp4"
     taken.mkdir()  # a folder where the video should go

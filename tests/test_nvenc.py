@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 import pytest
 from conftest import x264_options
+from media_helpers import ffmpeg_children
 
 import lipsync
 from lipsync import doctor, encoding, ffmpeg, nvenc, pipeline
@@ -19,6 +20,7 @@ from lipsync.device import Device
 from lipsync.encoding import VideoWriter, write_args
 from lipsync.errors import LipSyncError
 from lipsync.options import LipSyncOptions
+from lipsync.types import STAGE_FACES, STAGE_SYNC
 
 # what ffmpeg says when it has h264_nvenc but the machine lacks the driver's libraries (no GPU, or a container
 # without video capabilities): the options were all accepted, since ffmpeg sets them before it loads the libraries
@@ -35,15 +37,17 @@ def has_nvenc_encoder() -> bool:
 needs_nvenc_build = pytest.mark.skipif(not has_nvenc_encoder(), reason="this ffmpeg is built without h264_nvenc")
 
 
-VERDICT = nvenc.verdict  # the process's one test encode (a test may put another in its place)
+TRIED = nvenc._tried  # the process's one test encode (a test may put another verdict in its place)
 
 
 @pytest.fixture(autouse=True)
 def fresh_verdict(monkeypatch: pytest.MonkeyPatch):
+    """Each test starts from a process that has not tried NVENC, nor given it up (nor do later tests see it)."""
     monkeypatch.delenv(nvenc.SWITCH, raising=False)
-    VERDICT.cache_clear()
+    monkeypatch.setattr(nvenc, "_given_up", [])
+    TRIED.cache_clear()
     yield
-    VERDICT.cache_clear()
+    TRIED.cache_clear()
 
 
 def write_frames(out: Path, audio: Path, tmp: Path, segments: List[Path] | None) -> None:
@@ -182,3 +186,83 @@ def test_a_gpu_video_job_hands_its_frames_to_the_encoder_nvenc_would_be(media: d
     assert asked == [streamed], "the job's encoder options came from lipsync.nvenc, IDR keyframes for segments"
     assert "ref=2" in x264_options(out) and "subme=3" in x264_options(out)
     assert not streamed or len(segments) >= 2
+
+
+def needs_failing_nvenc() -> None:
+    """Skip on a machine whose NVENC works: the tests below need its encode to fail, as it does without a GPU."""
+    if nvenc.verdict().usable:
+        pytest.skip("this machine has NVENC")
+    TRIED.cache_clear()
+
+
+def test_a_failed_nvenc_encode_is_told_by_the_write_that_finds_it(clips: dict, tmp_path: Path) -> None:
+    """Not at the end of the job: ffmpeg stops at the encoder's first frame, and a GPU job would draw all its
+    frames for nothing (the retry below depends on it)."""
+    needs_failing_nvenc()
+    out, written = tmp_path / "out.mp4", []
+    with pytest.raises(encoding.GpuEncoderFailed) as failed:
+        with VideoWriter(out, size=FRAME, fps=25, audio=clips["audio"], temp_dir=tmp_path, gpu_encoder=True) as writer:
+            for _ in range(200):
+                writer.write(np.zeros((FRAME[1], FRAME[0], 3), np.uint8))
+                written.append(1)
+    assert len(written) < 200, "raised by a write, not by close"
+    assert nvenc.CODEC in str(failed.value) and failed.value.reason in str(failed.value) and not failed.value.shown
+    assert any(cause in failed.value.reason for cause in LIBRARY_MISSING), "the cause, ffmpeg's first line"
+    assert not out.exists() and ffmpeg_children() == []
+
+
+def test_giving_nvenc_up_keeps_x264_for_the_rest_of_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nvenc, "_tried", lambda: nvenc.Verdict(True, "h264_nvenc encodes here"))
+    assert nvenc.chosen(True, False, (1280, 720))
+    nvenc.give_up("OpenEncodeSessionEx failed: out of memory (10)")
+    nvenc.give_up("a later failure")
+    assert not nvenc.chosen(True, False, (1280, 720))
+    reason = nvenc.verdict().reason
+    assert reason == "h264_nvenc failed in a job: OpenEncodeSessionEx failed: out of memory (10)", "the first cause"
+    assert reason in nvenc.describe(on_gpu=True) and reason in nvenc.why_not((1280, 720))
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["mp4", "mp4+segments"])
+def test_a_gpu_job_whose_nvenc_fails_runs_again_with_x264(media: dict, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, streamed: bool) -> None:
+    """The real NVENC options on this GPU-less machine fail as a GPU Space's would when its encoder sessions or
+    memory are used up: the job stops at its first frames, runs again into x264, and says so."""
+    needs_failing_nvenc()
+    monkeypatch.setattr(nvenc, "_tried", lambda: nvenc.Verdict(True, "the test encode passed"))  # as on the Space
+    monkeypatch.setattr(pipeline, "_encoder", lambda job, device: encoding.Encoder(
+        threads=0, gpu=nvenc.chosen(True, job.still, job.size)))  # the job's choice, as if on a GPU
+    reports: List[tuple] = []
+    segments: List[Path] = []
+    out = tmp_path / "out.mp4"
+    result = lipsync.run(media["video"], media["speech"], out, LipSyncOptions(face_detector="haar", device="cpu"),
+                         progress=lambda *step: reports.append(step), segments=segments.append if streamed else None)
+    assert x264_options(out), "x264 made the file"
+    cause = nvenc.verdict().reason.removeprefix(f"{nvenc.CODEC} failed in a job: ")
+    assert cause and cause != ffmpeg.NO_ERROR_TEXT, "ffmpeg's first line: the cause"
+    assert any("NVENC" in note and "x264" in note and cause in note for note in result.notes), result.notes
+    faces = [i for i, (stage, done, _) in enumerate(reports) if stage == STAGE_FACES and done == 0]
+    assert len(faces) == 2, "pass 1 ran again"
+    synced = [done for stage, done, _ in reports[: faces[1]] if stage == STAGE_SYNC]
+    assert max(synced, default=0) < result.frames, "the failed attempt stopped before drawing every frame"
+    if streamed:
+        names = [path.name for path in segments]
+        assert len(names) >= 2 and names == sorted(set(names)), "the page got the second attempt's segments only"
+    second = lipsync.run(media["video"], media["speech"], tmp_path / "again.mp4",
+                         LipSyncOptions(face_detector="haar", device="cpu"))
+    assert not any("NVENC" in note for note in second.notes), "the next job goes to x264 at once"
+
+
+def test_an_nvenc_failure_after_segments_were_shown_is_an_error_to_run_again(media: dict, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page played part of the video already: running it again would show it twice; NVENC is given up all
+    the same, so running it again works."""
+
+    def failing(*args: object) -> int:
+        raise encoding.GpuEncoderFailed(tmp_path / "out.mp4", "GPU has fallen off the bus | Conversion failed!",
+                                        "GPU has fallen off the bus", shown=True)
+
+    monkeypatch.setattr(pipeline, "_passes", failing)
+    with pytest.raises(LipSyncError, match="NVENC.*part-way.*fallen off the bus.*run this again"):
+        lipsync.run(media["video"], media["speech"], tmp_path / "out.mp4",
+                    LipSyncOptions(face_detector="haar", device="cpu"))
+    assert not (tmp_path / "out.mp4").exists() and "fallen off the bus" in nvenc.verdict().reason
