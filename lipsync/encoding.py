@@ -331,10 +331,10 @@ class VideoWriter:
 
     def _finish(self, process: ffmpeg.Process) -> None:
         code = process.finish()
-        reason = process.said(self._partial)
+        if code != 0 or self.frames_written == 0 or not self._partial.is_file():  # close() then stops it
+            said = process.said(self._partial) if self.frames_written else "no frames were written"
+            raise self._failure(process, said)
         process.stop()
-        if code != 0 or self.frames_written == 0 or not self._partial.is_file():
-            raise self._failure(process, reason if self.frames_written else "no frames were written")
         if self._stream is not None:
             self._stream.finish()  # the last segments before the mp4
         try:

@@ -171,17 +171,18 @@ class Process:
 
     def said(self, path: str | Path | None = None) -> str:
         """The tail of what ffmpeg wrote on stderr so far (see `tail`)."""
-        if self._errors is None:
-            return NO_ERROR_TEXT
-        self._errors.seek(0)
-        return tail(self._errors.read(), path)
+        return tail(self._stderr(), path)
 
     def cause(self) -> str:
         """The first line ffmpeg wrote on stderr so far (see `first_line`)."""
+        return first_line(self._stderr())
+
+    def _stderr(self) -> bytes:
+        """What ffmpeg wrote on stderr so far (nothing once stopped)."""
         if self._errors is None:
-            return NO_ERROR_TEXT
+            return b""
         self._errors.seek(0)
-        return first_line(self._errors.read())
+        return self._errors.read()
 
     def stop(self) -> None:
         """Kill (if still running) and reap ffmpeg; close its pipes and the stderr file."""

@@ -211,6 +211,18 @@ def test_a_failed_nvenc_encode_is_told_by_the_write_that_finds_it(clips: dict, t
     assert not out.exists() and ffmpeg_children() == []
 
 
+def test_a_failed_nvenc_encode_found_at_close_names_its_cause_too(clips: dict, tmp_path: Path) -> None:
+    """A job so short that its frames all fit in ffmpeg's pipe learns of the failure only when it closes."""
+    needs_failing_nvenc()
+    writer = VideoWriter(tmp_path / "out.mp4", size=FRAME, fps=25, audio=clips["audio"], temp_dir=tmp_path,
+                         gpu_encoder=True)  # fmt: skip
+    writer.write(np.zeros((FRAME[1], FRAME[0], 3), np.uint8))  # 240 KB: the pipe takes it whatever ffmpeg does
+    with pytest.raises(encoding.GpuEncoderFailed) as failed:
+        writer.close()
+    assert any(cause in failed.value.reason for cause in LIBRARY_MISSING), failed.value.reason
+    assert ffmpeg_children() == [] and list(tmp_path.iterdir()) == []
+
+
 def test_giving_nvenc_up_keeps_x264_for_the_rest_of_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nvenc, "_tried", lambda: nvenc.Verdict(True, "h264_nvenc encodes here"))
     assert nvenc.chosen(True, False, (1280, 720))
