@@ -10,7 +10,8 @@ ENGINE_TESTS=(tests/test_model.py tests/test_runtime.py tests/test_weights.py te
               tests/test_s3fd.py tests/test_faces.py tests/test_audio.py tests/test_video.py tests/test_encoding.py
               tests/test_end_to_end.py tests/test_faults.py tests/test_engine.py tests/test_cpu.py
               tests/test_geometry.py tests/test_picture.py tests/test_ffmpeg.py tests/test_enhance.py
-              tests/test_facecrop.py tests/test_precision.py tests/test_who_speaks.py tests/test_batching.py)
+              tests/test_facecrop.py tests/test_precision.py tests/test_who_speaks.py tests/test_batching.py
+              tests/test_paddlelib.py)
 venv="${PADDLE3_VENV:-${TMPDIR:-/tmp}/lipsync-paddle3-venv}"
 py="$venv/bin/python"
 requirements="$(mktemp "${TMPDIR:-/tmp}/lipsync-paddle3.XXXXXX.txt")"

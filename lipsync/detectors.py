@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from . import s3fdboxes
 from .errors import LipSyncError
 from .types import Box, Frame
 
@@ -59,9 +60,7 @@ class S3FDDetector:
         return most_confident(self.faces(frames))
 
     def faces(self, frames: Sequence[Frame]) -> Candidates:
-        from . import s3fd
-
-        found = s3fd.decode(self._run(s3fd.preprocess(frames)))
+        found = s3fdboxes.decode(self._run(s3fdboxes.preprocess(frames)))
         return [[(_corners(row), float(row[4])) for row in dets] for dets in found]
 
 

@@ -59,12 +59,12 @@ def _announce(reason: str, level: int) -> None:
 
 def _gpu_problem() -> Optional[str]:
     """Why our networks cannot run on GPU 0, or None: a CUDA build, a visible GPU, cuDNN/cuBLAS and a working kernel."""
+    from . import cuda, paddlelib
+
+    if not paddlelib.compiled_with_cuda():  # asked without importing paddle (a CPU run may never need it)
+        return NO_CUDA_BUILD
     import paddle
 
-    from . import cuda
-
-    if not paddle.is_compiled_with_cuda():
-        return NO_CUDA_BUILD
     try:
         if paddle.device.cuda.device_count() < 1:
             return "no CUDA device is visible"

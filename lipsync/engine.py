@@ -79,24 +79,36 @@ class Engine:
 
     def generator(self, options: LipSyncOptions, device: runtime.Device) -> runtime.Predictor:
         """The whole generator; it draws only the rows of each face that options.blend reads (see first_row)."""
-        from .model import LowerFaceGenerator
-
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
         build, row = _wav2lip_builder(path), first_row(options)
-        make = (lambda: LowerFaceGenerator(build(), row)) if row else build
+
+        def make() -> object:
+            from .model import LowerFaceGenerator  # imports paddle: only to export
+
+            return LowerFaceGenerator(build(), row) if row else build()
+
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
-        return self._predictor(path, _rows_arch("wav2lip", row), make, WAV2LIP_SPECS, device, pool, options,
+        return self._predictor(path, _rows_arch("wav2lip", row), make, lambda: WAV2LIP_SPECS, device, pool, options,
                                probe=generator_probe, lanes=GENERATOR_LANES)  # fmt: skip
 
     def still_generator(self, options: LipSyncOptions, device: runtime.Device) -> StillGenerator:
         """The generator split for a picture (or --static): its face encoder runs once, the rest per batch."""
-        from .model import FaceEncoder, StillFaceDecoder
-
         path = weights.resolve_weights(options.checkpoint, "wav2lip")
         row = first_row(options)
         build = _wav2lip_builder(path)
-        encoder = self._predictor(path, "wav2lip-face-encoder", lambda: FaceEncoder(build()), FACE_ENCODER_SPECS,
-                                  device, (1, WAV2LIP_GPU_ITEM_MB), options)  # fmt: skip
+
+        def face_encoder() -> object:
+            from .model import FaceEncoder  # imports paddle: only to export
+
+            return FaceEncoder(build())
+
+        def still_decoder() -> object:
+            from .model import StillFaceDecoder
+
+            return StillFaceDecoder(build(), row)
+
+        encoder = self._predictor(path, "wav2lip-face-encoder", face_encoder, lambda: FACE_ENCODER_SPECS, device,
+                                  (1, WAV2LIP_GPU_ITEM_MB), options)  # fmt: skip
 
         def probe() -> Tuple[np.ndarray, ...]:
             mel, face_in = generator_probe()
@@ -104,8 +116,8 @@ class Engine:
 
         pool = (generator_batch(options, device), WAV2LIP_GPU_ITEM_MB)
         arch = _rows_arch("wav2lip-still-decoder", row)
-        decoder = self._predictor(path, arch, lambda: StillFaceDecoder(build(), row), _still_decoder_specs(), device,
-                                  pool, options, probe=probe, lanes=GENERATOR_LANES)  # fmt: skip
+        decoder = self._predictor(path, arch, still_decoder, _still_decoder_specs, device, pool, options, probe=probe,
+                                  lanes=GENERATOR_LANES)  # fmt: skip
         return StillGenerator(encoder, decoder)
 
     def detector(self, options: LipSyncOptions, device: runtime.Device, remember: bool = False) -> detectors.DetectFn:
@@ -115,11 +127,15 @@ class Engine:
         if options.face_detector == "haar":
             detect: detectors.DetectFn = self._cached(("haar",), detectors.HaarDetector)  # type: ignore[assignment]
             return self._remembering(detect, ("haar",)) if remember else detect
-        from . import s3fd
-
         path = weights.resolve_weights(options.detector_weights, "s3fd")
         batch = detection_batch(options, device)
-        predictor = self._predictor(path, "s3fd", lambda: s3fd.load_s3fd(path), S3FD_SPECS, device,
+
+        def build() -> object:
+            from . import s3fd  # imports paddle: only to export
+
+            return s3fd.load_s3fd(path)
+
+        predictor = self._predictor(path, "s3fd", build, lambda: S3FD_SPECS, device,
                                     (batch, S3FD_GPU_ITEM_MB), options)  # fmt: skip
         detect = detectors.S3FDDetector(batching.BatchRunner(predictor.run, batch))
         if not remember:
@@ -149,26 +165,28 @@ class Engine:
             # fp16 on a GPU when it passes the closeness gate; fp32 on a CPU: the bf16 gate kept fp32 for GPEN on an
             # AMX Xeon, and trying it costs a second 512-px predictor (memory, and a probe face's seconds).
             probe = (lambda: (_enhancer_probe(size),)) if device.kind == "gpu" else None
-            predictor = self._predictor(path, "gpen", lambda: enhance.build_gpen(state, size, str(path)), specs,
+            predictor = self._predictor(path, "gpen", lambda: enhance.build_gpen(state, size, str(path)), lambda: specs,
                                         device, pool, options, probe=probe, pixels=_gpen_pixels)  # fmt: skip
             return Enhancer(predictor, size, batch)
 
         key = ("gpen-enhancer", runtime.export_key(path, "gpen"), device.kind, str(cpu_threads(options)))
         return self._cached(key, make)  # type: ignore[return-value]
 
-    def _predictor(self, path: Path, arch: str, build: Callable[[], object], specs: List[runtime.InputSpec],
-                   device: runtime.Device, pool: Tuple[int, float], options: LipSyncOptions,
-                   probe: Optional[gated.Probe] = None, pixels: precision.Pixels = mouth.to_pixels,
-                   lanes: int = 1) -> runtime.Predictor:  # fmt: skip
-        """A predictor per (weights, device, threads, precision asked); pool = (batch, MB per item) sizes the GPU
-        memory pool; probe() gives the gate's inputs, pixels() turns outputs into 8-bit pixels (no probe: fp32);
-        the threads are shared out between `lanes` (runtime.Predictor)."""
+    def _predictor(self, path: Path, arch: str, build: Callable[[], object],
+                   specs: Callable[[], List[runtime.InputSpec]], device: runtime.Device, pool: Tuple[int, float],
+                   options: LipSyncOptions, probe: Optional[gated.Probe] = None,
+                   pixels: precision.Pixels = mouth.to_pixels, lanes: int = 1) -> runtime.Predictor:  # fmt: skip
+        """A predictor per (weights, device, threads, precision asked); build() and specs() give the network and its
+        inputs to export (called only when its export is not cached: both may import paddle); pool = (batch, MB per
+        item) sizes the GPU memory pool; probe() gives the gate's inputs, pixels() turns outputs into 8-bit pixels
+        (no probe: fp32); the threads are shared out between `lanes` (runtime.Predictor)."""
         key = runtime.export_key(path, arch)
         threads = cpu_threads(options)
         wanted = options.precision if probe is not None else "fp32"
 
         def make() -> runtime.Predictor:
-            prefix = runtime.export_static(build, specs, weights.cache_dir() / "static" / key)
+            target = weights.cache_dir() / "static" / key
+            prefix = runtime.exported(target) or runtime.export_static(build, specs(), target)
             pool_mb = runtime.gpu_pool_mb(prefix, *pool)
             made = gated.predictor(prefix, device, wanted, probe, pixels, pool_mb=pool_mb, threads=threads, lanes=lanes)
             _collect_leftovers()

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from . import cpu, native
+from . import cpu, native, paddlelib
 from . import precision as gate
 from .device import GPU_DEVICE_ID, Device, choose_device  # noqa: F401  (callers use runtime.Device)
 from .errors import LipSyncError
@@ -43,25 +43,28 @@ T = TypeVar("T")
 
 
 def paddle_version() -> str:
-    import paddle
-
-    return paddle.__version__
+    return paddlelib.version()
 
 
 def export_key(weights: Path, arch: str) -> str:
     """A cache key for one weights file's static export: changes when the file or paddle changes."""
-    import paddle
-
     stat = weights.stat()
-    ident = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{arch}|{paddle.__version__}|{EXPORT_FORMAT_VERSION}"
+    ident = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{arch}|{paddle_version()}|{EXPORT_FORMAT_VERSION}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def exported(target: Path) -> Optional[Path]:
+    """The model prefix of the static program export_static wrote under target, if it is there."""
+    prefix = target / "model"
+    return prefix if _model_file(prefix) is not None else None
 
 
 def export_static(build: Callable[[], "object"], specs: Sequence[InputSpec], target: Path) -> Path:
     """Trace the layer from build() into a static program under target; returns the model prefix."""
-    prefix = target / "model"
-    if _model_file(prefix) is not None:
+    prefix = exported(target)
+    if prefix is not None:
         return prefix
+    prefix = target / "model"
     import paddle
     from paddle.static import InputSpec as PaddleSpec
 
@@ -189,7 +192,7 @@ class Predictor:
         for name, array in zip(self._inputs, arrays):
             handle = predictor.get_input_handle(name)
             handle.reshape(array.shape)
-            handle.copy_from_cpu(np.ascontiguousarray(array))
+            paddlelib.copy_in(handle, np.ascontiguousarray(array))
         predictor.run()
         return [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
 
@@ -293,9 +296,7 @@ def _fingerprint(stem: Path) -> dict:
 
 def _export_config(prefix: Path, model_file: Path, settings: _Settings) -> "object":
     """The export's program with paddle's IR passes to run (and bf16 placed on the scope's ops)."""
-    from paddle import inference
-
-    config = inference.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
+    config = paddlelib.library().AnalysisConfig(str(model_file), str(prefix.with_suffix(".pdiparams")))
     _configure(config, settings.device, settings.threads, settings.precision, settings.pool_mb,
                memory_optim=model_file.suffix == LEGACY_PROGRAM_SUFFIX)  # fmt: skip
     if settings.precision == "bf16":
@@ -307,9 +308,8 @@ def _export_config(prefix: Path, model_file: Path, settings: _Settings) -> "obje
 
 def _optimized_config(stem: Path, settings: _Settings) -> "object":
     """A kept optimised program: its passes (bf16 placement included) already ran, so none run again."""
-    from paddle import inference
-
-    config = inference.Config(str(stem.with_suffix(LEGACY_PROGRAM_SUFFIX)), str(stem.with_suffix(".pdiparams")))
+    config = paddlelib.library().AnalysisConfig(str(stem.with_suffix(LEGACY_PROGRAM_SUFFIX)),
+                                                str(stem.with_suffix(".pdiparams")))
     _configure(config, settings.device, settings.threads, settings.precision, settings.pool_mb, ir_optim=False)
     return config
 
@@ -329,10 +329,8 @@ def _saving_to(config: "object", optimized: Optional[Path]) -> Optional[Path]:
 
 
 def _create_predictor(config: "object") -> "object":
-    from paddle import inference
-
     with native.held_back(PASS_STATS, "paddle"):  # bf16 passes print statistics straight to stderr
-        return inference.create_predictor(config)
+        return paddlelib.library().create_predictor(config)
 
 
 def _configure(

@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync import cuda, device, gated, runtime
+from lipsync import cuda, device, gated, paddlelib, runtime
 from lipsync.errors import LipSyncError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,6 +267,7 @@ def test_gpu_keeps_fp16_only_when_the_gate_passes_its_pixels(monkeypatch, tmp_pa
 
 def _gpu_like(monkeypatch, compiled=True, count=1, missing=(), probe=None) -> None:
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: compiled)
+    monkeypatch.setattr(paddlelib, "compiled_with_cuda", lambda: compiled)  # what device choice asks
     monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: count)
     monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda index=0: "Tesla T4")
     monkeypatch.setattr(cuda, "missing_libraries", lambda names=cuda.REQUIRED: list(missing))

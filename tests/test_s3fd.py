@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from lipsync import s3fd
+from lipsync import s3fd, s3fdboxes
 
 PUBLISHED_PARAMETERS = 22_459_110  # face_alignment's net_s3fd.s3fd, counted on the PyTorch module
 PUBLISHED_TENSORS = 65
@@ -77,20 +77,20 @@ def test_l2norm_rescales_each_pixel_to_its_weight():
 def test_preprocess_flips_to_rgb_and_subtracts_the_reference_mean():
     frame = np.zeros((4, 6, 3), dtype=np.uint8)
     frame[..., 0], frame[..., 1], frame[..., 2] = 10, 20, 250  # B, G, R
-    batch = s3fd.preprocess([frame, frame])
+    batch = s3fdboxes.preprocess([frame, frame])
     assert batch.shape == (2, 3, 4, 6) and batch.dtype == np.float32
     np.testing.assert_array_equal(batch[1, :, 2, 3], [250 - 104, 20 - 117, 10 - 123])
 
 
 def test_preprocess_rejects_frames_of_different_sizes():
     with pytest.raises(ValueError, match="one size"):
-        s3fd.preprocess([np.zeros((4, 6, 3), np.uint8), np.zeros((6, 4, 3), np.uint8)])
+        s3fdboxes.preprocess([np.zeros((4, 6, 3), np.uint8), np.zeros((6, 4, 3), np.uint8)])
 
 
 def _empty_outputs(batch: int, height: int, width: int):
     """Raw maps whose every anchor is confidently background (face probability ~ 2e-9)."""
     outputs = []
-    for stride in s3fd.STRIDES:
+    for stride in s3fdboxes.STRIDES:
         h, w = max(1, height // stride), max(1, width // stride)
         cls = np.zeros((batch, 2, h, w), np.float32)
         cls[:, 0] = 20.0
@@ -111,7 +111,7 @@ def test_decode_recovers_a_planted_box_and_drops_weak_and_overlapping_ones():
     _plant(outputs, scale=2, y=5, x=8, face_logit=2.0)  # 16 px to the right: IoU ~0.6, suppressed
     _plant(outputs, scale=1, y=3, x=30, face_logit=1.0)  # far away, weaker: kept second
     _plant(outputs, scale=0, y=50, x=5, face_logit=-1.0)  # candidate (p 0.27) but below 0.5: dropped
-    found = s3fd.decode(outputs)
+    found = s3fdboxes.decode(outputs)
     assert len(found) == 2 and found[1].shape == (0, 5)
     boxes = found[0]
     assert boxes.shape == (2, 5) and boxes.dtype == np.float32
@@ -133,8 +133,8 @@ def test_nms_uses_inclusive_pixel_areas_and_keeps_best_first():
         ],
         dtype=np.float32,
     )
-    assert s3fd.nms(boxes, 0.3).tolist() == [1, 2, 3]
-    assert s3fd.nms(boxes[:0], 0.3).tolist() == []
+    assert s3fdboxes.nms(boxes, 0.3).tolist() == [1, 2, 3]
+    assert s3fdboxes.nms(boxes[:0], 0.3).tolist() == []
 
 
 def test_detect_runs_frames_end_to_end(model):
