@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 from . import native, tts
 from .errors import LipSyncError
@@ -18,6 +20,7 @@ from .optiontext import NO_BOX, bool_value, box_value, detector_value
 
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
 SEED_DETECTORS = ("sfd", "s3fd", "haar", "blazeface")  # s3fd = sfd; blazeface, the seed's second, is served by haar
 HELP_HINT = "python -m lipsync --help explains every option"
 BATCH_COMMAND = "batch"  # `python -m lipsync batch MANIFEST ...`: lipsync/batch/cli.py
@@ -229,9 +232,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hiding = native.hiding_native_chatter()
     native.hide_native_chatter(True)
     try:
-        return _main(argv)
+        with _sigterm_stops_the_run():
+            return _main(argv)
     finally:
         native.hide_native_chatter(hiding)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so the run ends the same way."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """While a job runs, SIGTERM (`timeout`, a container or a scheduler stopping it) ends it as Ctrl-C does: its temp
+    folder removed and ffmpeg stopped, where the default action left both behind. (A run that imports the whole of
+    paddle, to export a network on first use, gets paddle's own handler, which ends the process at once.)"""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -254,10 +281,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         bars.close()
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bars.close()
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     bars.close()
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

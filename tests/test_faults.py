@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,45 @@ def test_a_job_that_fails_midway_stops_ffmpeg_and_closes_files_without_the_garba
         closed = eventually(lambda: not open_fds() - fds, SETTLE_S)
         assert closed, f"a pipe or temporary file outlived the failed job: {sorted(open_fds() - fds)}"
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*")), "no partial output"
+
+
+def _command_line(face: Path, speech: Path, outfile: Path) -> List[str]:
+    return [sys.executable, "-m", "lipsync", "--face", str(face), "--audio", str(speech), "--outfile", str(outfile),
+            "--box", "130", "330", "170", "360", "--face_detector", "haar", "--device", "cpu"]  # fmt: skip
+
+
+def test_sigterm_ends_a_command_line_run_as_ctrl_c_does(media, tmp_path):
+    """`timeout`, a container stopping: SIGTERM mid-run removes the run's temp folder and stops its ffmpeg (the
+    default action left both behind), and the command says so and exits 143, as a shell reports SIGTERM."""
+    from conftest import write_pcm16_wav
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(scratch))
+    warm = subprocess.run(_command_line(media["photo"], media["speech"], tmp_path / "warm.mp4"), env=env,
+                          capture_output=True, text=True, check=False)  # exports the networks, if not yet  # fmt: skip
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    noise = np.random.default_rng(0).normal(0, 3000, 16000 * 60)  # a minute: far longer than the wait below
+    long_speech = write_pcm16_wav(tmp_path / "long.wav", noise, 16000, 1)
+    outfile = tmp_path / "stopped.mp4"
+    process = subprocess.Popen(_command_line(media["photo"], long_speech, outfile), env=env,
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    assert eventually(lambda: any(scratch.glob("lipsync-*")), timeout_s=60)  # the run has its temp folder
+    assert eventually(lambda: _ffmpeg_writing(outfile), timeout_s=60)  # and is encoding
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and err.strip().splitlines()[-1] == "terminated", err[-2000:]
+    assert not list(scratch.iterdir()) and not _ffmpeg_writing(outfile)
+    assert not outfile.exists() and not list(tmp_path.glob(f".{outfile.name}.*"))  # nor its partial file
+
+
+def _ffmpeg_writing(outfile: Path) -> bool:
+    """Whether an ffmpeg process names `outfile` (its partial output) on its command line."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if words and words[0].endswith(b"ffmpeg") and any(str(outfile.name).encode() in word for word in words):
+            return True
+    return False
