@@ -12,7 +12,8 @@ A later `import paddle` (an export, the precision gate's dygraph, --doctor) load
 from the same file, which Python answers from its cache of loaded extensions: the same classes and kernels in a
 module object of paddle's own (which paddle's Python reaches as an attribute, paddle.base.libpaddle), the native
 code initialised once. A GPU build always gets the whole of paddle: its CUDA libraries and the GPU probe are
-paddle's own.
+paddle's own. paddle's FLAGS_* environment variables are read by paddle's Python when it is imported: to run with
+one set, import paddle before the run (library() then takes the library paddle loaded).
 """
 
 from __future__ import annotations
