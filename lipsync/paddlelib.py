@@ -56,9 +56,8 @@ def library() -> ModuleType:
 
 def version() -> str:
     """paddle.__version__, without importing paddle while it is not imported."""
-    paddle = sys.modules.get(PACKAGE)
-    found = getattr(paddle, "__version__", None) if paddle is not None else None
-    return found or _version_fields().get("full_version") or _imported_version()
+    imported = getattr(sys.modules.get(PACKAGE), "__version__", None)
+    return imported or _version_fields().get("full_version") or _imported_version()
 
 
 def compiled_with_cuda() -> bool:

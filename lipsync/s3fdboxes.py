@@ -85,4 +85,3 @@ def nms(boxes: np.ndarray, threshold: float = NMS_THRESHOLD) -> np.ndarray:
         keep.append(best)
         order = rest[overlap <= threshold]
     return np.array(keep, dtype=np.int64)
-

@@ -11,7 +11,7 @@ from typing import List
 
 import numpy as np
 import pytest
-from conftest import ROOT, ffprobe
+from conftest import ROOT, ffprobe, write_pcm16_wav
 from engine_helpers import WrappedPredictor, WrappingEngine
 from media_helpers import eventually, no_garbage_collection, open_fds
 
@@ -144,8 +144,6 @@ def _command_line(face: Path, speech: Path, outfile: Path) -> List[str]:
 def test_sigterm_ends_a_command_line_run_as_ctrl_c_does(media, tmp_path):
     """`timeout`, a container stopping: SIGTERM mid-run removes the run's temp folder and stops its ffmpeg (the
     default action left both behind), and the command says so and exits 143, as a shell reports SIGTERM."""
-    from conftest import write_pcm16_wav
-
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(scratch))
